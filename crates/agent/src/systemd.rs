@@ -1,0 +1,1 @@
+//! systemd over D-Bus (owned by the systemd-manager work).

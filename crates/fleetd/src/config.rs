@@ -1,0 +1,1 @@
+//! fleetd configuration (owned by the configuration work).

@@ -1,0 +1,3 @@
+//! fleetd: configuration and wiring of the agent, engine and API server.
+
+pub mod config;

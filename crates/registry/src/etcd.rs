@@ -1,0 +1,1 @@
+//! The etcd v3 [`crate::Store`] (owned by the etcd-store work).

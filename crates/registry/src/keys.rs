@@ -1,0 +1,108 @@
+//! Our keyspace under `etcd_key_prefix`. fleet's v2 layout relied on per-key TTLs that etcd v3
+//! does not have, so the layout is ours; see the README's design notes.
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `job/<unit>` | [`crate::Job`] JSON | none |
+//! | `global/<unit>` | [`crate::Job`] JSON, global units only (what agents watch) | none |
+//! | `unit/<hash>` | normalized unit text | none; removed with its last reference |
+//! | `unitref/<hash>/<unit>` | empty: one per unit using the body | none |
+//! | `schedule/<machine>/<unit>` | [`crate::ScheduleEntry`] JSON | none; engine-written |
+//! | `placement/<unit>` | machine id | none; engine-written with the above |
+//! | `reason/<unit>` | why the engine cannot place the unit | none |
+//! | `machines/<id>` | [`crate::MachineState`] JSON | the machine's |
+//! | `metadata/<id>/<key>` | dynamic metadata value | none |
+//! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON | the publishing machine's |
+//! | `engine/leader` | the leader's machine id | the leader's |
+
+/// The keys of one fleet cluster under a prefix (normalized to end in `/`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        let mut p = prefix.to_string();
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        Keys { prefix: p }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn jobs(&self) -> String {
+        format!("{}job/", self.prefix)
+    }
+    pub fn job(&self, unit: &str) -> String {
+        format!("{}job/{unit}", self.prefix)
+    }
+    pub fn globals(&self) -> String {
+        format!("{}global/", self.prefix)
+    }
+    pub fn global(&self, unit: &str) -> String {
+        format!("{}global/{unit}", self.prefix)
+    }
+    pub fn bodies(&self) -> String {
+        format!("{}unit/", self.prefix)
+    }
+    pub fn body(&self, hash: &unit::UnitHash) -> String {
+        format!("{}unit/{hash}", self.prefix)
+    }
+    pub fn body_refs(&self, hash: &unit::UnitHash) -> String {
+        format!("{}unitref/{hash}/", self.prefix)
+    }
+    pub fn body_ref(&self, hash: &unit::UnitHash, unit: &str) -> String {
+        format!("{}unitref/{hash}/{unit}", self.prefix)
+    }
+    pub fn schedules(&self) -> String {
+        format!("{}schedule/", self.prefix)
+    }
+    pub fn machine_schedule(&self, machine: &str) -> String {
+        format!("{}schedule/{machine}/", self.prefix)
+    }
+    pub fn schedule(&self, machine: &str, unit: &str) -> String {
+        format!("{}schedule/{machine}/{unit}", self.prefix)
+    }
+    pub fn placements(&self) -> String {
+        format!("{}placement/", self.prefix)
+    }
+    pub fn placement(&self, unit: &str) -> String {
+        format!("{}placement/{unit}", self.prefix)
+    }
+    pub fn reasons(&self) -> String {
+        format!("{}reason/", self.prefix)
+    }
+    pub fn reason(&self, unit: &str) -> String {
+        format!("{}reason/{unit}", self.prefix)
+    }
+    pub fn machines(&self) -> String {
+        format!("{}machines/", self.prefix)
+    }
+    pub fn machine(&self, id: &str) -> String {
+        format!("{}machines/{id}", self.prefix)
+    }
+    pub fn all_metadata(&self) -> String {
+        format!("{}metadata/", self.prefix)
+    }
+    pub fn metadata(&self, id: &str, key: &str) -> String {
+        format!("{}metadata/{id}/{key}", self.prefix)
+    }
+    pub fn states(&self) -> String {
+        format!("{}states/", self.prefix)
+    }
+    pub fn unit_states(&self, unit: &str) -> String {
+        format!("{}states/{unit}/", self.prefix)
+    }
+    pub fn state(&self, unit: &str, machine: &str) -> String {
+        format!("{}states/{unit}/{machine}", self.prefix)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}engine/leader", self.prefix)
+    }
+    /// The part of `key` after `base` (a prefix built by this type), if `key` is under it.
+    pub fn strip<'a>(&self, base: &str, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(base)
+    }
+}

@@ -1,0 +1,19 @@
+//! fleet's registry: a small key-value [`Store`] interface with two backends (a real etcd v3
+//! cluster, or an embedded single-machine store) and [`Registry`], fleet's data model over it.
+//!
+//! Every reader watches only what concerns it, from a revision it read; every multi-key change
+//! is one transaction; what dies with a machine is attached to that machine's lease.
+
+pub mod embedded;
+pub mod etcd;
+pub mod keys;
+pub mod model;
+pub mod registry;
+pub mod store;
+
+pub use model::*;
+pub use registry::Registry;
+pub use store::{
+    Compare, Event, EventKind, KeyValue, LeaseId, Op, RangePage, Revision, Store, StoreError,
+    TxnResult, WatchStream,
+};

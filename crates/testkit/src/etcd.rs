@@ -1,0 +1,1 @@
+//! A real etcd for tests (owned by the etcd-store work).

@@ -1,0 +1,20 @@
+//! Unit files as fleet understands them: the systemd unit-file dialect, fleet's normalized
+//! serialization and SHA-1 hash, unit names (templates and instances), and the `[X-Fleet]`
+//! scheduling requirements.
+//!
+//! ```
+//! use unit::UnitFile;
+//! let file = UnitFile::parse("[Service]\nExecStart=/bin/sleep 100\n").unwrap();
+//! assert_eq!(file.hash().to_string(), "1c6fb6f3684bafb0c173d8b8b957ceff031180c1");
+//! ```
+
+pub mod file;
+pub mod fleet;
+pub mod glob;
+pub mod hash;
+pub mod name;
+
+pub use file::{ParseError, UnitFile, UnitOption};
+pub use fleet::{Requirements, RequirementsError};
+pub use hash::UnitHash;
+pub use name::{mangle, NameError, UnitName};
