@@ -7,12 +7,16 @@
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
+pub mod mirror;
 pub mod model;
 pub mod registry;
 pub mod store;
 
 pub use model::*;
-pub use registry::Registry;
+pub use registry::{AtRevision, MetadataChange, Registry, RegistryError, ScheduleChange, UnitView};
+
+/// Operations per transaction: etcd refuses more than 128 by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 100;
 pub use store::{
     Compare, Event, EventKind, KeyValue, LeaseId, Op, RangePage, Revision, Store, StoreError,
     TxnResult, WatchStream,
