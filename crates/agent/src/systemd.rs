@@ -1,1 +1,0 @@
-//! systemd over D-Bus (owned by the systemd-manager work).

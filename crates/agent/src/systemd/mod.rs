@@ -1,0 +1,504 @@
+//! systemd over D-Bus: fleet's flow (write the unit file, link it as a runtime unit, enable it
+//! if it has an `[Install]` section, one daemon-reload per batch, start/stop with mode
+//! `replace`), with unit states read when systemd signals a change instead of by polling.
+//!
+//! ```no_run
+//! # async fn demo(file: unit::UnitFile) -> anyhow::Result<()> {
+//! use agent::systemd::{SystemdManager, SystemdOptions};
+//! use agent::UnitManager;
+//!
+//! let manager = SystemdManager::connect(SystemdOptions::default()).await?;
+//! let mut changes = manager.subscribe();
+//! manager.load("hello.service", &file).await?;
+//! manager.reload().await?;
+//! manager.start("hello.service").await?;
+//! while let Ok(change) = changes.recv().await {
+//!     println!("{} is now {:?}", change.name, change.state);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A manager on the host can drive a systemd in a container (tests boot one under
+//! systemd-nspawn): give the container's bus address and the container root as seen from the
+//! host (`/proc/<pid1>/root`) as [`SystemdOptions::systemd_root`].
+
+pub mod dbus;
+mod watch;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use registry::SystemdState;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use tokio::sync::{broadcast, mpsc, Mutex};
+use unit::{UnitFile, UnitHash};
+
+use crate::manager::{StateChange, UnitManager};
+use dbus::{method_error, SystemdManagerProxy};
+
+/// fleet's default `units_directory`.
+pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units/";
+
+/// How to reach systemd and where unit files go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemdOptions {
+    /// Where unit files are written, as systemd sees the file system (fleet's
+    /// `units_directory`).
+    pub units_directory: PathBuf,
+    /// Talk to the per-user systemd on the session bus (fleet's `systemd_user`).
+    pub user: bool,
+    /// An explicit D-Bus address (e.g. `unix:path=/proc/<pid1>/root/run/dbus/system_bus_socket`)
+    /// instead of the system or session bus.
+    pub bus_address: Option<String>,
+    /// Where systemd's root is seen from this process, when systemd runs in a container:
+    /// files are written under this prefix, while the paths given to systemd omit it.
+    pub systemd_root: Option<PathBuf>,
+}
+
+impl Default for SystemdOptions {
+    fn default() -> Self {
+        SystemdOptions {
+            units_directory: PathBuf::from(DEFAULT_UNITS_DIRECTORY),
+            user: false,
+            bus_address: None,
+            systemd_root: None,
+        }
+    }
+}
+
+impl SystemdOptions {
+    /// The units directory as this process reaches it.
+    pub fn host_units_directory(&self) -> PathBuf {
+        match &self.systemd_root {
+            Some(root) => root.join(strip_root(&self.units_directory)),
+            None => self.units_directory.clone(),
+        }
+    }
+
+    /// The path given to systemd for the file of `name`.
+    fn systemd_path(&self, name: &str) -> PathBuf {
+        self.units_directory.join(name)
+    }
+}
+
+fn strip_root(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+/// A D-Bus connection and the manager proxy on it.
+#[derive(Clone)]
+struct Bus {
+    conn: zbus::Connection,
+    manager: SystemdManagerProxy<'static>,
+}
+
+/// What the manager and its signal watcher share.
+struct Shared {
+    opts: SystemdOptions,
+    /// The current connection; replaced when it is found closed.
+    bus: Mutex<Option<Bus>>,
+    /// Units loaded through this manager, with the state last sent to subscribers.
+    watched: StdMutex<HashMap<String, Option<SystemdState>>>,
+    changes: broadcast::Sender<StateChange>,
+    /// Names whose state the watcher should re-read (after load, reload, ...).
+    refresh: mpsc::UnboundedSender<Vec<String>>,
+}
+
+impl Shared {
+    /// The live connection, connecting again if the last one closed.
+    async fn bus(&self) -> anyhow::Result<Bus> {
+        let mut guard = self.bus.lock().await;
+        if let Some(bus) = guard.as_ref() {
+            if !bus.conn.is_closed() {
+                return Ok(bus.clone());
+            }
+            tracing::warn!("the D-Bus connection to systemd closed; connecting again");
+        }
+        let bus = connect_bus(&self.opts).await?;
+        *guard = Some(bus.clone());
+        Ok(bus)
+    }
+
+    fn watched_names(&self) -> Vec<String> {
+        lock(&self.watched).keys().cloned().collect()
+    }
+
+    fn ask_refresh(&self, names: Vec<String>) {
+        // The watcher only stops when the manager is dropped, so a send error means nobody
+        // listens any more.
+        let _ = self.refresh.send(names);
+    }
+
+    /// Re-reads the states of `names` (those still watched) in one call and sends the changes.
+    async fn refresh(&self, bus: &Bus, names: Vec<String>) -> anyhow::Result<()> {
+        let names: Vec<String> = {
+            let watched = lock(&self.watched);
+            names
+                .into_iter()
+                .filter(|n| watched.contains_key(n))
+                .collect()
+        };
+        if names.is_empty() {
+            return Ok(());
+        }
+        let states = list_states(&bus.manager, &names).await?;
+        let mut watched = lock(&self.watched);
+        for (name, state) in states {
+            // A unit unloaded while the call was in flight stays forgotten.
+            if let Some(last) = watched.get_mut(&name) {
+                if *last != state {
+                    *last = state.clone();
+                    // No subscriber is not an error: states are also read with `states`.
+                    let _ = self.changes.send(StateChange { name, state });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the map half-updated (single inserts and
+    // removes), so a poisoned lock is still good to use.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn connect_bus(opts: &SystemdOptions) -> anyhow::Result<Bus> {
+    let (conn, which) = match (&opts.bus_address, opts.user) {
+        (Some(address), _) => (
+            zbus::connection::Builder::address(address.as_str())
+                .build()
+                .await,
+            address.as_str(),
+        ),
+        (None, true) => (zbus::Connection::session().await, "the session bus"),
+        (None, false) => (zbus::Connection::system().await, "the system bus"),
+    };
+    let conn = conn.with_context(|| {
+        format!("cannot connect to systemd through {which}: is systemd running with D-Bus?")
+    })?;
+    let manager = SystemdManagerProxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .context("cannot make a proxy for systemd's manager object")?;
+    Ok(Bus { conn, manager })
+}
+
+/// The states of `names` in one `ListUnitsByNames` call.
+async fn list_states(
+    manager: &SystemdManagerProxy<'_>,
+    names: &[String],
+) -> anyhow::Result<Vec<(String, Option<SystemdState>)>> {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let rows = manager
+        .list_units_by_names(&refs)
+        .await
+        .map_err(|e| method_error("ListUnitsByNames", &names.join(" "), e))?;
+    let mut found: HashMap<String, SystemdState> = rows.iter().map(dbus::state_of).collect();
+    Ok(names.iter().map(|n| (n.clone(), found.remove(n))).collect())
+}
+
+/// The systemd unit manager. Cheap to share behind an `Arc`; dropping it stops its signal
+/// watcher.
+pub struct SystemdManager {
+    shared: Arc<Shared>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SystemdManager {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl SystemdManager {
+    /// Connects to systemd, adopts the unit files already in the units directory (a restarted
+    /// agent's units) and starts watching their states.
+    pub async fn connect(opts: SystemdOptions) -> anyhow::Result<SystemdManager> {
+        let bus = connect_bus(&opts).await?;
+        let (changes, _) = broadcast::channel(1024);
+        let (refresh, refresh_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            opts,
+            bus: Mutex::new(Some(bus)),
+            watched: StdMutex::new(HashMap::new()),
+            changes,
+            refresh,
+        });
+        {
+            let adopted = read_units(&shared.opts.host_units_directory())?;
+            let mut watched = lock(&shared.watched);
+            for (name, _) in adopted {
+                watched.insert(name, None);
+            }
+        }
+        let ready = tokio::sync::oneshot::channel();
+        let watcher = tokio::spawn(watch::run(shared.clone(), refresh_rx, ready.0));
+        // Changes are only reported once the watcher listens: wait for it (or its first
+        // failure) so that a state change right after `connect` is not missed.
+        let _ = ready.1.await;
+        Ok(SystemdManager { shared, watcher })
+    }
+
+    /// The options this manager was made with.
+    pub fn options(&self) -> &SystemdOptions {
+        &self.shared.opts
+    }
+
+    async fn manager(&self) -> anyhow::Result<SystemdManagerProxy<'static>> {
+        Ok(self.shared.bus().await?.manager)
+    }
+}
+
+/// Unit files in `dir` (files with a unit type suffix) with the hash of each.
+fn read_units(dir: &Path) -> anyhow::Result<Vec<(String, UnitHash)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot list units directory {}", dir.display()))
+        }
+    };
+    let mut units = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.with_context(|| format!("cannot list units directory {}", dir.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !dbus::has_unit_suffix(&name) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let path = entry.path();
+        // The files hold the normalized text we wrote, so hashing the bytes gives the unit
+        // hash without parsing.
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read unit file {}", path.display()))?;
+        units.push((name, UnitHash::of(&bytes)));
+    }
+    units.sort();
+    Ok(units)
+}
+
+/// Writes `text` to `dir/name` (0644) through a temporary file, so systemd never reads half a
+/// file; creates `dir` (0755) if needed.
+fn write_unit_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create units directory {}", dir.display()))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        // The mode given to open is subject to the umask; fleet's files are 0644.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write unit file {}", path.display()))
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        dbus::has_unit_suffix(name) && !name.contains('/') && !name.starts_with('.'),
+        "invalid unit name {name:?}: want a file name ending in a unit type such as .service"
+    );
+    Ok(())
+}
+
+#[async_trait]
+impl UnitManager for SystemdManager {
+    async fn load(&self, name: &str, file: &UnitFile) -> anyhow::Result<()> {
+        check_name(name)?;
+        let opts = &self.shared.opts;
+        write_unit_file(&opts.host_units_directory(), name, &file.serialize())?;
+        lock(&self.shared.watched)
+            .entry(name.to_string())
+            .or_insert(None);
+        let path = opts.systemd_path(name);
+        let path = path.to_str().with_context(|| {
+            format!(
+                "unit file path {} is not UTF-8: D-Bus cannot carry it",
+                path.display()
+            )
+        })?;
+        let manager = self.manager().await?;
+        manager
+            .link_unit_files(&[path], true, true)
+            .await
+            .map_err(|e| method_error("LinkUnitFiles", name, e))?;
+        if file.has_section("Install") {
+            manager
+                .enable_unit_files(&[path], true, true)
+                .await
+                .map_err(|e| method_error("EnableUnitFiles", name, e))?;
+        }
+        self.shared.ask_refresh(vec![name.to_string()]);
+        Ok(())
+    }
+
+    async fn reload(&self) -> anyhow::Result<()> {
+        self.manager()
+            .await?
+            .reload()
+            .await
+            .map_err(|e| method_error("Reload", "the unit files", e))?;
+        self.shared.ask_refresh(self.shared.watched_names());
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> anyhow::Result<()> {
+        self.manager()
+            .await?
+            .start_unit(name, "replace")
+            .await
+            .map_err(|e| method_error("StartUnit", name, e))?;
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str) -> anyhow::Result<()> {
+        self.manager()
+            .await?
+            .stop_unit(name, "replace")
+            .await
+            .map_err(|e| method_error("StopUnit", name, e))?;
+        Ok(())
+    }
+
+    async fn unload(&self, name: &str) -> anyhow::Result<()> {
+        check_name(name)?;
+        let manager = self.manager().await?;
+        match manager.stop_unit(name, "replace").await {
+            Ok(_) => {}
+            // A unit systemd has not loaded is not running: nothing to stop.
+            Err(e) if dbus::is_no_such_unit(&e) => {}
+            // fleet keeps the file when stopping fails, so that the unit can still be stopped.
+            Err(e) => return Err(method_error("StopUnit", name, e)),
+        }
+        manager
+            .disable_unit_files(&[name], true)
+            .await
+            .map_err(|e| method_error("DisableUnitFiles", name, e))?;
+        match manager.reset_failed_unit(name).await {
+            Ok(()) => {}
+            Err(e) if dbus::is_no_such_unit(&e) => {}
+            Err(e) => return Err(method_error("ResetFailedUnit", name, e)),
+        }
+        let path = self.shared.opts.host_units_directory().join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot remove unit file {}", path.display()))
+            }
+        }
+        if lock(&self.shared.watched).remove(name).is_some() {
+            let _ = self.shared.changes.send(StateChange {
+                name: name.to_string(),
+                state: None,
+            });
+        }
+        Ok(())
+    }
+
+    async fn units(&self) -> anyhow::Result<Vec<(String, UnitHash)>> {
+        let dir = self.shared.opts.host_units_directory();
+        tokio::task::spawn_blocking(move || read_units(&dir))
+            .await
+            .context("reading the units directory did not finish")?
+    }
+
+    async fn states(
+        &self,
+        names: &[String],
+    ) -> anyhow::Result<Vec<(String, Option<SystemdState>)>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        list_states(&self.manager().await?, names).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.shared.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_carry_the_container_root() {
+        let opts = SystemdOptions {
+            systemd_root: Some(PathBuf::from("/proc/42/root")),
+            ..SystemdOptions::default()
+        };
+        assert_eq!(
+            opts.host_units_directory(),
+            Path::new("/proc/42/root/run/fleet/units")
+        );
+        assert_eq!(
+            opts.systemd_path("a.service"),
+            Path::new("/run/fleet/units/a.service")
+        );
+        let plain = SystemdOptions::default();
+        assert_eq!(plain.host_units_directory(), Path::new("/run/fleet/units/"));
+    }
+
+    #[test]
+    fn unit_files_are_written_0644_and_read_back_with_their_hash() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/units");
+        write_unit_file(&dir, "b.service", "[Service]\nExecStart=/bin/true\n").unwrap();
+        write_unit_file(&dir, "a.service", "old").unwrap();
+        write_unit_file(&dir, "a.service", "[Unit]\nDescription=x\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a unit").unwrap();
+        let mode = std::fs::metadata(dir.join("a.service"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let units = read_units(&dir).unwrap();
+        assert_eq!(
+            units,
+            vec![
+                (
+                    "a.service".to_string(),
+                    UnitHash::of(b"[Unit]\nDescription=x\n")
+                ),
+                (
+                    "b.service".to_string(),
+                    UnitHash::of(b"[Service]\nExecStart=/bin/true\n")
+                ),
+            ]
+        );
+        assert!(read_units(&tmp.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unit_names_must_be_plain_unit_file_names() {
+        assert!(check_name("a.service").is_ok());
+        for bad in ["../a.service", "a/b.service", ".a.service", "a", "a.txt"] {
+            let err = check_name(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+}
