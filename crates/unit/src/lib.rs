@@ -14,7 +14,7 @@ pub mod glob;
 pub mod hash;
 pub mod name;
 
-pub use file::{ParseError, UnitFile, UnitOption};
+pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
 pub use fleet::{Requirements, RequirementsError};
 pub use hash::UnitHash;
 pub use name::{mangle, NameError, UnitName};
