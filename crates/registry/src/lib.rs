@@ -4,6 +4,7 @@
 //! Every reader watches only what concerns it, from a revision it read; every multi-key change
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
+pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
