@@ -15,6 +15,9 @@ pub mod hash;
 pub mod name;
 
 pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
-pub use fleet::{Requirements, RequirementsError};
+pub use fleet::{
+    expand_specifiers, is_truthy, parse_multivalue, validate_unit, InvalidUnit, Requirements,
+    RequirementsError, RequirementsWarning,
+};
 pub use hash::UnitHash;
-pub use name::{mangle, NameError, UnitName};
+pub use name::{is_recognized_type, mangle, NameError, UnitName};
