@@ -5,6 +5,7 @@
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
 pub mod conformance;
+mod api_support;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;

@@ -1,0 +1,594 @@
+//! A typed client of fleet's API v1, over a unix socket, TCP, or any byte stream (an SSH
+//! tunnel plugs in as a [`Transport`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), api::client::ClientError> {
+//! use api::client::{Client, ClientOptions};
+//! let client = Client::new("unix:///var/run/fleet.sock", ClientOptions::default())?;
+//! for unit in client.units().await? {
+//!     println!("{} {} {}", unit.name, unit.desired_state, unit.machine_id);
+//! }
+//! client.set_unit_target_state("hello.service", api::TargetState::Launched).await?;
+//! # Ok(()) }
+//! ```
+
+use crate::types::{self, Machine, MachineMetadataOp, TargetState, Unit, UnitState};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::http::{header, Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream carrying HTTP/1.1 to fleetd.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+pub type BoxStream = Box<dyn Stream>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send>>;
+
+/// Opens a new connection to fleetd. Connections are pooled and reused, so a costly transport
+/// (an SSH session) is opened once for a run of requests.
+pub trait Transport: Send + Sync + 'static {
+    fn connect(&self) -> ConnectFuture;
+}
+
+/// A unix socket path.
+pub struct UnixTransport(pub PathBuf);
+
+impl Transport for UnixTransport {
+    fn connect(&self) -> ConnectFuture {
+        let path = self.0.clone();
+        Box::pin(
+            async move { Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as BoxStream) },
+        )
+    }
+}
+
+/// A TCP `host:port`.
+pub struct TcpTransport(pub String);
+
+impl Transport for TcpTransport {
+    fn connect(&self) -> ConnectFuture {
+        let addr = self.0.clone();
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as BoxStream)
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The longest one HTTP request may take, connection included (fleetctl's
+    /// `--request-timeout`).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("cannot reach fleetd at {endpoint}: {message} (is fleetd running? check --endpoint)")]
+    Connect { endpoint: String, message: String },
+    #[error("fleetd at {endpoint} did not answer within {timeout:?} (is fleetd running? check --endpoint, or raise --request-timeout)")]
+    Timeout { endpoint: String, timeout: Duration },
+    /// fleetd answered with an error: its status and message.
+    #[error("fleet API error {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from fleetd at {endpoint}: {message}")]
+    Protocol { endpoint: String, message: String },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Filters of [`Client::unit_states`]: exact matches, `None` for all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateFilter {
+    pub machine_id: Option<String>,
+    pub unit_name: Option<String>,
+}
+
+#[derive(Clone)]
+struct Connector(Arc<dyn Transport>);
+
+impl tower::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Conn>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let fut = self.0.connect();
+        Box::pin(async move { Ok(Conn(TokioIo::new(fut.await?))) })
+    }
+}
+
+/// A connection as hyper's pool wants it.
+struct Conn(TokioIo<BoxStream>);
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Characters left as they are in a unit name used as a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b':');
+
+/// The API prefix the client uses.
+const PREFIX: &str = "/fleet/v1";
+
+/// A client of one fleetd. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
+    /// `http://authority` for request URIs.
+    base: String,
+    /// What the user named, for error messages.
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client of `endpoint`: `unix:///path` (or `file:///path`) or `http://host:port`.
+    pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = endpoint
+            .strip_prefix("unix://")
+            .or_else(|| endpoint.strip_prefix("file://"))
+        {
+            if path.is_empty() {
+                return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
+            }
+            // fleet showed the host of unix-socket requests as `domain-sock`.
+            return Ok(Client::with_transport(
+                Arc::new(UnixTransport(PathBuf::from(path))),
+                "domain-sock",
+                endpoint,
+                opts,
+            ));
+        }
+        if let Some(rest) = endpoint.strip_prefix("http://") {
+            let authority = rest.trim_end_matches('/');
+            if authority.is_empty() || authority.contains('/') {
+                return Err(invalid("want http://HOST:PORT"));
+            }
+            let addr = if authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            {
+                authority.to_string()
+            } else {
+                format!("{authority}:80")
+            };
+            if authority.parse::<Uri>().is_err() {
+                return Err(invalid("want http://HOST:PORT"));
+            }
+            return Ok(Client::with_transport(
+                Arc::new(TcpTransport(addr)),
+                authority,
+                endpoint,
+                opts,
+            ));
+        }
+        if endpoint.starts_with("https://") {
+            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
+        }
+        Err(invalid("want unix:///PATH or http://HOST:PORT"))
+    }
+
+    /// A client over any transport. `authority` is the `Host` sent; `endpoint` names the
+    /// server in error messages.
+    pub fn with_transport(
+        transport: Arc<dyn Transport>,
+        authority: &str,
+        endpoint: &str,
+        opts: ClientOptions,
+    ) -> Client {
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(Connector(transport));
+        Client {
+            http,
+            base: format!("http://{authority}"),
+            endpoint: endpoint.to_string(),
+            timeout: opts.request_timeout,
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// One HTTP exchange within the request timeout: status and body.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let uri = format!("{}{PREFIX}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&uri);
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Protocol {
+                endpoint: self.endpoint.clone(),
+                message: format!("cannot build request for {uri}: {e}"),
+            })?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    endpoint: self.endpoint.clone(),
+                    message: chain(&e),
+                })?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Connect {
+                    endpoint: self.endpoint.clone(),
+                    message: format!("reading the answer: {}", chain(&e)),
+                })?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    /// Like [`Client::call`], turning every status outside `ok` into [`ClientError::Api`].
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        ok: &[StatusCode],
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        if ok.contains(&status) {
+            return Ok((status, bytes));
+        }
+        let message = match serde_json::from_slice::<types::ErrorBody>(&bytes) {
+            Ok(e) => e.error.message,
+            Err(_) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let text = text.trim();
+                if text.is_empty() {
+                    status.canonical_reason().unwrap_or("").to_string()
+                } else {
+                    text.chars().take(200).collect()
+                }
+            }
+        };
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
+            endpoint: self.endpoint.clone(),
+            message: format!("cannot decode the answer: {e}"),
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (_, bytes) = self
+            .expect(Method::GET, path, None, &[StatusCode::OK])
+            .await?;
+        self.decode(&bytes)
+    }
+
+    async fn get_optional<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, ClientError> {
+        let (status, bytes) = self
+            .expect(
+                Method::GET,
+                path,
+                None,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        self.decode(&bytes).map(Some)
+    }
+
+    /// Every item of a paged listing: follows `nextPageToken` to the end.
+    async fn all_pages<P, T>(
+        &self,
+        path: &str,
+        query: &str,
+        split: impl Fn(P) -> (Vec<T>, String),
+    ) -> Result<Vec<T>, ClientError>
+    where
+        P: serde::de::DeserializeOwned,
+    {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut params: Vec<String> = Vec::new();
+            if !query.is_empty() {
+                params.push(query.to_string());
+            }
+            if !token.is_empty() {
+                params.push(format!(
+                    "nextPageToken={}",
+                    form_urlencoded::byte_serialize(token.as_bytes()).collect::<String>()
+                ));
+            }
+            let url = if params.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", params.join("&"))
+            };
+            let (items, next) = split(self.get::<P>(&url).await?);
+            out.extend(items);
+            if next.is_empty() || next == token {
+                return Ok(out);
+            }
+            token = next;
+        }
+    }
+
+    /// Every unit, sorted by name.
+    pub async fn units(&self) -> Result<Vec<Unit>, ClientError> {
+        self.all_pages("/units", "", |p: types::UnitPage| {
+            (p.units, p.next_page_token)
+        })
+        .await
+    }
+
+    /// One unit, `None` if it does not exist.
+    pub async fn unit(&self, name: &str) -> Result<Option<Unit>, ClientError> {
+        self.get_optional(&format!("/units/{}", segment(name)))
+            .await
+    }
+
+    /// Creates a unit, replaces it (different options), or changes its desired state.
+    pub async fn create_or_update_unit(&self, unit: &Unit) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(unit).map_err(|e| ClientError::Protocol {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        })?;
+        self.expect(
+            Method::PUT,
+            &format!("/units/{}", segment(&unit.name)),
+            Some(body),
+            &[StatusCode::CREATED, StatusCode::NO_CONTENT],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets an existing unit's desired state.
+    pub async fn set_unit_target_state(
+        &self,
+        name: &str,
+        state: TargetState,
+    ) -> Result<(), ClientError> {
+        let unit = Unit {
+            name: name.to_string(),
+            desired_state: state.to_string(),
+            ..Unit::default()
+        };
+        self.create_or_update_unit(&unit).await
+    }
+
+    /// Destroys a unit; `false` if it did not exist.
+    pub async fn destroy_unit(&self, name: &str) -> Result<bool, ClientError> {
+        let path = format!("/units/{}", segment(name));
+        let (status, _) = self
+            .expect(
+                Method::DELETE,
+                &path,
+                None,
+                &[StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        Ok(status == StatusCode::NO_CONTENT)
+    }
+
+    /// Every machine, sorted by id.
+    pub async fn machines(&self) -> Result<Vec<Machine>, ClientError> {
+        self.all_pages("/machines", "", |p: types::MachinePage| {
+            (p.machines, p.next_page_token)
+        })
+        .await
+    }
+
+    /// Changes dynamic machine metadata; all operations apply together or none does.
+    pub async fn patch_machines(&self, ops: &[MachineMetadataOp]) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(ops).map_err(|e| ClientError::Protocol {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        })?;
+        self.expect(
+            Method::PATCH,
+            "/machines",
+            Some(body),
+            &[StatusCode::NO_CONTENT],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Published unit states, sorted by (unit, machine).
+    pub async fn unit_states(&self, filter: &StateFilter) -> Result<Vec<UnitState>, ClientError> {
+        let mut query = Vec::new();
+        for (key, value) in [
+            ("machineID", &filter.machine_id),
+            ("unitName", &filter.unit_name),
+        ] {
+            if let Some(v) = value {
+                query.push(format!(
+                    "{key}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                ));
+            }
+        }
+        self.all_pages("/state", &query.join("&"), |p: types::UnitStatePage| {
+            (p.states, p.next_page_token)
+        })
+        .await
+    }
+
+    /// The state of a unit on one machine running it, `None` if none published one.
+    pub async fn unit_state(&self, name: &str) -> Result<Option<UnitState>, ClientError> {
+        self.get_optional(&format!("/state/{}", segment(name)))
+            .await
+    }
+
+    /// The discovery document.
+    pub async fn discovery(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/discovery").await
+    }
+}
+
+fn segment(name: &str) -> String {
+    utf8_percent_encode(name, SEGMENT).to_string()
+}
+
+/// An error and its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let o = ClientOptions::default;
+        assert_eq!(
+            Client::new("unix:///var/run/fleet.sock", o()).unwrap().base,
+            "http://domain-sock"
+        );
+        assert_eq!(
+            Client::new("file:///var/run/fleet.sock", o()).unwrap().base,
+            "http://domain-sock"
+        );
+        assert_eq!(
+            Client::new("http://127.0.0.1:49153/", o()).unwrap().base,
+            "http://127.0.0.1:49153"
+        );
+        for bad in [
+            "",
+            "unix://",
+            "127.0.0.1:49153",
+            "http://",
+            "http://h:1/path",
+            "ftp://x",
+        ] {
+            let err = Client::new(bad, o())
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(
+                matches!(err, ClientError::InvalidEndpoint { .. }),
+                "{bad}: {err}"
+            );
+        }
+        assert!(Client::new("https://h:1", o())
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("TLS"));
+    }
+
+    #[test]
+    fn unit_names_are_one_path_segment() {
+        assert_eq!(segment("foo@bar.service"), "foo@bar.service");
+        assert_eq!(segment("a\\x2db.service"), "a%5Cx2db.service");
+        assert_eq!(segment("a/b"), "a%2Fb");
+    }
+}

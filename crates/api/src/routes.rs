@@ -1,0 +1,223 @@
+//! Which resource a request is for: fleet's routing rules (`api/mux.go`, `api/path.go`) as one
+//! pure function of method and decoded path.
+//!
+//! Both prefixes (`/fleet/v1` and the legacy `/v1-alpha`) are wired identically. An item path is
+//! `<collection>/<one segment>` without a trailing slash; anything else under a resource is 404.
+
+/// The API's prefixes, served identically.
+pub const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    Discovery,
+    MachinesList,
+    MachinesPatch,
+    UnitsList,
+    UnitGet(String),
+    UnitPut(String),
+    UnitDelete(String),
+    StatesList,
+    StateGet(String),
+    Metrics,
+    /// A non-GET request for the discovery document (fleet answers 400, not 405).
+    DiscoveryNotGet,
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+impl Route {
+    /// A label for metrics: the resource pattern, never the unit name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Discovery | Route::DiscoveryNotGet => "discovery",
+            Route::MachinesList | Route::MachinesPatch => "machines",
+            Route::UnitsList => "units",
+            Route::UnitGet(_) | Route::UnitPut(_) | Route::UnitDelete(_) => "units/{unitName}",
+            Route::StatesList => "state",
+            Route::StateGet(_) => "state/{unitName}",
+            Route::Metrics => "metrics",
+            Route::MethodNotAllowed(_) => "method_not_allowed",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+const ONLY_GET: &str = "only GET supported against this resource";
+
+/// Routes a request. `path` is the percent-decoded URL path.
+pub fn route(method: &str, path: &str) -> Route {
+    if path == "/metrics" {
+        return if method == "GET" {
+            Route::Metrics
+        } else {
+            Route::MethodNotAllowed(ONLY_GET)
+        };
+    }
+    if path == "/" {
+        return Route::MethodNotAllowed("");
+    }
+    let Some(rest) = PREFIXES.iter().find_map(|p| path.strip_prefix(p)) else {
+        return Route::NotFound;
+    };
+    if rest.is_empty() {
+        return Route::MethodNotAllowed("");
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Route::NotFound;
+    };
+    let (resource, item) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((resource, item)) => (resource, Some(item)),
+    };
+    // An item is exactly one non-empty segment: fleet's `path.Match(base+"/*")` without a
+    // trailing slash.
+    let item = match item {
+        None => None,
+        Some(i) if i.is_empty() || i.contains('/') => return Route::NotFound,
+        Some(i) => Some(i.to_string()),
+    };
+    match (resource, item) {
+        ("discovery", None) => match method {
+            "GET" => Route::Discovery,
+            _ => Route::DiscoveryNotGet,
+        },
+        ("machines", None) => match method {
+            "GET" => Route::MachinesList,
+            "PATCH" => Route::MachinesPatch,
+            _ => Route::MethodNotAllowed("only GET and PATCH supported against this resource"),
+        },
+        ("units", None) => match method {
+            "GET" => Route::UnitsList,
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("units", Some(name)) => match method {
+            "GET" => Route::UnitGet(name),
+            "PUT" => Route::UnitPut(name),
+            "DELETE" => Route::UnitDelete(name),
+            _ => {
+                Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
+            }
+        },
+        ("state", None) => match method {
+            "GET" => Route::StatesList,
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("state", Some(name)) => match method {
+            "GET" => Route::StateGet(name),
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        _ => Route::NotFound,
+    }
+}
+
+/// Percent-decodes a URL path as Go's `URL.Path` does; `None` when the bytes are not UTF-8.
+pub fn decode_path(raw: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(method: &str, path: &str) -> Route {
+        route(method, path)
+    }
+
+    #[test]
+    fn table() {
+        let u = |s: &str| s.to_string();
+        for p in PREFIXES {
+            let cases: Vec<(&str, String, Route)> = vec![
+                ("GET", format!("{p}/discovery"), Route::Discovery),
+                ("POST", format!("{p}/discovery"), Route::DiscoveryNotGet),
+                ("GET", format!("{p}/discovery/"), Route::NotFound),
+                ("GET", format!("{p}/machines"), Route::MachinesList),
+                ("PATCH", format!("{p}/machines"), Route::MachinesPatch),
+                (
+                    "PUT",
+                    format!("{p}/machines"),
+                    Route::MethodNotAllowed("only GET and PATCH supported against this resource"),
+                ),
+                ("GET", format!("{p}/machines/abc"), Route::NotFound),
+                ("GET", format!("{p}/units"), Route::UnitsList),
+                (
+                    "POST",
+                    format!("{p}/units"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                (
+                    "GET",
+                    format!("{p}/units/a.service"),
+                    Route::UnitGet(u("a.service")),
+                ),
+                (
+                    "PUT",
+                    format!("{p}/units/a.service"),
+                    Route::UnitPut(u("a.service")),
+                ),
+                (
+                    "DELETE",
+                    format!("{p}/units/a.service"),
+                    Route::UnitDelete(u("a.service")),
+                ),
+                (
+                    "POST",
+                    format!("{p}/units/a.service"),
+                    Route::MethodNotAllowed(
+                        "only GET, PUT and DELETE supported against this resource",
+                    ),
+                ),
+                ("GET", format!("{p}/units/"), Route::NotFound),
+                ("GET", format!("{p}/units/a.service/"), Route::NotFound),
+                ("GET", format!("{p}/units/a/b.service"), Route::NotFound),
+                ("GET", format!("{p}/state"), Route::StatesList),
+                (
+                    "DELETE",
+                    format!("{p}/state"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                (
+                    "GET",
+                    format!("{p}/state/a.service"),
+                    Route::StateGet(u("a.service")),
+                ),
+                (
+                    "PUT",
+                    format!("{p}/state/a.service"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/state/"), Route::NotFound),
+                ("GET", p.to_string(), Route::MethodNotAllowed("")),
+                ("GET", format!("{p}/"), Route::NotFound),
+                ("GET", format!("{p}/nope"), Route::NotFound),
+                ("GET", format!("{p}units"), Route::NotFound),
+            ];
+            for (method, path, want) in cases {
+                assert_eq!(r(method, &path), want, "{method} {path}");
+            }
+        }
+        assert_eq!(r("GET", "/"), Route::MethodNotAllowed(""));
+        assert_eq!(r("GET", "/metrics"), Route::Metrics);
+        assert_eq!(r("GET", "/fleet/v2/units"), Route::NotFound);
+        assert_eq!(r("GET", ""), Route::NotFound);
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(
+            decode_path("/fleet/v1/units/foo%40bar.service").as_deref(),
+            Some("/fleet/v1/units/foo@bar.service")
+        );
+        assert_eq!(
+            r(
+                "GET",
+                &decode_path("/fleet/v1/units/a%2Fb.service").unwrap()
+            ),
+            Route::NotFound
+        );
+        assert_eq!(decode_path("/%ff"), None);
+    }
+}

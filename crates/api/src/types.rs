@@ -1,0 +1,399 @@
+//! The entities of fleet's API v1 as they travel on the wire.
+//!
+//! Field names and `omitempty` behaviour are fleet's (`schema/v1.json`): an empty string, list
+//! or map is left out of the JSON, and a missing or `null` field reads as empty. Fields are
+//! declared in the order fleet's generated Go structs printed them.
+//!
+//! ```
+//! let unit: api::types::Unit =
+//!     serde_json::from_str(r#"{"name":"hello.service","desiredState":"launched"}"#).unwrap();
+//! assert_eq!(unit.desired(), Ok(Some(api::TargetState::Launched)));
+//! assert_eq!(serde_json::to_string(&unit).unwrap(), r#"{"desiredState":"launched","name":"hello.service"}"#);
+//! ```
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+pub use registry::{TargetState, TargetStateError};
+
+/// Reads `null` as the type's default, as Go's decoder does for strings, slices and maps.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// One machine of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub id: String,
+    /// Configured metadata with the metadata set through `PATCH /machines` merged over it.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(
+        rename = "primaryIP",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub primary_ip: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachinePage {
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub machines: Vec<Machine>,
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub next_page_token: String,
+}
+
+/// One `Name=Value` line of a unit file section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOption {
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub section: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub value: String,
+}
+
+impl From<&unit::UnitOption> for UnitOption {
+    fn from(o: &unit::UnitOption) -> UnitOption {
+        UnitOption {
+            name: o.name.clone(),
+            section: o.section.clone(),
+            value: o.value.clone(),
+        }
+    }
+}
+
+impl From<&UnitOption> for unit::UnitOption {
+    fn from(o: &UnitOption) -> unit::UnitOption {
+        unit::UnitOption {
+            section: o.section.clone(),
+            name: o.name.clone(),
+            value: o.value.clone(),
+        }
+    }
+}
+
+/// A unit: its file (as options), what the user wants of it and where it is.
+///
+/// `desiredState` and `currentState` stay strings on the wire so that a bad value can be
+/// reported by name instead of failing the whole decode; [`Unit::desired`] and
+/// [`Unit::current`] read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    #[serde(
+        rename = "currentState",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub current_state: String,
+    #[serde(
+        rename = "desiredState",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub desired_state: String,
+    /// The machine the unit is scheduled to; empty when unscheduled and for global units.
+    #[serde(
+        rename = "machineID",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub machine_id: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub name: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub options: Vec<UnitOption>,
+    /// Ours, not fleet's: why the engine cannot place the unit. Ignored on `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Unit {
+    /// The desired state, `None` when not given.
+    pub fn desired(&self) -> Result<Option<TargetState>, TargetStateError> {
+        parse_state(&self.desired_state)
+    }
+
+    /// The current state, `None` when not given (global units on `GET /units/<name>`).
+    pub fn current(&self) -> Result<Option<TargetState>, TargetStateError> {
+        parse_state(&self.current_state)
+    }
+
+    /// The unit's options as a unit file.
+    pub fn file(&self) -> unit::UnitFile {
+        unit::UnitFile::from_options(self.options.iter().map(unit::UnitOption::from).collect())
+    }
+
+    /// A unit to submit: name, file and desired state.
+    pub fn new(name: &str, file: &unit::UnitFile, desired: TargetState) -> Unit {
+        Unit {
+            name: name.to_string(),
+            options: file.options.iter().map(UnitOption::from).collect(),
+            desired_state: desired.to_string(),
+            ..Unit::default()
+        }
+    }
+}
+
+fn parse_state(s: &str) -> Result<Option<TargetState>, TargetStateError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        s.parse().map(Some)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPage {
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub next_page_token: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub units: Vec<Unit>,
+}
+
+/// What one machine reports about one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub hash: String,
+    #[serde(
+        rename = "machineID",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub machine_id: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub name: String,
+    #[serde(
+        rename = "systemdActiveState",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_active_state: String,
+    #[serde(
+        rename = "systemdLoadState",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_load_state: String,
+    #[serde(
+        rename = "systemdSubState",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_sub_state: String,
+    /// Ours, not fleet's: why the machine's unit manager could not do what was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatePage {
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub next_page_token: String,
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub states: Vec<UnitState>,
+}
+
+/// The value of a metadata `add`/`replace`: fleet's wire shape nests it (`{"value":"x"}`);
+/// its documentation showed a plain string, which is accepted too. Sent nested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MetadataValue {
+    Nested { value: String },
+    Plain(String),
+}
+
+impl MetadataValue {
+    pub fn as_str(&self) -> &str {
+        match self {
+            MetadataValue::Nested { value } | MetadataValue::Plain(value) => value,
+        }
+    }
+}
+
+/// One operation of `PATCH /machines`:
+/// `{"op":"add","path":"/<machineID>/metadata/<key>","value":{"value":"x"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineMetadataOp {
+    /// `add`, `remove` or `replace`.
+    #[serde(default)]
+    pub op: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<MetadataValue>,
+}
+
+impl MachineMetadataOp {
+    /// Sets `key` on `machine` (fleet's `add`; `replace` does the same).
+    pub fn set(machine: &str, key: &str, value: &str) -> MachineMetadataOp {
+        MachineMetadataOp {
+            op: "add".into(),
+            path: format!("/{machine}/metadata/{key}"),
+            value: Some(MetadataValue::Nested {
+                value: value.into(),
+            }),
+        }
+    }
+
+    /// Removes `key` from `machine`.
+    pub fn remove(machine: &str, key: &str) -> MachineMetadataOp {
+        MachineMetadataOp {
+            op: "remove".into(),
+            path: format!("/{machine}/metadata/{key}"),
+            value: None,
+        }
+    }
+}
+
+/// The body of every error response: `{"error":{"code":404,"message":"unit does not exist"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorContent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorContent {
+    pub code: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_fields_are_omitted_and_null_reads_as_empty() {
+        let u: Unit =
+            serde_json::from_str(r#"{"name":null,"options":null,"machineID":"m"}"#).unwrap();
+        assert_eq!(
+            u,
+            Unit {
+                machine_id: "m".into(),
+                ..Unit::default()
+            }
+        );
+        assert_eq!(serde_json::to_string(&u).unwrap(), r#"{"machineID":"m"}"#);
+        assert_eq!(
+            serde_json::to_string(&MachinePage::default()).unwrap(),
+            "{}"
+        );
+    }
+
+    #[test]
+    fn reason_is_ours_and_omitted_when_none() {
+        let mut u = Unit {
+            name: "a.service".into(),
+            ..Unit::default()
+        };
+        assert!(!serde_json::to_string(&u).unwrap().contains("reason"));
+        u.reason = Some("no machine matches MachineMetadata".into());
+        let back: Unit = serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
+        assert_eq!(back, u);
+    }
+
+    #[test]
+    fn metadata_value_reads_nested_and_plain() {
+        let nested: MachineMetadataOp =
+            serde_json::from_str(r#"{"op":"add","path":"/m/metadata/k","value":{"value":"x"}}"#)
+                .unwrap();
+        let plain: MachineMetadataOp =
+            serde_json::from_str(r#"{"op":"add","path":"/m/metadata/k","value":"x"}"#).unwrap();
+        assert_eq!(nested.value.as_ref().map(MetadataValue::as_str), Some("x"));
+        assert_eq!(plain.value.as_ref().map(MetadataValue::as_str), Some("x"));
+        assert_eq!(
+            serde_json::to_string(&MachineMetadataOp::set("m", "k", "x")).unwrap(),
+            r#"{"op":"add","path":"/m/metadata/k","value":{"value":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn states_parse_or_name_the_bad_value() {
+        let u = Unit {
+            desired_state: "started".into(),
+            ..Unit::default()
+        };
+        assert!(u.desired().unwrap_err().to_string().contains("started"));
+        assert_eq!(Unit::default().desired(), Ok(None));
+    }
+}
