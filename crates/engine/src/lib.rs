@@ -1,1 +1,4 @@
-//! placeholder
+//! fleet's engine: the scheduler (a pure function from a cluster snapshot to a plan) and the
+//! leader loop that feeds it from the registry and writes its decisions back.
+
+pub mod scheduler;
