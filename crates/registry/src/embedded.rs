@@ -1,1 +1,0 @@
-//! The embedded single-machine [`crate::Store`] on redb (owned by the embedded-store work).

@@ -1,0 +1,766 @@
+//! The embedded store's in-memory model: current keys, leases, and a bounded history of recent
+//! revisions. Pure (no I/O, no clock reads: callers pass `now`), so the etcd semantics live here
+//! and are tested here; `disk.rs` makes it durable and `mod.rs` runs it.
+//!
+//! Writes are computed as a [`Batch`] over a read-only view of the [`State`] plus the batch's own
+//! changes (so several transactions can share one disk commit), then applied with
+//! [`State::apply`] once the batch is on disk: readers never see a change before it is durable.
+
+use crate::store::{
+    Compare, Event, EventKind, KeyValue, LeaseId, Op, RangePage, Result, Revision, StoreError,
+    TxnResult,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+/// How much history the store keeps for reads at past revisions and for watches from the past.
+/// The oldest revisions are dropped first; the newest one is always kept whatever its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// At most this many revisions.
+    pub revisions: usize,
+    /// At most this many changed keys over all kept revisions (bounds memory when revisions are big).
+    pub events: usize,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            revisions: 10_000,
+            events: 100_000,
+        }
+    }
+}
+
+/// One key's change at one revision, with the key as it was just before (to read the past).
+#[derive(Clone, Debug)]
+pub(super) struct Change {
+    pub event: Event,
+    pub prev: Option<KeyValue>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct RevisionChanges {
+    pub revision: Revision,
+    pub changes: Vec<Change>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct LeaseEntry {
+    pub ttl_secs: i64,
+    pub deadline: Instant,
+    /// Being revoked or expired by a batch not yet on disk: already dead to its users.
+    pub dying: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub kv: BTreeMap<String, KeyValue>,
+    pub revision: Revision,
+    /// The oldest revision that can still be read; watches may start at `compacted + 1`.
+    pub compacted: Revision,
+    pub leases: HashMap<LeaseId, LeaseEntry>,
+    /// Keys attached to each lease, so a revoke need not scan every key.
+    pub lease_keys: HashMap<LeaseId, BTreeSet<String>>,
+    /// Every revision after `compacted`, oldest first (each write revision changes some key).
+    pub history: VecDeque<RevisionChanges>,
+    history_events: usize,
+    limits: HistoryLimits,
+}
+
+impl State {
+    /// The state loaded from disk: keys and leases at `revision`, no history (so the past before
+    /// the open cannot be read), every lease given its full TTL from `now`.
+    pub fn new(
+        kv: BTreeMap<String, KeyValue>,
+        leases: impl IntoIterator<Item = (LeaseId, i64)>,
+        revision: Revision,
+        limits: HistoryLimits,
+        now: Instant,
+    ) -> State {
+        let mut lease_keys: HashMap<LeaseId, BTreeSet<String>> = HashMap::new();
+        for kv in kv.values().filter(|kv| kv.lease != 0) {
+            lease_keys
+                .entry(kv.lease)
+                .or_default()
+                .insert(kv.key.clone());
+        }
+        let leases = leases
+            .into_iter()
+            .map(|(id, ttl_secs)| {
+                (
+                    id,
+                    LeaseEntry {
+                        ttl_secs,
+                        deadline: deadline(now, ttl_secs),
+                        dying: false,
+                    },
+                )
+            })
+            .collect();
+        State {
+            kv,
+            revision,
+            compacted: revision,
+            leases,
+            lease_keys,
+            history: VecDeque::new(),
+            history_events: 0,
+            limits: HistoryLimits {
+                revisions: limits.revisions.max(1),
+                events: limits.events.max(1),
+            },
+        }
+    }
+
+    /// Makes a batch visible (call only once it is durable).
+    pub fn apply(&mut self, batch: Batch, now: Instant) {
+        for (key, new) in batch.overlay {
+            let old = match new {
+                Some(kv) => {
+                    let lease = kv.lease;
+                    if lease != 0 {
+                        self.lease_keys
+                            .entry(lease)
+                            .or_default()
+                            .insert(key.clone());
+                    }
+                    let old = self.kv.insert(key.clone(), kv);
+                    old.filter(|o| o.lease != lease)
+                }
+                None => self.kv.remove(&key),
+            };
+            if let Some(old) = old.filter(|o| o.lease != 0) {
+                if let Some(keys) = self.lease_keys.get_mut(&old.lease) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.lease_keys.remove(&old.lease);
+                    }
+                }
+            }
+        }
+        for id in batch.leases_revoked {
+            self.leases.remove(&id);
+            self.lease_keys.remove(&id);
+        }
+        for (id, ttl_secs) in batch.leases_granted {
+            self.leases.insert(
+                id,
+                LeaseEntry {
+                    ttl_secs,
+                    deadline: deadline(now, ttl_secs),
+                    dying: false,
+                },
+            );
+        }
+        self.revision = batch.revision;
+        for rc in batch.history {
+            self.history_events += rc.changes.len();
+            self.history.push_back(rc);
+        }
+        while self.history.len() > 1
+            && (self.history.len() > self.limits.revisions
+                || self.history_events > self.limits.events)
+        {
+            if let Some(old) = self.history.pop_front() {
+                self.history_events -= old.changes.len();
+                self.compacted = old.revision;
+            }
+        }
+    }
+
+    /// Keys under `prefix` from `start`, at most `limit` (0 = all), as of `revision`.
+    pub fn range(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<RangePage> {
+        let at = match revision {
+            Some(r) if r > 0 => r,
+            _ => self.revision,
+        };
+        if at > self.revision {
+            return Err(StoreError::Other(format!(
+                "revision {at} is in the future (the store is at {}); read at a revision a read returned",
+                self.revision
+            )));
+        }
+        if at < self.compacted {
+            return Err(StoreError::Compacted {
+                requested: at,
+                compacted: self.compacted,
+            });
+        }
+        let lo = match start {
+            Some(s) if s > prefix => s,
+            _ => prefix,
+        };
+        // What changed after `at`, mapped to its value at `at` (the earliest change's `prev`).
+        let mut past: BTreeMap<&str, Option<&KeyValue>> = BTreeMap::new();
+        for rc in self.history.range(self.history_index(at + 1)..) {
+            for ch in &rc.changes {
+                let k = ch.event.kv.key.as_str();
+                if k >= lo && k.starts_with(prefix) {
+                    past.entry(k).or_insert(ch.prev.as_ref());
+                }
+            }
+        }
+        let mut now = self
+            .kv
+            .range::<str, _>((Bound::Included(lo), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut past = past.into_iter().peekable();
+        let want = if limit == 0 { usize::MAX } else { limit };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        loop {
+            // Merge the two sorted sequences; the past wins for keys in both.
+            let next = match (now.peek(), past.peek()) {
+                (None, None) => break,
+                (Some(_), None) => now.next().map(|(_, kv)| kv),
+                (None, Some(_)) => past.next().and_then(|(_, kv)| kv),
+                (Some((nk, _)), Some((pk, _))) => match nk.as_str().cmp(pk) {
+                    std::cmp::Ordering::Less => now.next().map(|(_, kv)| kv),
+                    std::cmp::Ordering::Equal => {
+                        now.next();
+                        past.next().and_then(|(_, kv)| kv)
+                    }
+                    std::cmp::Ordering::Greater => past.next().and_then(|(_, kv)| kv),
+                },
+            };
+            if let Some(kv) = next {
+                if kvs.len() == want {
+                    more = true;
+                    break;
+                }
+                kvs.push(kv.clone());
+            }
+        }
+        Ok(RangePage {
+            kvs,
+            more,
+            revision: at,
+        })
+    }
+
+    /// Events under `prefix` from revision `from` on, whole revisions only, stopping after the
+    /// revision that brings the count to `max_events`. Returns them and the next `from`.
+    pub fn watch_events(
+        &self,
+        prefix: &str,
+        from: Revision,
+        max_events: usize,
+    ) -> Result<(Vec<Event>, Revision)> {
+        if from <= self.compacted {
+            return Err(StoreError::Compacted {
+                requested: from,
+                compacted: self.compacted,
+            });
+        }
+        let mut out = Vec::new();
+        let mut next = from;
+        for rc in self.history.range(self.history_index(from)..) {
+            if out.len() >= max_events {
+                break;
+            }
+            out.extend(
+                rc.changes
+                    .iter()
+                    .filter(|c| c.event.kv.key.starts_with(prefix))
+                    .map(|c| c.event.clone()),
+            );
+            next = rc.revision + 1;
+        }
+        Ok((out, next))
+    }
+
+    /// Index in `history` of the first revision >= `rev`.
+    fn history_index(&self, rev: Revision) -> usize {
+        self.history.partition_point(|rc| rc.revision < rev)
+    }
+
+    /// Leases past their deadline, and leases a failed batch left dying; sorted.
+    pub fn expired_leases(&self, now: Instant) -> Vec<LeaseId> {
+        let mut ids: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, e)| e.dying || e.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// When the next lease may expire (keep-alives only move deadlines later). Dying leases
+    /// count too, so that a batch that failed to revoke them is retried.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.leases.values().map(|e| e.deadline).min()
+    }
+
+    pub fn keep_alive(&mut self, id: LeaseId, now: Instant) -> Result<Duration> {
+        match self.leases.get_mut(&id) {
+            Some(e) if !e.dying && e.deadline > now => {
+                e.deadline = deadline(now, e.ttl_secs);
+                Ok(ttl_duration(e.ttl_secs))
+            }
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    pub fn lease_ttl(&self, id: LeaseId, now: Instant) -> Option<Duration> {
+        match self.leases.get(&id) {
+            Some(e) if !e.dying && e.deadline > now => Some(e.deadline - now),
+            _ => None,
+        }
+    }
+}
+
+fn ttl_duration(ttl_secs: i64) -> Duration {
+    Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0))
+}
+
+fn deadline(now: Instant, ttl_secs: i64) -> Instant {
+    let ttl = ttl_duration(ttl_secs);
+    // A TTL too far to represent never expires in practice: a year is as good as forever here.
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// The largest TTL a lease may ask for (etcd's limit).
+pub(super) const MAX_LEASE_TTL_SECS: i64 = 9_000_000_000;
+
+/// A lease TTL rounded up to whole seconds, at least 1 s.
+pub(super) fn lease_ttl_secs(ttl: Duration) -> Result<i64> {
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
+    match i64::try_from(secs.max(1)) {
+        Ok(s) if s <= MAX_LEASE_TTL_SECS => Ok(s),
+        _ => Err(StoreError::Other(format!(
+            "lease TTL {ttl:?} is too long (at most {MAX_LEASE_TTL_SECS} s)"
+        ))),
+    }
+}
+
+/// Writes computed against a [`State`] but not yet durable nor visible. Every method takes the
+/// state the batch was started on, unchanged since (only the single writer changes it).
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    revision: Revision,
+    /// Final value of every key the batch touched (`None` = deleted).
+    overlay: BTreeMap<String, Option<KeyValue>>,
+    leases_granted: HashMap<LeaseId, i64>,
+    leases_revoked: HashSet<LeaseId>,
+    history: Vec<RevisionChanges>,
+}
+
+impl Batch {
+    pub fn new(st: &State) -> Batch {
+        Batch {
+            revision: st.revision,
+            ..Batch::default()
+        }
+    }
+
+    /// The revision after the batch.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Whether the batch has anything to write.
+    pub fn is_empty(&self) -> bool {
+        self.overlay.is_empty() && self.leases_granted.is_empty() && self.leases_revoked.is_empty()
+    }
+
+    /// Keys to write (`Some`) or remove (`None`) on disk.
+    pub fn key_writes(&self) -> impl Iterator<Item = (&str, Option<&KeyValue>)> {
+        self.overlay.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
+    pub fn leases_granted(&self) -> impl Iterator<Item = (LeaseId, i64)> + '_ {
+        self.leases_granted.iter().map(|(id, ttl)| (*id, *ttl))
+    }
+
+    pub fn leases_revoked(&self) -> impl Iterator<Item = LeaseId> + '_ {
+        self.leases_revoked.iter().copied()
+    }
+
+    fn get<'a>(&'a self, st: &'a State, key: &str) -> Option<&'a KeyValue> {
+        match self.overlay.get(key) {
+            Some(v) => v.as_ref(),
+            None => st.kv.get(key),
+        }
+    }
+
+    pub fn lease_exists(&self, st: &State, id: LeaseId) -> bool {
+        if self.leases_revoked.contains(&id) {
+            return false;
+        }
+        self.leases_granted.contains_key(&id) || st.leases.get(&id).is_some_and(|e| !e.dying)
+    }
+
+    /// Whether `id` may not be handed out by a new grant.
+    pub fn lease_id_taken(&self, st: &State, id: LeaseId) -> bool {
+        st.leases.contains_key(&id) || self.leases_granted.contains_key(&id)
+    }
+
+    fn holds(&self, st: &State, c: &Compare) -> bool {
+        match c {
+            Compare::Exists(k) => self.get(st, k).is_some(),
+            Compare::Missing(k) => self.get(st, k).is_none(),
+            Compare::Value(k, v) => self.get(st, k).is_some_and(|kv| kv.value == *v),
+            Compare::ModRevision(k, r) => self.get(st, k).map_or(0, |kv| kv.mod_revision) == *r,
+            Compare::Lease(k, l) => self.get(st, k).is_some_and(|kv| kv.lease == *l),
+        }
+    }
+
+    /// Runs one transaction. A transaction that changes nothing keeps the revision.
+    pub fn txn(
+        &mut self,
+        st: &State,
+        compares: &[Compare],
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    ) -> Result<TxnResult> {
+        let succeeded = compares.iter().all(|c| self.holds(st, c));
+        let ops = if succeeded { success } else { failure };
+        // Refuse the whole transaction before changing anything, as etcd does.
+        for op in &ops {
+            match op {
+                Op::Put { key, lease, .. } => {
+                    if key.is_empty() {
+                        return Err(StoreError::Other("a key must not be empty".into()));
+                    }
+                    if *lease != 0 && !self.lease_exists(st, *lease) {
+                        return Err(StoreError::LeaseNotFound(*lease));
+                    }
+                }
+                Op::Delete { key } if key.is_empty() => {
+                    return Err(StoreError::Other("a key must not be empty".into()));
+                }
+                Op::Delete { .. } | Op::DeletePrefix { .. } => {}
+            }
+        }
+        let rev = self.revision + 1;
+        let mut changes = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put { key, value, lease } => {
+                    let prev = self.get(st, &key).cloned();
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                        mod_revision: rev,
+                        lease,
+                    };
+                    self.overlay.insert(key, Some(kv.clone()));
+                    changes.push(Change {
+                        event: Event {
+                            kind: EventKind::Put,
+                            kv,
+                        },
+                        prev,
+                    });
+                }
+                Op::Delete { key } => self.delete(st, key, rev, &mut changes),
+                Op::DeletePrefix { prefix } => {
+                    for key in self.keys_with_prefix(st, &prefix) {
+                        self.delete(st, key, rev, &mut changes);
+                    }
+                }
+            }
+        }
+        self.commit_revision(rev, changes);
+        Ok(TxnResult {
+            succeeded,
+            revision: self.revision,
+        })
+    }
+
+    /// Records a lease grant (the caller picked an id no lease has).
+    pub fn grant(&mut self, id: LeaseId, ttl_secs: i64) {
+        self.leases_granted.insert(id, ttl_secs);
+    }
+
+    /// Revokes a lease (or expires it): its keys are deleted in one revision. The lease is
+    /// dead to keep-alives and new puts from now on, before the batch is durable.
+    pub fn revoke(&mut self, st: &mut State, id: LeaseId) {
+        let granted_here = self.leases_granted.remove(&id).is_some();
+        if !st.leases.contains_key(&id) {
+            // Unknown, or granted in this very batch (and so without keys on disk yet).
+            if !granted_here {
+                return;
+            }
+        } else {
+            self.leases_revoked.insert(id);
+        }
+        let rev = self.revision + 1;
+        let mut changes = Vec::new();
+        for key in self.keys_of_lease(st, id) {
+            self.delete(st, key, rev, &mut changes);
+        }
+        self.commit_revision(rev, changes);
+        if let Some(e) = st.leases.get_mut(&id) {
+            e.dying = true;
+        }
+    }
+
+    fn commit_revision(&mut self, rev: Revision, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            self.revision = rev;
+            self.history.push(RevisionChanges {
+                revision: rev,
+                changes,
+            });
+        }
+    }
+
+    fn delete(&mut self, st: &State, key: String, rev: Revision, changes: &mut Vec<Change>) {
+        let Some(prev) = self.get(st, &key).cloned() else {
+            return;
+        };
+        // A delete event carries only the key and the delete's revision, as in etcd.
+        let kv = KeyValue {
+            key: key.clone(),
+            value: Vec::new(),
+            create_revision: 0,
+            mod_revision: rev,
+            lease: 0,
+        };
+        self.overlay.insert(key, None);
+        changes.push(Change {
+            event: Event {
+                kind: EventKind::Delete,
+                kv,
+            },
+            prev: Some(prev),
+        });
+    }
+
+    /// Live keys under `prefix`, sorted, as this batch sees them.
+    fn keys_with_prefix(&self, st: &State, prefix: &str) -> Vec<String> {
+        let stored = st
+            .kv
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix));
+        let touched = self
+            .overlay
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix));
+        let all: BTreeSet<&String> = stored.chain(touched).collect();
+        all.into_iter()
+            .filter(|k| self.get(st, k).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Live keys attached to lease `id`, sorted, as this batch sees them.
+    fn keys_of_lease(&self, st: &State, id: LeaseId) -> Vec<String> {
+        let stored = st.lease_keys.get(&id).into_iter().flatten();
+        let touched = self.overlay.keys();
+        let all: BTreeSet<&String> = stored.chain(touched).collect();
+        all.into_iter()
+            .filter(|k| self.get(st, k).is_some_and(|kv| kv.lease == id))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty(limits: HistoryLimits) -> State {
+        State::new(BTreeMap::new(), [], 0, limits, Instant::now())
+    }
+
+    fn run(st: &mut State, compares: &[Compare], ops: Vec<Op>) -> TxnResult {
+        let mut b = Batch::new(st);
+        let r = b.txn(st, compares, ops, vec![]).expect("txn");
+        st.apply(b, Instant::now());
+        r
+    }
+
+    #[test]
+    fn a_batch_of_txns_sees_its_own_writes_and_bumps_once_per_changing_txn() {
+        let mut st = empty(HistoryLimits::default());
+        let mut b = Batch::new(&st);
+        let r1 = b
+            .txn(&st, &[], vec![Op::put("a", "1")], vec![])
+            .expect("put");
+        let r2 = b
+            .txn(
+                &st,
+                &[Compare::Value("a".into(), b"1".to_vec())],
+                vec![Op::put("a", "2")],
+                vec![],
+            )
+            .expect("cas");
+        let r3 = b
+            .txn(&st, &[], vec![Op::delete("missing")], vec![])
+            .expect("noop");
+        assert_eq!(
+            (r1.revision, r2.succeeded, r2.revision, r3.revision),
+            (1, true, 2, 2)
+        );
+        assert!(st.kv.is_empty(), "nothing visible before apply");
+        st.apply(b, Instant::now());
+        let a = st.kv.get("a").expect("a");
+        assert_eq!(
+            (a.value.as_slice(), a.create_revision, a.mod_revision),
+            (&b"2"[..], 1, 2)
+        );
+        assert_eq!(st.revision, 2);
+    }
+
+    #[test]
+    fn past_reads_merge_history_over_current_keys() {
+        let mut st = empty(HistoryLimits::default());
+        run(
+            &mut st,
+            &[],
+            vec![
+                Op::put("p/a", "1"),
+                Op::put("p/b", "1"),
+                Op::put("p/c", "1"),
+            ],
+        );
+        run(
+            &mut st,
+            &[],
+            vec![Op::delete("p/b"), Op::put("p/a", "2"), Op::put("p/d", "1")],
+        );
+        run(&mut st, &[], vec![Op::delete_prefix("p/")]);
+        let at1: Vec<(String, Vec<u8>)> = st
+            .range("p/", None, 0, Some(1))
+            .expect("range")
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        assert_eq!(
+            at1,
+            vec![
+                ("p/a".into(), b"1".to_vec()),
+                ("p/b".into(), b"1".to_vec()),
+                ("p/c".into(), b"1".to_vec())
+            ]
+        );
+        let page = st.range("p/", Some("p/b"), 1, Some(2)).expect("range");
+        assert_eq!((page.kvs[0].key.as_str(), page.more), ("p/c", true));
+        assert!(st.range("p/", None, 0, None).expect("now").kvs.is_empty());
+        assert!(matches!(
+            st.range("p/", None, 0, Some(4)),
+            Err(StoreError::Other(_))
+        ));
+    }
+
+    #[test]
+    fn history_is_bounded_and_old_reads_report_compaction() {
+        let mut st = empty(HistoryLimits {
+            revisions: 3,
+            events: 100,
+        });
+        for i in 0..10 {
+            run(&mut st, &[], vec![Op::put(format!("k{i}"), "v")]);
+        }
+        assert_eq!((st.revision, st.compacted, st.history.len()), (10, 7, 3));
+        assert!(st.range("", None, 0, Some(7)).is_ok());
+        assert!(matches!(
+            st.range("", None, 0, Some(6)),
+            Err(StoreError::Compacted {
+                requested: 6,
+                compacted: 7
+            })
+        ));
+        assert!(st.watch_events("", 8, 10).is_ok());
+        assert!(matches!(
+            st.watch_events("", 7, 10),
+            Err(StoreError::Compacted { .. })
+        ));
+        // One revision bigger than the event limit is still kept.
+        let mut st = empty(HistoryLimits {
+            revisions: 10,
+            events: 2,
+        });
+        run(
+            &mut st,
+            &[],
+            (0..5).map(|i| Op::put(format!("k{i}"), "v")).collect(),
+        );
+        assert_eq!((st.history.len(), st.compacted), (1, 0));
+    }
+
+    #[test]
+    fn leases_attach_detach_and_revoke_in_one_revision() {
+        let now = Instant::now();
+        let mut st = empty(HistoryLimits::default());
+        let mut b = Batch::new(&st);
+        b.grant(7, 1);
+        let refused = b.txn(&st, &[], vec![Op::put_leased("x", "v", 8)], vec![]);
+        assert!(matches!(refused, Err(StoreError::LeaseNotFound(8))));
+        b.txn(
+            &st,
+            &[],
+            vec![
+                Op::put_leased("a", "v", 7),
+                Op::put_leased("b", "v", 7),
+                Op::put_leased("c", "v", 7),
+            ],
+            vec![],
+        )
+        .expect("leased puts");
+        b.txn(&st, &[], vec![Op::put("c", "plain")], vec![])
+            .expect("detach");
+        st.apply(b, now);
+        assert_eq!(st.lease_keys.get(&7).map(|s| s.len()), Some(2));
+        assert_eq!(st.expired_leases(now), Vec::<LeaseId>::new());
+        assert_eq!(st.expired_leases(now + Duration::from_secs(1)), vec![7]);
+
+        let mut b = Batch::new(&st);
+        b.revoke(&mut st, 7);
+        assert!(
+            st.keep_alive(7, now).is_err(),
+            "a dying lease cannot be kept alive"
+        );
+        st.apply(b, now);
+        assert_eq!(st.revision, 3);
+        let last = st.history.back().expect("history");
+        let keys: Vec<&str> = last
+            .changes
+            .iter()
+            .map(|c| c.event.kv.key.as_str())
+            .collect();
+        assert_eq!(keys, vec!["a", "b"]);
+        assert!(st.leases.is_empty() && st.lease_keys.is_empty());
+        assert_eq!(st.kv.keys().collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (999, 1),
+            (1000, 1),
+            (1001, 2),
+            (1500, 2),
+            (30_000, 30),
+        ];
+        for (ms, secs) in cases {
+            assert_eq!(
+                lease_ttl_secs(Duration::from_millis(ms)).expect("ttl"),
+                secs,
+                "{ms} ms"
+            );
+        }
+        assert!(lease_ttl_secs(Duration::MAX).is_err());
+    }
+}
