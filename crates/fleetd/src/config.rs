@@ -429,7 +429,12 @@ fn load_invocation(
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp) => {
             return Ok(Loaded::Help(e.render().to_string()))
         }
-        Err(e) => return Err(ConfigError::Usage(e.render().to_string())),
+        Err(e) => {
+            // Our caller prefixes its own "fleetd: "; clap's "error: " would repeat it.
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text).trim_end();
+            return Err(ConfigError::Usage(text.to_string()));
+        }
     };
 
     let positional: Vec<String> = matches

@@ -60,7 +60,9 @@ pub(crate) fn command() -> Command {
                 .value_name("BOOL")
                 .num_args(0..=1)
                 .default_missing_value("true"),
-            FlagKind::Value => arg.allow_negative_numbers(true),
+            // As Go's flag package: the next word is the value, even `-1s` (rejected
+            // later with a clear reason instead of "unexpected argument").
+            FlagKind::Value => arg.allow_hyphen_values(true),
         };
         cmd = cmd.arg(arg);
     }
