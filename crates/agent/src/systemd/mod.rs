@@ -391,10 +391,12 @@ impl UnitManager for SystemdManager {
             // fleet keeps the file when stopping fails, so that the unit can still be stopped.
             Err(e) => return Err(method_error("StopUnit", name, e)),
         }
-        manager
-            .disable_unit_files(&[name], true)
-            .await
-            .map_err(|e| method_error("DisableUnitFiles", name, e))?;
+        match manager.disable_unit_files(&[name], true).await {
+            Ok(_) => {}
+            // No file to disable: an earlier unload got this far, or it was never loaded.
+            Err(e) if dbus::is_no_such_unit(&e) => {}
+            Err(e) => return Err(method_error("DisableUnitFiles", name, e)),
+        }
         match manager.reset_failed_unit(name).await {
             Ok(()) => {}
             Err(e) if dbus::is_no_such_unit(&e) => {}
