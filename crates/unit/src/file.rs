@@ -12,8 +12,8 @@
 //! produced, so matching it keeps hashes (and `fleetctl --replace` decisions) identical to fleet's.
 //! No crate implements that dialect, hence hand-written.
 //!
-//! What the normalized form can represent (so that `parse(serialize(u)) == u`) is checked by
-//! [`UnitFile::check_representable`]; the parser only ever produces representable files.
+//! What the normalized form can represent (so that `parse(serialize(u)) == u.normalized()`) is checked by
+//! [`UnitFile::check_representable`]; [`crate::validate_unit`] refuses units that are not.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -84,7 +84,8 @@ impl UnitFile {
     /// - `Name=Value` with name and value trimmed; repeated names and sections are all kept in order;
     /// - a value line ending in `\` continues: the backslash and the newline stay in the value, and
     ///   continuation lines are taken verbatim (even if they look like comments) until a line
-    ///   without a trailing `\` or a blank line;
+    ///   without a trailing `\` or a blank line (which leaves the value ending in `\` + newline;
+    ///   so does end of input, where go-systemd dropped the newline: see the comment in the code);
     /// - a line of [`LINE_MAX`] bytes or more, a line without `=`, and non-blank text after `]`
     ///   are errors.
     pub fn parse(text: &str) -> Result<UnitFile, ParseError> {
@@ -171,9 +172,29 @@ impl UnitFile {
         self.values("Unit", "Description").next()
     }
 
-    /// Whether the normalized form can carry these options unchanged, i.e. whether
-    /// `UnitFile::parse(&self.serialize()) == Ok(self.clone())`. Options that came from the
-    /// parser always can; options from elsewhere (the HTTP API) may not. The rules:
+    /// The options grouped by section in first-seen order (file order within a section): the
+    /// order [`UnitFile::serialize`] writes them in. Same hash; equal to `parse(serialize())` for
+    /// representable files.
+    pub fn normalized(&self) -> UnitFile {
+        let mut sections: Vec<&str> = Vec::new();
+        for option in &self.options {
+            if !sections.contains(&option.section.as_str()) {
+                sections.push(&option.section);
+            }
+        }
+        let options = sections
+            .iter()
+            .flat_map(|s| self.options.iter().filter(move |o| o.section == *s))
+            .cloned()
+            .collect();
+        UnitFile { options }
+    }
+
+    /// Whether the normalized form can carry every option unchanged, i.e. whether
+    /// `UnitFile::parse(&self.serialize()) == Ok(self.normalized())` (the order changes only
+    /// when a section is repeated, since serialization groups sections). Options from the HTTP API
+    /// may not; parsed files can fail only on a value line ending in `\` plus whitespace, which
+    /// the parser (like fleet's) ends there and trims to a value ending in `\`. The rules:
     /// - section: no `]`, every line of `[section]` shorter than [`LINE_MAX`];
     /// - name: trimmed, no `=`, CR or LF, not starting with `[`, `#` or `;` (may be empty);
     /// - value: trimmed; every LF directly follows a `\` (a continuation); every continuation
@@ -215,7 +236,11 @@ fn check_option(o: &UnitOption) -> Result<(), String> {
         return Err("value has surrounding whitespace".into());
     }
     if !blank_terminated && core.ends_with('\\') {
-        return Err("value ends with \"\\\" (it would continue onto the next line)".into());
+        return Err(
+            "value ends with \"\\\", so its normalized line would continue onto the next one; \
+             remove the backslash (or the whitespace after it, to make it a continuation)"
+                .into(),
+        );
     }
     let mut lines = core.split('\n');
     let first = lines.next().unwrap_or_default();
@@ -428,26 +453,36 @@ impl<'a> Lexer<'a> {
                 if !line.trim().is_empty() {
                     partial.push_str(line);
                     if line.ends_with('\\') {
-                        if !eof {
-                            partial.push('\n');
+                        // Deliberate difference from go-systemd, which added no newline at end
+                        // of input: there a file ending in `\` without a final newline gave a
+                        // value that its own serialization did not reproduce (the stored copy
+                        // re-parsed to another unit with another hash). Here a missing final
+                        // newline changes nothing, and every parsed value round-trips.
+                        partial.push('\n');
+                        if eof {
+                            return Ok(Some(self.finish_option(name, partial)));
                         }
                         return Ok(Some(Step::OptionValue { name, partial }));
                     }
                 }
-                // A continuation ended by a blank line keeps its final newline, as in go-systemd.
-                let value = if partial.ends_with('\n') {
-                    format!("{}\n", partial.trim())
-                } else {
-                    partial.trim().to_string()
-                };
-                self.options.push(UnitOption {
-                    section: self.section.clone(),
-                    name,
-                    value,
-                });
-                Step::NextSectionOrOption
+                self.finish_option(name, partial)
             }
         }))
+    }
+
+    fn finish_option(&mut self, name: String, partial: String) -> Step {
+        // A continuation ended by a blank line keeps its final newline, as in go-systemd.
+        let value = if partial.ends_with('\n') {
+            format!("{}\n", partial.trim())
+        } else {
+            partial.trim().to_string()
+        };
+        self.options.push(UnitOption {
+            section: self.section.clone(),
+            name,
+            value,
+        });
+        Step::NextSectionOrOption
     }
 }
 

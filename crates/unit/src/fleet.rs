@@ -267,6 +267,10 @@ pub enum InvalidUnit {
     /// The normalized form does not parse back (e.g. a line too long for systemd).
     #[error("unit file does not parse after normalization: {0}")]
     Parse(#[from] crate::ParseError),
+    /// Options the normalized form would change (fleet accepted these and stored something
+    /// else than was sent, e.g. a value ending in `\` that systemd then joined with the next line).
+    #[error("unit file cannot be stored as given: {0}")]
+    Unrepresentable(String),
     /// `[X-Fleet]` options that cannot all hold.
     #[error("unresolvable requirements: {0}")]
     Requirements(#[from] RequirementsError),
@@ -275,6 +279,8 @@ pub enum InvalidUnit {
 /// fleet's API `ValidateOptions` in full, for a unit about to be created:
 /// 1. the normalized form must parse back (fleet serialized the options and parsed them again,
 ///    which catches lines of [`crate::LINE_MAX`] bytes or more and names with `=` or newlines);
+///    stricter than fleet, it must also parse back to the same options
+///    ([`crate::UnitFile::check_representable`]), so nothing is silently changed;
 /// 2. no `MachineOf=` peer may be matched by one of the unit's own `Conflicts=` or `Replaces=`
 ///    globs;
 /// 3. [`Requirements::validate`]'s forbidden combinations.
@@ -285,6 +291,8 @@ pub enum InvalidUnit {
 /// Returns the unit's requirements.
 pub fn validate_unit(file: &crate::UnitFile, unit_name: &str) -> Result<Requirements, InvalidUnit> {
     crate::UnitFile::parse(&file.serialize())?;
+    file.check_representable()
+        .map_err(InvalidUnit::Unrepresentable)?;
     let req = Requirements::from_unit(file, unit_name);
     for peer in &req.machine_of {
         if let Some(glob) = req

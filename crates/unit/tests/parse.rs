@@ -111,11 +111,13 @@ fn continuation_ended_by_blank_line_or_eof() {
     );
     assert_eq!(file.serialize(), "[Service]\nExecStart=a\\\n\nUser=x\n");
     assert_eq!(parse(&file.serialize()), file);
-    // At end of input without a newline the value ends with the backslash.
+    // Without one too (go-systemd dropped it here, giving a value its own serialization did not
+    // reproduce): a missing final newline changes nothing.
     assert_eq!(
         opts(&parse("[Service]\nExecStart=a\\")),
-        [("Service", "ExecStart", "a\\")]
+        [("Service", "ExecStart", "a\\\n")]
     );
+    assert_eq!(opts(&parse("[S]\nA=a\\\nb\\")), [("S", "A", "a\\\nb\\\n")]);
     // With a final newline, the newline is kept.
     assert_eq!(
         opts(&parse("[Service]\nExecStart=a\\\n")),
@@ -181,6 +183,18 @@ fn duplicate_keys_and_sections() {
         file.serialize(),
         "[Service]\nExecStartPre=a\nExecStartPre=b\nExecStart=c\n\n[Unit]\nDescription=d\n"
     );
+    // Serialization groups sections; `normalized` gives that order without text.
+    assert_eq!(
+        opts(&file.normalized()),
+        [
+            ("Service", "ExecStartPre", "a"),
+            ("Service", "ExecStartPre", "b"),
+            ("Service", "ExecStart", "c"),
+            ("Unit", "Description", "d"),
+        ]
+    );
+    assert_eq!(parse(&file.serialize()), file.normalized());
+    assert_eq!(file.normalized().hash(), file.hash());
 }
 
 #[test]

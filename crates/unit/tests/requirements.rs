@@ -354,6 +354,27 @@ fn validate_unit_like_fleet_validate_options() {
         Err(InvalidUnit::Parse(_))
     ));
 
+    // Options fleet accepted but stored changed are refused, with the reason.
+    for value in ["echo \\", "a\n", " padded"] {
+        let file =
+            UnitFile::from_options(vec![unit::UnitOption::new("Service", "ExecStart", value)]);
+        let e = validate_unit(&file, "x.service").expect_err(value);
+        assert!(
+            matches!(&e, InvalidUnit::Unrepresentable(m) if m.contains("ExecStart")),
+            "{value:?}: {e}"
+        );
+    }
+    // Such a value also comes from a file line ending in a backslash plus whitespace.
+    let parsed = UnitFile::parse("[Service]\nExecStart=echo \\ \nUser=core\n").expect("parse");
+    assert_eq!(
+        parsed.values("Service", "ExecStart").collect::<Vec<_>>(),
+        ["echo \\"]
+    );
+    assert!(matches!(
+        validate_unit(&parsed, "x.service"),
+        Err(InvalidUnit::Unrepresentable(_))
+    ));
+
     // Unknown keys are not the API's business.
     assert!(validate_unit(&fleet("Bogus=1\n"), "x.service").is_ok());
 }
