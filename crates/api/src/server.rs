@@ -507,12 +507,11 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     }
 }
 
-/// fleet's `ValidateOptions`: the options must survive a serialize/parse round trip (line
-/// lengths and the like) and their `[X-Fleet]` requirements must be satisfiable together.
+/// fleet's `ValidateOptions` (the unit crate's [`unit::validate_unit`]): the options survive
+/// normalization and their `[X-Fleet]` requirements can all hold.
 pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String> {
-    unit::UnitFile::parse(&file.serialize()).map_err(|e| format!("invalid unit options: {e}"))?;
-    unit::Requirements::from_unit(file, name)
-        .validate()
+    unit::validate_unit(file, name)
+        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
