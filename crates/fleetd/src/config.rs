@@ -525,6 +525,25 @@ fn load_invocation(
         config.sources.insert(spec.name, source);
     }
 
+    if config.registry == RegistryKind::Etcd && config.etcd_servers.is_empty() {
+        let origin = config
+            .source("etcd_servers")
+            .cloned()
+            .unwrap_or(Source::Default);
+        let value = match &origin {
+            Source::Flag(_) => matches.get_one::<String>("etcd_servers").cloned(),
+            Source::Env(var) => env(var),
+            Source::File { .. } => file_values.get("etcd_servers").map(|e| e.value.clone()),
+            Source::Default => None,
+        };
+        return Err(ConfigError::InvalidValue {
+            option: "etcd_servers",
+            value: value.unwrap_or_default(),
+            origin,
+            reason: value::NO_ETCD_SERVERS.to_string(),
+        });
+    }
+
     if config.etcd_certfile.is_some() != config.etcd_keyfile.is_some() {
         let describe = |name: &str| {
             let set = if name == "etcd_certfile" {

@@ -287,6 +287,11 @@ fn bad_values_name_option_value_and_source() {
         ("verbosity", "010.5", "whole number"),
         ("etcd_servers", "127.0.0.1:2379", "http://"),
         ("etcd_servers", "", "no etcd server"),
+        (
+            "etcd_servers",
+            "http://a:2379,b:2379",
+            "\"b:2379\" is not an http:// or https:// URL",
+        ),
         ("etcd_request_timeout", "0", "greater than zero"),
         ("etcd_request_timeout", "1s", "seconds"),
         ("public_ip", "example.com", "IPv4 or IPv6"),
@@ -318,6 +323,26 @@ fn bad_values_name_option_value_and_source() {
         assert!(msg.starts_with(&head), "{msg:?} should start with {head:?}");
         assert!(msg.contains(reason), "{msg:?} should contain {reason:?}");
     }
+}
+
+#[test]
+fn etcd_servers_may_be_empty_only_with_the_embedded_registry() {
+    let f = Fixture::new();
+    let path = f.write_default("etcd_servers = \"\"\n");
+    assert_eq!(
+        f.error(&[]),
+        format!(
+            "invalid value \"\" for etcd_servers (from {} line 1): no etcd server given; list URLs like http://127.0.0.1:2379, or set registry=embedded",
+            path.display()
+        )
+    );
+    let msg = Fixture::new().env("FLEET_ETCD_SERVERS", "[]").error(&[]);
+    assert!(
+        msg.starts_with("invalid value \"[]\" for etcd_servers (from FLEET_ETCD_SERVERS)"),
+        "{msg}"
+    );
+    let c = f.config(&["--registry", "embedded"]);
+    assert!(c.etcd_servers.is_empty());
 }
 
 #[test]

@@ -69,15 +69,14 @@ pub(crate) fn parse_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// `etcd_servers`: at least one `http://` or `https://` URL with a host.
+/// Reason given when `registry=etcd` and `etcd_servers` is empty (checked once both
+/// options are known: with `registry=embedded` an empty list is fine).
+pub(crate) const NO_ETCD_SERVERS: &str =
+    "no etcd server given; list URLs like http://127.0.0.1:2379, or set registry=embedded";
+
+/// `etcd_servers`: `http://` or `https://` URLs with a host.
 pub(crate) fn parse_etcd_servers(s: &str) -> Result<Vec<String>, Reason> {
     let servers = parse_list(s);
-    if servers.is_empty() {
-        return Err(
-            "no etcd server given; list URLs like http://127.0.0.1:2379 (or set registry=embedded)"
-                .into(),
-        );
-    }
     for server in &servers {
         let rest = server
             .strip_prefix("http://")
@@ -310,7 +309,8 @@ mod tests {
     #[test]
     fn etcd_servers_must_be_urls() {
         assert!(parse_etcd_servers("https://a:2379").is_ok());
-        for s in ["", "a:2379", "unix:///x", "http://", "http:///x"] {
+        assert_eq!(parse_etcd_servers("[]"), Ok(vec![]));
+        for s in ["a:2379", "unix:///x", "http://", "http:///x"] {
             assert!(parse_etcd_servers(s).is_err(), "{s}");
         }
     }
