@@ -205,6 +205,11 @@ async fn list_states(
 
 /// The systemd unit manager. Cheap to share behind an `Arc`; dropping it stops its signal
 /// watcher.
+///
+/// `states` reports what systemd says of every name it is asked about, as fleet did: a name
+/// systemd has no file for is `not-found`/`inactive`/`dead`, not `None`. `subscribe` reports
+/// the units loaded through this manager (and those found in the units directory at
+/// `connect`), and `None` once a unit is unloaded.
 pub struct SystemdManager {
     shared: Arc<Shared>,
     watcher: tokio::task::JoinHandle<()>,
