@@ -665,6 +665,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn registry_failures_map_to_503_or_500_with_the_cause() {
+        let e = ApiError::registry(
+            "list_units",
+            RegistryError::Store(StoreError::Unavailable(
+                "no etcd at http://127.0.0.1:2379".into(),
+            )),
+        );
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            e.message
+                .starts_with("fleet server unable to communicate with etcd: list units: "),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("no etcd at http://127.0.0.1:2379"),
+            "{}",
+            e.message
+        );
+        let e = ApiError::registry(
+            "get_unit",
+            RegistryError::Corrupt {
+                key: "/k".into(),
+                message: "bad json".into(),
+            },
+        );
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            e.message.contains("get unit") && e.message.contains("bad json"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn metadata_paths() {
         assert_eq!(metadata_path("/m1/metadata/region"), Some(("m1", "region")));
         assert_eq!(
