@@ -1,1 +1,0 @@
-//! Our own process supervisor for hosts without systemd (owned by the process-manager work).

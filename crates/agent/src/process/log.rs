@@ -1,0 +1,261 @@
+//! Per-unit logs: every line a unit writes to stdout/stderr, with a timestamp, in
+//! `state_dir/logs/<unit>.log`, rotated at a size bound.
+//!
+//! A unit's stdout and stderr are one pipe whose reader is a tiny log-forwarding process
+//! (this same code, started as `<helper> __fleet-process-helper log-forward <file> <max>`),
+//! in its own session. fleetd never holds the reading end, so a unit keeps writing its output
+//! (with timestamps and rotation) while fleetd is down, restarts or is SIGKILLed; the forwarder
+//! exits when every process of the unit has closed the pipe. Writing to the file directly would
+//! lose the timestamps and the rotation; a pipe read by fleetd would break (SIGPIPE) when
+//! fleetd dies.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// First argument that makes a binary act as the process supervisor's helper.
+pub const HELPER_ARG: &str = "__fleet-process-helper";
+/// Reply of `<helper> __fleet-process-helper probe`, checked when a manager starts.
+pub const PROBE_REPLY: &str = "fleet-process-helper 1";
+
+/// Rotation bound of a unit's log; one older file (`.log.1`) is kept.
+pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
+
+/// Runs the helper and exits if this process was started as the helper; returns otherwise.
+/// A binary that serves as the helper (fleetd, `fleet-process-helper`) calls this first thing
+/// in `main`.
+pub fn run_helper_if_requested() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a == HELPER_ARG) != Some(true) {
+        return;
+    }
+    let code = match args.get(2).and_then(|a| a.to_str()) {
+        Some("probe") => {
+            println!("{PROBE_REPLY}");
+            0
+        }
+        Some("log-forward") => match (
+            args.get(3),
+            args.get(4).and_then(|a| a.to_str()?.parse::<u64>().ok()),
+        ) {
+            (Some(file), Some(max)) => {
+                forward(std::io::stdin().lock(), Path::new(file), max, now_stamp);
+                0
+            }
+            _ => 2,
+        },
+        _ => {
+            eprintln!("usage: {HELPER_ARG} probe | log-forward <file> <max-bytes>");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `2024-05-01T12:00:00.123Z`: RFC 3339 in UTC with milliseconds.
+pub fn format_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days (days since 1970-01-01 to y-m-d).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+fn now_stamp() -> String {
+    format_timestamp(SystemTime::now())
+}
+
+/// Appends to a log file with rotation. Several writers (a lingering forwarder, fleetd's own
+/// messages) may share one file: each appends whole lines with O_APPEND and reopens the file
+/// when another writer rotated it away.
+pub struct LogFile {
+    path: PathBuf,
+    max: u64,
+    file: Option<std::fs::File>,
+}
+
+impl LogFile {
+    pub fn new(path: &Path, max: u64) -> LogFile {
+        LogFile {
+            path: path.to_path_buf(),
+            max,
+            file: None,
+        }
+    }
+
+    fn rotated(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".1");
+        PathBuf::from(p)
+    }
+
+    /// Appends `data` (whole lines), rotating before a line that would take the file past the
+    /// bound. Errors are dropped: a full disk must not stop the unit.
+    pub fn append(&mut self, mut data: &[u8]) {
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(&self.path).ok();
+        let ours = self.file.as_ref().and_then(|f| f.metadata().ok());
+        let same = matches!((&current, &ours), (Some(c), Some(o)) if c.ino() == o.ino() && c.dev() == o.dev());
+        if !same {
+            self.file = None;
+        }
+        let mut len = current.map(|c| c.len()).unwrap_or(0);
+        while !data.is_empty() {
+            // The longest prefix of whole lines that fits; at least one line.
+            let room = self.max.saturating_sub(len) as usize;
+            let mut take = 0;
+            for (i, &b) in data.iter().enumerate() {
+                if b == b'\n' {
+                    if i + 1 > room && take > 0 {
+                        break;
+                    }
+                    take = i + 1;
+                    if i + 1 > room {
+                        break;
+                    }
+                }
+            }
+            if take == 0 {
+                take = data.len();
+            }
+            if len > 0 && len + take as u64 > self.max {
+                let _ = std::fs::rename(&self.path, Self::rotated(&self.path));
+                self.file = None;
+                len = 0;
+                continue;
+            }
+            if self.file.is_none() {
+                self.file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .ok();
+            }
+            if let Some(f) = &mut self.file {
+                let _ = f.write_all(&data[..take]);
+            }
+            len += take as u64;
+            data = &data[take..];
+        }
+    }
+}
+
+/// Copies `input` to `file` line by line, each line prefixed with `stamp()` and a space. Lines
+/// longer than 16 KiB are cut into several lines; a last line without newline is kept.
+pub fn forward(mut input: impl Read, file: &Path, max: u64, stamp: impl Fn() -> String) {
+    const MAX_LINE: usize = 16 * 1024;
+    let mut log = LogFile::new(file, max);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut out = Vec::new();
+        let ts = stamp();
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            push_line(&mut out, &ts, &pending[start..end], MAX_LINE);
+            start = end + 1;
+        }
+        pending.drain(..start);
+        if pending.len() >= MAX_LINE {
+            push_line(&mut out, &ts, &pending, MAX_LINE);
+            pending.clear();
+        }
+        if !out.is_empty() {
+            log.append(&out);
+        }
+    }
+    if !pending.is_empty() {
+        let mut out = Vec::new();
+        push_line(&mut out, &stamp(), &pending, MAX_LINE);
+        log.append(&out);
+    }
+}
+
+fn push_line(out: &mut Vec<u8>, ts: &str, line: &[u8], max: usize) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for chunk in line.chunks(max.max(1)) {
+        out.extend_from_slice(ts.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(chunk);
+        out.push(b'\n');
+    }
+    if line.is_empty() {
+        out.extend_from_slice(ts.as_bytes());
+        out.extend_from_slice(b" \n");
+    }
+}
+
+/// A line fleetd itself adds to a unit's log (like systemd's "Started ..." journal lines).
+pub async fn note(path: PathBuf, message: String) {
+    let line = format!("{} fleetd: {message}\n", now_stamp());
+    let _ = tokio::task::spawn_blocking(move || {
+        LogFile::new(&path, MAX_LOG_BYTES).append(line.as_bytes())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        let cases = [
+            (0u64, 0u32, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
+            (1_714_564_800, 123, "2024-05-01T12:00:00.123Z"),
+            (4_102_444_799, 999, "2099-12-31T23:59:59.999Z"),
+        ];
+        for (secs, ms, want) in cases {
+            let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms.into());
+            assert_eq!(format_timestamp(t), want);
+        }
+    }
+
+    #[test]
+    fn forwards_lines_and_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.log");
+        let input = b"one\ntwo\r\n\nlast".to_vec();
+        forward(&input[..], &path, 1 << 20, || "TS".to_string());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "TS one\nTS two\nTS \nTS last\n"
+        );
+
+        // A small bound: the file is rotated once it would grow past it, one old file kept.
+        let input: Vec<u8> = (0..50)
+            .flat_map(|i| format!("line {i:02}\n").into_bytes())
+            .collect();
+        forward(&input[..], &path, 64, || "T".to_string());
+        let current = std::fs::read_to_string(&path).unwrap();
+        let old = std::fs::read_to_string(LogFile::rotated(&path)).unwrap();
+        assert!(current.len() <= 64, "{current:?}");
+        assert!(current.ends_with("T line 49\n"), "{current:?}");
+        assert!(!old.is_empty() && old.len() <= 64, "{old:?}");
+    }
+}
