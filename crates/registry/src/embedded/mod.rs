@@ -53,7 +53,7 @@ use disk::Disk;
 use state::{lease_ttl_secs, Batch, State};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
@@ -71,7 +71,7 @@ pub struct EmbeddedStore {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    state: RwLock<State>,
     /// The latest visible revision, announced after every applied batch. Its sender belongs to
     /// the writer thread, so watches learn when the store is gone.
     revisions: watch::Receiver<Revision>,
@@ -119,10 +119,14 @@ impl Reply {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The state is changed only by whole-batch applies that cannot panic half-way; a poisoned
-    // lock (a panic elsewhere while holding it) leaves it consistent.
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+// The state is changed only by whole-batch applies that cannot panic half-way; a poisoned lock
+// (a panic elsewhere while holding it) leaves it consistent.
+fn read(state: &RwLock<State>) -> RwLockReadGuard<'_, State> {
+    state.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(state: &RwLock<State>) -> RwLockWriteGuard<'_, State> {
+    state.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl EmbeddedStore {
@@ -145,7 +149,7 @@ impl EmbeddedStore {
         );
         let (revision_tx, revision_rx) = watch::channel(loaded.revision);
         let shared = Arc::new(Shared {
-            state: Mutex::new(state),
+            state: RwLock::new(state),
             revisions: revision_rx,
         });
         let (requests, rx) = mpsc::channel();
@@ -174,7 +178,7 @@ impl EmbeddedStore {
 
     /// The current revision.
     pub fn revision(&self) -> Revision {
-        lock(&self.shared.state).revision
+        read(&self.shared.state).revision
     }
 
     fn closed(&self) -> StoreError {
@@ -218,7 +222,7 @@ fn writer_loop(
 ) {
     let mut ids = LeaseIds::new();
     loop {
-        let next_deadline = lock(&shared.state).next_deadline();
+        let next_deadline = read(&shared.state).next_deadline();
         let first = match next_deadline {
             None => match requests.recv() {
                 Ok(r) => Some(r),
@@ -239,7 +243,7 @@ fn writer_loop(
         }
 
         let (batch, replies) = {
-            let mut st = lock(&shared.state);
+            let mut st = write(&shared.state);
             let mut batch = Batch::new(&st);
             for id in st.expired_leases(Instant::now()) {
                 batch.revoke(&mut st, id);
@@ -275,7 +279,7 @@ fn writer_loop(
         match written {
             Ok(()) => {
                 let revision = batch.revision();
-                lock(&shared.state).apply(batch, Instant::now());
+                write(&shared.state).apply(batch, Instant::now());
                 revisions.send_replace(revision);
                 for reply in replies {
                     reply.send(None);
@@ -326,7 +330,7 @@ impl LeaseIds {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(lock(&self.shared.state).kv.get(key).cloned())
+        Ok(read(&self.shared.state).kv.get(key).cloned())
     }
 
     async fn range(
@@ -336,7 +340,7 @@ impl Store for EmbeddedStore {
         limit: usize,
         revision: Option<Revision>,
     ) -> Result<RangePage> {
-        lock(&self.shared.state).range(prefix, start, limit, revision)
+        read(&self.shared.state).range(prefix, start, limit, revision)
     }
 
     async fn txn(
@@ -361,11 +365,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        lock(&self.shared.state).keep_alive(lease, Instant::now())
+        write(&self.shared.state).keep_alive(lease, Instant::now())
     }
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
-        Ok(lock(&self.shared.state).lease_ttl(lease, Instant::now()))
+        Ok(read(&self.shared.state).lease_ttl(lease, Instant::now()))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
@@ -375,7 +379,7 @@ impl Store for EmbeddedStore {
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         let from = if from <= 0 {
-            lock(&self.shared.state).revision + 1
+            read(&self.shared.state).revision + 1
         } else {
             from
         };
@@ -413,7 +417,7 @@ impl WatchCursor {
             // Mark the announced revision seen before reading, so no announcement is missed.
             self.revisions.borrow_and_update();
             let polled =
-                lock(&self.shared.state).watch_events(&self.prefix, self.next, MAX_WATCH_BATCH);
+                read(&self.shared.state).watch_events(&self.prefix, self.next, MAX_WATCH_BATCH);
             match polled {
                 Err(e) => {
                     self.done = true;
