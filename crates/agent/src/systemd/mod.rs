@@ -167,20 +167,24 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How long a call to systemd may take: long enough for a daemon-reload of many units, short
+/// enough that a hung systemd shows as an error instead of a stuck agent.
+const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 async fn connect_bus(opts: &SystemdOptions) -> anyhow::Result<Bus> {
-    let (conn, which) = match (&opts.bus_address, opts.user) {
-        (Some(address), _) => (
-            zbus::connection::Builder::address(address.as_str())
-                .build()
-                .await,
-            address.as_str(),
-        ),
-        (None, true) => (zbus::Connection::session().await, "the session bus"),
-        (None, false) => (zbus::Connection::system().await, "the system bus"),
+    use zbus::connection::Builder;
+    let (builder, which) = match (&opts.bus_address, opts.user) {
+        (Some(address), _) => (Builder::address(address.as_str()), address.as_str()),
+        (None, true) => (Builder::session(), "the session bus"),
+        (None, false) => (Builder::system(), "the system bus"),
     };
-    let conn = conn.with_context(|| {
-        format!("cannot connect to systemd through {which}: is systemd running with D-Bus?")
-    })?;
+    let conn = builder
+        .method_timeout(METHOD_TIMEOUT)
+        .build()
+        .await
+        .with_context(|| {
+            format!("cannot connect to systemd through {which}: is systemd running with D-Bus?")
+        })?;
     let manager = SystemdManagerProxy::builder(&conn)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
@@ -498,6 +502,21 @@ mod tests {
             ]
         );
         assert!(read_units(&tmp.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bus_that_is_not_there_is_named_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let address = format!("unix:path={}/no-bus", tmp.path().display());
+        let opts = SystemdOptions {
+            bus_address: Some(address.clone()),
+            ..SystemdOptions::default()
+        };
+        let err = match SystemdManager::connect(opts).await {
+            Ok(_) => panic!("connected to {address}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(&address), "{err}");
     }
 
     #[test]
