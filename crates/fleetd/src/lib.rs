@@ -1,3 +1,5 @@
 //! fleetd: configuration and wiring of the agent, engine and API server.
 
 pub mod config;
+pub mod daemon;
+pub mod logging;

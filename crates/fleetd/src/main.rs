@@ -1,1 +1,43 @@
-fn main() {}
+//! fleetd: the agent, engine and API server of one machine.
+
+use fleetd::config::{self, Loaded};
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let loaded = config::load(
+        std::env::args_os(),
+        &config::process_env,
+        Path::new(config::DEFAULT_CONFIG_FILE),
+    );
+    let cfg = match loaded {
+        Ok(Loaded::Run(cfg)) => cfg,
+        Ok(Loaded::Version(text)) | Ok(Loaded::Help(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("fleetd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    fleetd::logging::init(cfg.verbosity);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetd: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fleetd::daemon::run(*cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

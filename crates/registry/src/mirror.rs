@@ -24,9 +24,15 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub enum Update {
     /// The whole prefix as read at `revision`: replace any copy held.
-    Reset { kvs: Vec<KeyValue>, revision: Revision },
+    Reset {
+        kvs: Vec<KeyValue>,
+        revision: Revision,
+    },
     /// Changes after the last update, in revision order.
-    Events { events: Vec<Event>, revision: Revision },
+    Events {
+        events: Vec<Event>,
+        revision: Revision,
+    },
 }
 
 const RANGE_PAGE: usize = 1000;
@@ -53,7 +59,14 @@ pub fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Update> {
                 }
             };
             let mut last = page.revision;
-            if tx.send(Update::Reset { kvs: page.kvs, revision: last }).await.is_err() {
+            if tx
+                .send(Update::Reset {
+                    kvs: page.kvs,
+                    revision: last,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {

@@ -68,13 +68,24 @@ pub struct UnitView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScheduleChange {
     /// Place `unit` on `machine` (and clear its reason).
-    Place { unit: String, machine: String, entry: ScheduleEntry },
+    Place {
+        unit: String,
+        machine: String,
+        entry: ScheduleEntry,
+    },
     /// Tell `machine` a new hash or desired state of a unit placed there.
-    Update { unit: String, machine: String, entry: ScheduleEntry },
+    Update {
+        unit: String,
+        machine: String,
+        entry: ScheduleEntry,
+    },
     /// Take `unit` off `machine`.
     Unplace { unit: String, machine: String },
     /// Why `unit` cannot be placed (`None` clears it).
-    Reason { unit: String, reason: Option<String> },
+    Reason {
+        unit: String,
+        reason: Option<String>,
+    },
 }
 
 /// fleet's registry over any [`Store`]. Cheap to clone.
@@ -105,17 +116,27 @@ fn text(kv: &KeyValue) -> Result<String> {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, prefix: &str) -> Registry {
-        Registry { store, keys: Keys::new(prefix) }
+        Registry {
+            store,
+            keys: Keys::new(prefix),
+        }
     }
 
-    async fn range_at(&self, prefix: &str, at: Option<Revision>) -> Result<AtRevision<Vec<KeyValue>>> {
+    async fn range_at(
+        &self,
+        prefix: &str,
+        at: Option<Revision>,
+    ) -> Result<AtRevision<Vec<KeyValue>>> {
         let page = match at {
             None => range_all(self.store.as_ref(), prefix, PAGE).await?,
             Some(rev) => {
                 let mut out = Vec::new();
                 let mut start: Option<String> = None;
                 loop {
-                    let p = self.store.range(prefix, start.as_deref(), PAGE, Some(rev)).await?;
+                    let p = self
+                        .store
+                        .range(prefix, start.as_deref(), PAGE, Some(rev))
+                        .await?;
                     let more = p.more;
                     out.extend(p.kvs);
                     match (more, out.last()) {
@@ -123,10 +144,17 @@ impl Registry {
                         _ => break,
                     }
                 }
-                crate::store::RangePage { kvs: out, more: false, revision: rev }
+                crate::store::RangePage {
+                    kvs: out,
+                    more: false,
+                    revision: rev,
+                }
             }
         };
-        Ok(AtRevision { items: page.kvs, revision: page.revision })
+        Ok(AtRevision {
+            items: page.kvs,
+            revision: page.revision,
+        })
     }
 
     // ----- units -----
@@ -135,7 +163,10 @@ impl Registry {
     pub async fn jobs(&self, at: Option<Revision>) -> Result<AtRevision<Vec<Job>>> {
         let kvs = self.range_at(&self.keys.jobs(), at).await?;
         let items = kvs.items.iter().map(decode).collect::<Result<Vec<Job>>>()?;
-        Ok(AtRevision { items, revision: kvs.revision })
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// The unit body stored under `hash`.
@@ -143,13 +174,22 @@ impl Registry {
         let key = self.keys.body(hash);
         let kv = match at {
             None => self.store.get(&key).await?,
-            Some(rev) => self.store.range(&key, None, 1, Some(rev)).await?.kvs.into_iter().find(|kv| kv.key == key),
+            Some(rev) => self
+                .store
+                .range(&key, None, 1, Some(rev))
+                .await?
+                .kvs
+                .into_iter()
+                .find(|kv| kv.key == key),
         };
         match kv {
             None => Ok(None),
             Some(kv) => {
                 let raw = text(&kv)?;
-                let file = UnitFile::parse(&raw).map_err(|e| RegistryError::Corrupt { key: kv.key.clone(), message: e.to_string() })?;
+                let file = UnitFile::parse(&raw).map_err(|e| RegistryError::Corrupt {
+                    key: kv.key.clone(),
+                    message: e.to_string(),
+                })?;
                 Ok(Some(file))
             }
         }
@@ -159,7 +199,9 @@ impl Registry {
     /// missing are skipped (as fleet did), with a warning.
     pub async fn units(&self, at: Option<Revision>) -> Result<AtRevision<Vec<Unit>>> {
         let jobs = self.jobs(at).await?;
-        let bodies = self.range_at(&self.keys.bodies(), Some(jobs.revision)).await?;
+        let bodies = self
+            .range_at(&self.keys.bodies(), Some(jobs.revision))
+            .await?;
         let mut files: BTreeMap<String, UnitFile> = BTreeMap::new();
         for kv in &bodies.items {
             let hash = kv.key.trim_start_matches(&self.keys.bodies()).to_string();
@@ -168,22 +210,34 @@ impl Registry {
                 Ok(f) => {
                     files.insert(hash, f);
                 }
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping unparsable unit body"),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "skipping unparsable unit body")
+                }
             }
         }
         let mut items = Vec::with_capacity(jobs.items.len());
         for job in jobs.items {
             match files.get(&job.hash.to_string()) {
-                Some(file) => items.push(Unit { job, file: file.clone() }),
-                None => tracing::warn!(unit = %job.name, hash = %job.hash, "unit body missing; skipping unit"),
+                Some(file) => items.push(Unit {
+                    job,
+                    file: file.clone(),
+                }),
+                None => {
+                    tracing::warn!(unit = %job.name, hash = %job.hash, "unit body missing; skipping unit")
+                }
             }
         }
-        Ok(AtRevision { items, revision: jobs.revision })
+        Ok(AtRevision {
+            items,
+            revision: jobs.revision,
+        })
     }
 
     /// One unit with its file.
     pub async fn unit(&self, name: &str) -> Result<Option<Unit>> {
-        let Some(kv) = self.store.get(&self.keys.job(name)).await? else { return Ok(None) };
+        let Some(kv) = self.store.get(&self.keys.job(name)).await? else {
+            return Ok(None);
+        };
         let job: Job = decode(&kv)?;
         let file = self.body(&job.hash, None).await?;
         Ok(file.map(|file| Unit { job, file }))
@@ -191,16 +245,29 @@ impl Registry {
 
     /// Creates `name`, or replaces its file and desired state if it exists, in one transaction.
     /// The old body is removed when no unit refers to it any more.
-    pub async fn create_unit(&self, name: &str, file: &UnitFile, desired: TargetState) -> Result<()> {
+    pub async fn create_unit(
+        &self,
+        name: &str,
+        file: &UnitFile,
+        desired: TargetState,
+    ) -> Result<()> {
         let hash = file.hash();
         let global = unit::Requirements::from_unit(file, name).global;
-        let job = Job { name: name.to_string(), hash, desired, global };
+        let job = Job {
+            name: name.to_string(),
+            hash,
+            desired,
+            global,
+        };
         let raw = file.serialize();
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
             let old = self.store.get(&job_key).await?;
             let old_job: Option<Job> = old.as_ref().map(decode).transpose()?;
-            let mut compares = vec![Compare::ModRevision(job_key.clone(), old.as_ref().map_or(0, |kv| kv.mod_revision))];
+            let mut compares = vec![Compare::ModRevision(
+                job_key.clone(),
+                old.as_ref().map_or(0, |kv| kv.mod_revision),
+            )];
             let mut ops = vec![
                 // Rewriting the body on every create bumps its mod revision, which is what
                 // garbage collection compares against to never delete a body in use.
@@ -216,7 +283,8 @@ impl Registry {
             if let Some(old_job) = &old_job {
                 if old_job.hash != hash {
                     ops.push(Op::delete(self.keys.body_ref(&old_job.hash, name)));
-                    self.collect_body(&old_job.hash, name, &mut compares, &mut ops).await?;
+                    self.collect_body(&old_job.hash, name, &mut compares, &mut ops)
+                        .await?;
                 }
             }
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
@@ -227,9 +295,21 @@ impl Registry {
     }
 
     /// Adds to a transaction the deletion of the body `hash` if `leaving` is its last user.
-    async fn collect_body(&self, hash: &UnitHash, leaving: &str, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) -> Result<()> {
-        let refs = self.store.range(&self.keys.body_refs(hash), None, 2, None).await?;
-        let others = refs.kvs.iter().any(|kv| !kv.key.ends_with(&format!("/{leaving}")));
+    async fn collect_body(
+        &self,
+        hash: &UnitHash,
+        leaving: &str,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<Op>,
+    ) -> Result<()> {
+        let refs = self
+            .store
+            .range(&self.keys.body_refs(hash), None, 2, None)
+            .await?;
+        let others = refs
+            .kvs
+            .iter()
+            .any(|kv| !kv.key.ends_with(&format!("/{leaving}")));
         if others {
             return Ok(());
         }
@@ -245,7 +325,9 @@ impl Registry {
     pub async fn destroy_unit(&self, name: &str) -> Result<bool> {
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
-            let Some(old) = self.store.get(&job_key).await? else { return Ok(false) };
+            let Some(old) = self.store.get(&job_key).await? else {
+                return Ok(false);
+            };
             let job: Job = decode(&old)?;
             let mut compares = vec![Compare::ModRevision(job_key.clone(), old.mod_revision)];
             let mut ops = vec![
@@ -254,7 +336,8 @@ impl Registry {
                 Op::delete(self.keys.body_ref(&job.hash, name)),
                 Op::delete(self.keys.reason(name)),
             ];
-            self.collect_body(&job.hash, name, &mut compares, &mut ops).await?;
+            self.collect_body(&job.hash, name, &mut compares, &mut ops)
+                .await?;
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
                 return Ok(true);
             }
@@ -266,7 +349,9 @@ impl Registry {
     pub async fn set_target_state(&self, name: &str, desired: TargetState) -> Result<bool> {
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
-            let Some(old) = self.store.get(&job_key).await? else { return Ok(false) };
+            let Some(old) = self.store.get(&job_key).await? else {
+                return Ok(false);
+            };
             let mut job: Job = decode(&old)?;
             if job.desired == desired {
                 return Ok(true);
@@ -287,64 +372,106 @@ impl Registry {
     // ----- schedule (written by the engine) -----
 
     /// unit -> machine for every placed unit.
-    pub async fn placements(&self, at: Option<Revision>) -> Result<AtRevision<BTreeMap<String, String>>> {
+    pub async fn placements(
+        &self,
+        at: Option<Revision>,
+    ) -> Result<AtRevision<BTreeMap<String, String>>> {
         let base = self.keys.placements();
         let kvs = self.range_at(&base, at).await?;
         let mut items = BTreeMap::new();
         for kv in &kvs.items {
             items.insert(kv.key[base.len()..].to_string(), text(kv)?);
         }
-        Ok(AtRevision { items, revision: kvs.revision })
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// unit -> why the engine cannot place it.
-    pub async fn reasons(&self, at: Option<Revision>) -> Result<AtRevision<BTreeMap<String, String>>> {
+    pub async fn reasons(
+        &self,
+        at: Option<Revision>,
+    ) -> Result<AtRevision<BTreeMap<String, String>>> {
         let base = self.keys.reasons();
         let kvs = self.range_at(&base, at).await?;
         let mut items = BTreeMap::new();
         for kv in &kvs.items {
             items.insert(kv.key[base.len()..].to_string(), text(kv)?);
         }
-        Ok(AtRevision { items, revision: kvs.revision })
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// The schedule of one machine: unit -> entry.
-    pub async fn machine_schedule(&self, machine: &str, at: Option<Revision>) -> Result<AtRevision<BTreeMap<String, ScheduleEntry>>> {
+    pub async fn machine_schedule(
+        &self,
+        machine: &str,
+        at: Option<Revision>,
+    ) -> Result<AtRevision<BTreeMap<String, ScheduleEntry>>> {
         let base = self.keys.machine_schedule(machine);
         let kvs = self.range_at(&base, at).await?;
         let mut items = BTreeMap::new();
         for kv in &kvs.items {
             items.insert(kv.key[base.len()..].to_string(), decode(kv)?);
         }
-        Ok(AtRevision { items, revision: kvs.revision })
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// Every global unit's job record.
     pub async fn global_jobs(&self, at: Option<Revision>) -> Result<AtRevision<Vec<Job>>> {
         let kvs = self.range_at(&self.keys.globals(), at).await?;
         let items = kvs.items.iter().map(decode).collect::<Result<Vec<Job>>>()?;
-        Ok(AtRevision { items, revision: kvs.revision })
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// Writes engine decisions in transactions of at most [`crate::MAX_TXN_OPS`] operations,
     /// each fenced by the engine's leader lease: a deposed leader's writes fail. Returns false
     /// (having written only the batches before) if the fence failed.
-    pub async fn apply_schedule(&self, changes: &[ScheduleChange], leader_lease: crate::LeaseId) -> Result<bool> {
+    pub async fn apply_schedule(
+        &self,
+        changes: &[ScheduleChange],
+        leader_lease: crate::LeaseId,
+    ) -> Result<bool> {
         let mut ops: Vec<Op> = Vec::with_capacity(changes.len() * 3);
         let mut batches: Vec<Vec<Op>> = Vec::new();
         for change in changes {
             let mut these = match change {
-                ScheduleChange::Place { unit, machine, entry } => vec![
+                ScheduleChange::Place {
+                    unit,
+                    machine,
+                    entry,
+                } => vec![
                     Op::put(self.keys.schedule(machine, unit), encode(entry)),
                     Op::put(self.keys.placement(unit), machine.clone()),
                     Op::delete(self.keys.reason(unit)),
                 ],
-                ScheduleChange::Update { unit, machine, entry } => vec![Op::put(self.keys.schedule(machine, unit), encode(entry))],
+                ScheduleChange::Update {
+                    unit,
+                    machine,
+                    entry,
+                } => vec![Op::put(self.keys.schedule(machine, unit), encode(entry))],
                 ScheduleChange::Unplace { unit, machine } => {
-                    vec![Op::delete(self.keys.schedule(machine, unit)), Op::delete(self.keys.placement(unit))]
+                    vec![
+                        Op::delete(self.keys.schedule(machine, unit)),
+                        Op::delete(self.keys.placement(unit)),
+                    ]
                 }
-                ScheduleChange::Reason { unit, reason: Some(r) } => vec![Op::put(self.keys.reason(unit), r.clone())],
-                ScheduleChange::Reason { unit, reason: None } => vec![Op::delete(self.keys.reason(unit))],
+                ScheduleChange::Reason {
+                    unit,
+                    reason: Some(r),
+                } => vec![Op::put(self.keys.reason(unit), r.clone())],
+                ScheduleChange::Reason { unit, reason: None } => {
+                    vec![Op::delete(self.keys.reason(unit))]
+                }
             };
             // The ops of one change stay in one transaction.
             if ops.len() + these.len() > crate::MAX_TXN_OPS {
@@ -369,7 +496,11 @@ impl Registry {
     pub async fn campaign(&self, machine: &str, lease: crate::LeaseId) -> Result<Option<String>> {
         let key = self.keys.leader();
         self.store
-            .txn(vec![Compare::Missing(key.clone())], vec![Op::put_leased(key.clone(), machine.to_string(), lease)], vec![])
+            .txn(
+                vec![Compare::Missing(key.clone())],
+                vec![Op::put_leased(key.clone(), machine.to_string(), lease)],
+                vec![],
+            )
             .await?;
         self.leader().await
     }
@@ -385,8 +516,22 @@ impl Registry {
     // ----- machines -----
 
     /// Announces a machine under its lease (create or refresh).
-    pub async fn register_machine(&self, machine: &MachineState, lease: crate::LeaseId) -> Result<()> {
-        self.store.txn(vec![], vec![Op::put_leased(self.keys.machine(&machine.id), encode(machine), lease)], vec![]).await?;
+    pub async fn register_machine(
+        &self,
+        machine: &MachineState,
+        lease: crate::LeaseId,
+    ) -> Result<()> {
+        self.store
+            .txn(
+                vec![],
+                vec![Op::put_leased(
+                    self.keys.machine(&machine.id),
+                    encode(machine),
+                    lease,
+                )],
+                vec![],
+            )
+            .await?;
         Ok(())
     }
 
@@ -394,25 +539,38 @@ impl Registry {
     /// metadata (dynamic wins).
     pub async fn machines(&self, at: Option<Revision>) -> Result<AtRevision<Vec<MachineState>>> {
         let kvs = self.range_at(&self.keys.machines(), at).await?;
-        let mut machines = kvs.items.iter().map(decode).collect::<Result<Vec<MachineState>>>()?;
+        let mut machines = kvs
+            .items
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<MachineState>>>()?;
         let dynamic = self.dynamic_metadata(Some(kvs.revision)).await?;
         for m in &mut machines {
             if let Some(d) = dynamic.get(&m.id) {
-                m.metadata.extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+                m.metadata
+                    .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
-        Ok(AtRevision { items: machines, revision: kvs.revision })
+        Ok(AtRevision {
+            items: machines,
+            revision: kvs.revision,
+        })
     }
 
     /// machine -> key -> value of metadata set through the API.
-    pub async fn dynamic_metadata(&self, at: Option<Revision>) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    pub async fn dynamic_metadata(
+        &self,
+        at: Option<Revision>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
         let base = self.keys.all_metadata();
         let kvs = self.range_at(&base, at).await?;
         let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for kv in &kvs.items {
             let rest = &kv.key[base.len()..];
             if let Some((machine, key)) = rest.split_once('/') {
-                out.entry(machine.to_string()).or_default().insert(key.to_string(), text(kv)?);
+                out.entry(machine.to_string())
+                    .or_default()
+                    .insert(key.to_string(), text(kv)?);
             }
         }
         Ok(out)
@@ -436,15 +594,35 @@ impl Registry {
     /// Every published unit state, sorted by (unit, machine).
     pub async fn unit_states(&self, at: Option<Revision>) -> Result<AtRevision<Vec<UnitState>>> {
         let kvs = self.range_at(&self.keys.states(), at).await?;
-        let items = kvs.items.iter().map(decode).collect::<Result<Vec<UnitState>>>()?;
-        Ok(AtRevision { items, revision: kvs.revision })
+        let items = kvs
+            .items
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<UnitState>>>()?;
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
     }
 
     /// Publishes states of this machine's units under its lease, and removes states of units it
     /// no longer holds, in one transaction.
-    pub async fn publish_states(&self, machine: &str, lease: crate::LeaseId, save: &[UnitState], remove: &[String]) -> Result<()> {
-        let mut ops: Vec<Op> = save.iter().map(|s| Op::put_leased(self.keys.state(&s.name, machine), encode(s), lease)).collect();
-        ops.extend(remove.iter().map(|u| Op::delete(self.keys.state(u, machine))));
+    pub async fn publish_states(
+        &self,
+        machine: &str,
+        lease: crate::LeaseId,
+        save: &[UnitState],
+        remove: &[String],
+    ) -> Result<()> {
+        let mut ops: Vec<Op> = save
+            .iter()
+            .map(|s| Op::put_leased(self.keys.state(&s.name, machine), encode(s), lease))
+            .collect();
+        ops.extend(
+            remove
+                .iter()
+                .map(|u| Op::delete(self.keys.state(u, machine))),
+        );
         for chunk in ops.chunks(crate::MAX_TXN_OPS) {
             self.store.txn(vec![], chunk.to_vec(), vec![]).await?;
         }
@@ -474,19 +652,32 @@ impl Registry {
                     None
                 } else {
                     Some(match &machine {
-                        Some(m) => agent_state.get(&(name.as_str(), m.as_str())).copied().unwrap_or(TargetState::Inactive),
+                        Some(m) => agent_state
+                            .get(&(name.as_str(), m.as_str()))
+                            .copied()
+                            .unwrap_or(TargetState::Inactive),
                         None => TargetState::Inactive,
                     })
                 };
-                UnitView { reason: reasons.get(&name).cloned(), unit: u, machine, current }
+                UnitView {
+                    reason: reasons.get(&name).cloned(),
+                    unit: u,
+                    machine,
+                    current,
+                }
             })
             .collect();
-        Ok(AtRevision { items, revision: units.revision })
+        Ok(AtRevision {
+            items,
+            revision: units.revision,
+        })
     }
 
     /// One unit as the API shows it.
     pub async fn unit_view(&self, name: &str) -> Result<Option<UnitView>> {
-        let Some(unit) = self.unit(name).await? else { return Ok(None) };
+        let Some(unit) = self.unit(name).await? else {
+            return Ok(None);
+        };
         let machine = match self.store.get(&self.keys.placement(name)).await? {
             Some(kv) => Some(text(&kv)?),
             None => None,
@@ -506,6 +697,11 @@ impl Registry {
                 None => TargetState::Inactive,
             })
         };
-        Ok(Some(UnitView { unit, machine, current, reason }))
+        Ok(Some(UnitView {
+            unit,
+            machine,
+            current,
+            reason,
+        }))
     }
 }

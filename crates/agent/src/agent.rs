@@ -1,0 +1,449 @@
+//! The agent's loop: follows this machine's schedule, the global units and this machine's
+//! dynamic metadata through registry watches, carries out [`crate::reconcile::plan`] through the
+//! [`UnitManager`], and publishes unit states under the machine's lease.
+
+use crate::presence::Presence;
+use crate::reconcile::{self, Action, Candidate, Held};
+use crate::UnitManager;
+use registry::mirror::{follow, Update};
+use registry::{Job, KeyValue, ScheduleEntry, SystemdState, TargetState, UnitState};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use unit::{Requirements, UnitFile, UnitHash};
+
+/// How fleetd is stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// The machine leaves the cluster (SIGTERM/SIGINT): stop and unload its units, remove its
+    /// presence so the engine moves them at once.
+    Leave,
+    /// fleetd exits for an upgrade or restart (SIGUSR2): units keep running, the lease stays,
+    /// and the next fleetd resumes both.
+    Upgrade,
+}
+
+/// How often failed actions are retried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A keyed copy of one followed prefix.
+struct Local<T> {
+    items: BTreeMap<String, T>,
+}
+
+impl<T> Default for Local<T> {
+    fn default() -> Self {
+        Local {
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Local<T> {
+    fn apply(&mut self, base: &str, update: Update, decode: impl Fn(&KeyValue) -> Option<T>) {
+        let name = |k: &str| k.strip_prefix(base).map(str::to_string);
+        match update {
+            Update::Reset { kvs, .. } => {
+                self.items = kvs
+                    .iter()
+                    .filter_map(|kv| Some((name(&kv.key)?, decode(kv)?)))
+                    .collect();
+            }
+            Update::Events { events, .. } => {
+                for ev in events {
+                    let Some(n) = name(&ev.kv.key) else { continue };
+                    match ev.kind {
+                        registry::EventKind::Put => match decode(&ev.kv) {
+                            Some(v) => {
+                                self.items.insert(n, v);
+                            }
+                            None => {
+                                self.items.remove(&n);
+                            }
+                        },
+                        registry::EventKind::Delete => {
+                            self.items.remove(&n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
+            None
+        }
+    }
+}
+
+/// The agent of one machine.
+pub struct Agent {
+    presence: Presence,
+    manager: Arc<dyn UnitManager>,
+    schedule: Local<ScheduleEntry>,
+    globals: Local<Job>,
+    dynamic_metadata: Local<String>,
+    bodies: HashMap<UnitHash, (UnitFile, Requirements)>,
+    held: BTreeMap<String, Held>,
+    /// Why the last action on a unit failed, until one succeeds.
+    failures: BTreeMap<String, String>,
+    systemd: BTreeMap<String, SystemdState>,
+    published: BTreeMap<String, UnitState>,
+}
+
+impl Agent {
+    pub fn new(presence: Presence, manager: Arc<dyn UnitManager>) -> Agent {
+        Agent {
+            presence,
+            manager,
+            schedule: Local::default(),
+            globals: Local::default(),
+            dynamic_metadata: Local::default(),
+            bodies: HashMap::new(),
+            held: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            systemd: BTreeMap::new(),
+            published: BTreeMap::new(),
+        }
+    }
+
+    /// Re-adopts what the unit manager already runs (after a restart of fleetd): nothing is
+    /// restarted; active units count as launched.
+    async fn adopt(&mut self) -> anyhow::Result<()> {
+        let units = self.manager.units().await?;
+        let names: Vec<String> = units.iter().map(|(n, _)| n.clone()).collect();
+        let states: BTreeMap<String, Option<SystemdState>> =
+            self.manager.states(&names).await?.into_iter().collect();
+        for (name, hash) in units {
+            let state = match states.get(&name).cloned().flatten() {
+                Some(s) => {
+                    let launched =
+                        matches!(s.active.as_str(), "active" | "activating" | "reloading");
+                    self.systemd.insert(name.clone(), s);
+                    if launched {
+                        TargetState::Launched
+                    } else {
+                        TargetState::Loaded
+                    }
+                }
+                None => TargetState::Loaded,
+            };
+            tracing::info!(unit = %name, state = %state, "re-adopted unit");
+            self.held.insert(name, Held { hash, state });
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown` says how to stop.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<Option<Shutdown>>,
+    ) -> anyhow::Result<()> {
+        let keys = self.presence.registry.keys.clone();
+        let store = self.presence.registry.store.clone();
+        let me = self.presence.machine.id.clone();
+        let schedule_base = keys.machine_schedule(&me);
+        let globals_base = keys.globals();
+        let metadata_base = format!("{}metadata/{me}/", keys.prefix());
+        let mut schedule_rx = follow(store.clone(), schedule_base.clone());
+        let mut globals_rx = follow(store.clone(), globals_base.clone());
+        let mut metadata_rx = follow(store.clone(), metadata_base.clone());
+        let mut changes = self.manager.subscribe();
+        if let Err(e) = self.adopt().await {
+            tracing::warn!(error = %e, "could not list the units the unit manager holds");
+        }
+        let mut keepalive = tokio::time::interval(self.presence.ttl / 3);
+        keepalive.tick().await;
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        let (kick_tx, mut kick_rx) = mpsc::channel::<()>(1);
+        drop(kick_tx);
+        // Nothing is decided until all three copies have been read once.
+        let mut ready = [false; 3];
+        loop {
+            let mut dirty = false;
+            let mut state_changed = false;
+            tokio::select! {
+                Some(u) = schedule_rx.recv() => { self.schedule.apply(&schedule_base, u, json); ready[0] = true; dirty = true; }
+                Some(u) = globals_rx.recv() => { self.globals.apply(&globals_base, u, json); ready[1] = true; dirty = true; }
+                Some(u) = metadata_rx.recv() => {
+                    self.dynamic_metadata.apply(&metadata_base, u, |kv| String::from_utf8(kv.value.clone()).ok());
+                    ready[2] = true; dirty = true;
+                }
+                change = changes.recv() => match change {
+                    Ok(c) => {
+                        match c.state {
+                            Some(s) => { self.systemd.insert(c.name, s); }
+                            None => { self.systemd.remove(&c.name); }
+                        }
+                        state_changed = true;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => { self.refresh_states().await; state_changed = true; }
+                    Err(broadcast::error::RecvError::Closed) => { changes = self.manager.subscribe(); }
+                },
+                _ = keepalive.tick() => {
+                    match self.presence.keep_alive().await {
+                        Ok(true) => { self.published.clear(); state_changed = true; }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "refreshing the machine lease failed"),
+                    }
+                }
+                _ = retry.tick() => { dirty = !self.failures.is_empty(); }
+                _ = kick_rx.recv() => {}
+                _ = shutdown.changed() => {
+                    let mode = *shutdown.borrow();
+                    if let Some(mode) = mode {
+                        return self.stop(mode).await;
+                    }
+                }
+            }
+            // Take whatever else is already queued, so a burst of changes costs one pass.
+            while let Ok(u) = schedule_rx.try_recv() {
+                self.schedule.apply(&schedule_base, u, json);
+                dirty = true;
+            }
+            while let Ok(u) = globals_rx.try_recv() {
+                self.globals.apply(&globals_base, u, json);
+                dirty = true;
+            }
+            while let Ok(c) = changes.try_recv() {
+                match c.state {
+                    Some(s) => self.systemd.insert(c.name, s),
+                    None => self.systemd.remove(&c.name),
+                };
+                state_changed = true;
+            }
+            if dirty && ready.iter().all(|r| *r) {
+                self.reconcile().await;
+                state_changed = true;
+            }
+            if state_changed {
+                self.publish().await;
+            }
+        }
+    }
+
+    async fn refresh_states(&mut self) {
+        let names: Vec<String> = self.held.keys().cloned().collect();
+        match self.manager.states(&names).await {
+            Ok(states) => {
+                for (name, s) in states {
+                    match s {
+                        Some(s) => self.systemd.insert(name, s),
+                        None => self.systemd.remove(&name),
+                    };
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading unit states failed"),
+        }
+    }
+
+    async fn requirements(&mut self, name: &str, hash: &UnitHash) -> Option<Requirements> {
+        if !self.bodies.contains_key(hash) {
+            match self.presence.registry.body(hash, None).await {
+                Ok(Some(file)) => {
+                    let req = Requirements::from_unit(&file, name);
+                    self.bodies.insert(*hash, (file, req));
+                }
+                Ok(None) => {
+                    tracing::warn!(unit = %name, hash = %hash, "unit body not in the registry");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(unit = %name, error = %e, "reading unit body failed");
+                    return None;
+                }
+            }
+        }
+        // Specifiers in [X-Fleet] depend on the unit name, which can differ for one body.
+        self.bodies
+            .get(hash)
+            .map(|(file, _)| Requirements::from_unit(file, name))
+    }
+
+    async fn reconcile(&mut self) {
+        let mut candidates = Vec::new();
+        let scheduled: Vec<(String, ScheduleEntry)> = self
+            .schedule
+            .items
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, entry) in scheduled {
+            match self.requirements(&name, &entry.hash).await {
+                Some(requirements) => candidates.push(Candidate {
+                    name,
+                    hash: entry.hash,
+                    desired: entry.desired,
+                    global: false,
+                    requirements,
+                }),
+                // Without the body nothing can be decided for this unit; keep what runs.
+                None => return,
+            }
+        }
+        let globals: Vec<Job> = self.globals.items.values().cloned().collect();
+        for job in globals {
+            if let Some(requirements) = self.requirements(&job.name, &job.hash).await {
+                candidates.push(Candidate {
+                    name: job.name,
+                    hash: job.hash,
+                    desired: job.desired,
+                    global: true,
+                    requirements,
+                });
+            }
+        }
+        let mut machine = self.presence.machine.clone();
+        machine.metadata.extend(
+            self.dynamic_metadata
+                .items
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        let (wanted, refused) = reconcile::wanted_units(&machine, &candidates);
+        for r in &refused {
+            tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");
+        }
+        let actions = reconcile::plan(&wanted, &self.held);
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        for action in actions {
+            if let Some(u) = action.unit() {
+                if failed.contains_key(u) {
+                    continue;
+                }
+            }
+            let result = match &action {
+                Action::Unload(name) => self.manager.unload(name).await.map(|_| {
+                    self.held.remove(name);
+                    self.systemd.remove(name);
+                }),
+                Action::Load(name) => {
+                    let w = wanted[name];
+                    match self.bodies.get(&w.hash) {
+                        Some((file, _)) => {
+                            let file = file.clone();
+                            self.manager.load(name, &file).await.map(|_| {
+                                self.held.insert(
+                                    name.clone(),
+                                    Held {
+                                        hash: w.hash,
+                                        state: TargetState::Loaded,
+                                    },
+                                );
+                            })
+                        }
+                        None => Err(anyhow::anyhow!(
+                            "unit body {} is not in the registry",
+                            w.hash
+                        )),
+                    }
+                }
+                Action::Reload => self.manager.reload().await,
+                Action::Stop(name) => self.manager.stop(name).await.map(|_| {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Loaded;
+                    }
+                }),
+                Action::Start(name) => self.manager.start(name).await.map(|_| {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Launched;
+                    }
+                }),
+            };
+            match (result, action.unit()) {
+                (Ok(()), Some(u)) => {
+                    self.failures.remove(u);
+                }
+                (Ok(()), None) => {}
+                (Err(e), Some(u)) => {
+                    tracing::warn!(unit = %u, action = ?action, error = %format!("{e:#}"), "unit action failed");
+                    failed.insert(u.to_string(), format!("{e:#}"));
+                }
+                (Err(e), None) => {
+                    tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed")
+                }
+            }
+        }
+        self.failures.extend(failed);
+        self.failures
+            .retain(|u, _| wanted.contains_key(u) || self.held.contains_key(u));
+        self.refresh_states().await;
+    }
+
+    /// Publishes what changed since the last publication, in one batch.
+    async fn publish(&mut self) {
+        let me = self.presence.machine.id.clone();
+        let mut current: BTreeMap<String, UnitState> = BTreeMap::new();
+        for (name, held) in &self.held {
+            let systemd = self.systemd.get(name).cloned().unwrap_or_default();
+            current.insert(
+                name.clone(),
+                UnitState {
+                    name: name.clone(),
+                    machine_id: me.clone(),
+                    hash: held.hash,
+                    systemd,
+                    agent_state: held.state,
+                    reason: self.failures.get(name).cloned(),
+                },
+            );
+        }
+        let save: Vec<UnitState> = current
+            .values()
+            .filter(|s| self.published.get(&s.name) != Some(*s))
+            .cloned()
+            .collect();
+        let remove: Vec<String> = self
+            .published
+            .keys()
+            .filter(|n| !current.contains_key(*n))
+            .cloned()
+            .collect();
+        if save.is_empty() && remove.is_empty() {
+            return;
+        }
+        match self
+            .presence
+            .registry
+            .publish_states(&me, self.presence.lease, &save, &remove)
+            .await
+        {
+            Ok(()) => self.published = current,
+            Err(e) => tracing::warn!(error = %e, "publishing unit states failed; will retry"),
+        }
+    }
+
+    async fn stop(mut self, mode: Shutdown) -> anyhow::Result<()> {
+        match mode {
+            Shutdown::Upgrade => {
+                tracing::info!(
+                    units = self.held.len(),
+                    "exiting for an upgrade; units keep running"
+                );
+                Ok(())
+            }
+            Shutdown::Leave => {
+                let names: Vec<String> = self.held.keys().cloned().collect();
+                for name in &names {
+                    if let Err(e) = self.manager.unload(name).await {
+                        tracing::warn!(unit = %name, error = %format!("{e:#}"), "unloading unit failed");
+                    } else {
+                        self.held.remove(name);
+                    }
+                }
+                if let Err(e) = self.manager.reload().await {
+                    tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed");
+                }
+                self.presence.leave().await?;
+                tracing::info!(units = names.len(), "left the cluster");
+                Ok(())
+            }
+        }
+    }
+}

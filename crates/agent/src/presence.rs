@@ -1,0 +1,170 @@
+//! Machine presence: the machine's record under a lease of TTL `agent_ttl`, kept alive while
+//! fleetd runs. The lease id is recorded under `state_dir`, so a fleetd restarted within the
+//! TTL (after a crash, SIGKILL or an upgrade) resumes the same lease and registers at once,
+//! instead of waiting for its old record to expire as fleet did.
+
+use anyhow::{bail, Context};
+use registry::{Compare, LeaseId, MachineState, Op, Registry};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The lease file under `state_dir`.
+pub fn lease_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("machine.lease")
+}
+
+/// A registered machine.
+#[derive(Clone)]
+pub struct Presence {
+    pub registry: Registry,
+    pub machine: MachineState,
+    pub lease: LeaseId,
+    pub ttl: Duration,
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "machine id {id} is already registered by another live fleetd (lease {lease:x}); \
+     give this machine its own id (machine_id or /etc/machine-id), or stop the other fleetd \
+     and wait agent_ttl for its record to expire"
+)]
+pub struct DuplicateMachine {
+    pub id: String,
+    pub lease: LeaseId,
+}
+
+impl Presence {
+    /// Registers `machine`: resumes the lease recorded under `state_dir` if it is still alive,
+    /// else grants a new one. Fails with [`DuplicateMachine`] if another live fleetd holds the id.
+    pub async fn register(
+        registry: Registry,
+        machine: MachineState,
+        ttl: Duration,
+        state_dir: &Path,
+    ) -> anyhow::Result<Presence> {
+        let file = lease_file(state_dir);
+        let mut lease = None;
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Some((id, recorded)) = text.trim().split_once(' ') {
+                if id == machine.id {
+                    if let Ok(recorded) = recorded.parse::<LeaseId>() {
+                        if registry.store.lease_ttl(recorded).await?.is_some() {
+                            registry.store.keep_alive(recorded).await?;
+                            tracing::info!(
+                                lease = format!("{recorded:x}"),
+                                "resumed the machine lease of the previous fleetd"
+                            );
+                            lease = Some(recorded);
+                        }
+                    }
+                }
+            }
+        }
+        let lease = match lease {
+            Some(l) => l,
+            None => registry.store.grant_lease(ttl).await?,
+        };
+        let presence = Presence {
+            registry,
+            machine,
+            lease,
+            ttl,
+            state_dir: state_dir.to_path_buf(),
+        };
+        presence.announce().await?;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state_dir {}", state_dir.display()))?;
+        std::fs::write(
+            &file,
+            format!("{} {}\n", presence.machine.id, presence.lease),
+        )
+        .with_context(|| format!("recording the machine lease in {}", file.display()))?;
+        Ok(presence)
+    }
+
+    /// Writes the machine record under our lease, unless another lease holds it.
+    pub async fn announce(&self) -> anyhow::Result<()> {
+        let key = self.registry.keys.machine(&self.machine.id);
+        let value = serde_json::to_vec(&self.machine)?;
+        for compare in [
+            Compare::Missing(key.clone()),
+            Compare::Lease(key.clone(), self.lease),
+        ] {
+            let put = vec![Op::put_leased(key.clone(), value.clone(), self.lease)];
+            if self
+                .registry
+                .store
+                .txn(vec![compare], put, vec![])
+                .await?
+                .succeeded
+            {
+                return Ok(());
+            }
+        }
+        let holder = self
+            .registry
+            .store
+            .get(&key)
+            .await?
+            .map(|kv| kv.lease)
+            .unwrap_or(0);
+        Err(DuplicateMachine {
+            id: self.machine.id.clone(),
+            lease: holder,
+        }
+        .into())
+    }
+
+    /// Refreshes the lease. If it expired (the registry was unreachable longer than the TTL),
+    /// grants a new one and announces again; returns true in that case, since everything tied
+    /// to the old lease (unit states) must be written again.
+    pub async fn keep_alive(&mut self) -> anyhow::Result<bool> {
+        match self.registry.store.keep_alive(self.lease).await {
+            Ok(_) => Ok(false),
+            Err(registry::StoreError::LeaseNotFound(_)) => {
+                tracing::warn!("machine lease expired; registering again");
+                self.lease = self.registry.store.grant_lease(self.ttl).await?;
+                self.announce().await?;
+                let file = lease_file(&self.state_dir);
+                if let Err(e) =
+                    std::fs::write(&file, format!("{} {}\n", self.machine.id, self.lease))
+                {
+                    tracing::warn!(error = %e, file = %file.display(), "could not record the machine lease");
+                }
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The machine leaves the cluster: its record and every state tied to its lease go at once.
+    pub async fn leave(&self) -> anyhow::Result<()> {
+        self.registry.store.revoke_lease(self.lease).await?;
+        let _ = std::fs::remove_file(lease_file(&self.state_dir));
+        Ok(())
+    }
+}
+
+/// The machine id from `/etc/machine-id`-like file contents.
+pub fn read_machine_id(path: &Path) -> anyhow::Result<String> {
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("reading machine id from {}", path.display()))?;
+    let id = id.trim().to_string();
+    if id.is_empty() {
+        bail!(
+            "{} is empty: set machine_id in the configuration",
+            path.display()
+        );
+    }
+    Ok(id)
+}
+
+/// The IPv4 address this machine uses for its default route, found without sending anything:
+/// connecting a UDP socket only selects a route and source address.
+pub fn detect_public_ip() -> Option<String> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    let ip = sock.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then(|| ip.to_string())
+}

@@ -1,0 +1,368 @@
+//! The agent's decisions as pure functions: which units belong on this machine, and what to do
+//! to get from what runs to that.
+//!
+//! ```
+//! use agent::reconcile::{plan, Action, Held, Wanted};
+//! use registry::TargetState;
+//! use std::collections::BTreeMap;
+//! let hash = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap().hash();
+//! let wanted = BTreeMap::from([("a.service".to_string(), Wanted { hash, state: TargetState::Launched })]);
+//! let actions = plan(&wanted, &BTreeMap::new());
+//! assert_eq!(actions, vec![Action::Load("a.service".into()), Action::Reload, Action::Start("a.service".into())]);
+//! ```
+
+use registry::{MachineState, ScheduleEntry, TargetState};
+use std::collections::BTreeMap;
+use unit::{glob::path_match, Requirements, UnitHash};
+
+/// What should be true of a unit on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub hash: UnitHash,
+    /// `Loaded` or `Launched`.
+    pub state: TargetState,
+}
+
+/// What the agent holds of a unit: the file it loaded and how far it took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub hash: UnitHash,
+    /// `Loaded` or `Launched`.
+    pub state: TargetState,
+}
+
+/// One step for the unit manager. A plan lists all unloads, then all loads, then one reload,
+/// then stops, then starts: every unit of the machine is loaded (and the manager reloaded once)
+/// before any is started, so a unit that `Requires=` another placed here finds it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Unload(String),
+    Load(String),
+    Reload,
+    Stop(String),
+    Start(String),
+}
+
+impl Action {
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Action::Unload(u) | Action::Load(u) | Action::Stop(u) | Action::Start(u) => Some(u),
+            Action::Reload => None,
+        }
+    }
+}
+
+/// The actions that take `held` to `wanted` (fleet's task calculation, per unit).
+pub fn plan(wanted: &BTreeMap<String, Wanted>, held: &BTreeMap<String, Held>) -> Vec<Action> {
+    let mut unloads = Vec::new();
+    let mut loads = Vec::new();
+    let mut stops = Vec::new();
+    let mut starts = Vec::new();
+    for (name, h) in held {
+        match wanted.get(name) {
+            Some(w) if w.state != TargetState::Inactive => {
+                if w.hash != h.hash {
+                    // A replaced unit: unload the old file, load the new one, start it again
+                    // if wanted (how `--replace` propagates).
+                    unloads.push(Action::Unload(name.clone()));
+                    loads.push(Action::Load(name.clone()));
+                    if w.state == TargetState::Launched {
+                        starts.push(Action::Start(name.clone()));
+                    }
+                } else if w.state == TargetState::Launched && h.state != TargetState::Launched {
+                    starts.push(Action::Start(name.clone()));
+                } else if w.state == TargetState::Loaded && h.state == TargetState::Launched {
+                    stops.push(Action::Stop(name.clone()));
+                }
+            }
+            _ => unloads.push(Action::Unload(name.clone())),
+        }
+    }
+    for (name, w) in wanted {
+        if w.state == TargetState::Inactive || held.contains_key(name) {
+            continue;
+        }
+        loads.push(Action::Load(name.clone()));
+        if w.state == TargetState::Launched {
+            starts.push(Action::Start(name.clone()));
+        }
+    }
+    let reload = !(unloads.is_empty() && loads.is_empty());
+    let mut out = unloads;
+    out.extend(loads);
+    if reload {
+        out.push(Action::Reload);
+    }
+    out.extend(stops);
+    out.extend(starts);
+    out
+}
+
+/// A unit this machine may hold, with what the agent needs to decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub hash: UnitHash,
+    pub desired: TargetState,
+    pub global: bool,
+    pub requirements: Requirements,
+}
+
+/// Why a candidate is not wanted here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub unit: String,
+    pub reason: String,
+}
+
+/// The units this machine should hold: everything the engine scheduled here, plus every global
+/// unit whose `MachineMetadata` matches this machine, minus any unit that conflicts with one
+/// already accepted (in name order, so the alphabetically first of two conflicting units wins,
+/// as in fleet). Units with desired state `inactive` are not wanted.
+pub fn wanted_units(
+    machine: &MachineState,
+    candidates: &[Candidate],
+) -> (BTreeMap<String, Wanted>, Vec<Refusal>) {
+    let mut sorted: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.desired != TargetState::Inactive)
+        .collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut accepted: Vec<&Candidate> = Vec::new();
+    let mut refused = Vec::new();
+    for c in sorted {
+        if c.global && !metadata_matches(machine, &c.requirements) {
+            continue;
+        }
+        if let Some(other) = accepted.iter().find(|a| conflicts(a, c)) {
+            refused.push(Refusal {
+                unit: c.name.clone(),
+                reason: format!("conflicts with {} on this machine", other.name),
+            });
+            continue;
+        }
+        accepted.push(c);
+    }
+    let wanted = accepted
+        .into_iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                Wanted {
+                    hash: c.hash,
+                    state: c.desired,
+                },
+            )
+        })
+        .collect();
+    (wanted, refused)
+}
+
+/// Every required metadata key present with one of its allowed values.
+pub fn metadata_matches(machine: &MachineState, req: &Requirements) -> bool {
+    req.machine_metadata.iter().all(|(key, allowed)| {
+        machine
+            .metadata
+            .get(key)
+            .is_some_and(|v| allowed.contains(v))
+    })
+}
+
+fn conflicts(a: &Candidate, b: &Candidate) -> bool {
+    a.name != b.name
+        && (a
+            .requirements
+            .conflicts
+            .iter()
+            .any(|g| path_match(g, &b.name))
+            || b.requirements
+                .conflicts
+                .iter()
+                .any(|g| path_match(g, &a.name)))
+}
+
+/// The candidates from this machine's schedule (requirements looked up by hash).
+pub fn scheduled_candidates<'a>(
+    schedule: &'a BTreeMap<String, ScheduleEntry>,
+    requirements: impl Fn(&str, &UnitHash) -> Option<Requirements> + 'a,
+) -> impl Iterator<Item = Candidate> + 'a {
+    schedule.iter().filter_map(move |(name, e)| {
+        Some(Candidate {
+            name: name.clone(),
+            hash: e.hash,
+            desired: e.desired,
+            global: false,
+            requirements: requirements(name, &e.hash)?,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: u8) -> UnitHash {
+        UnitHash([n; 20])
+    }
+    fn w(n: u8, s: TargetState) -> Wanted {
+        Wanted {
+            hash: h(n),
+            state: s,
+        }
+    }
+    fn held(n: u8, s: TargetState) -> Held {
+        Held {
+            hash: h(n),
+            state: s,
+        }
+    }
+    use TargetState::*;
+
+    #[test]
+    fn task_table() {
+        // (wanted, held, expected actions) for one unit "u", as fleet's agent task cases.
+        let u = || "u".to_string();
+        let cases: Vec<(Option<Wanted>, Option<Held>, Vec<Action>)> = vec![
+            (None, None, vec![]),
+            (
+                Some(w(1, Loaded)),
+                None,
+                vec![Action::Load(u()), Action::Reload],
+            ),
+            (
+                Some(w(1, Launched)),
+                None,
+                vec![Action::Load(u()), Action::Reload, Action::Start(u())],
+            ),
+            (Some(w(1, Inactive)), None, vec![]),
+            (
+                None,
+                Some(held(1, Loaded)),
+                vec![Action::Unload(u()), Action::Reload],
+            ),
+            (
+                None,
+                Some(held(1, Launched)),
+                vec![Action::Unload(u()), Action::Reload],
+            ),
+            (
+                Some(w(1, Inactive)),
+                Some(held(1, Launched)),
+                vec![Action::Unload(u()), Action::Reload],
+            ),
+            (Some(w(1, Loaded)), Some(held(1, Loaded)), vec![]),
+            (Some(w(1, Launched)), Some(held(1, Launched)), vec![]),
+            (
+                Some(w(1, Launched)),
+                Some(held(1, Loaded)),
+                vec![Action::Start(u())],
+            ),
+            (
+                Some(w(1, Loaded)),
+                Some(held(1, Launched)),
+                vec![Action::Stop(u())],
+            ),
+            (
+                Some(w(2, Launched)),
+                Some(held(1, Launched)),
+                vec![
+                    Action::Unload(u()),
+                    Action::Load(u()),
+                    Action::Reload,
+                    Action::Start(u()),
+                ],
+            ),
+            (
+                Some(w(2, Loaded)),
+                Some(held(1, Launched)),
+                vec![Action::Unload(u()), Action::Load(u()), Action::Reload],
+            ),
+        ];
+        for (i, (wa, he, expected)) in cases.into_iter().enumerate() {
+            let wanted: BTreeMap<_, _> = wa.into_iter().map(|x| (u(), x)).collect();
+            let heldm: BTreeMap<_, _> = he.into_iter().map(|x| (u(), x)).collect();
+            assert_eq!(plan(&wanted, &heldm), expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn everything_loads_before_anything_starts() {
+        let wanted: BTreeMap<_, _> = [
+            ("a", w(1, Launched)),
+            ("b", w(2, Launched)),
+            ("c", w(3, Loaded)),
+        ]
+        .into_iter()
+        .map(|(n, x)| (n.to_string(), x))
+        .collect();
+        let heldm: BTreeMap<_, _> = [("z".to_string(), held(9, Launched))].into_iter().collect();
+        let actions = plan(&wanted, &heldm);
+        let first_start = actions
+            .iter()
+            .position(|a| matches!(a, Action::Start(_)))
+            .unwrap();
+        let last_load = actions
+            .iter()
+            .rposition(|a| matches!(a, Action::Load(_) | Action::Unload(_)))
+            .unwrap();
+        let reload = actions.iter().position(|a| *a == Action::Reload).unwrap();
+        assert!(last_load < reload && reload < first_start, "{actions:?}");
+        assert_eq!(actions.iter().filter(|a| **a == Action::Reload).count(), 1);
+    }
+
+    fn cand(name: &str, global: bool, conflicts: &[&str], meta: &[(&str, &str)]) -> Candidate {
+        let mut requirements = Requirements {
+            global,
+            ..Default::default()
+        };
+        requirements.conflicts = conflicts.iter().map(|s| s.to_string()).collect();
+        for (k, v) in meta {
+            requirements
+                .machine_metadata
+                .entry(k.to_string())
+                .or_default()
+                .insert(v.to_string());
+        }
+        Candidate {
+            name: name.into(),
+            hash: h(1),
+            desired: Launched,
+            global,
+            requirements,
+        }
+    }
+
+    #[test]
+    fn globals_follow_metadata_and_first_conflict_wins() {
+        let mut m = MachineState {
+            id: "m1".into(),
+            ..Default::default()
+        };
+        m.metadata.insert("region".into(), "east".into());
+        let cands = vec![
+            cand(
+                "conflict-global.1.service",
+                true,
+                &["conflict-global.*.service"],
+                &[],
+            ),
+            cand(
+                "conflict-global.0.service",
+                true,
+                &["conflict-global.*.service"],
+                &[],
+            ),
+            cand("east.service", true, &[], &[("region", "east")]),
+            cand("west.service", true, &[], &[("region", "west")]),
+            cand("hello.service", false, &[], &[]),
+        ];
+        let (wanted, refused) = wanted_units(&m, &cands);
+        let names: Vec<_> = wanted.keys().cloned().collect();
+        assert_eq!(
+            names,
+            vec!["conflict-global.0.service", "east.service", "hello.service"]
+        );
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].unit, "conflict-global.1.service");
+    }
+}

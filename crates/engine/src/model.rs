@@ -1,0 +1,318 @@
+//! The leader's model of the cluster, kept current from registry watches, and the translation
+//! of the scheduler's plan into registry writes.
+
+use registry::keys::Keys;
+use registry::mirror::Update;
+use registry::{EventKind, Job, KeyValue, MachineState, Registry, ScheduleChange, ScheduleEntry};
+use std::collections::{BTreeMap, HashMap};
+use unit::{Requirements, UnitFile, UnitHash};
+
+#[derive(Default)]
+pub struct Model {
+    keys: Option<Keys>,
+    pub jobs: BTreeMap<String, Job>,
+    pub machines: BTreeMap<String, MachineState>,
+    /// machine -> key -> value set through the API.
+    pub metadata: BTreeMap<String, BTreeMap<String, String>>,
+    /// unit -> (machine, entry) as written in `schedule/`.
+    pub placed: BTreeMap<String, (String, ScheduleEntry)>,
+    pub reasons: BTreeMap<String, String>,
+    pub bodies: HashMap<UnitHash, UnitFile>,
+}
+
+fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
+            None
+        }
+    }
+}
+
+/// Applies an update of a prefix to a map keyed by what follows the prefix.
+fn apply<T>(
+    map: &mut BTreeMap<String, T>,
+    base: &str,
+    update: Update,
+    decode: impl Fn(&str, &KeyValue) -> Option<T>,
+) {
+    let name = |k: &str| k.strip_prefix(base).map(str::to_string);
+    match update {
+        Update::Reset { kvs, .. } => {
+            map.clear();
+            for kv in &kvs {
+                if let Some(n) = name(&kv.key) {
+                    if let Some(v) = decode(&n, kv) {
+                        map.insert(n, v);
+                    }
+                }
+            }
+        }
+        Update::Events { events, .. } => {
+            for ev in events {
+                let Some(n) = name(&ev.kv.key) else { continue };
+                let value = match ev.kind {
+                    EventKind::Put => decode(&n, &ev.kv),
+                    EventKind::Delete => None,
+                };
+                match value {
+                    Some(v) => map.insert(n, v),
+                    None => map.remove(&n),
+                };
+            }
+        }
+    }
+}
+
+impl Model {
+    pub fn new(keys: Keys) -> Model {
+        Model {
+            keys: Some(keys),
+            ..Default::default()
+        }
+    }
+
+    fn keys(&self) -> &Keys {
+        // Built with `new`; a default Model is only used in tests that set what they need.
+        self.keys.as_ref().expect("Model::new sets keys")
+    }
+
+    pub fn apply_jobs(&mut self, u: Update) {
+        let base = self.keys().jobs();
+        apply(&mut self.jobs, &base, u, |_, kv| json(kv));
+    }
+
+    pub fn apply_machines(&mut self, u: Update) {
+        let base = self.keys().machines();
+        apply(&mut self.machines, &base, u, |_, kv| json(kv));
+    }
+
+    pub fn apply_metadata(&mut self, u: Update) {
+        let base = self.keys().all_metadata();
+        // Keys are `<machine>/<key>`: keep a flat map, then regroup.
+        let mut flat: BTreeMap<String, String> = self
+            .metadata
+            .iter()
+            .flat_map(|(m, kv)| kv.iter().map(move |(k, v)| (format!("{m}/{k}"), v.clone())))
+            .collect();
+        apply(&mut flat, &base, u, |_, kv| {
+            String::from_utf8(kv.value.clone()).ok()
+        });
+        self.metadata.clear();
+        for (mk, v) in flat {
+            if let Some((m, k)) = mk.split_once('/') {
+                self.metadata
+                    .entry(m.to_string())
+                    .or_default()
+                    .insert(k.to_string(), v);
+            }
+        }
+    }
+
+    pub fn apply_schedule(&mut self, u: Update) {
+        let base = self.keys().schedules();
+        // Keys are `<machine>/<unit>`; the model is keyed by unit.
+        let mut flat: BTreeMap<String, ScheduleEntry> = self
+            .placed
+            .iter()
+            .map(|(u, (m, e))| (format!("{m}/{u}"), e.clone()))
+            .collect();
+        apply(&mut flat, &base, u, |_, kv| json(kv));
+        self.placed.clear();
+        for (mu, e) in flat {
+            if let Some((m, u)) = mu.split_once('/') {
+                self.placed.insert(u.to_string(), (m.to_string(), e));
+            }
+        }
+    }
+
+    pub fn apply_reasons(&mut self, u: Update) {
+        let base = self.keys().reasons();
+        apply(&mut self.reasons, &base, u, |_, kv| {
+            String::from_utf8(kv.value.clone()).ok()
+        });
+    }
+
+    /// Reads the bodies of jobs whose hash the model has not seen.
+    pub async fn fetch_bodies(&mut self, registry: &Registry) {
+        let missing: Vec<UnitHash> = self
+            .jobs
+            .values()
+            .map(|j| j.hash)
+            .filter(|h| !self.bodies.contains_key(h))
+            .collect();
+        for hash in missing {
+            match registry.body(&hash, None).await {
+                Ok(Some(file)) => {
+                    self.bodies.insert(hash, file);
+                }
+                Ok(None) => tracing::warn!(hash = %hash, "unit body missing from the registry"),
+                Err(e) => tracing::warn!(hash = %hash, error = %e, "reading unit body failed"),
+            }
+        }
+        let used: std::collections::HashSet<UnitHash> =
+            self.jobs.values().map(|j| j.hash).collect();
+        self.bodies.retain(|h, _| used.contains(h));
+    }
+
+    /// Machines with their dynamic metadata merged over their configured metadata.
+    pub fn machines_with_metadata(&self) -> Vec<MachineState> {
+        self.machines
+            .values()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(d) = self.metadata.get(&m.id) {
+                    m.metadata
+                        .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// Requirements of a job, if its body is known.
+    pub fn requirements(&self, job: &Job) -> Option<Requirements> {
+        self.bodies
+            .get(&job.hash)
+            .map(|f| Requirements::from_unit(f, &job.name))
+    }
+
+    /// Records writes that succeeded, so the next pass does not wait for their watch echo.
+    pub fn applied(&mut self, changes: &[ScheduleChange]) {
+        for c in changes {
+            match c {
+                ScheduleChange::Place {
+                    unit,
+                    machine,
+                    entry,
+                }
+                | ScheduleChange::Update {
+                    unit,
+                    machine,
+                    entry,
+                } => {
+                    self.placed
+                        .insert(unit.clone(), (machine.clone(), entry.clone()));
+                    if matches!(c, ScheduleChange::Place { .. }) {
+                        self.reasons.remove(unit);
+                    }
+                }
+                ScheduleChange::Unplace { unit, .. } => {
+                    self.placed.remove(unit);
+                }
+                ScheduleChange::Reason {
+                    unit,
+                    reason: Some(r),
+                } => {
+                    self.reasons.insert(unit.clone(), r.clone());
+                }
+                ScheduleChange::Reason { unit, reason: None } => {
+                    self.reasons.remove(unit);
+                }
+            }
+        }
+    }
+}
+
+impl Model {
+    /// The scheduler's snapshot of this model. Jobs whose body is unknown are left out, and so
+    /// are their placements: nothing is decided about them until their body is read.
+    pub fn cluster(&self) -> crate::scheduler::Cluster {
+        let mut units = Vec::with_capacity(self.jobs.len());
+        let mut unknown = std::collections::BTreeSet::new();
+        for job in self.jobs.values() {
+            match self.requirements(job) {
+                Some(requirements) => units.push(crate::scheduler::ClusterUnit {
+                    name: job.name.clone(),
+                    desired: job.desired,
+                    requirements,
+                    global: job.global,
+                }),
+                None => {
+                    unknown.insert(job.name.as_str());
+                }
+            }
+        }
+        let placements = self
+            .placed
+            .iter()
+            .filter(|(u, _)| !unknown.contains(u.as_str()))
+            .map(|(u, (m, _))| (u.clone(), m.clone()))
+            .collect();
+        crate::scheduler::Cluster {
+            machines: self.machines_with_metadata(),
+            units,
+            placements,
+        }
+    }
+
+    /// One scheduling pass, as the registry writes it: placements taken away, placements
+    /// made, new hashes or desired states told to the machines of units that stay, and reasons
+    /// set or cleared.
+    pub fn decide(&self) -> Vec<ScheduleChange> {
+        let cluster = self.cluster();
+        let plan = crate::scheduler::plan(&cluster);
+        let mut changes = Vec::new();
+        let mut moved = std::collections::BTreeSet::new();
+        for p in &plan.remove {
+            moved.insert(p.unit.as_str());
+            changes.push(ScheduleChange::Unplace {
+                unit: p.unit.clone(),
+                machine: p.machine.clone(),
+            });
+        }
+        // Placements of units whose job is gone are the scheduler's to remove; anything it did
+        // not mention stays.
+        let mut placed_now: BTreeMap<&str, &str> = BTreeMap::new();
+        for p in &plan.add {
+            let Some(job) = self.jobs.get(&p.unit) else {
+                continue;
+            };
+            placed_now.insert(p.unit.as_str(), p.machine.as_str());
+            changes.push(ScheduleChange::Place {
+                unit: p.unit.clone(),
+                machine: p.machine.clone(),
+                entry: ScheduleEntry {
+                    hash: job.hash,
+                    desired: job.desired,
+                },
+            });
+        }
+        for (unit, (machine, entry)) in &self.placed {
+            if moved.contains(unit.as_str()) {
+                continue;
+            }
+            let Some(job) = self.jobs.get(unit) else {
+                continue;
+            };
+            if entry.hash != job.hash || entry.desired != job.desired {
+                changes.push(ScheduleChange::Update {
+                    unit: unit.clone(),
+                    machine: machine.clone(),
+                    entry: ScheduleEntry {
+                        hash: job.hash,
+                        desired: job.desired,
+                    },
+                });
+            }
+        }
+        for (unit, reason) in &plan.unplaceable {
+            if self.reasons.get(unit) != Some(reason) {
+                changes.push(ScheduleChange::Reason {
+                    unit: unit.clone(),
+                    reason: Some(reason.clone()),
+                });
+            }
+        }
+        for unit in self.reasons.keys() {
+            if !plan.unplaceable.contains_key(unit) && !placed_now.contains_key(unit.as_str()) {
+                changes.push(ScheduleChange::Reason {
+                    unit: unit.clone(),
+                    reason: None,
+                });
+            }
+        }
+        changes
+    }
+}

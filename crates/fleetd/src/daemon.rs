@@ -1,0 +1,219 @@
+//! Wiring: registry, unit manager, API server, machine presence, agent and engine, and the
+//! signals that stop or reload them.
+
+use crate::config::{self, Config, ListenAddr, RegistryKind, UnitManagerKind};
+use agent::{Agent, Presence, Shutdown, UnitManager};
+use anyhow::Context;
+use registry::{MachineState, Registry, Store};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Opens the configured registry backend.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match cfg.registry {
+        RegistryKind::Embedded => {
+            let dir = cfg.state_dir.join("registry");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Arc::new(registry::embedded::EmbeddedStore::open(&dir)?)
+        }
+        RegistryKind::Etcd => {
+            let opts = registry::etcd::EtcdOptions {
+                endpoints: cfg.etcd_servers.clone(),
+                request_timeout: cfg.etcd_request_timeout,
+                ca_file: cfg.etcd_cafile.clone(),
+                cert_file: cfg.etcd_certfile.clone(),
+                key_file: cfg.etcd_keyfile.clone(),
+                username: cfg.etcd_username.clone(),
+                password: cfg.etcd_password.as_ref().map(|p| p.expose().to_string()),
+            };
+            Arc::new(registry::etcd::EtcdStore::connect(opts).await?)
+        }
+    })
+}
+
+/// Opens the configured unit manager.
+pub async fn open_manager(cfg: &Config) -> anyhow::Result<Arc<dyn UnitManager>> {
+    let kind = cfg.unit_manager.resolve(config::systemd_booted());
+    tracing::info!(unit_manager = ?kind, "unit manager chosen");
+    Ok(match kind {
+        UnitManagerKind::Systemd => {
+            let opts = agent::systemd::SystemdOptions {
+                units_directory: cfg.units_directory.clone(),
+                user: cfg.systemd_user,
+                ..Default::default()
+            };
+            Arc::new(agent::systemd::SystemdManager::connect(opts).await?)
+        }
+        UnitManagerKind::Process => Arc::new(agent::process::ProcessManager::new(
+            cfg.state_dir.join("process"),
+        )?),
+    })
+}
+
+fn machine_state(cfg: &Config, id: &str) -> MachineState {
+    MachineState {
+        id: id.to_string(),
+        public_ip: cfg
+            .public_ip
+            .map(|ip| ip.to_string())
+            .or_else(agent::presence::detect_public_ip)
+            .unwrap_or_default(),
+        metadata: cfg.metadata.clone(),
+        version: VERSION.to_string(),
+        disable_engine: cfg.disable_engine,
+    }
+}
+
+/// Tells systemd (`Type=notify`) that fleetd is ready, if it runs under systemd.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    // Abstract socket names start with '@' in the variable.
+    let result = if let Some(name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "notifying systemd of readiness failed");
+    }
+}
+
+/// Runs fleetd until a signal stops it.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    for o in cfg.describe() {
+        tracing::debug!(option = o.name, value = %o.value, source = ?o.source, "configuration");
+    }
+    let machine_id = cfg.resolve_machine_id(Path::new(config::MACHINE_ID_FILE))?;
+    tracing::info!(machine = %machine_id, version = VERSION, registry = ?cfg.registry, "starting fleetd");
+
+    let store = open_store(&cfg).await?;
+    let registry = Registry::new(store, &cfg.etcd_key_prefix);
+    let manager = open_manager(&cfg).await?;
+
+    // The API answers 503 until this machine is registered, as fleet's did.
+    let api_state = api::ApiState::new(registry.clone(), cfg.token_limit);
+    let listens: Vec<api::listen::Listen> = cfg
+        .api_listen
+        .iter()
+        .map(|l| match l {
+            ListenAddr::Unix(p) => api::listen::Listen::Unix(p.clone()),
+            ListenAddr::Tcp(a) => api::listen::Listen::Tcp(a.clone()),
+        })
+        .collect();
+    let mut listeners = api::listen::bind(&listens)
+        .await
+        .context("opening the API listeners (api_listen)")?;
+    listeners.extend(api::listen::systemd_listeners().context("taking sockets passed by systemd")?);
+    let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
+    let api_task = tokio::spawn(api::listen::serve(
+        listeners,
+        api::router(api_state.clone()),
+        async move {
+            let _ = api_stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
+
+    let machine = machine_state(&cfg, &machine_id);
+    let presence = {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = Presence::register(
+                registry.clone(),
+                machine.clone(),
+                cfg.agent_ttl,
+                &cfg.state_dir,
+            );
+            tokio::select! {
+                r = attempt => match r {
+                    Ok(p) => break p,
+                    Err(e) if e.downcast_ref::<agent::presence::DuplicateMachine>().is_some() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "registering this machine failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                },
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+        }
+    };
+    tracing::info!(machine = %machine_id, ip = %machine.public_ip, "machine registered");
+    api_state.set_available(true);
+
+    let (agent_stop_tx, agent_stop_rx) = watch::channel(None);
+    let agent_task = tokio::spawn(Agent::new(presence, manager).run(agent_stop_rx));
+    let (engine_stop_tx, engine_stop_rx) = watch::channel(false);
+    let engine_task = if cfg.disable_engine {
+        None
+    } else {
+        let ecfg = engine::EngineConfig {
+            machine_id: machine_id.clone(),
+            interval: cfg.engine_reconcile_interval,
+            agent_ttl: cfg.agent_ttl,
+        };
+        Some(tokio::spawn(engine::run(
+            registry.clone(),
+            ecfg,
+            engine_stop_rx,
+        )))
+    };
+    notify_ready();
+
+    let mut cfg = cfg;
+    let mode = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break Shutdown::Leave,
+            _ = sigint.recv() => break Shutdown::Leave,
+            _ = sigusr2.recv() => break Shutdown::Upgrade,
+            _ = sighup.recv() => {
+                tracing::info!("Reloading configuration");
+                match cfg.reload(&config::process_env) {
+                    Ok(newer) => {
+                        let changed = cfg.changed_options(&newer);
+                        tracing::info!(changed = ?changed, "configuration reloaded; changes take effect at the next start of fleetd");
+                        cfg = newer;
+                    }
+                    Err(e) => tracing::error!(error = %e, "reloading the configuration failed; keeping the running one"),
+                }
+            }
+        }
+    };
+    tracing::info!(mode = ?mode, "stopping fleetd");
+    let _ = engine_stop_tx.send(true);
+    if let Some(t) = engine_task {
+        if let Ok(Err(e)) = t.await {
+            tracing::warn!(error = %format!("{e:#}"), "engine stopped with an error");
+        }
+    }
+    let _ = agent_stop_tx.send(Some(mode));
+    let agent_result = agent_task.await;
+    let _ = api_stop_tx.send(true);
+    let _ = api_task.await;
+    match agent_result {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("agent task failed: {e}")),
+    }
+}
