@@ -205,10 +205,19 @@ impl Agent {
             // Take whatever else is already queued, so a burst of changes costs one pass.
             while let Ok(u) = schedule_rx.try_recv() {
                 self.schedule.apply(&schedule_base, u, json);
+                ready[0] = true;
                 dirty = true;
             }
             while let Ok(u) = globals_rx.try_recv() {
                 self.globals.apply(&globals_base, u, json);
+                ready[1] = true;
+                dirty = true;
+            }
+            while let Ok(u) = metadata_rx.try_recv() {
+                self.dynamic_metadata.apply(&metadata_base, u, |kv| {
+                    String::from_utf8(kv.value.clone()).ok()
+                });
+                ready[2] = true;
                 dirty = true;
             }
             while let Ok(c) = changes.try_recv() {

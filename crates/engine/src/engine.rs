@@ -165,21 +165,26 @@ async fn lead(
             let mut any = false;
             while let Ok(u) = jobs.try_recv() {
                 model.apply_jobs(u);
+                ready[0] = true;
                 any = true;
             }
             while let Ok(u) = machines.try_recv() {
                 model.apply_machines(u);
+                ready[1] = true;
                 any = true;
             }
             while let Ok(u) = metadata.try_recv() {
                 model.apply_metadata(u);
+                ready[2] = true;
                 any = true;
             }
             while let Ok(u) = schedule.try_recv() {
                 model.apply_schedule(u);
+                ready[3] = true;
             }
             while let Ok(u) = reasons.try_recv() {
                 model.apply_reasons(u);
+                ready[4] = true;
             }
             if !any {
                 break;
@@ -187,10 +192,17 @@ async fn lead(
             dirty = true;
         }
         if !dirty || !ready.iter().all(|r| *r) {
+            tracing::trace!(dirty, ?ready, "engine waiting");
             continue;
         }
         model.fetch_bodies(registry).await;
         let changes = model.decide();
+        tracing::debug!(
+            jobs = model.jobs.len(),
+            machines = model.machines.len(),
+            changes = changes.len(),
+            "engine pass"
+        );
         if changes.is_empty() {
             continue;
         }
