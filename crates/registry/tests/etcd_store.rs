@@ -499,3 +499,29 @@ async fn store_is_usable_as_a_shared_trait_object() {
         r.revision
     );
 }
+
+/// A frozen member (SIGSTOP: connections open, nothing answers) must not stall the watch: the
+/// HTTP/2 keep-alive notices the silence and the watch resumes on another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_moves_off_a_frozen_member() {
+    let mut cluster = start(3);
+    let store = store_for(&cluster, Duration::from_secs(2)).await;
+    let prefix = "/frozen/";
+    let from = store.range(prefix, None, 0, None).await.unwrap().revision + 1;
+    let mut watch = store.watch(prefix, from).await.unwrap();
+    let mut written = BTreeMap::new();
+    let mut seen = Vec::new();
+    // Freeze each member in turn (one of them serves the watch), write while it is frozen, and
+    // wait for the watch to deliver those writes before thawing it.
+    for i in 0..3 {
+        tokio::task::block_in_place(|| cluster.pause_member(i)).unwrap();
+        for j in 0..10 {
+            let key = format!("{prefix}{i}-{j:02}");
+            written.insert(key.clone(), write_once(&store, &key, "v").await);
+        }
+        let want = written.len();
+        collect_until(&mut watch, &mut seen, |s| s.len() >= want).await;
+        tokio::task::block_in_place(|| cluster.resume_member(i)).unwrap();
+    }
+    check_no_loss(&store, prefix, &written, &seen).await;
+}

@@ -213,6 +213,27 @@ impl EtcdCluster {
         self.wait_healthy(i)
     }
 
+    /// Freezes member `i` with SIGSTOP: its connections stay open but nothing answers, as with a
+    /// hung machine or a silent network partition. [`Self::resume_member`] thaws it.
+    pub fn pause_member(&mut self, i: usize) -> Result<()> {
+        self.signal_member(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Thaws a member frozen by [`Self::pause_member`] (SIGCONT).
+    pub fn resume_member(&mut self, i: usize) -> Result<()> {
+        self.signal_member(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_member(&mut self, i: usize, sig: nix::sys::signal::Signal) -> Result<()> {
+        let m = self.member_mut(i)?;
+        let pid = m
+            .pid()
+            .with_context(|| format!("etcd member {} is not running", m.name))?;
+        let pid = i32::try_from(pid).context("PID out of range")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .with_context(|| format!("sending {sig} to etcd member {}", m.name))
+    }
+
     /// SIGKILLs every member.
     pub fn stop_all(&mut self) -> Result<()> {
         for m in &mut self.members {
