@@ -95,6 +95,8 @@ pub struct Agent {
     failures: BTreeMap<String, String>,
     systemd: BTreeMap<String, SystemdState>,
     published: BTreeMap<String, UnitState>,
+    /// New machine records (metadata, IP) from a configuration reload.
+    machine_updates: Option<watch::Receiver<registry::MachineState>>,
 }
 
 impl Agent {
@@ -110,6 +112,7 @@ impl Agent {
             failures: BTreeMap::new(),
             systemd: BTreeMap::new(),
             published: BTreeMap::new(),
+            machine_updates: None,
         }
     }
 
@@ -141,6 +144,15 @@ impl Agent {
     }
 
     /// Runs until `shutdown` says how to stop.
+    /// Re-announces the machine with each record sent here (SIGHUP: new metadata or IP).
+    pub fn with_machine_updates(
+        mut self,
+        updates: watch::Receiver<registry::MachineState>,
+    ) -> Agent {
+        self.machine_updates = Some(updates);
+        self
+    }
+
     pub async fn run(
         mut self,
         mut shutdown: watch::Receiver<Option<Shutdown>>,
@@ -195,6 +207,14 @@ impl Agent {
                 }
                 _ = retry.tick() => { dirty = !self.failures.is_empty(); }
                 _ = kick_rx.recv() => {}
+                Some(machine) = next_machine(&mut self.machine_updates) => {
+                    self.presence.machine = machine;
+                    match self.presence.announce().await {
+                        Ok(()) => tracing::info!("machine record updated"),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "updating the machine record failed"),
+                    }
+                    dirty = true;
+                }
                 _ = shutdown.changed() => {
                     let mode = *shutdown.borrow();
                     if let Some(mode) = mode {
@@ -309,12 +329,7 @@ impl Agent {
             }
         }
         let mut machine = self.presence.machine.clone();
-        machine.metadata.extend(
-            self.dynamic_metadata
-                .items
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        registry::merge_metadata(&mut machine.metadata, &self.dynamic_metadata.items);
         let (wanted, refused) = reconcile::wanted_units(&machine, &candidates);
         for r in &refused {
             tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");
@@ -454,5 +469,21 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+}
+
+/// The next machine record sent, or never if there is no sender.
+async fn next_machine(
+    updates: &mut Option<watch::Receiver<registry::MachineState>>,
+) -> Option<registry::MachineState> {
+    match updates {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => {
+                *updates = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }

@@ -163,8 +163,7 @@ impl Model {
             .map(|m| {
                 let mut m = m.clone();
                 if let Some(d) = self.metadata.get(&m.id) {
-                    m.metadata
-                        .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    registry::merge_metadata(&mut m.metadata, d);
                 }
                 m
             })

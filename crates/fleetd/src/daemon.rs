@@ -164,7 +164,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     api_state.set_available(true);
 
     let (agent_stop_tx, agent_stop_rx) = watch::channel(None);
-    let agent_task = tokio::spawn(Agent::new(presence, manager).run(agent_stop_rx));
+    let (machine_tx, machine_rx) = watch::channel(machine.clone());
+    let agent_task = tokio::spawn(
+        Agent::new(presence, manager)
+            .with_machine_updates(machine_rx)
+            .run(agent_stop_rx),
+    );
     let (engine_stop_tx, engine_stop_rx) = watch::channel(false);
     let engine_task = if cfg.disable_engine {
         None
@@ -193,7 +198,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 match cfg.reload(&config::process_env) {
                     Ok(newer) => {
                         let changed = cfg.changed_options(&newer);
-                        tracing::info!(changed = ?changed, "configuration reloaded; changes take effect at the next start of fleetd");
+                        // Metadata and the public IP apply at once; the rest at the next start.
+                        let updated = machine_state(&newer, &machine_id);
+                        if updated != *machine_tx.borrow() {
+                            let _ = machine_tx.send(updated);
+                        }
+                        tracing::info!(changed = ?changed, "configuration reloaded; metadata and public_ip apply now, other options at the next start of fleetd");
                         cfg = newer;
                     }
                     Err(e) => tracing::error!(error = %e, "reloading the configuration failed; keeping the running one"),

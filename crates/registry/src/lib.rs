@@ -4,8 +4,8 @@
 //! Every reader watches only what concerns it, from a revision it read; every multi-key change
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
-pub mod conformance;
 mod api_support;
+pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
@@ -15,7 +15,9 @@ pub mod registry;
 pub mod store;
 
 pub use model::*;
-pub use registry::{AtRevision, MetadataChange, Registry, RegistryError, ScheduleChange, UnitView};
+pub use registry::{
+    merge_metadata, AtRevision, MetadataChange, Registry, RegistryError, ScheduleChange, UnitView,
+};
 
 /// Operations per transaction: etcd refuses more than 128 by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 100;

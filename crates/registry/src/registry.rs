@@ -45,6 +45,18 @@ pub struct AtRevision<T> {
     pub revision: Revision,
 }
 
+/// Merges dynamic metadata over configured metadata as fleet did: dynamic values win, and an
+/// empty dynamic value removes the key.
+pub fn merge_metadata(metadata: &mut BTreeMap<String, String>, dynamic: &BTreeMap<String, String>) {
+    for (k, v) in dynamic {
+        if v.is_empty() {
+            metadata.remove(k);
+        } else {
+            metadata.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 /// One change of dynamic machine metadata (`value: None` removes the key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetadataChange {
