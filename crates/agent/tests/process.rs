@@ -594,3 +594,66 @@ async fn forking_service_with_pid_file_and_user() {
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     assert_eq!(read(&out), format!("{}\nnobody\n", nobody.uid));
 }
+
+/// Plays fleetd in a separate process for `units_survive_sigkill_of_their_manager` (run only
+/// through that test, which sets FLEET_TEST_STATE_DIR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of units_survive_sigkill_of_their_manager"]
+async fn manager_process_for_sigkill_test() {
+    let Some(dir) = std::env::var_os("FLEET_TEST_STATE_DIR") else {
+        return;
+    };
+    let m = ProcessManager::with_helper(dir.into(), HELPER.into()).unwrap();
+    let body = "ExecStart=/bin/sh -c 'while true; do echo tick; sleep 0.05; done'";
+    m.load("survivor.service", &service(body)).await.unwrap();
+    m.start("survivor.service").await.unwrap();
+    wait_state(&m, "survivor.service", "active", "running").await;
+    // Wait to be killed.
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_survive_sigkill_of_their_manager() {
+    let fx = Fixture::new();
+    let mut manager_process = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "manager_process_for_sigkill_test",
+            "--nocapture",
+        ])
+        .env("FLEET_TEST_STATE_DIR", fx.state_dir())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = KillOnDrop(&mut manager_process);
+    wait_for("the unit to run under the other process", || {
+        fx.main_pid("survivor.service").is_some()
+    })
+    .await;
+    let pid = fx.main_pid("survivor.service").unwrap();
+    drop(guard); // SIGKILL, as `kill -9 fleetd`
+
+    let log = fx.state_dir().join("logs/survivor.service.log");
+    let before = read(&log).matches(" tick\n").count();
+    wait_for("log lines written after the manager was SIGKILLed", || {
+        read(&log).matches(" tick\n").count() > before + 2
+    })
+    .await;
+    assert!(alive(pid));
+    let m = fx.manager();
+    assert_eq!(
+        state(&m, "survivor.service").await,
+        Some(("loaded".into(), "active".into(), "running".into()))
+    );
+    m.stop("survivor.service").await.unwrap();
+    wait_state(&m, "survivor.service", "inactive", "dead").await;
+    wait_for("the survivor to be stopped", || !alive(pid)).await;
+}

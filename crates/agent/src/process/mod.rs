@@ -291,27 +291,30 @@ impl ProcessManager {
             };
             let (goal_tx, goal_rx) = watch::channel(goal);
             let goal_tx = Arc::new(goal_tx);
-            let task = config.is_ok().then(|| {
-                spawn_supervisor(
+            let runnable = config.is_ok();
+            // The entry exists before its task runs: a task whose unit is unknown ends.
+            let entry = UnitEntry {
+                hash,
+                config,
+                state,
+                reason,
+                goal: goal_tx.clone(),
+                task: None,
+            };
+            shared.lock().insert(name.clone(), entry);
+            if runnable {
+                let task = spawn_supervisor(
                     &runtime,
                     shared.clone(),
                     name.clone(),
                     goal_rx,
-                    goal_tx.clone(),
+                    goal_tx,
                     adopted,
-                )
-            });
-            shared.lock().insert(
-                name,
-                UnitEntry {
-                    hash,
-                    config,
-                    state,
-                    reason,
-                    goal: goal_tx,
-                    task,
-                },
-            );
+                );
+                if let Some(e) = shared.lock().get_mut(&name) {
+                    e.task = Some(task);
+                }
+            }
         }
         Ok(ProcessManager {
             shared,
