@@ -1,0 +1,429 @@
+//! fleetctl's command line: fleet's commands and flags (clap derive), with fleet's
+//! `FLEETCTL_<FLAG>` environment variables for the global flags, pflag-style booleans
+//! (`--debug`, `--debug=false`), unambiguous command prefixes (`list-m`), `-l/--l/--full` etc.
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
+
+const ABOUT: &str =
+    "fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.";
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: must be more than 0 seconds"))
+    }
+}
+
+fn nonnegative_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: must be 0 (no limit) or more seconds"))
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fleetctl",
+    about = ABOUT,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    infer_subcommands = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags every command accepts, anywhere on the line. A flag not given is read from
+/// `FLEETCTL_<NAME>` (upper case, `-` -> `_`) when that is set and not empty.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Print usage information and exit
+    #[arg(short = 'h', long = "help", alias = "h", global = true, action = ArgAction::Help)]
+    pub help: Option<bool>,
+
+    /// Print out more debug information to stderr
+    #[arg(long, global = true, env = "FLEETCTL_DEBUG", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub debug: bool,
+
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", global = true, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub version: bool,
+
+    /// Adapter used to execute fleetctl commands. Only "API" is supported ("etcd" was fleet's
+    /// direct registry access)
+    #[arg(long, global = true, env = "FLEETCTL_DRIVER", default_value = "API")]
+    pub driver: String,
+
+    /// Location of the fleet API: unix:///PATH or http://HOST:PORT
+    #[arg(long, global = true, env = "FLEETCTL_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+
+    /// Keyspace for fleet data in etcd (accepted for compatibility, unused)
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_ETCD_KEY_PREFIX",
+        default_value = "/_coreos.com/fleet/"
+    )]
+    pub etcd_key_prefix: String,
+
+    /// Location of TLS key file used to secure communication with the fleet API
+    #[arg(long, global = true, env = "FLEETCTL_KEY_FILE", alias = "etcd-keyfile")]
+    pub key_file: Option<String>,
+
+    /// Location of TLS cert file used to secure communication with the fleet API
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_CERT_FILE",
+        alias = "etcd-certfile"
+    )]
+    pub cert_file: Option<String>,
+
+    /// Location of TLS CA file used to secure communication with the fleet API
+    #[arg(long, global = true, env = "FLEETCTL_CA_FILE", alias = "etcd-cafile")]
+    pub ca_file: Option<String>,
+
+    /// File used to store remote machine fingerprints (SSH; not supported yet)
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_KNOWN_HOSTS_FILE",
+        default_value = "~/.fleetctl/known_hosts"
+    )]
+    pub known_hosts_file: String,
+
+    /// Verify host keys presented by remote machines before initiating SSH connections
+    #[arg(long, global = true, env = "FLEETCTL_STRICT_HOST_KEY_CHECKING", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "true",
+          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub strict_host_key_checking: bool,
+
+    /// Amount of time in seconds to allow for SSH connection initialization before failing
+    #[arg(long, global = true, env = "FLEETCTL_SSH_TIMEOUT", default_value = "10.0",
+          value_parser = positive_seconds)]
+    pub ssh_timeout: f64,
+
+    /// Establish an SSH tunnel through the provided address for communication with fleet
+    /// (not supported yet)
+    #[arg(long, global = true, env = "FLEETCTL_TUNNEL")]
+    pub tunnel: Option<String>,
+
+    /// Amount of time in seconds to allow a single API request before considering it failed
+    #[arg(long, global = true, env = "FLEETCTL_REQUEST_TIMEOUT", default_value = "3.0",
+          value_parser = positive_seconds)]
+    pub request_timeout: f64,
+
+    /// Username to use when connecting to CoreOS instance (SSH; not supported yet)
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_USERNAME",
+        default_value = "core"
+    )]
+    pub ssh_username: String,
+
+    /// DEPRECATED: do not use this flag.
+    #[arg(long, global = true, hide = true, env = "FLEETCTL_EXPERIMENTAL_API", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "true",
+          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub experimental_api: bool,
+}
+
+/// `--block-attempts`, `--no-block` and our `--timeout`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Block {
+    /// Wait until the units reach the requested state, performing up to N attempts of 2 seconds
+    /// each before giving up. A value of 0 indicates no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub block_attempts: u32,
+
+    /// Do not wait until the units reach the requested state before exiting.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub no_block: bool,
+
+    /// Give up waiting after this many seconds in total (0 = no limit).
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = nonnegative_seconds)]
+    pub timeout: f64,
+}
+
+/// `--replace` and the deprecated `--sign`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Replace {
+    /// Replace the old scheduled units in the cluster with new versions.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub replace: bool,
+
+    /// DEPRECATED - this option cannot be used
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub sign: bool,
+}
+
+/// `--full`, `--no-legend`, `--fields`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct List {
+    /// Do not ellipsize fields on output
+    #[arg(short = 'l', long, alias = "l", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", hide_default_value = true,
+          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub full: bool,
+
+    /// Do not print a legend (column headers)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+    pub no_legend: bool,
+
+    /// Columns to print, comma-separated (the valid ones are listed in the command's help)
+    #[arg(long)]
+    pub fields: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Output the contents of a submitted unit
+    #[command(long_about = "Output the contents of a submitted unit.\n\n\
+        Outputs the unit file as the registry stores it (normalized: comments dropped, one\n\
+        blank line between sections).")]
+    Cat {
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Destroy one or more units in the cluster
+    #[command(long_about = "Destroy one or more units in the cluster.\n\n\
+        Stops and unloads the units, then removes them from the registry; waits until they are\n\
+        gone unless --no-block.\n\n\
+        Destroy a single unit:\n\tfleetctl destroy foo.service\n\n\
+        Destroy an entire directory of units (the shell expands the glob):\n\tfleetctl destroy myservice/*")]
+    Destroy {
+        #[command(flatten)]
+        block: Block,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Proxy stdin and stdout to a unix domain socket
+    #[command(name = "fd-forward")]
+    FdForward {
+        #[arg(value_name = "SOCKET")]
+        socket: String,
+    },
+
+    /// Print the journal of a unit in the cluster to stdout (not supported yet)
+    Journal {
+        /// Number of recent log lines to return
+        #[arg(long, default_value_t = 10)]
+        lines: u32,
+        /// Continuously print new entries as they are appended to the journal.
+        #[arg(short = 'f', long, alias = "f", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false", hide_default_value = true,
+              value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        follow: bool,
+        /// Port of SSH server running on the host to connect to
+        #[arg(long, default_value_t = 22)]
+        ssh_port: u16,
+        /// Execute journal command with sudo
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        sudo: bool,
+        /// Output mode, passed to journalctl
+        #[arg(long, default_value = "short")]
+        output: String,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Enumerate the current hosts in the cluster
+    #[command(
+        name = "list-machines",
+        long_about = "Enumerate the current hosts in the cluster.\n\n\
+        Lists all active machines within the cluster. Previously active machines will not appear\n\
+        in this list. Valid fields: ip,machine,metadata (default machine,ip,metadata)."
+    )]
+    ListMachines {
+        #[command(flatten)]
+        list: List,
+    },
+
+    /// List the units that exist in the cluster.
+    #[command(
+        name = "list-unit-files",
+        long_about = "List the units that exist in the cluster.\n\n\
+        Lists all unit files that exist in the cluster (whether or not they are loaded onto a\n\
+        machine). Valid fields: desc,dstate,global,hash,reason,state,target,tmachine,unit\n\
+        (default unit,hash,dstate,state,target). \"reason\" says why the engine cannot place a unit."
+    )]
+    ListUnitFiles {
+        #[command(flatten)]
+        list: List,
+    },
+
+    /// List the current state of units in the cluster
+    #[command(
+        name = "list-units",
+        long_about = "List the current state of units in the cluster.\n\n\
+        Lists the state of every unit on every machine reporting it. Valid fields:\n\
+        active,hash,load,machine,sub,unit (default unit,machine,active,sub).\n\n\
+        For easily parsable output, you can remove the column headers:\n\tfleetctl list-units --no-legend\n\n\
+        Output the list without ellipses:\n\tfleetctl list-units --full"
+    )]
+    ListUnits {
+        #[command(flatten)]
+        list: List,
+    },
+
+    /// Schedule one or more units in the cluster, first submitting them if necessary.
+    #[command(
+        long_about = "Schedule one or more units in the cluster, first submitting them if necessary.\n\n\
+        Waits until each unit is loaded on its machine, unless --no-block.\n\n\
+        Load a single unit:\n\tfleetctl load foo.service\n\n\
+        Load an entire directory of units (the shell expands the glob):\n\tfleetctl load myservice/*"
+    )]
+    Load {
+        #[command(flatten)]
+        block: Block,
+        #[command(flatten)]
+        replace: Replace,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Instruct systemd to restart one or more units in the cluster.
+    #[command(
+        long_about = "Instruct systemd to restart one or more units in the cluster.\n\n\
+        A launched unit is stopped (waiting until it is loaded) and started again (waiting until\n\
+        systemd reports it active); a loaded unit is started. With --no-block only the start is\n\
+        not waited for.\n\n\
+        Restart a single unit:\n\tfleetctl restart foo.service"
+    )]
+    Restart {
+        #[command(flatten)]
+        block: Block,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Open interactive shell on a machine in the cluster (not supported yet)
+    Ssh {
+        /// Open SSH connection to machine running provided unit.
+        #[arg(long)]
+        unit: Option<String>,
+        /// Open SSH connection to a machine.
+        #[arg(long)]
+        machine: Option<String>,
+        /// Forward local ssh-agent to target machine.
+        #[arg(short = 'A', long, alias = "A", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false", hide_default_value = true,
+              value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        forward_agent: bool,
+        /// Port of SSH server running on the host to connect to
+        #[arg(long, default_value_t = 22)]
+        ssh_port: u16,
+        #[arg(
+            value_name = "MACHINE|UNIT",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
+
+    /// Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary.
+    #[command(
+        long_about = "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary.\n\n\
+        Waits until each unit is launched and systemd reports it active on its machine (a unit that\n\
+        fails makes fleetctl exit 1), unless --no-block.\n\n\
+        Start a single unit:\n\tfleetctl start foo.service\n\n\
+        Start an entire directory of units (the shell expands the glob):\n\tfleetctl start myservice/*\n\n\
+        Start an instance of a template unit (submitted or beside the path):\n\tfleetctl start units/web@8080.service"
+    )]
+    Start {
+        #[command(flatten)]
+        block: Block,
+        #[command(flatten)]
+        replace: Replace,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Output the status of one or more units in the cluster
+    #[command(
+        long_about = "Output the status of one or more units in the cluster.\n\n\
+        Runs `systemctl status -l UNIT` when the unit runs on this machine; over SSH to other\n\
+        machines is not supported yet."
+    )]
+    Status {
+        /// Port of SSH server running on the host to connect to
+        #[arg(long, default_value_t = 22)]
+        ssh_port: u16,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Instruct systemd to stop one or more units in the cluster.
+    #[command(
+        long_about = "Instruct systemd to stop one or more units in the cluster.\n\n\
+        The units stay loaded on their machines; waits until they are, unless --no-block.\n\n\
+        Stop a single unit:\n\tfleetctl stop foo.service"
+    )]
+    Stop {
+        #[command(flatten)]
+        block: Block,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Upload one or more units to the cluster without starting them
+    #[command(
+        long_about = "Upload one or more units to the cluster without starting them.\n\n\
+        Submit a single unit:\n\tfleetctl submit foo.service\n\n\
+        Submit a directory of units (the shell expands the glob):\n\tfleetctl submit myservice/*"
+    )]
+    Submit {
+        #[command(flatten)]
+        replace: Replace,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Unschedule one or more units in the cluster.
+    #[command(long_about = "Unschedule one or more units in the cluster.\n\n\
+        Stops and unloads the units from their machines (they stay in the registry); waits until\n\
+        they are, unless --no-block.")]
+    Unload {
+        #[command(flatten)]
+        block: Block,
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// DEPRECATED - No longer works
+    Verify {
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// Print the version and exit
+    Version,
+}

@@ -1,0 +1,104 @@
+//! fleetctl's handle on fleetd: [`api::Client`] plus `--debug` logging of every request.
+
+use api::client::{ClientError, StateFilter};
+use api::types::{Machine, Unit, UnitState};
+use api::{Client, TargetState};
+use std::time::Instant;
+
+/// The API client the commands use. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    client: Client,
+    debug: bool,
+}
+
+impl Fleet {
+    pub fn new(client: Client, debug: bool) -> Fleet {
+        Fleet { client, debug }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        self.client.endpoint()
+    }
+
+    async fn logged<T>(
+        &self,
+        what: String,
+        fut: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        if !self.debug {
+            return fut.await;
+        }
+        let start = Instant::now();
+        let result = fut.await;
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        eprintln!(
+            "fleetctl: {what} on {}: {outcome} ({} ms)",
+            self.client.endpoint(),
+            start.elapsed().as_millis()
+        );
+        result
+    }
+
+    pub async fn units(&self) -> Result<Vec<Unit>, ClientError> {
+        self.logged("GET /fleet/v1/units".into(), self.client.units())
+            .await
+    }
+
+    pub async fn unit(&self, name: &str) -> Result<Option<Unit>, ClientError> {
+        self.logged(
+            format!("GET /fleet/v1/units/{name}"),
+            self.client.unit(name),
+        )
+        .await
+    }
+
+    pub async fn create_unit(&self, unit: &Unit) -> Result<(), ClientError> {
+        self.logged(
+            format!("PUT /fleet/v1/units/{} (create)", unit.name),
+            self.client.create_or_update_unit(unit),
+        )
+        .await
+    }
+
+    pub async fn set_target_state(
+        &self,
+        name: &str,
+        state: TargetState,
+    ) -> Result<(), ClientError> {
+        self.logged(
+            format!("PUT /fleet/v1/units/{name} (desiredState {state})"),
+            self.client.set_unit_target_state(name, state),
+        )
+        .await
+    }
+
+    pub async fn destroy_unit(&self, name: &str) -> Result<bool, ClientError> {
+        self.logged(
+            format!("DELETE /fleet/v1/units/{name}"),
+            self.client.destroy_unit(name),
+        )
+        .await
+    }
+
+    pub async fn machines(&self) -> Result<Vec<Machine>, ClientError> {
+        self.logged("GET /fleet/v1/machines".into(), self.client.machines())
+            .await
+    }
+
+    /// States of every unit, or of one unit on every machine.
+    pub async fn unit_states(&self, unit: Option<&str>) -> Result<Vec<UnitState>, ClientError> {
+        let filter = StateFilter {
+            unit_name: unit.map(str::to_string),
+            machine_id: None,
+        };
+        let what = match unit {
+            Some(u) => format!("GET /fleet/v1/state?unitName={u}"),
+            None => "GET /fleet/v1/state".to_string(),
+        };
+        self.logged(what, self.client.unit_states(&filter)).await
+    }
+}

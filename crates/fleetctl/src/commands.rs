@@ -1,0 +1,490 @@
+//! The commands: I/O around the pure decisions in [`crate::create`], [`crate::plan`],
+//! [`crate::wait`] and [`crate::fields`]. Each returns the process exit code.
+
+use crate::cli::{Block, List, Replace};
+use crate::client::Fleet;
+use crate::create::{self, Action, Message, Purpose};
+use crate::fields::{self, FieldSet, Machines};
+use crate::output::Output;
+use crate::plan::{self, Goal, Step};
+use crate::wait::{self, Limits};
+use api::types::Unit;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub const SIGN_WARNING: &str =
+    "WARNING: The signed/verified units feature is DEPRECATED and cannot be used.";
+
+fn say(out: &Output, m: &Message) {
+    match m {
+        Message::Stdout(t) => out.println(t),
+        Message::Stderr(t) => out.eprintln(t),
+    }
+}
+
+fn limits(block: &Block) -> Limits {
+    Limits {
+        attempts: block.block_attempts,
+        deadline: (block.timeout > 0.0)
+            .then(|| Instant::now() + std::time::Duration::from_secs_f64(block.timeout)),
+    }
+}
+
+/// Mangled names in the order given, without repeats.
+fn names(args: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in args {
+        let n = unit::mangle(a);
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// fleet's lazy creation for `submit`, `load` and `start`: every argument ends up in the
+/// registry (or the command fails at the first that cannot), then the units created are waited
+/// for until `inactive`. Returns the unit names.
+pub async fn lazy_create(
+    fleet: &Fleet,
+    args: &[String],
+    purpose: Purpose,
+    replace: &Replace,
+    block: &Block,
+    out: &Arc<Output>,
+) -> Result<Vec<String>, ()> {
+    if replace.sign {
+        out.eprintln(SIGN_WARNING);
+    }
+    let mut created = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for arg in args {
+        let lookup = create::gather(fleet, arg)
+            .await
+            .map_err(|e| out.eprintln(&e))?;
+        let decision =
+            create::decide(purpose, replace.replace, &lookup).map_err(|e| out.eprintln(&e))?;
+        decision.messages.iter().for_each(|m| say(out, m));
+        if let Action::Create { file, .. } = decision.action {
+            let warnings = create::validate(&lookup.name, &file).map_err(|e| out.eprintln(&e))?;
+            warnings.iter().for_each(|m| say(out, m));
+            fleet
+                .create_unit(&create::new_unit(&lookup.name, &file))
+                .await
+                .map_err(|e| out.eprintln(&format!("failed creating unit {}: {e}", lookup.name)))?;
+            created.push(lookup.name.clone());
+        }
+        if !names.contains(&lookup.name) {
+            names.push(lookup.name);
+        }
+    }
+    // A new unit is inactive at once; a replaced one is taken down before it is started again
+    // with its new content (even with --no-block: the new content must not race the old).
+    let plans = created
+        .into_iter()
+        .map(|n| (n, vec![Step::Wait(Goal::Inactive)]))
+        .collect();
+    if !wait::run_all(fleet, plans, limits(block), out.clone()).await {
+        out.eprintln("Error creating units: one or more units did not become inactive");
+        return Err(());
+    }
+    Ok(names)
+}
+
+/// The units of `args` that are in the registry, in argument order; the missing ones are
+/// reported. `None` when none is there (fleet's "Units not found in registry", exit 0).
+async fn find_units(fleet: &Fleet, args: &[String], out: &Output) -> Result<Vec<Unit>, i32> {
+    let all = fleet.units().await.map_err(|e| {
+        out.eprintln(&format!(
+            "Error retrieving list of units from repository: {e}"
+        ));
+        1
+    })?;
+    let mut found = Vec::new();
+    for name in names(args) {
+        match all.iter().find(|u| u.name == name) {
+            Some(u) => found.push(u.clone()),
+            None => out.eprintln(&format!("Unit {name} not found in registry")),
+        }
+    }
+    if found.is_empty() {
+        out.eprintln("Units not found in registry");
+        return Err(0);
+    }
+    Ok(found)
+}
+
+/// Plans every unit first, so that a unit that cannot do what was asked stops the command
+/// before anything is changed; then runs the plans concurrently.
+async fn execute(
+    fleet: &Fleet,
+    units: &[Unit],
+    planner: impl Fn(&Unit) -> Result<Vec<Step>, String>,
+    verb: &'static str,
+    block: &Block,
+    limits: Limits,
+    out: &Arc<Output>,
+) -> i32 {
+    let mut plans = Vec::new();
+    for u in units {
+        match planner(u) {
+            Ok(steps) if block.no_block => {
+                plans.push((u.name.clone(), plan::without_waits(steps, verb)))
+            }
+            Ok(steps) => plans.push((u.name.clone(), steps)),
+            Err(e) => {
+                out.eprintln(&e);
+                return 1;
+            }
+        }
+    }
+    if wait::run_all(fleet, plans, limits, out.clone()).await {
+        0
+    } else {
+        1
+    }
+}
+
+/// Current units by name (after lazy creation).
+async fn fetch(fleet: &Fleet, names: &[String], out: &Output) -> Result<Vec<Unit>, i32> {
+    let mut units = Vec::new();
+    for name in names {
+        match fleet.unit(name).await {
+            Ok(Some(u)) => units.push(u),
+            Ok(None) => {
+                out.eprintln(&format!("unable to find unit {name}"));
+                return Err(1);
+            }
+            Err(e) => {
+                out.eprintln(&format!("error retrieving unit {name} from registry: {e}"));
+                return Err(1);
+            }
+        }
+    }
+    Ok(units)
+}
+
+fn no_units(args: &[String], out: &Output) -> bool {
+    if args.is_empty() {
+        out.eprintln("No units given");
+        true
+    } else {
+        false
+    }
+}
+
+pub async fn submit(fleet: &Fleet, args: &[String], replace: &Replace, out: Arc<Output>) -> i32 {
+    if no_units(args, &out) {
+        return 0;
+    }
+    match lazy_create(
+        fleet,
+        args,
+        Purpose::Submit,
+        replace,
+        &Block::default(),
+        &out,
+    )
+    .await
+    {
+        Ok(_) => 0,
+        Err(()) => 1,
+    }
+}
+
+/// `load` and `start`.
+pub async fn load_or_start(
+    fleet: &Fleet,
+    args: &[String],
+    block: &Block,
+    replace: &Replace,
+    start: bool,
+    out: Arc<Output>,
+) -> i32 {
+    if no_units(args, &out) {
+        return 0;
+    }
+    let limits = limits(block);
+    let purpose = if start { Purpose::Start } else { Purpose::Load };
+    let Ok(names) = lazy_create(fleet, args, purpose, replace, block, &out).await else {
+        return 1;
+    };
+    let units = match fetch(fleet, &names, &out).await {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    if start {
+        execute(fleet, &units, plan::start, "start", block, limits, &out).await
+    } else {
+        execute(fleet, &units, plan::load, "load", block, limits, &out).await
+    }
+}
+
+/// `stop`, `unload`, `destroy` and `restart`: units already in the registry.
+pub async fn change(
+    fleet: &Fleet,
+    args: &[String],
+    block: &Block,
+    verb: &'static str,
+    out: Arc<Output>,
+) -> i32 {
+    if no_units(args, &out) {
+        return 0;
+    }
+    let limits = limits(block);
+    let units = match find_units(fleet, args, &out).await {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    match verb {
+        "stop" => execute(fleet, &units, plan::stop, "stop", block, limits, &out).await,
+        "unload" => {
+            execute(
+                fleet,
+                &units,
+                |u| Ok(plan::unload(u)),
+                "unload",
+                block,
+                limits,
+                &out,
+            )
+            .await
+        }
+        "destroy" => {
+            execute(
+                fleet,
+                &units,
+                |u| Ok(plan::destroy(u)),
+                "destroy",
+                block,
+                limits,
+                &out,
+            )
+            .await
+        }
+        _ => execute(fleet, &units, plan::restart, "start", block, limits, &out).await,
+    }
+}
+
+fn fields_or_fail(list: &List, set: &FieldSet) -> Result<Vec<String>, i32> {
+    let spec = list.fields.as_deref().unwrap_or(set.default);
+    fields::parse_fields(spec, set).map_err(|e| {
+        eprintln!("{e}");
+        1
+    })
+}
+
+async fn machines_if(fleet: &Fleet, needed: bool) -> Machines {
+    if needed {
+        // As fleet: machines only add IPs to legends; failing to list them is not fatal.
+        Machines::new(fleet.machines().await.unwrap_or_default())
+    } else {
+        Machines::default()
+    }
+}
+
+pub async fn list_units(fleet: &Fleet, list: &List) -> i32 {
+    let fields = match fields_or_fail(list, &fields::UNIT_FIELDS) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let states = match fleet.unit_states(None).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error retrieving list of units from repository: {e}");
+            return 1;
+        }
+    };
+    let machines = machines_if(fleet, fields.iter().any(|f| f == "machine")).await;
+    print!(
+        "{}",
+        fields::units_table(states, &machines, &fields, list.full, list.no_legend)
+    );
+    0
+}
+
+pub async fn list_unit_files(fleet: &Fleet, list: &List) -> i32 {
+    let fields = match fields_or_fail(list, &fields::UNIT_FILE_FIELDS) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    if fields.iter().any(|f| f == "tmachine") {
+        eprintln!("WARNING: The \"tmachine\" field is deprecated. Use \"target\" instead");
+    }
+    let units = match fleet.units().await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("Error retrieving list of units from repository: {e}");
+            return 1;
+        }
+    };
+    let needed = fields.iter().any(|f| f == "target" || f == "tmachine");
+    let machines = machines_if(fleet, needed).await;
+    print!(
+        "{}",
+        fields::unit_files_table(units, &machines, &fields, list.full, list.no_legend)
+    );
+    0
+}
+
+pub async fn list_machines(fleet: &Fleet, list: &List) -> i32 {
+    let fields = match fields_or_fail(list, &fields::MACHINE_FIELDS) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    match fleet.machines().await {
+        Ok(machines) => {
+            print!(
+                "{}",
+                fields::machines_table(machines, &fields, list.full, list.no_legend)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("Error retrieving list of active machines: {e}");
+            1
+        }
+    }
+}
+
+pub async fn cat(fleet: &Fleet, args: &[String]) -> i32 {
+    let [arg] = args else {
+        eprintln!("One unit file must be provided");
+        return 1;
+    };
+    let name = unit::mangle(arg);
+    match fleet.unit(&name).await {
+        Ok(Some(u)) => {
+            print!("{}", u.file().serialize());
+            0
+        }
+        Ok(None) => {
+            eprintln!("Unit {name} not found");
+            1
+        }
+        Err(e) => {
+            eprintln!("Error retrieving Unit {name}: {e}");
+            1
+        }
+    }
+}
+
+/// This machine's id, as fleetd reads it by default.
+fn local_machine_id() -> Option<String> {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Where `unit` runs, for `status`/`journal`: `Ok(true)` on this machine, `Ok(false)` elsewhere
+/// (with a message printed), `Err(code)` when it runs nowhere.
+async fn runs_here(fleet: &Fleet, name: &str, global_ok: bool) -> Result<bool, i32> {
+    let unit = match fleet.unit(name).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            eprintln!("Unit {name} does not exist.");
+            return Err(1);
+        }
+        Err(e) => {
+            eprintln!("Error retrieving unit {name}: {e}");
+            return Err(1);
+        }
+    };
+    let here = local_machine_id();
+    if fields::is_global(&unit) {
+        if !global_ok {
+            eprintln!("Unable to get journal for global unit {name}. Check on a machine-by-machine basis.");
+            return Err(1);
+        }
+        let states = fleet.unit_states(Some(name)).await.unwrap_or_default();
+        if states.is_empty() {
+            eprintln!("Unit {name} does not appear to be loaded.");
+            return Err(1);
+        }
+        if here.is_some_and(|h| states.iter().any(|s| s.machine_id == h)) {
+            return Ok(true);
+        }
+        eprintln!("Global unit {name} does not run on this machine; fleetctl over SSH is not supported yet: run the command on one of its machines.");
+        return Ok(false);
+    }
+    if unit.machine_id.is_empty() || unit.current_state == "inactive" {
+        eprintln!("Unit {name} does not appear to be loaded.");
+        return Err(1);
+    }
+    if here.as_deref() == Some(unit.machine_id.as_str()) {
+        return Ok(true);
+    }
+    eprintln!(
+        "Unit {name} runs on machine {}; fleetctl over SSH is not supported yet: run the command there.",
+        unit.machine_id
+    );
+    Ok(false)
+}
+
+fn run_local(program: &str, args: &[String]) -> i32 {
+    match std::process::Command::new(program).args(args).status() {
+        Ok(status) => status.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("Unable to run {program}: {e}");
+            1
+        }
+    }
+}
+
+pub async fn status(fleet: &Fleet, args: &[String]) -> i32 {
+    if args.is_empty() {
+        eprintln!("No units given");
+        return 0;
+    }
+    let mut code = 0;
+    for name in names(args) {
+        let rc = match runs_here(fleet, &name, true).await {
+            Ok(true) => run_local("systemctl", &["status".into(), "-l".into(), name.clone()]),
+            Ok(false) => 1,
+            Err(c) => c,
+        };
+        if code == 0 {
+            code = rc;
+        }
+    }
+    code
+}
+
+pub struct JournalArgs {
+    pub lines: u32,
+    pub follow: bool,
+    pub sudo: bool,
+    pub output: String,
+}
+
+pub async fn journal(fleet: &Fleet, args: &[String], j: &JournalArgs) -> i32 {
+    let [arg] = args else {
+        eprintln!("One unit file must be provided.");
+        return 1;
+    };
+    let name = unit::mangle(arg);
+    match runs_here(fleet, &name, false).await {
+        Ok(true) => {}
+        Ok(false) => return 1,
+        Err(c) => return c,
+    }
+    let mut cmd: Vec<String> = vec![
+        "journalctl".into(),
+        "--unit".into(),
+        name,
+        "--no-pager".into(),
+        "-n".into(),
+        j.lines.to_string(),
+        "--output".into(),
+        j.output.clone(),
+    ];
+    if j.follow {
+        cmd.push("-f".into());
+    }
+    if j.sudo {
+        run_local("sudo", &cmd)
+    } else {
+        run_local("journalctl", &cmd[1..])
+    }
+}

@@ -1,0 +1,198 @@
+//! fleetctl: the command-line client of fleet's HTTP API v1.
+//!
+//! ```no_run
+//! // What the binary does:
+//! std::process::exit(fleetctl::run(std::env::args_os()));
+//! ```
+//!
+//! Tests and scripts point it at a fleetd with `FLEETCTL_ENDPOINT=unix:///path/to/sock` (or
+//! `http://127.0.0.1:PORT`), like every other global flag's `FLEETCTL_*` variable.
+//!
+//! Layout: [`cli`] (flags), [`commands`] (the flows, I/O), and the pure decisions they use:
+//! [`create`] (lazy creation, `--replace`), [`plan`] (state changes per command), [`wait`]
+//! (when a wait is over), [`fields`] + [`tabwriter`] (tables).
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod create;
+pub mod fdforward;
+pub mod fields;
+pub mod output;
+pub mod plan;
+pub mod tabwriter;
+pub mod wait;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, Global};
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs fleetctl with `args` (program name first) and returns the exit code: 0 success, 1 any
+/// failure, 2 usage errors (and `verify`, as fleet).
+pub fn run<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.len() <= 1 {
+        return print_help();
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    if cli.global.version {
+        println!("fleetctl version {VERSION}");
+        return 0;
+    }
+    let Some(command) = cli.command else {
+        return print_help();
+    };
+    match command {
+        Command::Version => {
+            println!("fleetctl version {VERSION}");
+            return 0;
+        }
+        Command::Verify { .. } => {
+            eprintln!("{}", commands::SIGN_WARNING);
+            return 2;
+        }
+        Command::FdForward { socket } => return fdforward::run(&socket),
+        Command::Ssh { .. } => {
+            eprintln!("fleetctl ssh is not supported yet; use ssh to the machine (fleetctl list-machines shows their IPs)");
+            return 1;
+        }
+        _ => {}
+    }
+    let fleet = match connect(&cli.global) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("Unable to initialize client: {e}");
+            return 1;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Unable to start: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(dispatch(&fleet, command))
+}
+
+fn print_help() -> i32 {
+    let _ = Cli::command().print_help();
+    0
+}
+
+/// The API client the global flags describe, or why there is none.
+pub fn connect(global: &Global) -> Result<client::Fleet, String> {
+    if let Some(tunnel) = global.tunnel.as_deref().filter(|t| !t.is_empty()) {
+        return Err(format!(
+            "--tunnel {tunnel}: SSH tunnels are not supported yet; run fleetctl on a machine of the cluster, or forward fleetd's API with `ssh -L` and point --endpoint at it"
+        ));
+    }
+    if global.driver.eq_ignore_ascii_case("etcd") {
+        return Err("--driver=etcd is not supported: this fleetctl only talks to fleetd's API (--driver=API); point --endpoint at fleetd (default unix:///var/run/fleet.sock)".into());
+    }
+    if !global.driver.eq_ignore_ascii_case("API") {
+        return Err(format!(
+            "unrecognized driver {:?}: only \"API\" is supported",
+            global.driver
+        ));
+    }
+    if !global.experimental_api {
+        eprintln!("WARNING: --experimental-api is deprecated and ignored; fleetctl always uses fleetd's API");
+    }
+    let endpoints: Vec<&str> = global.endpoint.split(',').collect();
+    let endpoint = endpoints[0].trim();
+    if endpoints.len() > 1 {
+        eprintln!("WARNING: multiple endpoints provided but only the first ({endpoint}) is used");
+    }
+    if endpoint.starts_with("https://") {
+        let tls_flags = [&global.ca_file, &global.cert_file, &global.key_file]
+            .iter()
+            .any(|f| f.is_some());
+        return Err(format!(
+            "{endpoint}: TLS to fleetd's API is not supported yet{}; use unix:// or http:// (through an SSH tunnel for remote access)",
+            if tls_flags { " (--ca-file/--cert-file/--key-file are accepted but cannot be used)" } else { "" }
+        ));
+    }
+    let opts = api::ClientOptions {
+        request_timeout: Duration::from_secs_f64(global.request_timeout),
+    };
+    let client = api::Client::new(endpoint, opts).map_err(|e| e.to_string())?;
+    Ok(client::Fleet::new(client, global.debug))
+}
+
+async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
+    let out = Arc::new(output::Output::new());
+    match command {
+        Command::Submit { replace, units } => commands::submit(fleet, &units, &replace, out).await,
+        Command::Load {
+            block,
+            replace,
+            units,
+        } => commands::load_or_start(fleet, &units, &block, &replace, false, out).await,
+        Command::Start {
+            block,
+            replace,
+            units,
+        } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
+        Command::Stop { block, units } => {
+            commands::change(fleet, &units, &block, "stop", out).await
+        }
+        Command::Unload { block, units } => {
+            commands::change(fleet, &units, &block, "unload", out).await
+        }
+        Command::Destroy { block, units } => {
+            commands::change(fleet, &units, &block, "destroy", out).await
+        }
+        Command::Restart { block, units } => {
+            commands::change(fleet, &units, &block, "restart", out).await
+        }
+        Command::Cat { units } => commands::cat(fleet, &units).await,
+        Command::ListUnits { list } => commands::list_units(fleet, &list).await,
+        Command::ListUnitFiles { list } => commands::list_unit_files(fleet, &list).await,
+        Command::ListMachines { list } => commands::list_machines(fleet, &list).await,
+        Command::Status { units, .. } => commands::status(fleet, &units).await,
+        Command::Journal {
+            lines,
+            follow,
+            sudo,
+            output,
+            units,
+            ..
+        } => {
+            let j = commands::JournalArgs {
+                lines,
+                follow,
+                sudo,
+                output,
+            };
+            commands::journal(fleet, &units, &j).await
+        }
+        Command::Version
+        | Command::Verify { .. }
+        | Command::FdForward { .. }
+        | Command::Ssh { .. } => unreachable_command(),
+    }
+}
+
+/// Handled before connecting; kept out of `dispatch`'s happy path without a panic.
+fn unreachable_command() -> i32 {
+    eprintln!("internal error: command dispatched twice");
+    1
+}
