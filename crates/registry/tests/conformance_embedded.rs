@@ -305,3 +305,71 @@ async fn expired_lease_deletes_arrive_as_one_revision_of_deletes() -> anyhow::Re
     assert_eq!(store.revision(), r + 1);
     Ok(())
 }
+
+#[test]
+fn writes_survive_a_crash_of_the_writing_process() {
+    // Child: write, then abort without closing the store (no destructor runs).
+    if let Ok(dir) = std::env::var("FLEET_EMBEDDED_CRASH_CHILD") {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let store = EmbeddedStore::open(Path::new(&dir)).expect("child open");
+            for i in 0..100 {
+                put(&store, &format!("/crash/{i:03}"), "v").await;
+            }
+            let lease = store
+                .grant_lease(Duration::from_secs(60))
+                .await
+                .expect("grant");
+            store
+                .txn(
+                    vec![],
+                    vec![Op::put_leased("/crash/leased", lease.to_string(), lease)],
+                    vec![],
+                )
+                .await
+                .expect("leased put");
+            std::process::abort();
+        });
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "writes_survive_a_crash_of_the_writing_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FLEET_EMBEDDED_CRASH_CHILD", dir.path())
+        .output()
+        .expect("run child");
+    assert!(
+        !out.status.success(),
+        "the child was meant to abort: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = EmbeddedStore::open(dir.path()).expect("reopen after crash");
+        assert_eq!(store.revision(), 101, "every acknowledged write is on disk");
+        let keys = store
+            .range("/crash/", None, 0, None)
+            .await
+            .expect("range")
+            .kvs;
+        assert_eq!(keys.len(), 101);
+        let leased = store
+            .get("/crash/leased")
+            .await
+            .expect("get")
+            .expect("leased key");
+        let lease: i64 = String::from_utf8_lossy(&leased.value)
+            .parse()
+            .expect("lease id");
+        assert_eq!(leased.lease, lease);
+        assert!(
+            store.lease_ttl(lease).await.expect("ttl").is_some(),
+            "the lease survived the crash"
+        );
+    });
+}
