@@ -172,10 +172,7 @@ impl EtcdStore {
                         Class::Transient | Class::NotSent => {
                             unavailable(&opts, "connect", Some(&e))
                         }
-                        _ => StoreError::Other(format!(
-                            "connecting to etcd at {}: {e}",
-                            opts.endpoints.join(",")
-                        )),
+                        _ => refused(&opts, "connect", &e),
                     })
                 }
                 Err(_) => return Err(unavailable(&opts, "connect", None)),
@@ -242,7 +239,7 @@ impl EtcdStore {
                     });
                 }
                 Class::LeaseNotFound => return Err(StoreError::LeaseNotFound(0)),
-                Class::Permanent => return Err(StoreError::Other(format!("etcd {what}: {e}"))),
+                Class::Permanent => return Err(refused(opts, what, &e)),
             }
             last = Some(e);
             if Instant::now() + pause >= deadline {
@@ -328,9 +325,11 @@ impl EtcdStore {
                         unavailable(opts, "watch", Some(&e)),
                     )),
                     Class::Compacted => Err(WatchOpenError::Fatal(self.compacted(from).await)),
-                    Class::LeaseNotFound | Class::Permanent => Err(WatchOpenError::Fatal(
-                        StoreError::Other(format!("etcd watch of {prefix}: {e}")),
-                    )),
+                    Class::LeaseNotFound | Class::Permanent => Err(WatchOpenError::Fatal(refused(
+                        opts,
+                        &format!("watch of {prefix}"),
+                        &e,
+                    ))),
                 }
             }
         }
@@ -358,6 +357,9 @@ enum Class {
 }
 
 fn classify(e: &ec::Error) -> Class {
+    if is_certificate_error(e) {
+        return Class::Permanent;
+    }
     match e {
         ec::Error::TransportError(_) | ec::Error::IoError(_) => {
             if is_connect_error(e) {
@@ -426,6 +428,24 @@ fn is_connect_error(e: &ec::Error) -> bool {
     // Not every layer keeps the io::Error as a source; hyper and tonic do name the failure.
     let text = format!("{e:?}").to_ascii_lowercase();
     text.contains("connection refused") || text.contains("tcp connect error")
+}
+
+/// A TLS handshake that failed on the server's certificate: a configuration error that retrying
+/// will not fix.
+fn is_certificate_error(e: &ec::Error) -> bool {
+    format!("{e:?}").contains("invalid peer certificate")
+}
+
+/// An error etcd or the TLS layer gave that retrying will not fix, with the way out.
+fn refused(opts: &EtcdOptions, what: &str, e: &ec::Error) -> StoreError {
+    let endpoints = opts.endpoints.join(",");
+    if is_certificate_error(e) {
+        return StoreError::Other(format!(
+            "etcd at {endpoints}: the server's TLS certificate was refused during {what} ({e}); \
+             check that etcd_cafile is the CA that signed it and that it names the endpoint's host"
+        ));
+    }
+    StoreError::Other(format!("etcd at {endpoints} refused {what}: {e}"))
 }
 
 fn unavailable(opts: &EtcdOptions, what: &str, last: Option<&ec::Error>) -> StoreError {

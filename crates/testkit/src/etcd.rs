@@ -46,15 +46,23 @@ pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain-HTTP port serving `/health` and `/metrics`, also when clients use TLS.
+    pub metrics_port: u16,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    tls: bool,
     child: Option<Child>,
 }
 
 impl EtcdMember {
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` when the cluster uses TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn health_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
     }
 
     fn peer_url(&self) -> String {
@@ -102,6 +110,7 @@ pub struct EtcdCluster {
     members: Vec<EtcdMember>,
     initial_cluster: String,
     token: String,
+    tls: Option<EtcdTls>,
     // Dropped after the members (fields drop in order) so processes die before their dir goes.
     dir: tempfile::TempDir,
 }
@@ -109,12 +118,23 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `size` members (1 or 3 are the useful sizes) and waits until every one is healthy.
     pub fn start(size: usize) -> Result<EtcdCluster> {
+        Self::start_with(size, None)
+    }
+
+    /// Like [`Self::start`], with clients served over TLS: certificates from a fresh test CA
+    /// (see [`EtcdCluster::tls`]); `client_cert_auth` makes etcd require a client certificate
+    /// signed by that CA. Peers talk plain HTTP.
+    pub fn start_tls(size: usize, client_cert_auth: bool) -> Result<EtcdCluster> {
+        Self::start_with(size, Some(client_cert_auth))
+    }
+
+    fn start_with(size: usize, tls: Option<bool>) -> Result<EtcdCluster> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(size) {
+            match Self::try_start(size, tls) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last_err = Some(e),
             }
@@ -132,7 +152,7 @@ impl EtcdCluster {
         Self::start(3)
     }
 
-    fn try_start(size: usize) -> Result<EtcdCluster> {
+    fn try_start(size: usize, tls: Option<bool>) -> Result<EtcdCluster> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = tempfile::Builder::new()
             .prefix("fleet-etcd-")
@@ -149,8 +169,8 @@ impl EtcdCluster {
         for i in 0..size {
             let (client_port, l1) = free_port()?;
             let (peer_port, l2) = free_port()?;
-            listeners.push(l1);
-            listeners.push(l2);
+            let (metrics_port, l3) = free_port()?;
+            listeners.extend([l1, l2, l3]);
             let name = format!("m{i}");
             members.push(EtcdMember {
                 data_dir: dir.path().join(format!("{name}.etcd")),
@@ -158,6 +178,8 @@ impl EtcdCluster {
                 name,
                 client_port,
                 peer_port,
+                metrics_port,
+                tls: tls.is_some(),
                 child: None,
             });
         }
@@ -167,10 +189,21 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",");
+        let tls = match tls {
+            Some(client_cert_auth) => {
+                let files = make_test_pki(&dir.path().join("pki"))?;
+                Some(EtcdTls {
+                    files,
+                    client_cert_auth,
+                })
+            }
+            None => None,
+        };
         let mut cluster = EtcdCluster {
             members,
             initial_cluster,
             token,
+            tls,
             dir,
         };
         for i in 0..size {
@@ -193,6 +226,11 @@ impl EtcdCluster {
 
     pub fn member(&self, i: usize) -> &EtcdMember {
         &self.members[i]
+    }
+
+    /// The certificates of a cluster started with [`Self::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|t| &t.files)
     }
 
     /// The cluster's temp dir (data dirs and logs live here).
@@ -264,6 +302,7 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) -> Result<()> {
         let initial_cluster = self.initial_cluster.clone();
         let token = self.token.clone();
+        let tls = self.tls.clone();
         let m = self.member_mut(i)?;
         let log = File::options()
             .create(true)
@@ -273,7 +312,19 @@ impl EtcdCluster {
         let log2 = log.try_clone().context("duplicating the etcd log handle")?;
         let client = m.endpoint();
         let peer = m.peer_url();
-        let child = Command::new(etcd_binary())
+        let mut cmd = Command::new(etcd_binary());
+        if let Some(tls) = &tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.files.server_cert)
+                .arg("--key-file")
+                .arg(&tls.files.server_key);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.files.ca);
+            }
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -296,6 +347,8 @@ impl EtcdCluster {
             .arg("zap")
             .arg("--log-outputs")
             .arg("stderr")
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", m.metrics_port))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -315,7 +368,7 @@ impl EtcdCluster {
     fn wait_healthy(&mut self, i: usize) -> Result<()> {
         let deadline = Instant::now() + HEALTHY_DEADLINE;
         let m = self.member_mut(i)?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], m.client_port));
+        let addr = m.health_addr();
         loop {
             if let Some(child) = &mut m.child {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -353,6 +406,118 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// TLS settings of a cluster started with [`EtcdCluster::start_tls`].
+#[derive(Clone, Debug)]
+struct EtcdTls {
+    files: TlsFiles,
+    client_cert_auth: bool,
+}
+
+/// PEM files of a throwaway test PKI: a CA, a server certificate for `127.0.0.1`/`localhost`,
+/// and a client certificate, both signed by the CA.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// Creates a fresh CA and certificates in `dir` with the `openssl` command (P-256 keys, valid
+/// for a day). Each call makes an unrelated CA, so one PKI's CA does not trust another's certs.
+pub fn make_test_pki(dir: &Path) -> Result<TlsFiles> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = |name: &str| dir.join(name);
+    let files = TlsFiles {
+        ca: f("ca.pem"),
+        server_cert: f("server.pem"),
+        server_key: f("server.key"),
+        client_cert: f("client.pem"),
+        client_key: f("client.key"),
+    };
+    let key_opts = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509", "-days", "1", "-subj", "/CN=fleet-test-ca"][..],
+            &key_opts[..],
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    )?;
+    for (name, cn, usage) in [
+        ("server", "127.0.0.1", "serverAuth"),
+        ("client", "fleet-test-client", "clientAuth"),
+    ] {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            f(&ext),
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"),
+        )
+        .context("writing a certificate extension file")?;
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN={cn}");
+        openssl(
+            dir,
+            &[
+                &["req", "-subj", subj.as_str()][..],
+                &key_opts[..],
+                &["-keyout", key.as_str(), "-out", csr.as_str()],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                csr.as_str(),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                ext.as_str(),
+                "-out",
+                pem.as_str(),
+            ],
+        )?;
+    }
+    Ok(files)
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl (install Debian's openssl package)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<(u16, TcpListener)> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     let port = l.local_addr().context("reading the bound port")?.port();
@@ -384,7 +549,7 @@ mod tests {
     fn single_member_starts_restarts_and_cleans_up() {
         let mut c = EtcdCluster::single().unwrap();
         let dir = c.dir().to_path_buf();
-        let addr = SocketAddr::from(([127, 0, 0, 1], c.member(0).client_port));
+        let addr = c.member(0).health_addr();
         assert!(health_ok(addr));
         let pid = c.member(0).pid().unwrap();
         c.kill_member(0).unwrap();
@@ -403,7 +568,7 @@ mod tests {
         assert_eq!(c.endpoints().len(), 3);
         c.kill_member(1).unwrap();
         // The remaining two still form a quorum.
-        let addr = SocketAddr::from(([127, 0, 0, 1], c.member(0).client_port));
+        let addr = c.member(0).health_addr();
         let deadline = Instant::now() + HEALTHY_DEADLINE;
         while !health_ok(addr) {
             assert!(Instant::now() < deadline, "{}", c.member(0).log_tail(20));

@@ -1,0 +1,128 @@
+//! TLS (server verification against `etcd_cafile`, client certificates) and etcd user
+//! authentication, against real etcd processes started by each test.
+
+use registry::etcd::{EtcdOptions, EtcdStore};
+use registry::{Op, Store, StoreError};
+use std::time::Duration;
+use testkit::etcd::{make_test_pki, EtcdCluster};
+
+fn opts(cluster: &EtcdCluster) -> EtcdOptions {
+    EtcdOptions {
+        endpoints: cluster.endpoints(),
+        request_timeout: Duration::from_secs(3),
+        ..EtcdOptions::default()
+    }
+}
+
+async fn works(store: &EtcdStore) -> Result<(), StoreError> {
+    store
+        .txn(vec![], vec![Op::put("/sec/k", "v")], vec![])
+        .await?;
+    let kv = store.get("/sec/k").await?;
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verifies_the_server_against_the_given_ca_only() {
+    let cluster = tokio::task::block_in_place(|| EtcdCluster::start_tls(1, false)).unwrap();
+    let pki = cluster.tls().unwrap().clone();
+    assert!(cluster.endpoints()[0].starts_with("https://"));
+
+    let good = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    works(&good).await.unwrap();
+
+    // A CA that did not sign the server's certificate: nothing gets through.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = make_test_pki(other.path()).unwrap();
+    let wrong = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(other_pki.ca),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    let err = works(&wrong).await.unwrap_err();
+    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+    assert!(err.to_string().contains("etcd_cafile"), "{err}");
+
+    // https without a CA is refused up front rather than verified against nothing.
+    let err = EtcdStore::connect(opts(&cluster)).await.unwrap_err();
+    assert!(err.to_string().contains("etcd_cafile"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_presented_when_etcd_requires_them() {
+    let cluster = tokio::task::block_in_place(|| EtcdCluster::start_tls(1, true)).unwrap();
+    let pki = cluster.tls().unwrap().clone();
+
+    let anonymous = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    assert!(
+        works(&anonymous).await.is_err(),
+        "etcd accepted a client without a certificate"
+    );
+
+    let with_cert = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    works(&with_cert).await.unwrap();
+
+    let half = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap_err();
+    assert!(half.to_string().contains("together"), "{half}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password_authenticate() {
+    let cluster = tokio::task::block_in_place(EtcdCluster::single).unwrap();
+    let admin = EtcdStore::connect(opts(&cluster)).await.unwrap();
+    let mut client = admin.client();
+    client.user_add("root", "s3cret", None).await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.auth_enable().await.unwrap();
+
+    let authed = EtcdStore::connect(EtcdOptions {
+        username: Some("root".into()),
+        password: Some("s3cret".into()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    works(&authed).await.unwrap();
+
+    let wrong = EtcdStore::connect(EtcdOptions {
+        username: Some("root".into()),
+        password: Some("nope".into()),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(wrong, StoreError::Other(_)), "{wrong:?}");
+    assert!(
+        wrong.to_string().contains("authentication failed"),
+        "{wrong}"
+    );
+
+    // Without credentials etcd refuses, and the refusal is not mistaken for an outage.
+    let err = works(&admin).await.unwrap_err();
+    assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+}
