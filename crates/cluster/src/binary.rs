@@ -1,0 +1,75 @@
+//! Finding (and building) the `fleetd` binary the cluster runs.
+//!
+//! Cargo builds a binary for the tests of its own package only (`CARGO_BIN_EXE_*`), and a
+//! dev-dependency on `fleetd` would not build its binary. So the harness runs
+//! `cargo build -p fleetd` once per test process: cargo decides whether the binary is stale and
+//! is a quick no-op when it is not, and its own lock serializes concurrent test binaries.
+//! `FLEETD_BIN=/path/to/fleetd` skips the build (a release binary, a packaged one).
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root, two levels above this crate's manifest.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or(manifest)
+}
+
+/// The target dir cargo builds into: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The fleetd binary: `$FLEETD_BIN`, else `target/debug/fleetd` after `cargo build -p fleetd`
+/// (run once per process; later calls return the first answer).
+pub fn fleetd_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| locate().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn locate() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("FLEETD_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("FLEETD_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    // Cargo tells the processes it runs which cargo it is; fall back to the one on PATH.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--quiet", "-p", "fleetd", "--bin", "fleetd"])
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {} build -p fleetd", cargo.to_string_lossy()))?;
+    if !status.success() {
+        bail!("cargo build -p fleetd failed ({status}); fix the build or set FLEETD_BIN");
+    }
+    let bin = target_dir().join("debug").join("fleetd");
+    if !bin.is_file() {
+        bail!(
+            "cargo built fleetd but {} does not exist; set FLEETD_BIN or CARGO_TARGET_DIR",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
