@@ -119,6 +119,13 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+fn op_key(op: &Op) -> &str {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key } => key,
+        Op::DeletePrefix { prefix } => prefix,
+    }
+}
+
 fn text(kv: &KeyValue) -> Result<String> {
     String::from_utf8(kv.value.clone()).map_err(|e| RegistryError::Corrupt {
         key: kv.key.clone(),
@@ -489,7 +496,13 @@ impl Registry {
             if ops.len() + these.len() > crate::MAX_TXN_OPS {
                 batches.push(std::mem::take(&mut ops));
             }
-            ops.append(&mut these);
+            for op in these.drain(..) {
+                // etcd refuses a transaction that writes one key twice (a unit moving within
+                // one batch deletes and puts its placement): the later op is the one meant.
+                let key = op_key(&op);
+                ops.retain(|o| op_key(o) != key);
+                ops.push(op);
+            }
         }
         if !ops.is_empty() {
             batches.push(ops);

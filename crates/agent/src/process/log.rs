@@ -24,6 +24,24 @@ pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 /// Runs the helper and exits if this process was started as the helper; returns otherwise.
 /// A binary that serves as the helper (fleetd, `fleet-process-helper`) calls this first thing
 /// in `main`.
+/// The forwarder lives exactly as long as its unit's output: signals meant for fleetd (a
+/// `pkill fleetd`, `systemctl kill fleet`, a SIGUSR2 upgrade) must not end it, or the unit's
+/// next write would meet a closed pipe.
+fn ignore_control_signals() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code, so nothing can run in signal context;
+        // this process is single-threaded at this point.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+}
+
 pub fn run_helper_if_requested() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).map(|a| a == HELPER_ARG) != Some(true) {
@@ -39,6 +57,7 @@ pub fn run_helper_if_requested() {
             args.get(4).and_then(|a| a.to_str()?.parse::<u64>().ok()),
         ) {
             (Some(file), Some(max)) => {
+                ignore_control_signals();
                 forward(std::io::stdin().lock(), Path::new(file), max, now_stamp);
                 0
             }

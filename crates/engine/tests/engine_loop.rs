@@ -1,0 +1,308 @@
+//! The real engine loop over a real registry (embedded, and etcd started by the test): fleet's
+//! scheduling scenarios end to end, leader election and fencing.
+
+use engine::EngineConfig;
+use registry::{MachineState, Registry, Store, TargetState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use unit::UnitFile;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn unit(body: &str) -> UnitFile {
+    UnitFile::parse(body).expect("test unit parses")
+}
+
+fn machine_id(i: usize) -> String {
+    format!("{i:032x}")
+}
+
+/// Registers machine `i` under a fresh lease; returns the lease.
+async fn add_machine(reg: &Registry, i: usize, metadata: &[(&str, &str)]) -> registry::LeaseId {
+    let lease = reg
+        .store
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let m = MachineState {
+        id: machine_id(i),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    reg.register_machine(&m, lease).await.unwrap();
+    lease
+}
+
+fn start_engine(
+    reg: &Registry,
+    i: usize,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (tx, rx) = watch::channel(false);
+    let cfg = EngineConfig {
+        machine_id: machine_id(i),
+        interval: Duration::from_millis(500),
+        agent_ttl: TTL,
+    };
+    let handle = tokio::spawn(engine::run(reg.clone(), cfg, rx));
+    (tx, handle)
+}
+
+/// Polls the placements until `check` holds (or panics with the last placements after 20 s).
+async fn wait_placements(
+    reg: &Registry,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = reg.placements(None).await.unwrap().items;
+        if check(&p) {
+            return p;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; placements: {p:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn conflicts_spread(reg: Registry) {
+    for i in 0..3 {
+        add_machine(&reg, i, &[]).await;
+    }
+    let (stop, handle) = start_engine(&reg, 0);
+    let body =
+        unit("[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nConflicts=conflict.*.service\n");
+    for i in 0..5 {
+        reg.create_unit(
+            &format!("conflict.{i}.service"),
+            &body,
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+    }
+    let p = wait_placements(&reg, "3 placed conflict units", |p| p.len() == 3).await;
+    let machines: std::collections::BTreeSet<_> = p.values().collect();
+    assert_eq!(
+        machines.len(),
+        3,
+        "conflicting units share a machine: {p:?}"
+    );
+    let reasons = wait_until_reasons(&reg, 2).await;
+    for r in reasons.values() {
+        assert!(
+            r.contains("conflict"),
+            "reason should name the conflict: {r}"
+        );
+    }
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+async fn wait_until_reasons(reg: &Registry, n: usize) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reg.reasons(None).await.unwrap().items;
+        if r.len() == n {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {n} reasons: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn machine_of_pairs_move_together(reg: Registry) {
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        leases.push(add_machine(&reg, i, &[]).await);
+    }
+    let (stop, handle) = start_engine(&reg, 0);
+    for i in 0..3 {
+        reg.create_unit(
+            &format!("ping.{i}.service"),
+            &unit("[Service]\nExecStart=/bin/sleep 1000\n"),
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+        let pong = format!(
+            "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineOf=ping.{i}.service\n"
+        );
+        reg.create_unit(
+            &format!("pong.{i}.service"),
+            &unit(&pong),
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+    }
+    let paired = |p: &BTreeMap<String, String>| {
+        (0..3).all(|i| {
+            let ping = p.get(&format!("ping.{i}.service"));
+            ping.is_some() && ping == p.get(&format!("pong.{i}.service"))
+        })
+    };
+    let p = wait_placements(&reg, "ping/pong pairs", paired).await;
+    let victim = p["ping.1.service"].clone();
+    let victim_index = (0..3).find(|i| machine_id(*i) == victim).unwrap();
+    reg.store.revoke_lease(leases[victim_index]).await.unwrap();
+    let p = wait_placements(&reg, "pairs moved off the lost machine", |p| {
+        paired(p) && !p.values().any(|m| *m == victim)
+    })
+    .await;
+    assert_ne!(p["ping.1.service"], victim);
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+async fn leader_failover_is_fenced(reg: Registry) {
+    for i in 0..2 {
+        add_machine(&reg, i, &[]).await;
+    }
+    let (stop_a, a) = start_engine(&reg, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reg.leader().await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(reg.leader().await.unwrap(), Some(machine_id(0)));
+    let (stop_b, b) = start_engine(&reg, 1);
+    for i in 0..20 {
+        reg.create_unit(
+            &format!("u{i}.service"),
+            &unit("[Service]\nExecStart=/bin/true\n"),
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+    }
+    wait_placements(&reg, "20 units placed", |p| p.len() == 20).await;
+    // The leader steps down (as when its machine goes): the other engine takes over at once.
+    stop_a.send(true).unwrap();
+    a.await.unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reg.leader().await.unwrap() != Some(machine_id(1)) {
+        assert!(Instant::now() < deadline, "second engine never led");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 20..30 {
+        reg.create_unit(
+            &format!("u{i}.service"),
+            &unit("[Service]\nExecStart=/bin/true\n"),
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+    }
+    wait_placements(&reg, "30 units placed", |p| p.len() == 30).await;
+    // Every unit appears in exactly one machine's schedule.
+    let schedule = registry::store::range_all(reg.store.as_ref(), &reg.keys.schedules(), 1000)
+        .await
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    for kv in schedule.kvs {
+        let unit = kv.key.rsplit('/').next().unwrap().to_string();
+        *seen.entry(unit).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 30);
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a unit is scheduled twice: {seen:?}"
+    );
+    stop_b.send(true).unwrap();
+    b.await.unwrap().unwrap();
+}
+
+async fn metadata_change_moves_unit(reg: Registry) {
+    add_machine(&reg, 0, &[("region", "east")]).await;
+    add_machine(&reg, 1, &[("region", "west")]).await;
+    let (stop, handle) = start_engine(&reg, 0);
+    let body = unit("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=east\n");
+    reg.create_unit("east.service", &body, TargetState::Launched)
+        .await
+        .unwrap();
+    wait_placements(&reg, "east.service on machine 0", |p| {
+        p.get("east.service") == Some(&machine_id(0))
+    })
+    .await;
+    reg.set_metadata(&[
+        registry::MetadataChange {
+            machine: machine_id(0),
+            key: "region".into(),
+            value: Some("west".into()),
+        },
+        registry::MetadataChange {
+            machine: machine_id(1),
+            key: "region".into(),
+            value: Some("east".into()),
+        },
+    ])
+    .await
+    .unwrap();
+    wait_placements(&reg, "east.service moved to machine 1", |p| {
+        p.get("east.service") == Some(&machine_id(1))
+    })
+    .await;
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+fn embedded() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(registry::embedded::EmbeddedStore::open(dir.path()).unwrap());
+    (dir, Registry::new(store, "/fleet-test/"))
+}
+
+async fn etcd() -> (testkit::etcd::EtcdCluster, Registry) {
+    let cluster = testkit::etcd::EtcdCluster::single().expect("etcd starts");
+    let opts = registry::etcd::EtcdOptions {
+        endpoints: cluster.endpoints(),
+        request_timeout: Duration::from_secs(5),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        username: None,
+        password: None,
+    };
+    let store: Arc<dyn Store> = Arc::new(registry::etcd::EtcdStore::connect(opts).await.unwrap());
+    (cluster, Registry::new(store, "/fleet-test/"))
+}
+
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let (_dir, reg) = super::embedded();
+                super::$name(reg).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn etcd() {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                    .with_test_writer()
+                    .try_init();
+                let (_etcd, reg) = super::etcd().await;
+                super::$name(reg).await;
+            }
+        }
+    };
+}
+
+on_both!(conflicts_spread);
+on_both!(machine_of_pairs_move_together);
+on_both!(leader_failover_is_fenced);
+on_both!(metadata_change_moves_unit);
