@@ -104,7 +104,7 @@ struct Shared {
     /// Units loaded through this manager, with the state last sent to subscribers.
     watched: StdMutex<HashMap<String, Option<SystemdState>>>,
     changes: broadcast::Sender<StateChange>,
-    /// Names whose state the watcher should re-read (after load, reload, ...).
+    /// Names whose state the watcher should re-read (after a reload).
     refresh: mpsc::UnboundedSender<Vec<String>>,
 }
 
