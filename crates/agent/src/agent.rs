@@ -414,7 +414,11 @@ impl Agent {
                     hash: held.hash,
                     systemd,
                     agent_state: held.state,
-                    reason: self.failures.get(name).cloned(),
+                    reason: self
+                        .failures
+                        .get(name)
+                        .cloned()
+                        .or_else(|| self.manager.failure_reason(name)),
                 },
             );
         }

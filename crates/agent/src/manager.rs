@@ -39,7 +39,14 @@ pub trait UnitManager: Send + Sync + 'static {
     async fn units(&self) -> anyhow::Result<Vec<(String, UnitHash)>>;
 
     /// The current state of each named unit (`None` for units the manager does not know).
-    async fn states(&self, names: &[String]) -> anyhow::Result<Vec<(String, Option<SystemdState>)>>;
+    async fn states(&self, names: &[String])
+        -> anyhow::Result<Vec<(String, Option<SystemdState>)>>;
+
+    /// Why the unit failed or cannot run, when the manager knows more than systemd's state
+    /// names say (our process supervisor does; systemd's reasons are in its journal).
+    fn failure_reason(&self, _name: &str) -> Option<String> {
+        None
+    }
 
     /// State changes of units loaded through this manager, as they happen.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StateChange>;

@@ -382,6 +382,10 @@ fn spawn_supervisor(
 
 #[async_trait]
 impl UnitManager for ProcessManager {
+    fn failure_reason(&self, name: &str) -> Option<String> {
+        self.reason(name)
+    }
+
     async fn load(&self, name: &str, file: &UnitFile) -> anyhow::Result<()> {
         check_name(name)?;
         let text = file.serialize();
