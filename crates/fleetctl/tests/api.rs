@@ -486,3 +486,73 @@ async fn unplaceable_start_prints_the_reason_and_times_out() {
         text(&o.stderr).contains("timed out waiting for unit db.service to report state loaded")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_stops_then_starts() {
+    let c = Cluster::new().await;
+    let lease = c.machine(M1, "10.0.0.1", &[]).await;
+    let cwd = c.dir.path().to_path_buf();
+    write(
+        &cwd,
+        "hello.service",
+        "[Service]\nExecStart=/bin/sleep 100\n",
+    );
+    let o = c.run(&cwd, &["start", "--no-block", "hello"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    c.place("hello.service", M1, TargetState::Launched).await;
+    c.publish(M1, lease, "hello.service", TargetState::Launched, "active")
+        .await;
+
+    let restart = c.spawn(&cwd, &["restart", "hello"]);
+    c.until_desired("hello.service", TargetState::Loaded).await;
+    c.place("hello.service", M1, TargetState::Loaded).await;
+    c.publish(M1, lease, "hello.service", TargetState::Loaded, "inactive")
+        .await;
+    c.until_desired("hello.service", TargetState::Launched)
+        .await;
+    c.place("hello.service", M1, TargetState::Launched).await;
+    c.publish(M1, lease, "hello.service", TargetState::Launched, "active")
+        .await;
+    let o = restart.await.expect("join");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "Unit hello.service loaded on 113f16a7.../10.0.0.1\n\
+         Unit hello.service launched on 113f16a7.../10.0.0.1\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_units_are_waited_for_on_their_machines() {
+    let c = Cluster::new().await;
+    let lease = c.machine(M1, "10.0.0.1", &[("role", "web")]).await;
+    c.machine("22222222b6e24a2bbdbc8d6c3ee3a0b3", "", &[("role", "db")])
+        .await;
+    let cwd = c.dir.path().to_path_buf();
+    write(
+        &cwd,
+        "g.service",
+        "[Service]\nExecStart=/bin/g\n[X-Fleet]\nGlobal=true\nMachineMetadata=role=web\n",
+    );
+    let start = c.spawn(&cwd, &["start", "g"]);
+    c.until_desired("g.service", TargetState::Launched).await;
+    c.publish(M1, lease, "g.service", TargetState::Launched, "active")
+        .await;
+    let o = start.await.expect("join");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "Unit g.service inactive\nUnit g.service launched on 113f16a7.../10.0.0.1\n"
+    );
+    let o = c
+        .run(
+            &cwd,
+            &[
+                "list-unit-files",
+                "--no-legend",
+                "--fields=unit,state,target,global",
+            ],
+        )
+        .await;
+    assert_eq!(text(&o.stdout), "g.service\t-\tglobal\ttrue\n");
+}
