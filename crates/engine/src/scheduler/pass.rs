@@ -13,7 +13,9 @@ type MachineSet = (Rc<Vec<u32>>, Rc<Vec<bool>>);
 
 pub(super) fn run(cluster: &Cluster) -> Plan {
     let mut machines: Vec<&MachineState> = cluster.machines.iter().collect();
-    machines.sort_by(|a, b| a.id.cmp(&b.id));
+    if !machines.is_sorted_by(|a, b| a.id <= b.id) {
+        machines.sort_by(|a, b| a.id.cmp(&b.id));
+    }
     machines.dedup_by(|later, first| later.id == first.id);
     let rel = Relations::build(&cluster.units);
     let mut pass = Pass::new(machines, &rel);
@@ -116,7 +118,7 @@ impl<'a> Pass<'a> {
             if rel.kind[g as usize] != Kind::Global {
                 continue;
             }
-            let peers = &rel.conflicts[g as usize];
+            let c = &rel.conflicts;
             for m in 0..self.machines.len() as u32 {
                 if !metadata_matches(
                     self.machines[m as usize],
@@ -125,11 +127,13 @@ impl<'a> Pass<'a> {
                     continue;
                 }
                 let here = &self.globals_on[m as usize];
-                let blocked = if peers.len() < here.len() {
-                    peers.iter().any(|&h| self.runs_global(h, m))
-                } else {
-                    here.iter().any(|h| peers.binary_search(h).is_ok())
-                };
+                let blocked = c.involved(g)
+                    && if c.peer_bound(g) < here.len() {
+                        c.peers(g)
+                            .any(|h| rel.kind[h as usize] == Kind::Global && self.runs_global(h, m))
+                    } else {
+                        here.iter().any(|&h| c.conflict(g, h))
+                    };
                 if blocked {
                     continue;
                 }
@@ -157,9 +161,10 @@ impl<'a> Pass<'a> {
             && rel.global_targets[u as usize]
                 .iter()
                 .all(|&g| self.runs_global(g, m))
-            && !rel.conflicts[u as usize]
-                .iter()
-                .any(|&v| rel.kind[v as usize] == Kind::Global && self.runs_global(v, m))
+            && !(rel.conflicts.involved(u)
+                && self.globals_on[m as usize]
+                    .iter()
+                    .any(|&g| rel.conflicts.conflict(u, g)))
     }
 
     /// Re-evaluates current placements: a placement is kept while its machine exists, its unit
@@ -170,16 +175,29 @@ impl<'a> Pass<'a> {
         let n = rel.units.len();
         let mut cand_at: Vec<Option<u32>> = vec![None; n];
         let mut by_machine: Vec<Vec<u32>> = vec![Vec::new(); self.machines.len()];
+        let machine_index: HashMap<&str, u32> = self
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id.as_str(), i as u32))
+            .collect();
+        // Units and placements are both sorted by name: walk them side by side.
+        let mut placed = placements.iter().peekable();
         for (u, unit) in rel.units.iter().enumerate() {
+            while placed
+                .next_if(|(name, _)| name.as_str() < unit.name.as_str())
+                .is_some()
+            {}
+            let Some((_, id)) = placed.next_if(|(name, _)| **name == unit.name) else {
+                continue;
+            };
             if rel.kind[u] != Kind::Schedulable {
                 continue;
             }
-            let Some(id) = placements.get(&unit.name) else {
+            let Some(&m) = machine_index.get(id.as_str()) else {
                 continue;
             };
-            let Ok(m) = self.machines.binary_search_by(|x| x.id.as_str().cmp(id)) else {
-                continue;
-            };
+            let m = m as usize;
             if self.static_fit(u as u32, m as u32) {
                 cand_at[u] = Some(m as u32);
                 by_machine[m].push(u as u32);
@@ -200,14 +218,14 @@ impl<'a> Pass<'a> {
                     let replaced = rel.replaced_by[ui]
                         .iter()
                         .any(|&j| cand_at[j as usize] == Some(m as u32));
-                    let peers = &rel.conflicts[ui];
-                    let conflicted = if peers.len() < stays.len() {
-                        peers
-                            .iter()
-                            .any(|&v| kept[v as usize] && cand_at[v as usize] == Some(m as u32))
-                    } else {
-                        stays.iter().any(|v| peers.binary_search(v).is_ok())
-                    };
+                    let c = &rel.conflicts;
+                    let conflicted = c.involved(u)
+                        && if c.peer_bound(u) < stays.len() {
+                            c.peers(u)
+                                .any(|v| kept[v as usize] && cand_at[v as usize] == Some(m as u32))
+                        } else {
+                            stays.iter().any(|&v| c.conflict(u, v))
+                        };
                     if !replaced && !conflicted {
                         stays.push(u);
                         kept[ui] = true;
@@ -509,20 +527,21 @@ impl<'a> Pass<'a> {
         let rel = self.rel;
         let ui = u as usize;
         let mi = m as usize;
-        let peers = &rel.conflicts[ui];
-        if !peers.is_empty() {
+        let c = &rel.conflicts;
+        if c.involved(u) {
             let here = self.on[mi].len() + self.globals_on[mi].len();
-            let found = if peers.len() < here {
-                peers.iter().copied().find(|&v| match rel.kind[v as usize] {
+            let found = if c.peer_bound(u) < here {
+                c.peers(u).find(|&v| match rel.kind[v as usize] {
                     Kind::Global => self.runs_global(v, m),
-                    _ => self.at[v as usize] == Some(m),
+                    Kind::Schedulable => self.at[v as usize] == Some(m),
+                    Kind::Inert => false,
                 })
             } else {
                 self.on[mi]
                     .iter()
                     .chain(&self.globals_on[mi])
                     .copied()
-                    .find(|v| peers.binary_search(v).is_ok())
+                    .find(|&v| c.conflict(u, v))
             };
             if let Some(v) = found {
                 return Err(Block::Conflict(v));
@@ -609,21 +628,28 @@ impl<'a> Pass<'a> {
     fn into_plan(self, placements: &BTreeMap<String, String>) -> Plan {
         let rel = self.rel;
         let mut plan = Plan::default();
-        let mut now: BTreeMap<&str, &str> = BTreeMap::new();
+        // Units and placements are both sorted by name: walk them side by side.
+        let mut placed = placements.iter().peekable();
         for (u, at) in self.at.iter().enumerate() {
-            if let Some(m) = at {
-                now.insert(rel.name(u as u32), self.machines[*m as usize].id.as_str());
+            let name = rel.name(u as u32);
+            while let Some((gone, m)) = placed.next_if(|(n, _)| n.as_str() < name) {
+                plan.remove.push(Placement::new(gone, m));
+            }
+            let before = placed
+                .next_if(|(n, _)| n.as_str() == name)
+                .map(|(_, m)| m.as_str());
+            let after = at.map(|m| self.machines[m as usize].id.as_str());
+            if before != after {
+                if let Some(m) = before {
+                    plan.remove.push(Placement::new(name, m));
+                }
+                if let Some(m) = after {
+                    plan.add.push(Placement::new(name, m));
+                }
             }
         }
-        for (unit, machine) in placements {
-            if now.get(unit.as_str()) != Some(&machine.as_str()) {
-                plan.remove.push(Placement::new(unit, machine));
-            }
-        }
-        for (unit, machine) in now {
-            if placements.get(unit).map(String::as_str) != Some(machine) {
-                plan.add.push(Placement::new(unit, machine));
-            }
+        for (gone, m) in placed {
+            plan.remove.push(Placement::new(gone, m));
         }
         for (u, reason) in self.reasons.into_iter().enumerate() {
             if let (Some(reason), None) = (reason, self.at[u]) {

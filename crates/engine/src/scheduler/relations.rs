@@ -22,9 +22,8 @@ pub(super) enum Kind {
 pub(super) struct Relations<'a> {
     pub units: Vec<&'a ClusterUnit>,
     pub kind: Vec<Kind>,
-    /// Live units that may not share a machine with this one (either side's Conflicts matches
-    /// the other's name). Sorted.
-    pub conflicts: Vec<Vec<u32>>,
+    /// Which live units may not share a machine (either side's Conflicts matches the other).
+    pub conflicts: ConflictIndex,
     /// Schedulable units this one pushes off its machine (Replaces, circular ones dropped).
     pub replaces: Vec<Vec<u32>>,
     /// Schedulable units that push this one off their machine. Sorted.
@@ -48,7 +47,11 @@ pub(super) struct Relations<'a> {
 impl<'a> Relations<'a> {
     pub fn build(all: &'a [ClusterUnit]) -> Relations<'a> {
         let mut units: Vec<&ClusterUnit> = all.iter().collect();
-        units.sort_by(|a, b| a.name.cmp(&b.name));
+        // The registry hands units over sorted already; a stable sort keeps the first of a
+        // repeated name first.
+        if !units.is_sorted_by(|a, b| a.name <= b.name) {
+            units.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         units.dedup_by(|later, first| later.name == first.name);
         let n = units.len();
         let kind: Vec<Kind> = units
@@ -66,40 +69,40 @@ impl<'a> Relations<'a> {
         let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
         let mut globs = GlobIndex {
             names: &names,
-            memo: HashMap::new(),
+            ids: HashMap::new(),
+            sets: Vec::new(),
         };
 
-        let mut conflicts = vec![Vec::new(); n];
+        let mut own = vec![Vec::new(); n];
         let mut replace_edges = vec![Vec::new(); n];
         for u in 0..n {
-            match kind[u] {
-                Kind::Inert => continue,
-                Kind::Global | Kind::Schedulable => {}
+            if kind[u] == Kind::Inert {
+                continue;
             }
-            for pattern in &units[u].requirements.conflicts {
-                for &v in globs.matches(pattern) {
-                    if v as usize != u && kind[v as usize] != Kind::Inert {
-                        conflicts[u].push(v);
-                        conflicts[v as usize].push(u as u32);
-                    }
-                }
-            }
+            own[u] = units[u]
+                .requirements
+                .conflicts
+                .iter()
+                .map(|p| globs.id(p))
+                .collect();
+            own[u].sort_unstable();
+            own[u].dedup();
             // Replaces between a global unit and anything is meaningless here: the engine
             // cannot move a global unit, and fleet refuses Global with Replaces.
             if kind[u] == Kind::Schedulable {
                 for pattern in &units[u].requirements.replaces {
-                    for &v in globs.matches(pattern) {
+                    let id = globs.id(pattern);
+                    for &v in &globs.sets[id as usize] {
                         if v as usize != u && kind[v as usize] == Kind::Schedulable {
                             replace_edges[u].push(v);
                         }
                     }
                 }
+                replace_edges[u].sort_unstable();
+                replace_edges[u].dedup();
             }
         }
-        for list in conflicts.iter_mut().chain(replace_edges.iter_mut()) {
-            list.sort_unstable();
-            list.dedup();
-        }
+        let conflicts = ConflictIndex::new(globs.sets, own);
 
         // Units replacing each other (directly or round a longer loop) would push each other
         // around forever: fleet ignored such pairs, and so do we.
@@ -167,31 +170,121 @@ impl<'a> Relations<'a> {
 /// usually share their `Conflicts=` line).
 struct GlobIndex<'n> {
     names: &'n [&'n str],
-    memo: HashMap<String, Vec<u32>>,
+    ids: HashMap<String, u32>,
+    /// Per glob id: the units whose names it matches, sorted.
+    sets: Vec<Vec<u32>>,
 }
 
 impl GlobIndex<'_> {
-    fn matches(&mut self, pattern: &str) -> &[u32] {
-        if !self.memo.contains_key(pattern) {
-            let found = if is_literal(pattern) {
-                self.names
-                    .binary_search(&pattern)
-                    .map(|i| vec![i as u32])
-                    .unwrap_or_default()
-            } else {
-                let prefix = literal_prefix(pattern);
-                let start = self.names.partition_point(|n| *n < prefix);
-                self.names[start..]
-                    .iter()
-                    .take_while(|n| n.starts_with(prefix))
-                    .enumerate()
-                    .filter(|(_, n)| path_match(pattern, n))
-                    .map(|(i, _)| (start + i) as u32)
-                    .collect()
-            };
-            self.memo.insert(pattern.to_string(), found);
+    fn id(&mut self, pattern: &str) -> u32 {
+        if let Some(&id) = self.ids.get(pattern) {
+            return id;
         }
-        self.memo.get(pattern).map_or(&[], Vec::as_slice)
+        let found = if is_literal(pattern) {
+            self.names
+                .binary_search(&pattern)
+                .map(|i| vec![i as u32])
+                .unwrap_or_default()
+        } else {
+            let prefix = literal_prefix(pattern);
+            let start = self.names.partition_point(|n| *n < prefix);
+            self.names[start..]
+                .iter()
+                .take_while(|n| n.starts_with(prefix))
+                .enumerate()
+                .filter(|(_, n)| path_match(pattern, n))
+                .map(|(i, _)| (start + i) as u32)
+                .collect()
+        };
+        let id = self.sets.len() as u32;
+        self.sets.push(found);
+        self.ids.insert(pattern.to_string(), id);
+        id
+    }
+}
+
+/// Conflicts by glob, without listing every conflicting pair: k instances sharing
+/// `Conflicts=web@*` would make k² pairs, while here they share one matched set.
+pub(super) struct ConflictIndex {
+    /// Per glob id: units whose names it matches, sorted.
+    sets: Vec<Vec<u32>>,
+    /// Per glob id: units with that glob in their Conflicts.
+    owners: Vec<Vec<u32>>,
+    /// Per unit: its Conflicts glob ids.
+    own: Vec<Vec<u32>>,
+    /// Per unit: Conflicts glob ids that match its name.
+    matched_by: Vec<Vec<u32>>,
+    /// Per unit: how many entries `peers` yields.
+    bound: Vec<usize>,
+}
+
+impl ConflictIndex {
+    fn new(sets: Vec<Vec<u32>>, own: Vec<Vec<u32>>) -> ConflictIndex {
+        let n = own.len();
+        let mut owners = vec![Vec::new(); sets.len()];
+        for (u, globs) in own.iter().enumerate() {
+            for &g in globs {
+                owners[g as usize].push(u as u32);
+            }
+        }
+        let mut matched_by = vec![Vec::new(); n];
+        for (g, set) in sets.iter().enumerate() {
+            if !owners[g].is_empty() {
+                for &v in set {
+                    matched_by[v as usize].push(g as u32);
+                }
+            }
+        }
+        let bound = (0..n)
+            .map(|u| {
+                own[u]
+                    .iter()
+                    .map(|&g| sets[g as usize].len())
+                    .sum::<usize>()
+                    + matched_by[u]
+                        .iter()
+                        .map(|&g| owners[g as usize].len())
+                        .sum::<usize>()
+            })
+            .collect();
+        ConflictIndex {
+            sets,
+            owners,
+            own,
+            matched_by,
+            bound,
+        }
+    }
+
+    /// Whether `u` has anything to do with Conflicts (most units don't: then no check is needed).
+    pub fn involved(&self, u: u32) -> bool {
+        self.bound[u as usize] > 0
+    }
+
+    /// Whether `u` and `v` may not share a machine. A unit never conflicts with itself.
+    pub fn conflict(&self, u: u32, v: u32) -> bool {
+        let matches = |a: u32, b: u32| {
+            self.own[a as usize]
+                .iter()
+                .any(|&g| self.sets[g as usize].binary_search(&b).is_ok())
+        };
+        u != v && (matches(u, v) || matches(v, u))
+    }
+
+    /// Every unit that conflicts with `u` (possibly `u` itself, repeated, or ones that don't
+    /// run); `peer_bound` long.
+    pub fn peers(&self, u: u32) -> impl Iterator<Item = u32> + '_ {
+        let mine = self.own[u as usize]
+            .iter()
+            .flat_map(|&g| self.sets[g as usize].iter().copied());
+        let theirs = self.matched_by[u as usize]
+            .iter()
+            .flat_map(|&g| self.owners[g as usize].iter().copied());
+        mine.chain(theirs).filter(move |&v| v != u)
+    }
+
+    pub fn peer_bound(&self, u: u32) -> usize {
+        self.bound[u as usize]
     }
 }
 
