@@ -386,7 +386,7 @@ impl Cluster {
         for (i, member) in self.etcd.members().iter().enumerate() {
             eprintln!(
                 "----- etcd member {i} log tail -----\n{}",
-                member.log_tail(10)
+                member.log_tail(5)
             );
         }
         // The test's runtime may be the one panicking: read etcd from a thread of our own.
@@ -415,7 +415,7 @@ impl Cluster {
         match dump {
             Ok(Ok(kvs)) => {
                 for (k, v) in kvs {
-                    let v: String = v.chars().take(160).collect();
+                    let v: String = v.escape_debug().take(200).collect();
                     eprintln!("{k} = {v}");
                 }
             }
