@@ -108,7 +108,21 @@ pub struct EtcdStore {
 struct Inner {
     opts: EtcdOptions,
     client: ec::Client,
+    clients: Clients,
 }
+
+/// The service clients, with decode limits raised above gRPC's 4 MiB default: a watch catching
+/// up on a backlog gets up to 1000 revisions per response, and a range may be asked for
+/// without a limit, both easily more than 4 MiB (which would otherwise break the watch for good).
+#[derive(Clone)]
+struct Clients {
+    kv: ec::KvClient,
+    watch: ec::WatchClient,
+    lease: ec::LeaseClient,
+}
+
+/// Largest response we accept (a bound against a runaway reply, far above real ones).
+const MAX_RESPONSE_BYTES: usize = 512 << 20;
 
 impl fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,8 +191,21 @@ impl EtcdStore {
                 }
                 Err(_) => return Err(unavailable(&opts, "connect", None)),
             };
+        let clients = Clients {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            lease: client.lease_client(),
+        };
         Ok(EtcdStore {
-            inner: Arc::new(Inner { opts, client }),
+            inner: Arc::new(Inner {
+                opts,
+                client,
+                clients,
+            }),
         })
     }
 
@@ -195,7 +222,7 @@ impl EtcdStore {
     /// before etcd could act on them (and, for `idempotent` requests, any transient failure).
     async fn call<T, F, Fut>(&self, what: &str, idempotent: bool, mut attempt: F) -> Result<T>
     where
-        F: FnMut(ec::Client) -> Fut,
+        F: FnMut(Clients) -> Fut,
         Fut: Future<Output = Result<T, ec::Error>>,
     {
         let opts = &self.inner.opts;
@@ -203,7 +230,7 @@ impl EtcdStore {
         let mut pause = RETRY_PAUSE_MIN;
         let mut last: Option<ec::Error> = None;
         loop {
-            let res = match tokio::time::timeout_at(deadline, attempt(self.inner.client.clone()))
+            let res = match tokio::time::timeout_at(deadline, attempt(self.inner.clients.clone()))
                 .await
             {
                 Ok(r) => r,
@@ -256,7 +283,7 @@ impl EtcdStore {
     /// revision 1 is cancelled with the compaction revision. Only used to explain errors.
     async fn compacted_revision(&self) -> Option<Revision> {
         let fut = async {
-            let mut client = self.inner.client.clone();
+            let mut client = self.inner.clients.watch.clone();
             let opts = ec::WatchOptions::new().with_start_revision(1);
             let mut stream = client.watch("\0", Some(opts)).await.ok()?;
             loop {
@@ -294,7 +321,7 @@ impl EtcdStore {
         let end = prefix_end(prefix.as_bytes());
         let opts = &self.inner.opts;
         let fut = async {
-            let mut client = self.inner.client.clone();
+            let mut client = self.inner.clients.watch.clone();
             let wo = ec::WatchOptions::new()
                 .with_range(end)
                 .with_start_revision(from)
@@ -595,7 +622,7 @@ impl Store for EtcdStore {
         let resp = self
             .call("get", true, |mut c| {
                 let key = key.to_owned();
-                async move { c.get(key, None).await }
+                async move { c.kv.get(key, None).await }
             })
             .await?;
         resp.kvs().first().map(convert_kv).transpose()
@@ -620,7 +647,7 @@ impl Store for EtcdStore {
                     go = go.with_revision(r);
                 }
                 let key = key.clone();
-                async move { c.get(key, Some(go)).await }
+                async move { c.kv.get(key, Some(go)).await }
             })
             .await;
         let resp = match res {
@@ -657,7 +684,7 @@ impl Store for EtcdStore {
         let res = self
             .call("txn", false, |mut c| {
                 let txn = txn.clone();
-                async move { c.txn(txn).await }
+                async move { c.kv.txn(txn).await }
             })
             .await;
         match res {
@@ -689,7 +716,7 @@ impl Store for EtcdStore {
             .max(1);
         let resp = self
             .call("lease grant", false, |mut c| async move {
-                c.lease_grant(secs, None).await
+                c.lease.grant(secs, None).await
             })
             .await?;
         if !resp.error().is_empty() {
@@ -706,7 +733,7 @@ impl Store for EtcdStore {
         // answer itself, so a second request returns the TTL to us.
         let res = self
             .call("lease keep-alive", true, |mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                let (mut keeper, mut stream) = c.lease.keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 match stream.message().await? {
                     Some(resp) => Ok(resp.ttl()),
@@ -729,7 +756,7 @@ impl Store for EtcdStore {
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         let res = self
             .call("lease ttl", true, |mut c| async move {
-                c.lease_time_to_live(lease, None).await
+                c.lease.time_to_live(lease, None).await
             })
             .await;
         match res {
@@ -743,7 +770,7 @@ impl Store for EtcdStore {
         // Revoking is idempotent (a second revoke finds no lease, which is fine), so retry.
         let res = self
             .call("lease revoke", true, |mut c| async move {
-                c.lease_revoke(lease).await
+                c.lease.revoke(lease).await
             })
             .await;
         match res {
@@ -798,7 +825,6 @@ impl WatchState {
                     Ok(s) => {
                         tracing::info!(prefix = %self.prefix, from = self.next, "etcd watch resumed");
                         self.stream = Some(s);
-                        self.pause = RETRY_PAUSE_MIN;
                     }
                     Err(WatchOpenError::Fatal(e)) => return Some(self.end(e)),
                     Err(WatchOpenError::Transient(e)) => {
@@ -810,15 +836,20 @@ impl WatchState {
                 continue;
             };
             let resp = match stream.message().await {
-                Ok(Some(resp)) => resp,
+                Ok(Some(resp)) => {
+                    // Only a stream that delivers resets the back-off, so one that breaks right
+                    // after opening, again and again, does not spin.
+                    self.pause = RETRY_PAUSE_MIN;
+                    resp
+                }
                 Ok(None) => {
                     tracing::warn!(prefix = %self.prefix, "etcd watch stream ended; reconnecting");
-                    self.stream = None;
+                    self.broken().await;
                     continue;
                 }
                 Err(e) => {
                     tracing::warn!(prefix = %self.prefix, error = %e, "etcd watch broke; reconnecting");
-                    self.stream = None;
+                    self.broken().await;
                     continue;
                 }
             };
@@ -838,7 +869,7 @@ impl WatchState {
                     ))));
                 }
                 tracing::warn!(prefix = %self.prefix, %reason, "etcd cancelled the watch; reconnecting");
-                self.stream = None;
+                self.broken().await;
                 continue;
             }
             let mut batch = Vec::with_capacity(resp.events().len());
@@ -863,6 +894,13 @@ impl WatchState {
                 return Some(Ok(batch));
             }
         }
+    }
+
+    /// Drops a broken stream and waits the current back-off before the next attempt.
+    async fn broken(&mut self) {
+        self.stream = None;
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(WATCH_RETRY_PAUSE_MAX);
     }
 
     fn end(&mut self, e: StoreError) -> Result<Vec<Event>> {

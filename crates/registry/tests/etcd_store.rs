@@ -525,3 +525,28 @@ async fn watch_moves_off_a_frozen_member() {
     }
     check_no_loss(&store, prefix, &written, &seen).await;
 }
+
+/// Responses above gRPC's default 4 MiB decode limit (a watch catching up on a backlog, a
+/// large range) must arrive, not break the watch over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_backlogs_and_ranges_above_four_mib_arrive() {
+    let cluster = start(1);
+    let store = store_for(&cluster, Duration::from_secs(10)).await;
+    let prefix = "/big/";
+    let from = store.range(prefix, None, 0, None).await.unwrap().revision + 1;
+    let value = vec![b'v'; 10_000];
+    // 6 revisions of 100 keys of 10 kB: about 6 MB, each transaction below etcd's 1.5 MiB limit.
+    for t in 0..6 {
+        let ops = (0..100)
+            .map(|i| Op::put(format!("{prefix}{t}/{i:03}"), value.clone()))
+            .collect();
+        store.txn(vec![], ops, vec![]).await.unwrap();
+    }
+    let all = store.range(prefix, None, 0, None).await.unwrap();
+    assert_eq!(all.kvs.len(), 600);
+    let mut watch = store.watch(prefix, from).await.unwrap();
+    let mut seen = Vec::new();
+    collect_until(&mut watch, &mut seen, |s| s.len() >= 600).await;
+    assert_eq!(seen.len(), 600);
+    assert_strictly_increasing(&seen);
+}
