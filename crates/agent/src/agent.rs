@@ -206,7 +206,7 @@ impl Agent {
                     }
                 }
                 _ = retry.tick() => { dirty = !self.failures.is_empty(); }
-                _ = kick_rx.recv() => {}
+                Some(()) = kick_rx.recv() => {}
                 Some(machine) = next_machine(&mut self.machine_updates) => {
                     self.presence.machine = machine;
                     match self.presence.announce().await {
