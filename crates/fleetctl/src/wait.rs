@@ -62,8 +62,8 @@ pub enum Verdict {
 /// Whether waiting for `goal` needs the unit's per-machine states.
 pub fn needs_states(goal: Goal, unit: Option<&Unit>) -> bool {
     match goal {
-        Goal::Gone => false,
-        Goal::Launched => true,
+        // A destroyed unit is gone once no machine reports it any more.
+        Goal::Gone | Goal::Launched => true,
         Goal::Inactive | Goal::Loaded => unit.is_some_and(is_global),
     }
 }
@@ -113,7 +113,11 @@ fn stopped(s: &UnitState) -> bool {
 pub fn judge(name: &str, goal: Goal, obs: &Observation) -> Verdict {
     let Some(unit) = obs.unit else {
         return if goal == Goal::Gone {
-            Verdict::Reached(format!("Destroyed {name}"))
+            if obs.states.is_empty() {
+                Verdict::Reached(format!("Destroyed {name}"))
+            } else {
+                Verdict::Pending(format!("stopping on {} machine(s)", obs.states.len()))
+            }
         } else {
             Verdict::Failed(format!(
                 "Unit {name} was removed from the registry while waiting for it to be {}",
@@ -561,6 +565,12 @@ mod tests {
         );
         assert!(!reached(&verdict(
             Goal::Gone,
+            None,
+            &[state(M1, "loaded", "active")],
+            NOW
+        )));
+        assert!(!reached(&verdict(
+            Goal::Gone,
             Some(&unit("inactive", "")),
             &[],
             NOW
@@ -664,6 +674,6 @@ mod tests {
         assert!(needs_states(Goal::Launched, Some(&unit("loaded", M1))));
         assert!(!needs_states(Goal::Loaded, Some(&unit("loaded", M1))));
         assert!(needs_states(Goal::Loaded, Some(&global(None))));
-        assert!(!needs_states(Goal::Gone, Some(&global(None))));
+        assert!(needs_states(Goal::Gone, Some(&global(None))));
     }
 }
