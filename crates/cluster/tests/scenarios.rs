@@ -316,10 +316,24 @@ async fn killed_leader_machine_units_run_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_machine_keeps_units_then_stops_moved_ones() {
+    partition(false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_leader_keeps_units_then_stops_moved_ones() {
+    partition(true).await.unwrap();
+}
+
+/// Cuts a machine off with SIGSTOP (the engine leader's or another running units), heals it.
+async fn partition(leader: bool) -> Result<()> {
     let c = start(spec(3)).await;
     async {
         let (names, active) = run_plain(&c, "cut", 6).await?;
-        let x = non_leader_with_units(&c, &active).await?;
+        let x = if leader {
+            c.wait_for_leader().await?
+        } else {
+            non_leader_with_units(&c, &active).await?
+        };
         let x_id = c.machine(x).id.clone();
         let held = units_on(&active, &x_id);
         let pids = c.machine(x).unit_pids();
@@ -336,7 +350,12 @@ async fn partitioned_machine_keeps_units_then_stops_moved_ones() {
         })
         .await?;
         println!(
-            "FIGURE partition: {} units active elsewhere {:.2} s after SIGSTOP",
+            "FIGURE partition ({}): {} units active elsewhere {:.2} s after SIGSTOP",
+            if leader {
+                "engine leader"
+            } else {
+                "non-leader"
+            },
             held.len(),
             t0.elapsed().as_secs_f64()
         );
@@ -377,13 +396,17 @@ async fn partitioned_machine_keeps_units_then_stops_moved_ones() {
                     "units run again on machine {x}: {:?}",
                     c.machine(x).unit_pids()
                 );
+                let schedule = c.schedule_entries().await?;
+                let mut seen = BTreeSet::new();
+                for (_, u) in &schedule {
+                    ensure!(seen.insert(u), "{u} scheduled twice: {schedule:?}");
+                }
                 Ok(())
             },
         )
         .await
     }
     .await
-    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,6 +588,34 @@ async fn etcd_restarted_nothing_stops() {
         probe(c, "probe.service").await?;
         println!(
             "FIGURE etcd restart: a new unit active {:.2} s after etcd went down",
+            t0.elapsed().as_secs_f64()
+        );
+        nothing_stops(c, &active, &pids).await
+    }
+    .await;
+    result.unwrap();
+}
+
+/// etcd down for longer than `agent_ttl`: etcd keeps leases across its restart (their time
+/// starts again when it is back), so no machine is declared dead and nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_longer_than_agent_ttl_nothing_stops() {
+    let mut c = start(spec(3)).await;
+    let result = async {
+        let (_, active) = run_plain(&c, "long", 6).await?;
+        let pids = all_pids(&c);
+        tokio::task::block_in_place(|| c.etcd_mut().stop_all())?;
+        // The outage itself is the scenario: it lasts longer than a machine lease.
+        tokio::time::sleep(AGENT_TTL + 2 * INTERVAL).await;
+        for (i, p) in pids.iter().enumerate() {
+            same_pids(&c, i, p).context("units while etcd is down")?;
+        }
+        let t0 = Instant::now();
+        tokio::task::block_in_place(|| c.etcd_mut().restart_all())?;
+        let c = &c;
+        probe(c, "probe.service").await?;
+        println!(
+            "FIGURE long etcd outage: a new unit active {:.2} s after etcd came back",
             t0.elapsed().as_secs_f64()
         );
         nothing_stops(c, &active, &pids).await
