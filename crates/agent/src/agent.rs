@@ -5,12 +5,12 @@
 use crate::presence::Presence;
 use crate::reconcile::{self, Action, Candidate, Held};
 use crate::UnitManager;
-use registry::mirror::{follow, Update};
-use registry::{Job, KeyValue, ScheduleEntry, SystemdState, TargetState, UnitState};
+use registry::mirror::{apply, follow, json, text};
+use registry::{Job, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use unit::{Requirements, UnitFile, UnitHash};
 
 /// How fleetd is stopping.
@@ -27,68 +27,13 @@ pub enum Shutdown {
 /// How often failed actions are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A keyed copy of one followed prefix.
-struct Local<T> {
-    items: BTreeMap<String, T>,
-}
-
-impl<T> Default for Local<T> {
-    fn default() -> Self {
-        Local {
-            items: BTreeMap::new(),
-        }
-    }
-}
-
-impl<T> Local<T> {
-    fn apply(&mut self, base: &str, update: Update, decode: impl Fn(&KeyValue) -> Option<T>) {
-        let name = |k: &str| k.strip_prefix(base).map(str::to_string);
-        match update {
-            Update::Reset { kvs, .. } => {
-                self.items = kvs
-                    .iter()
-                    .filter_map(|kv| Some((name(&kv.key)?, decode(kv)?)))
-                    .collect();
-            }
-            Update::Events { events, .. } => {
-                for ev in events {
-                    let Some(n) = name(&ev.kv.key) else { continue };
-                    match ev.kind {
-                        registry::EventKind::Put => match decode(&ev.kv) {
-                            Some(v) => {
-                                self.items.insert(n, v);
-                            }
-                            None => {
-                                self.items.remove(&n);
-                            }
-                        },
-                        registry::EventKind::Delete => {
-                            self.items.remove(&n);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
-    match serde_json::from_slice(&kv.value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
-            None
-        }
-    }
-}
-
 /// The agent of one machine.
 pub struct Agent {
     presence: Presence,
     manager: Arc<dyn UnitManager>,
-    schedule: Local<ScheduleEntry>,
-    globals: Local<Job>,
-    dynamic_metadata: Local<String>,
+    schedule: BTreeMap<String, ScheduleEntry>,
+    globals: BTreeMap<String, Job>,
+    dynamic_metadata: BTreeMap<String, String>,
     bodies: HashMap<UnitHash, (UnitFile, Requirements)>,
     held: BTreeMap<String, Held>,
     /// Why the last action on a unit failed, until one succeeds.
@@ -104,9 +49,9 @@ impl Agent {
         Agent {
             presence,
             manager,
-            schedule: Local::default(),
-            globals: Local::default(),
-            dynamic_metadata: Local::default(),
+            schedule: BTreeMap::new(),
+            globals: BTreeMap::new(),
+            dynamic_metadata: BTreeMap::new(),
             bodies: HashMap::new(),
             held: BTreeMap::new(),
             failures: BTreeMap::new(),
@@ -173,18 +118,16 @@ impl Agent {
         let mut keepalive = tokio::time::interval(self.presence.ttl / 3);
         keepalive.tick().await;
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
-        let (kick_tx, mut kick_rx) = mpsc::channel::<()>(1);
-        drop(kick_tx);
         // Nothing is decided until all three copies have been read once.
         let mut ready = [false; 3];
         loop {
             let mut dirty = false;
             let mut state_changed = false;
             tokio::select! {
-                Some(u) = schedule_rx.recv() => { self.schedule.apply(&schedule_base, u, json); ready[0] = true; dirty = true; }
-                Some(u) = globals_rx.recv() => { self.globals.apply(&globals_base, u, json); ready[1] = true; dirty = true; }
+                Some(u) = schedule_rx.recv() => { apply(&mut self.schedule, &schedule_base, u, |_, kv| json(kv)); ready[0] = true; dirty = true; }
+                Some(u) = globals_rx.recv() => { apply(&mut self.globals, &globals_base, u, |_, kv| json(kv)); ready[1] = true; dirty = true; }
                 Some(u) = metadata_rx.recv() => {
-                    self.dynamic_metadata.apply(&metadata_base, u, |kv| String::from_utf8(kv.value.clone()).ok());
+                    apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| text(kv));
                     ready[2] = true; dirty = true;
                 }
                 change = changes.recv() => match change {
@@ -206,7 +149,6 @@ impl Agent {
                     }
                 }
                 _ = retry.tick() => { dirty = !self.failures.is_empty(); }
-                Some(()) = kick_rx.recv() => {}
                 Some(machine) = next_machine(&mut self.machine_updates) => {
                     self.presence.machine = machine;
                     match self.presence.announce().await {
@@ -224,18 +166,18 @@ impl Agent {
             }
             // Take whatever else is already queued, so a burst of changes costs one pass.
             while let Ok(u) = schedule_rx.try_recv() {
-                self.schedule.apply(&schedule_base, u, json);
+                apply(&mut self.schedule, &schedule_base, u, |_, kv| json(kv));
                 ready[0] = true;
                 dirty = true;
             }
             while let Ok(u) = globals_rx.try_recv() {
-                self.globals.apply(&globals_base, u, json);
+                apply(&mut self.globals, &globals_base, u, |_, kv| json(kv));
                 ready[1] = true;
                 dirty = true;
             }
             while let Ok(u) = metadata_rx.try_recv() {
-                self.dynamic_metadata.apply(&metadata_base, u, |kv| {
-                    String::from_utf8(kv.value.clone()).ok()
+                apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| {
+                    text(kv)
                 });
                 ready[2] = true;
                 dirty = true;
@@ -299,7 +241,6 @@ impl Agent {
         let mut candidates = Vec::new();
         let scheduled: Vec<(String, ScheduleEntry)> = self
             .schedule
-            .items
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -316,7 +257,7 @@ impl Agent {
                 None => return,
             }
         }
-        let globals: Vec<Job> = self.globals.items.values().cloned().collect();
+        let globals: Vec<Job> = self.globals.values().cloned().collect();
         for job in globals {
             if let Some(requirements) = self.requirements(&job.name, &job.hash).await {
                 candidates.push(Candidate {
@@ -329,7 +270,7 @@ impl Agent {
             }
         }
         let mut machine = self.presence.machine.clone();
-        registry::merge_metadata(&mut machine.metadata, &self.dynamic_metadata.items);
+        registry::merge_metadata(&mut machine.metadata, &self.dynamic_metadata);
         let (wanted, refused) = reconcile::wanted_units(&machine, &candidates);
         for r in &refused {
             tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");

@@ -2,8 +2,8 @@
 //! of the scheduler's plan into registry writes.
 
 use registry::keys::Keys;
-use registry::mirror::Update;
-use registry::{EventKind, Job, KeyValue, MachineState, Registry, ScheduleChange, ScheduleEntry};
+use registry::mirror::{apply, json, text, Update};
+use registry::{Job, MachineState, Registry, ScheduleChange, ScheduleEntry};
 use std::collections::{BTreeMap, HashMap};
 use unit::{Requirements, UnitFile, UnitHash};
 
@@ -18,51 +18,6 @@ pub struct Model {
     pub placed: BTreeMap<String, (String, ScheduleEntry)>,
     pub reasons: BTreeMap<String, String>,
     pub bodies: HashMap<UnitHash, UnitFile>,
-}
-
-fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
-    match serde_json::from_slice(&kv.value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
-            None
-        }
-    }
-}
-
-/// Applies an update of a prefix to a map keyed by what follows the prefix.
-fn apply<T>(
-    map: &mut BTreeMap<String, T>,
-    base: &str,
-    update: Update,
-    decode: impl Fn(&str, &KeyValue) -> Option<T>,
-) {
-    let name = |k: &str| k.strip_prefix(base).map(str::to_string);
-    match update {
-        Update::Reset { kvs, .. } => {
-            map.clear();
-            for kv in &kvs {
-                if let Some(n) = name(&kv.key) {
-                    if let Some(v) = decode(&n, kv) {
-                        map.insert(n, v);
-                    }
-                }
-            }
-        }
-        Update::Events { events, .. } => {
-            for ev in events {
-                let Some(n) = name(&ev.kv.key) else { continue };
-                let value = match ev.kind {
-                    EventKind::Put => decode(&n, &ev.kv),
-                    EventKind::Delete => None,
-                };
-                match value {
-                    Some(v) => map.insert(n, v),
-                    None => map.remove(&n),
-                };
-            }
-        }
-    }
 }
 
 impl Model {
@@ -96,9 +51,7 @@ impl Model {
             .iter()
             .flat_map(|(m, kv)| kv.iter().map(move |(k, v)| (format!("{m}/{k}"), v.clone())))
             .collect();
-        apply(&mut flat, &base, u, |_, kv| {
-            String::from_utf8(kv.value.clone()).ok()
-        });
+        apply(&mut flat, &base, u, |_, kv| text(kv));
         self.metadata.clear();
         for (mk, v) in flat {
             if let Some((m, k)) = mk.split_once('/') {
@@ -129,9 +82,7 @@ impl Model {
 
     pub fn apply_reasons(&mut self, u: Update) {
         let base = self.keys().reasons();
-        apply(&mut self.reasons, &base, u, |_, kv| {
-            String::from_utf8(kv.value.clone()).ok()
-        });
+        apply(&mut self.reasons, &base, u, |_, kv| text(kv));
     }
 
     /// Reads the bodies of jobs whose hash the model has not seen.

@@ -14,8 +14,9 @@
 //! # }
 //! ```
 
-use crate::store::{range_all, Event, KeyValue, Revision, Store, StoreError};
+use crate::store::{range_all, Event, EventKind, KeyValue, Revision, Store, StoreError};
 use futures::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -108,4 +109,57 @@ pub fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Update> {
         }
     });
     rx
+}
+
+/// Applies an update of a followed prefix to a map keyed by what follows `base` in each key.
+/// `decode` gets that rest and the record; a record it cannot decode is dropped from the map.
+pub fn apply<T>(
+    map: &mut BTreeMap<String, T>,
+    base: &str,
+    update: Update,
+    decode: impl Fn(&str, &KeyValue) -> Option<T>,
+) {
+    let name = |k: &str| k.strip_prefix(base).map(str::to_string);
+    match update {
+        Update::Reset { kvs, .. } => {
+            map.clear();
+            for kv in &kvs {
+                if let Some(n) = name(&kv.key) {
+                    if let Some(v) = decode(&n, kv) {
+                        map.insert(n, v);
+                    }
+                }
+            }
+        }
+        Update::Events { events, .. } => {
+            for ev in events {
+                let Some(n) = name(&ev.kv.key) else { continue };
+                let value = match ev.kind {
+                    EventKind::Put => decode(&n, &ev.kv),
+                    EventKind::Delete => None,
+                };
+                match value {
+                    Some(v) => map.insert(n, v),
+                    None => map.remove(&n),
+                };
+            }
+        }
+    }
+}
+
+/// Decodes a JSON record, logging and skipping one that does not decode: a reader of a
+/// followed prefix must not stop on one bad record.
+pub fn json<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
+            None
+        }
+    }
+}
+
+/// Decodes a text record (a machine id, a reason, a metadata value).
+pub fn text(kv: &KeyValue) -> Option<String> {
+    String::from_utf8(kv.value.clone()).ok()
 }
