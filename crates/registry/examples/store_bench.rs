@@ -3,6 +3,9 @@
 //! ```text
 //! cargo run --release -p fleet-registry --example store_bench            # embedded, in a temp dir
 //! cargo run --release -p fleet-registry --example store_bench -- embedded /some/dir
+//! cargo run --release -p fleet-registry --example store_bench -- etcd        # own 1-member etcd
+//! cargo run --release -p fleet-registry --example store_bench -- etcd 3      # own 3-member etcd
+//! cargo run --release -p fleet-registry --example store_bench -- etcd http://127.0.0.1:2379
 //! ```
 //!
 //! [`bench`] takes any `Arc<dyn Store>`, so another backend only needs a line in `main`.
@@ -26,9 +29,45 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| tmp.path().to_path_buf());
             let store = EmbeddedStore::open(&dir)?;
             println!("backend: embedded (redb file {})", store.path().display());
+            let store = Arc::new(store);
+            bench(store.clone()).await?;
+            // Open time (reads every key into memory, checks the file's integrity).
+            for i in 0..200 {
+                let ops = (0..100)
+                    .map(|j| Op::put(format!("/open/{:05}", i * 100 + j), vec![b'x'; 200]))
+                    .collect();
+                store.txn(vec![], ops, vec![]).await?;
+            }
+            drop(store);
+            let t = Instant::now();
+            let store = EmbeddedStore::open(&dir)?;
+            println!("open with 20,000 keys:        {:>10.2?}", t.elapsed());
+            drop(store);
+            Ok(())
+        }
+        "etcd" => {
+            // Our own etcd (data dir under $TMPDIR, default limits), or the endpoints given.
+            let arg = args.get(1).map(String::as_str).unwrap_or("1");
+            let mut _cluster = None;
+            let endpoints = match arg.parse::<usize>() {
+                Ok(members) => {
+                    let c = testkit::etcd::EtcdCluster::start(members)?;
+                    let e = c.endpoints();
+                    _cluster = Some(c);
+                    e
+                }
+                Err(_) => arg.split(',').map(str::to_owned).collect(),
+            };
+            println!("backend: etcd at {}", endpoints.join(","));
+            let store = registry::etcd::EtcdStore::connect(registry::etcd::EtcdOptions {
+                endpoints,
+                request_timeout: Duration::from_secs(10),
+                ..Default::default()
+            })
+            .await?;
             bench(Arc::new(store)).await
         }
-        other => anyhow::bail!("unknown backend {other:?}; known: embedded"),
+        other => anyhow::bail!("unknown backend {other:?}; known: embedded, etcd"),
     }
 }
 

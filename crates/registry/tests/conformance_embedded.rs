@@ -373,3 +373,14 @@ fn writes_survive_a_crash_of_the_writing_process() {
         );
     });
 }
+
+#[test]
+fn a_damaged_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(registry::embedded::FILE_NAME);
+    std::fs::write(&path, vec![0x5a; 64 * 1024]).expect("write garbage");
+    match EmbeddedStore::open(dir.path()) {
+        Ok(_) => panic!("opened a file of garbage"),
+        Err(e) => assert!(e.to_string().contains(&path.display().to_string()), "{e}"),
+    }
+}

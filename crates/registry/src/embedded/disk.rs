@@ -45,9 +45,11 @@ impl Disk {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        // Every key is also held in memory, so redb's cache need not be large.
+        // Every key is also held in memory, so redb's cache need not be large. The integrity
+        // check turns a file damaged outside redb into an error instead of a panic.
         let db = redb::Builder::new()
             .set_cache_size(64 << 20)
+            .set_check_integrity_on_open(true)
             .create(&path)
             .map_err(|e| match e {
                 DatabaseError::DatabaseAlreadyOpen => StoreError::Other(format!(
