@@ -176,6 +176,23 @@ impl Registry {
         })
     }
 
+    /// Text records under `base`, keyed by what follows it.
+    async fn text_map(
+        &self,
+        base: &str,
+        at: Option<Revision>,
+    ) -> Result<AtRevision<BTreeMap<String, String>>> {
+        let kvs = self.range_at(base, at).await?;
+        let mut items = BTreeMap::new();
+        for kv in &kvs.items {
+            items.insert(kv.key[base.len()..].to_string(), text(kv)?);
+        }
+        Ok(AtRevision {
+            items,
+            revision: kvs.revision,
+        })
+    }
+
     // ----- units -----
 
     /// Every job record, sorted by name.
@@ -395,16 +412,7 @@ impl Registry {
         &self,
         at: Option<Revision>,
     ) -> Result<AtRevision<BTreeMap<String, String>>> {
-        let base = self.keys.placements();
-        let kvs = self.range_at(&base, at).await?;
-        let mut items = BTreeMap::new();
-        for kv in &kvs.items {
-            items.insert(kv.key[base.len()..].to_string(), text(kv)?);
-        }
-        Ok(AtRevision {
-            items,
-            revision: kvs.revision,
-        })
+        self.text_map(&self.keys.placements(), at).await
     }
 
     /// unit -> why the engine cannot place it.
@@ -412,16 +420,7 @@ impl Registry {
         &self,
         at: Option<Revision>,
     ) -> Result<AtRevision<BTreeMap<String, String>>> {
-        let base = self.keys.reasons();
-        let kvs = self.range_at(&base, at).await?;
-        let mut items = BTreeMap::new();
-        for kv in &kvs.items {
-            items.insert(kv.key[base.len()..].to_string(), text(kv)?);
-        }
-        Ok(AtRevision {
-            items,
-            revision: kvs.revision,
-        })
+        self.text_map(&self.keys.reasons(), at).await
     }
 
     /// The schedule of one machine: unit -> entry.
