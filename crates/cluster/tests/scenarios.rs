@@ -779,3 +779,61 @@ async fn metadata_patch_moves_a_unit() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroyed_units_stop_everywhere() {
+    let c = start(spec(3)).await;
+    async {
+        c.submit(&[
+            c.service("plain.service", &[]),
+            c.service("everywhere.service", &[("Global", "true")]),
+        ])
+        .await?;
+        c.wait_for_active_units("plain once, global on three machines", |a| {
+            a.get("plain.service").is_some_and(|m| m.len() == 1)
+                && a.get("everywhere.service").is_some_and(|m| m.len() == 3)
+        })
+        .await?;
+        let pids: Vec<i32> = all_pids(&c)
+            .into_iter()
+            .flat_map(|p| p.into_values())
+            .collect();
+        ensure!(pids.len() == 4, "pids: {pids:?}");
+        for name in ["plain.service", "everywhere.service"] {
+            ensure!(
+                c.api(|cl| async move { cl.destroy_unit(name).await })
+                    .await?,
+                "{name} did not exist"
+            );
+        }
+        wait_for(
+            "no unit process and no state left",
+            DEFAULT_DEADLINE,
+            || async {
+                let running: Vec<_> = pids
+                    .iter()
+                    .filter(|p| cluster::cleanup::alive(**p))
+                    .collect();
+                let states = c.unit_states().await.map_err(|e| format!("{e:#}"))?;
+                if running.is_empty() && states.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("running {running:?}, states {states:?}"))
+                }
+            },
+        )
+        .await?;
+        ensure!(c.units().await?.is_empty());
+        let leftovers: Vec<_> = c
+            .registry_dump()
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !k.contains("/machines/") && !k.ends_with("/engine/leader"))
+            .collect();
+        ensure!(leftovers.is_empty(), "registry keys left: {leftovers:?}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await
+    .unwrap();
+}
