@@ -69,6 +69,34 @@ fn machine_state(cfg: &Config, id: &str) -> MachineState {
     }
 }
 
+/// Whether `passed` (a socket from systemd) listens on `wanted`. `/var/run/fleet.sock` and
+/// `/run/fleet.sock` are one socket, so unix paths are compared with their directories resolved.
+fn passed_by_systemd(passed: &api::listen::Listener, wanted: &api::listen::Listen) -> bool {
+    use api::listen::{Listen, Listener};
+    match (passed, wanted) {
+        (Listener::Unix { listener, .. }, Listen::Unix(path)) => {
+            let resolved = |p: &Path| match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                    .map(|d| d.join(name))
+                    .unwrap_or_else(|_| p.to_path_buf()),
+                _ => p.to_path_buf(),
+            };
+            listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(resolved))
+                .is_some_and(|bound| bound == resolved(path))
+        }
+        (Listener::Tcp(listener), Listen::Tcp(addr)) => {
+            match (listener.local_addr(), addr.parse::<std::net::SocketAddr>()) {
+                (Ok(bound), Ok(want)) => bound == want,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// Tells systemd (`Type=notify`) that fleetd is ready, if it runs under systemd.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -109,6 +137,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // The API answers 503 until this machine is registered, as fleet's did.
     let api_state = api::ApiState::new(registry.clone(), cfg.token_limit);
+    // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
+    // among them is not bound again: binding would find systemd's socket alive and refuse, as
+    // if another fleetd served it (the default api_listen is fleet.socket's path).
+    let activated = api::listen::systemd_listeners().context("taking sockets passed by systemd")?;
     let listens: Vec<api::listen::Listen> = cfg
         .api_listen
         .iter()
@@ -116,11 +148,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ListenAddr::Unix(p) => api::listen::Listen::Unix(p.clone()),
             ListenAddr::Tcp(a) => api::listen::Listen::Tcp(a.clone()),
         })
+        .filter(|l| !activated.iter().any(|a| passed_by_systemd(a, l)))
         .collect();
     let mut listeners = api::listen::bind(&listens)
         .await
         .context("opening the API listeners (api_listen)")?;
-    listeners.extend(api::listen::systemd_listeners().context("taking sockets passed by systemd")?);
+    listeners.extend(activated);
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
     let api_task = tokio::spawn(api::listen::serve(
         listeners,
