@@ -622,3 +622,39 @@ fn input_order_does_not_matter() {
     b.machines.reverse();
     assert_eq!(plan(&a), plan(&b));
 }
+
+#[test]
+fn few_matching_machines_in_a_large_cluster() {
+    // 2 of 40 machines match; the busier one already holds two units.
+    let mut ms = machines(
+        &(0..40)
+            .map(|i| format!("m{i:02}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    ms[7].metadata.insert("region".into(), "east".into());
+    ms[30].metadata.insert("region".into(), "east".into());
+    let east = |name: &str| {
+        with(name, |r| {
+            r.machine_metadata = metadata(&[("region", "east")])
+        })
+    };
+    let mut c = cluster(
+        ms,
+        vec![
+            unit("x.service"),
+            unit("y.service"),
+            east("a.service"),
+            east("b.service"),
+            east("c.service"),
+        ],
+        &[("x.service", "m07"), ("y.service", "m07")],
+    );
+    settle(&mut c);
+    assert_eq!(placed(&c, "a.service").as_deref(), Some("m30"));
+    assert_eq!(placed(&c, "b.service").as_deref(), Some("m30"));
+    // Now both hold two units: the tie goes to the smaller id.
+    assert_eq!(placed(&c, "c.service").as_deref(), Some("m07"));
+}

@@ -41,14 +41,14 @@ fn glob() -> impl Strategy<Value = String> {
     ]
 }
 
-fn machine() -> impl Strategy<Value = MachineState> {
-    (0..MACHINE_SLOTS, 0..3usize, 0..2usize).prop_map(|(i, region, disk)| {
+/// A machine with one of `slots` ids; in larger clusters a region is rare, so that a unit
+/// asking for one has few machines to choose from.
+fn machine(slots: usize) -> impl Strategy<Value = MachineState> {
+    let regions = if slots > 20 { slots } else { 3 };
+    (0..slots, 0..regions, 0..2usize).prop_map(|(i, region, disk)| {
         let mut metadata = BTreeMap::new();
-        if region > 0 {
-            metadata.insert(
-                "region".to_string(),
-                ["", "east", "west"][region].to_string(),
-            );
+        if let Some(name) = ["east", "west"].get(region.wrapping_sub(1)) {
+            metadata.insert("region".to_string(), name.to_string());
         }
         if disk > 0 {
             metadata.insert("disk".to_string(), "ssd".to_string());
@@ -109,15 +109,20 @@ fn requirements() -> impl Strategy<Value = Requirements> {
 }
 
 fn cluster() -> impl Strategy<Value = Cluster> {
+    cluster_of(MACHINE_SLOTS)
+}
+
+/// Up to `slots` machines (ids from `slots` choices).
+fn cluster_of(slots: usize) -> impl Strategy<Value = Cluster> {
     let desired = prop_oneof![8 => Just(TargetState::Launched), 2 => Just(TargetState::Loaded), 1 => Just(TargetState::Inactive)];
     let unit = (
         0..UNIT_SLOTS,
         desired,
         requirements(),
-        proptest::option::weighted(0.4, 0..MACHINE_SLOTS + 1),
+        proptest::option::weighted(0.4, 0..slots + 1),
     );
     (
-        proptest::collection::vec(machine(), 0..MACHINE_SLOTS),
+        proptest::collection::vec(machine(slots), 0..slots),
         proptest::collection::vec(unit, 0..UNIT_SLOTS),
     )
         .prop_map(|(mut machines, units)| {
@@ -334,6 +339,13 @@ proptest! {
 
     #[test]
     fn placements_obey_every_rule_and_settle_in_one_pass(mut c in cluster()) {
+        let p = settle(&mut c)?;
+        check_rules(&c, &p)?;
+    }
+
+    /// Many machines, few matching a unit's metadata: the scheduler's other search path.
+    #[test]
+    fn rules_hold_on_larger_clusters(mut c in cluster_of(60)) {
         let p = settle(&mut c)?;
         check_rules(&c, &p)?;
     }

@@ -25,11 +25,15 @@ pub(super) fn run(cluster: &Cluster) -> Plan {
     pass.into_plan(&cluster.placements)
 }
 
+/// A pool of at most 1/SHORT_LIST of the machines is searched by sorting it by load; a larger
+/// one by walking all machines in load order and skipping those outside the pool.
+const SHORT_LIST: usize = 4;
+
 /// Machines a unit may go to before looking at who is on them.
 enum Pool {
     All,
     /// Sorted machine indices, and a membership table when the list is long.
-    Some(Rc<Vec<u32>>, Option<Rc<Vec<bool>>>),
+    Listed(Rc<Vec<u32>>, Option<Rc<Vec<bool>>>),
 }
 
 /// Why a machine is not fit for a unit right now.
@@ -318,10 +322,10 @@ impl<'a> Pass<'a> {
         let (pool, scope) = self.pool(u)?;
         let chosen = match &pool {
             Pool::All => self.first_fit(u, |_| true),
-            Pool::Some(list, Some(member)) if list.len() * 16 > self.machines.len() => {
+            Pool::Listed(list, Some(member)) if list.len() * SHORT_LIST > self.machines.len() => {
                 self.first_fit(u, |m| member[m as usize])
             }
-            Pool::Some(list, _) => {
+            Pool::Listed(list, _) => {
                 let mut by_load: Vec<(u32, u32)> =
                     list.iter().map(|&m| (self.load(m), m)).collect();
                 by_load.sort_unstable();
@@ -398,7 +402,7 @@ impl<'a> Pass<'a> {
                 ));
             }
             return Ok((
-                Pool::Some(Rc::new(vec![m]), None),
+                Pool::Listed(Rc::new(vec![m]), None),
                 format!("on machine {id} of MachineOf target {}", rel.name(first)),
             ));
         }
@@ -450,16 +454,16 @@ impl<'a> Pass<'a> {
             None => (Pool::All, "on every machine".to_string()),
             Some(l) if l.len() == 1 => {
                 let scope = format!("on machine {}", self.machines[l[0] as usize].id);
-                (Pool::Some(Rc::new(l), None), scope)
+                (Pool::Listed(Rc::new(l), None), scope)
             }
             Some(l) => {
-                if member.is_none() && l.len() * 16 > self.machines.len() {
+                if member.is_none() && l.len() * SHORT_LIST > self.machines.len() {
                     let mut table = vec![false; self.machines.len()];
                     l.iter().for_each(|&m| table[m as usize] = true);
                     member = Some(Rc::new(table));
                 }
                 (
-                    Pool::Some(Rc::new(l), member),
+                    Pool::Listed(Rc::new(l), member),
                     "on every machine it may use".to_string(),
                 )
             }
@@ -585,7 +589,7 @@ impl<'a> Pass<'a> {
         let rel = self.rel;
         let machines: Vec<u32> = match pool {
             Pool::All => (0..self.machines.len() as u32).collect(),
-            Pool::Some(list, _) => list.to_vec(),
+            Pool::Listed(list, _) => list.to_vec(),
         };
         let mut conflicts = BTreeSet::new();
         let mut replacers = BTreeSet::new();
