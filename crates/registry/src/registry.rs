@@ -602,14 +602,19 @@ impl Registry {
 
     /// Applies metadata changes in one transaction.
     pub async fn set_metadata(&self, changes: &[MetadataChange]) -> Result<()> {
-        let ops = changes
-            .iter()
-            .map(|c| match &c.value {
-                Some(v) => Op::put(self.keys.metadata(&c.machine, &c.key), v.clone()),
-                None => Op::delete(self.keys.metadata(&c.machine, &c.key)),
-            })
-            .collect();
-        self.store.txn(vec![], ops, vec![]).await?;
+        // Later changes of one key win: etcd refuses a transaction that writes a key twice.
+        let mut last: BTreeMap<String, Op> = BTreeMap::new();
+        for c in changes {
+            let key = self.keys.metadata(&c.machine, &c.key);
+            let op = match &c.value {
+                Some(v) => Op::put(key.clone(), v.clone()),
+                None => Op::delete(key.clone()),
+            };
+            last.insert(key, op);
+        }
+        self.store
+            .txn(vec![], last.into_values().collect(), vec![])
+            .await?;
         Ok(())
     }
 

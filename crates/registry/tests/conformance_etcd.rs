@@ -74,12 +74,7 @@ impl Store for OwnedEtcd {
 
 /// Cases that assert something etcd itself refuses, with the reason. Each is still run and must
 /// fail exactly this way, so the list cannot go stale silently.
-const ETCD_REFUSES: &[(&str, &str)] = &[(
-    // Its second txn deletes `b/` and puts `b/new` in one branch; etcd refuses any branch that
-    // touches one key twice ("duplicate key given in txn request"), whatever the order.
-    "delete_prefix",
-    "writes one key twice",
-)];
+const ETCD_REFUSES: &[(&str, &str)] = &[];
 
 /// Runs every case of the suite concurrently on one store (the cases share stores by design).
 async fn run_suite(store: Arc<dyn Store>) {
