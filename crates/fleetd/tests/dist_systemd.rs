@@ -284,3 +284,90 @@ fn socket_activated_fleetd_runs_units_through_systemd() {
     let journal = machine.journal("fleet.service");
     assert!(journal.contains("left the cluster"), "{journal}");
 }
+
+/// The main pid the process supervisor recorded for `unit` inside the machine.
+fn supervised_pid(machine: &Machine, unit: &str) -> i32 {
+    let record = machine
+        .m
+        .host_path(format!("/var/lib/fleet/process/run/{unit}.json"));
+    wait_for(&format!("a run record of {unit}"), DEADLINE, || {
+        let text = std::fs::read_to_string(&record).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v.get("main_pid")?.as_i64().map(|p| p as i32)
+    })
+}
+
+/// Whether `pid` (of the machine's PID namespace) is alive.
+fn alive_in(machine: &Machine, pid: i32) -> bool {
+    std::fs::read_to_string(machine.m.host_path(format!("/proc/{pid}/stat"))).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits for systemd to run a fleetd other than `old` and for its API to answer.
+fn restarted(machine: &Machine, old: &str) -> (String, Api) {
+    let pid = wait_for("a new fleetd", DEADLINE, || {
+        let pid = machine.property("fleet.service", "MainPID");
+        (pid != old && pid != "0").then_some(pid)
+    });
+    machine.wait_property("fleet.service", "ActiveState", "active");
+    (pid, registered(machine))
+}
+
+#[test]
+fn process_supervisor_units_outlive_fleetd_restarts_under_systemd() {
+    // KillMode=process at work: the process supervisor's units live in fleet.service's
+    // cgroup, and neither a crash nor an upgrade of fleetd takes them down; only fleetd's own
+    // leave on `systemctl stop` does.
+    let Some(machine) = Machine::boot("dist-process", "--unit-manager process --agent-ttl 10s")
+    else {
+        return;
+    };
+    machine.systemctl_ok(&["start", "fleet.service"]);
+    assert_eq!(machine.systemctl(&["is-active", "fleet.socket"]), "active");
+    assert_eq!(machine.property("fleet.service", "ActiveState"), "active");
+    let first = machine.property("fleet.service", "MainPID");
+    let api = registered(&machine);
+    api.submit("hello.service", HELLO, "launched");
+    api.wait_running("hello.service");
+    let hello = supervised_pid(&machine, "hello.service");
+    assert!(alive_in(&machine, hello));
+
+    // A crash: systemd restarts fleetd, which adopts the unit.
+    machine.systemctl_ok(&["kill", "--kill-whom=main", "-s", "KILL", "fleet.service"]);
+    let (second, api) = restarted(&machine, &first);
+    assert_eq!(machine.property("fleet.service", "NRestarts"), "1");
+    machine.wait_journal("fleet.service", "re-adopted unit");
+    api.wait_running("hello.service");
+    assert!(alive_in(&machine, hello), "hello.service died with fleetd");
+    assert_eq!(supervised_pid(&machine, "hello.service"), hello);
+
+    // An upgrade: the same, through fleetd's own exit.
+    machine.systemctl_ok(&["kill", "--kill-whom=main", "-s", "USR2", "fleet.service"]);
+    let (_, api) = restarted(&machine, &second);
+    assert_eq!(machine.property("fleet.service", "NRestarts"), "2");
+    api.wait_running("hello.service");
+    assert!(
+        alive_in(&machine, hello),
+        "hello.service died in the upgrade"
+    );
+    assert_eq!(supervised_pid(&machine, "hello.service"), hello);
+    let log = std::fs::read_to_string(
+        machine
+            .m
+            .host_path("/var/lib/fleet/process/logs/hello.service.log"),
+    )
+    .unwrap_or_default();
+    assert_eq!(log.matches("started hello.service").count(), 1, "{log}");
+
+    // Stop: fleetd stops the unit itself and exits cleanly.
+    machine.systemctl_ok(&["stop", "fleet.service"]);
+    assert_eq!(machine.property("fleet.service", "Result"), "success");
+    assert!(
+        !alive_in(&machine, hello),
+        "hello.service survived systemctl stop fleet"
+    );
+    let journal = machine.journal("fleet.service");
+    assert!(journal.contains("left the cluster"), "{journal}");
+}
