@@ -7,7 +7,9 @@ use std::str::FromStr;
 use unit::{UnitFile, UnitHash};
 
 /// A unit's desired state (fleet's "target state"): fleet's names, on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetState {
     #[default]

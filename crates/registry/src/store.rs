@@ -49,23 +49,41 @@ pub enum Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, lease: LeaseId },
-    Delete { key: String },
-    DeletePrefix { prefix: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: LeaseId,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
 }
 
 impl Op {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Op {
-        Op::Put { key: key.into(), value: value.into(), lease: 0 }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
     }
     pub fn put_leased(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Op {
-        Op::Put { key: key.into(), value: value.into(), lease }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        }
     }
     pub fn delete(key: impl Into<String>) -> Op {
         Op::Delete { key: key.into() }
     }
     pub fn delete_prefix(prefix: impl Into<String>) -> Op {
-        Op::DeletePrefix { prefix: prefix.into() }
+        Op::DeletePrefix {
+            prefix: prefix.into(),
+        }
     }
 }
 
@@ -97,7 +115,10 @@ pub enum StoreError {
     Unavailable(String),
     /// A watch or read asked for a revision older than the store keeps; re-read and watch again.
     #[error("revision {requested} has been compacted (oldest kept: {compacted})")]
-    Compacted { requested: Revision, compacted: Revision },
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
     #[error("lease {0} not found or expired")]
     LeaseNotFound(LeaseId),
     #[error("{0}")]
@@ -127,7 +148,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RangePage>;
 
     /// Runs `success` if every compare holds, else `failure`, atomically.
-    async fn txn(&self, compares: Vec<Compare>, success: Vec<Op>, failure: Vec<Op>) -> Result<TxnResult>;
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<Op>,
+        failure: Vec<Op>,
+    ) -> Result<TxnResult>;
 
     /// Grants a lease of `ttl` (rounded up to whole seconds, at least 1 s).
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
@@ -154,9 +180,15 @@ pub async fn range_all(store: &dyn Store, prefix: &str, page: usize) -> Result<R
     while more {
         let Some(last) = out.last() else { break };
         let start = format!("{}\0", last.key);
-        let next = store.range(prefix, Some(&start), page, Some(revision)).await?;
+        let next = store
+            .range(prefix, Some(&start), page, Some(revision))
+            .await?;
         more = next.more;
         out.extend(next.kvs);
     }
-    Ok(RangePage { kvs: out, more: false, revision })
+    Ok(RangePage {
+        kvs: out,
+        more: false,
+        revision,
+    })
 }
