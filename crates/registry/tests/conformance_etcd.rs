@@ -1,7 +1,7 @@
-//! The registry conformance suite against a real one-member etcd, started and killed by the test.
+//! The registry conformance suite against real etcd (one member, and three), started and killed
+//! by each test.
 
 use async_trait::async_trait;
-use registry::conformance::CASES;
 use registry::etcd::{EtcdOptions, EtcdStore};
 use registry::store::Result;
 use registry::{
@@ -72,43 +72,13 @@ impl Store for OwnedEtcd {
     }
 }
 
-/// Cases that assert something etcd itself refuses, with the reason. Each is still run and must
-/// fail exactly this way, so the list cannot go stale silently.
-const ETCD_REFUSES: &[(&str, &str)] = &[];
-
-/// Runs every case of the suite concurrently on one store (the cases share stores by design).
-async fn run_suite(store: Arc<dyn Store>) {
-    let runs = CASES.iter().map(|(name, case)| {
-        let store = store.clone();
-        async move { (*name, case(store).await) }
-    });
-    let mut failures = Vec::new();
-    for (name, outcome) in futures::future::join_all(runs).await {
-        let refused = ETCD_REFUSES.iter().find(|(n, _)| *n == name);
-        match (outcome, refused) {
-            (Ok(()), None) => {}
-            (Ok(()), Some(_)) => {
-                failures.push(format!("{name}: passes now; remove it from ETCD_REFUSES"))
-            }
-            (Err(e), Some((_, why))) if format!("{e:#}").contains(why) => {}
-            (Err(e), _) => failures.push(format!("{name}: {e:#}")),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} case(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_suite_on_one_member_etcd() {
-    run_suite(owned_etcd(1).await).await;
+async fn conformance_suite_on_one_member_etcd() -> anyhow::Result<()> {
+    registry::conformance::run_all(owned_etcd(1).await).await
 }
 
 /// Requests spread over three members (followers forward writes to the leader).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_suite_on_three_member_etcd() {
-    run_suite(owned_etcd(3).await).await;
+async fn conformance_suite_on_three_member_etcd() -> anyhow::Result<()> {
+    registry::conformance::run_all(owned_etcd(3).await).await
 }

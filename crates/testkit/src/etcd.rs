@@ -324,8 +324,7 @@ impl EtcdCluster {
                     .arg(&tls.files.ca);
             }
         }
-        let child = cmd
-            .arg("--name")
+        cmd.arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -351,14 +350,13 @@ impl EtcdCluster {
             .arg(format!("http://127.0.0.1:{}", m.metrics_port))
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (install Debian's etcd-server or set ETCD_BIN)",
-                    etcd_binary().display()
-                )
-            })?;
+            .stderr(log2);
+        let child = spawn_dying_with_us(cmd).with_context(|| {
+            format!(
+                "starting {} (install Debian's etcd-server or set ETCD_BIN)",
+                etcd_binary().display()
+            )
+        })?;
         m.child = Some(child);
         Ok(())
     }
@@ -518,6 +516,61 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Spawns `cmd` so that the kernel SIGKILLs it when this process dies, also when Drop never
+/// runs (the test binary killed by a timeout, an abort). `PR_SET_PDEATHSIG` fires when the
+/// *thread* that forked exits, so every child is forked by one thread that lives as long as the
+/// process.
+pub fn spawn_dying_with_us(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes the
+    // async-signal-safe system calls prctl, getppid and _exit; it allocates nothing and
+    // touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We may have died between fork and prctl: then nobody would kill the child.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let started = std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            // Without the thread every request below fails with a clear error.
+            eprintln!("testkit: cannot start the spawner thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .map_err(|_| std::io::Error::other("testkit spawner lock poisoned"))?
+        .send((cmd, reply_tx));
+    if sent.is_err() {
+        return Err(std::io::Error::other("testkit spawner thread is gone"));
+    }
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("testkit spawner thread is gone"))?
+}
+
 fn free_port() -> Result<(u16, TcpListener)> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     let port = l.local_addr().context("reading the bound port")?.port();
@@ -575,5 +628,66 @@ mod tests {
             std::thread::sleep(POLL_INTERVAL);
         }
         c.restart_member(1).unwrap();
+    }
+
+    /// Run by `etcd_dies_with_a_killed_test_process` in a child process: starts etcd, prints
+    /// its PID, and waits to be SIGKILLed (so no Drop runs).
+    #[test]
+    #[ignore = "helper, run by etcd_dies_with_a_killed_test_process"]
+    fn helper_start_etcd_and_hang() {
+        if std::env::var_os("TESTKIT_HELPER").is_none() {
+            return;
+        }
+        let c = EtcdCluster::single().unwrap();
+        println!("ETCD_PID={}", c.member(0).pid().unwrap());
+        std::thread::sleep(Duration::from_secs(600));
+    }
+
+    #[test]
+    fn etcd_dies_with_a_killed_test_process() {
+        use std::io::{BufRead, BufReader};
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "etcd::tests::helper_start_etcd_and_hang",
+                "--nocapture",
+            ])
+            .env("TESTKIT_HELPER", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = helper.stdout.take().unwrap();
+        let pid: i32 = BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("ETCD_PID=").map(|p| p.parse().unwrap()))
+            .expect("the helper printed no etcd PID");
+        let etcd = nix::unistd::Pid::from_raw(pid);
+        assert!(
+            nix::sys::signal::kill(etcd, None).is_ok(),
+            "etcd {pid} not running"
+        );
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        // The orphan is killed by the kernel; it may linger as a zombie until init reaps it,
+        // so check its state rather than its existence.
+        let deadline = Instant::now() + HEALTHY_DEADLINE;
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let running = state
+                .rsplit(") ")
+                .next()
+                .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'));
+            if !running {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd {pid} outlived its test process"
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 }
