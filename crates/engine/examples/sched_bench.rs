@@ -110,6 +110,30 @@ fn time<T>(f: impl Fn() -> T) -> (Duration, T) {
     }
 }
 
+/// The worst case for reasons: `units` instances that all conflict with each other, more than
+/// there are machines, so most stay unplaced and each gets a reason naming its peers.
+fn conflict_storm(units: usize, machines: usize) {
+    let mut c = cluster(0, machines);
+    for i in 0..units {
+        let r = Requirements {
+            conflicts: vec!["storm@*.service".to_string()],
+            ..Default::default()
+        };
+        c.units.push(ClusterUnit::new(
+            format!("storm@{i}.service"),
+            TargetState::Launched,
+            r,
+        ));
+    }
+    let (full, p) = time(|| plan(&c));
+    println!(
+        "conflict storm: {units} mutually conflicting units on {machines} machines: {:.1}ms, {} placed, {} unplaceable",
+        full.as_secs_f64() * 1e3,
+        p.add.len(),
+        p.unplaceable.len()
+    );
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -123,7 +147,7 @@ fn main() {
         "{:>8} {:>8} {:>12} {:>12} {:>14} {:>8} {:>11}",
         "units", "machines", "full pass", "steady pass", "machine lost", "moved", "unplaceable"
     );
-    for (units, machines) in sizes {
+    for &(units, machines) in &sizes {
         let mut c = cluster(units, machines);
         let (full, p) = time(|| plan(&c));
         c.apply(&p);
@@ -140,5 +164,8 @@ fn main() {
             moved.add.len(),
             p.unplaceable.len(),
         );
+    }
+    if args.is_empty() {
+        conflict_storm(5_000, 1_000);
     }
 }

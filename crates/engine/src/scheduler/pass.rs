@@ -67,6 +67,17 @@ struct Pass<'a> {
     /// combinations that would otherwise push units around without end.
     evictions_left: usize,
     evicted_in_round: bool,
+    /// Reasons of units that found no machine, by what decided it (see `failure_key`).
+    failures: HashMap<FailureKey<'a>, String>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct FailureKey<'a> {
+    own: &'a [u32],
+    matched_by: &'a [u32],
+    machine_id: Option<&'a str>,
+    metadata: &'a Metadata,
+    global_targets: &'a [u32],
 }
 
 impl<'a> Pass<'a> {
@@ -85,6 +96,7 @@ impl<'a> Pass<'a> {
             metadata_pools: HashMap::new(),
             evictions_left: 4 * n + 16,
             evicted_in_round: false,
+            failures: HashMap::new(),
         }
     }
 
@@ -107,6 +119,8 @@ impl<'a> Pass<'a> {
         let load = self.load(m);
         self.loads.remove(&(load, m));
         self.on[m as usize].retain(|&v| v != u);
+        // Room was made: earlier failures prove nothing any more.
+        self.failures.clear();
         self.loads.insert((load - 1, m));
     }
 
@@ -320,6 +334,10 @@ impl<'a> Pass<'a> {
             });
         }
         let (pool, scope) = self.pool(u)?;
+        let key = self.failure_key(u);
+        if let Some(reason) = key.as_ref().and_then(|k| self.failures.get(k)) {
+            return Err(reason.clone());
+        }
         let chosen = match &pool {
             Pool::All => self.first_fit(u, |_| true),
             Pool::Listed(list, Some(member)) if list.len() * SHORT_LIST > self.machines.len() => {
@@ -335,7 +353,11 @@ impl<'a> Pass<'a> {
             }
         };
         let Some((m, evicted)) = chosen else {
-            return Err(self.explain(u, &pool, &scope));
+            let reason = self.explain(u, &pool, &scope);
+            if let Some(k) = key {
+                self.failures.insert(k, reason.clone());
+            }
+            return Err(reason);
         };
         for &v in &evicted {
             self.set_unplaced(v);
@@ -346,6 +368,31 @@ impl<'a> Pass<'a> {
         }
         self.set_placed(u, m);
         Ok(evicted)
+    }
+
+    /// When units conflict with the same others and have the same requirements, one failing
+    /// to find a machine means the next fails too, as long as nothing was taken off a machine
+    /// since: searching all machines again for each of them would make a large group of
+    /// mutually conflicting units quadratic. Units with Replaces or MachineOf on a
+    /// non-global unit have no key (they see more than conflicts).
+    fn failure_key(&self, u: u32) -> Option<FailureKey<'a>> {
+        let rel = self.rel;
+        let ui = u as usize;
+        let simple = rel.conflicts.involved(u)
+            && rel.targets[ui].is_empty()
+            && rel.replaces[ui].is_empty()
+            && rel.replaced_by[ui].is_empty();
+        simple.then(|| {
+            let (own, matched_by) = rel.conflicts.signature(u);
+            let req = &rel.units[ui].requirements;
+            FailureKey {
+                own,
+                matched_by,
+                machine_id: req.machine_id.as_deref(),
+                metadata: &req.machine_metadata,
+                global_targets: &rel.global_targets[ui],
+            }
+        })
     }
 
     fn first_fit(&self, u: u32, member: impl Fn(u32) -> bool) -> Option<(u32, Vec<u32>)> {

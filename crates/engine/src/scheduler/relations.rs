@@ -286,6 +286,11 @@ impl ConflictIndex {
     pub fn peer_bound(&self, u: u32) -> usize {
         self.bound[u as usize]
     }
+
+    /// Units with the same signature conflict with exactly the same other units.
+    pub fn signature(&self, u: u32) -> (&[u32], &[u32]) {
+        (&self.own[u as usize], &self.matched_by[u as usize])
+    }
 }
 
 /// Tarjan's strongly connected components, iterative (chains of 50,000 units must not overflow
