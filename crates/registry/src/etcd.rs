@@ -234,15 +234,13 @@ impl EtcdStore {
                 .await
             {
                 Ok(r) => r,
+                Err(_) if idempotent => return Err(unavailable(opts, what, last.as_ref())),
                 Err(_) => {
-                    let err = unavailable(opts, what, last.as_ref());
-                    return Err(match err {
-                            // The last attempt was in flight: a write may have happened.
-                            StoreError::Unavailable(msg) if !idempotent => StoreError::Unavailable(
-                                format!("{msg}; the {what} may or may not have been applied (re-read before retrying)"),
-                            ),
-                            other => other,
-                        });
+                    // The last attempt was in flight when time ran out: it may have happened.
+                    let msg = unavailable_message(opts, what, last.as_ref());
+                    return Err(StoreError::Unavailable(format!(
+                        "{msg}; the {what} may or may not have been applied (re-read before retrying)"
+                    )));
                 }
             };
             let e = match res {
@@ -259,6 +257,7 @@ impl EtcdStore {
                         opts.endpoints.join(",")
                     )))
                 }
+                // Callers that can be compacted (range) fill in the revisions.
                 Class::Compacted => {
                     return Err(StoreError::Compacted {
                         requested: 0,
@@ -280,7 +279,8 @@ impl EtcdStore {
     }
 
     /// The oldest revision etcd still keeps, learnt the only way v3 tells it: a watch from
-    /// revision 1 is cancelled with the compaction revision. Only used to explain errors.
+    /// revision 1 is cancelled with the compaction revision. Only used to explain a compaction
+    /// error (without one, the watch of the single key "\0" waits out the timeout).
     async fn compacted_revision(&self) -> Option<Revision> {
         let fut = async {
             let mut client = self.inner.clients.watch.clone();
@@ -476,16 +476,20 @@ fn refused(opts: &EtcdOptions, what: &str, e: &ec::Error) -> StoreError {
 }
 
 fn unavailable(opts: &EtcdOptions, what: &str, last: Option<&ec::Error>) -> StoreError {
+    StoreError::Unavailable(unavailable_message(opts, what, last))
+}
+
+fn unavailable_message(opts: &EtcdOptions, what: &str, last: Option<&ec::Error>) -> String {
     let cause = match last {
         Some(e) => format!(" (last error: {e})"),
         None => String::new(),
     };
-    StoreError::Unavailable(format!(
+    format!(
         "etcd at {} did not answer {what} within {:?}{cause}; check that etcd is running and \
          that etcd_servers names it",
         opts.endpoints.join(","),
         opts.request_timeout
-    ))
+    )
 }
 
 fn tls_options(opts: &EtcdOptions) -> Result<Option<ec::TlsOptions>> {
