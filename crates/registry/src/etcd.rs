@@ -229,6 +229,8 @@ impl EtcdStore {
         let deadline = Instant::now() + opts.request_timeout;
         let mut pause = RETRY_PAUSE_MIN;
         let mut last: Option<ec::Error> = None;
+        // Failed attempts since the last pause.
+        let mut round = 0usize;
         loop {
             let res = match tokio::time::timeout_at(deadline, attempt(self.inner.clients.clone()))
                 .await
@@ -268,6 +270,14 @@ impl EtcdStore {
                 Class::Permanent => return Err(refused(opts, what, &e)),
             }
             last = Some(e);
+            round += 1;
+            // The balancer picks an endpoint at random: give each a chance before pausing, so
+            // a dead endpoint among live ones (fleet's default lists a second port) costs a
+            // refused connection, not a pause.
+            if round < opts.endpoints.len() {
+                continue;
+            }
+            round = 0;
             if Instant::now() + pause >= deadline {
                 return Err(unavailable(opts, what, last.as_ref()));
             }
@@ -311,7 +321,7 @@ impl EtcdStore {
         }
     }
 
-    /// Opens a watch from `from` and waits for etcd to confirm it.
+    /// Opens a watch from `from` and waits for etcd to confirm it, retrying like a read.
     async fn open_watch(
         &self,
         prefix: &str,
@@ -319,46 +329,44 @@ impl EtcdStore {
     ) -> std::result::Result<ec::WatchStream, WatchOpenError> {
         let key = range_start(prefix, None);
         let end = prefix_end(prefix.as_bytes());
-        let opts = &self.inner.opts;
-        let fut = async {
-            let mut client = self.inner.clients.watch.clone();
-            let wo = ec::WatchOptions::new()
-                .with_range(end)
-                .with_start_revision(from)
-                .with_progress_notify();
-            let mut stream = client.watch(key, Some(wo)).await?;
-            match stream.message().await? {
-                Some(resp) if resp.created() && !resp.canceled() => Ok(Ok(stream)),
-                Some(resp) if resp.compact_revision() > 0 => Ok(Err(StoreError::Compacted {
-                    requested: from,
-                    compacted: resp.compact_revision(),
-                })),
-                Some(resp) => Err(ec::Error::WatchError(format!(
-                    "watch not created: {}",
-                    resp.cancel_reason()
-                ))),
-                None => Err(ec::Error::WatchError(
-                    "watch stream closed at creation".into(),
-                )),
-            }
-        };
-        match tokio::time::timeout(opts.request_timeout, fut).await {
-            Err(_) => Err(WatchOpenError::Transient(unavailable(opts, "watch", None))),
-            Ok(Ok(Ok(stream))) => Ok(stream),
-            Ok(Ok(Err(e))) => Err(WatchOpenError::Fatal(e)),
-            Ok(Err(e)) => {
-                match classify(&e) {
-                    Class::NotSent | Class::Transient => Err(WatchOpenError::Transient(
-                        unavailable(opts, "watch", Some(&e)),
-                    )),
-                    Class::Compacted => Err(WatchOpenError::Fatal(self.compacted(from).await)),
-                    Class::LeaseNotFound | Class::Permanent => Err(WatchOpenError::Fatal(refused(
-                        opts,
-                        &format!("watch of {prefix}"),
-                        &e,
-                    ))),
+        let what = format!("watch of {prefix}");
+        let res = self
+            .call(&what, true, |mut c| {
+                let (key, end) = (key.clone(), end.clone());
+                async move {
+                    let wo = ec::WatchOptions::new()
+                        .with_range(end)
+                        .with_start_revision(from)
+                        .with_progress_notify();
+                    let mut stream = c.watch.watch(key, Some(wo)).await?;
+                    match stream.message().await? {
+                        Some(resp) if resp.created() && !resp.canceled() => Ok(Ok(stream)),
+                        Some(resp) if resp.compact_revision() > 0 => {
+                            Ok(Err(StoreError::Compacted {
+                                requested: from,
+                                compacted: resp.compact_revision(),
+                            }))
+                        }
+                        // For example "no leader": another attempt may reach a better member.
+                        Some(resp) => Err(ec::Error::WatchError(format!(
+                            "watch not created: {}",
+                            resp.cancel_reason()
+                        ))),
+                        None => Err(ec::Error::WatchError(
+                            "watch stream closed at creation".into(),
+                        )),
+                    }
                 }
+            })
+            .await;
+        match res {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(WatchOpenError::Fatal(e)),
+            Err(e @ StoreError::Unavailable(_)) => Err(WatchOpenError::Transient(e)),
+            Err(StoreError::Compacted { .. }) => {
+                Err(WatchOpenError::Fatal(self.compacted(from).await))
             }
+            Err(e) => Err(WatchOpenError::Fatal(e)),
         }
     }
 }

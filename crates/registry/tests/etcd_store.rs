@@ -550,3 +550,35 @@ async fn watch_backlogs_and_ranges_above_four_mib_arrive() {
     assert_eq!(seen.len(), 600);
     assert_strictly_increasing(&seen);
 }
+
+/// fleet's default `etcd_servers` names a second, usually closed, port (4001): a dead endpoint
+/// beside a live one must not fail requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_beside_a_live_one_is_skipped() {
+    let cluster = start(1);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let store = EtcdStore::connect(EtcdOptions {
+        endpoints: vec![closed, cluster.endpoints()[0].clone()],
+        request_timeout: Duration::from_secs(2),
+        ..EtcdOptions::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..100 {
+        let key = format!("/mixed/{i:03}");
+        let r = store
+            .txn(vec![], vec![Op::put(&key, "v")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&key).await.unwrap().unwrap().mod_revision,
+            r.revision
+        );
+    }
+    let mut watch = store.watch("/mixed/", 1).await.unwrap();
+    let mut seen = Vec::new();
+    collect_until(&mut watch, &mut seen, |s| s.len() >= 100).await;
+}
