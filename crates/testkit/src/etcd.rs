@@ -639,6 +639,7 @@ mod tests {
             return;
         }
         let c = EtcdCluster::single().unwrap();
+        println!("ETCD_DIR={}", c.dir().display());
         println!("ETCD_PID={}", c.member(0).pid().unwrap());
         std::thread::sleep(Duration::from_secs(600));
     }
@@ -659,11 +660,27 @@ mod tests {
             .spawn()
             .unwrap();
         let out = helper.stdout.take().unwrap();
+        let mut dir = None;
         let pid: i32 = BufReader::new(out)
             .lines()
             .map_while(|l| l.ok())
-            .find_map(|l| l.strip_prefix("ETCD_PID=").map(|p| p.parse().unwrap()))
+            .find_map(|l| {
+                if let Some(d) = l.strip_prefix("ETCD_DIR=") {
+                    dir = Some(PathBuf::from(d));
+                }
+                l.strip_prefix("ETCD_PID=").map(|p| p.parse().unwrap())
+            })
             .expect("the helper printed no etcd PID");
+        // The killed helper cannot remove its temp dir: we do, whatever happens below.
+        struct RemoveOnDrop(Option<PathBuf>);
+        impl Drop for RemoveOnDrop {
+            fn drop(&mut self) {
+                if let Some(d) = &self.0 {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+        }
+        let _cleanup = RemoveOnDrop(dir);
         let etcd = nix::unistd::Pid::from_raw(pid);
         assert!(
             nix::sys::signal::kill(etcd, None).is_ok(),
