@@ -574,6 +574,43 @@ impl Batch {
     }
 }
 
+/// etcd refuses a transaction branch that writes one key twice (two puts of it, or a put and a
+/// delete or delete-prefix covering it); the embedded store refuses the same, so that code
+/// tested here works against etcd.
+fn check_distinct_keys(ops: &[Op]) -> Result<()> {
+    let mut puts = std::collections::BTreeSet::new();
+    for op in ops {
+        if let Op::Put { key, .. } = op {
+            if !puts.insert(key.as_str()) {
+                return Err(duplicate(key));
+            }
+        }
+    }
+    for op in ops {
+        match op {
+            Op::Delete { key } if puts.contains(key.as_str()) => return Err(duplicate(key)),
+            Op::DeletePrefix { prefix } => {
+                if let Some(k) = puts
+                    .range(prefix.as_str()..)
+                    .next()
+                    .filter(|k| k.starts_with(prefix.as_str()))
+                {
+                    return Err(duplicate(k));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn duplicate(key: &str) -> StoreError {
+    StoreError::Other(format!(
+        "a transaction branch writes {key:?} twice (two puts, or a put and a delete covering \
+         it), which etcd refuses: merge those ops"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -903,41 +940,4 @@ mod tests {
             assert_eq!(snap, st.kv, "replay from {from}");
         }
     }
-}
-
-/// etcd refuses a transaction branch that writes one key twice (two puts of it, or a put and a
-/// delete or delete-prefix covering it); the embedded store refuses the same, so that code
-/// tested here works against etcd.
-fn check_distinct_keys(ops: &[Op]) -> Result<()> {
-    let mut puts = std::collections::BTreeSet::new();
-    for op in ops {
-        if let Op::Put { key, .. } = op {
-            if !puts.insert(key.as_str()) {
-                return Err(duplicate(key));
-            }
-        }
-    }
-    for op in ops {
-        match op {
-            Op::Delete { key } if puts.contains(key.as_str()) => return Err(duplicate(key)),
-            Op::DeletePrefix { prefix } => {
-                if let Some(k) = puts
-                    .range(prefix.as_str()..)
-                    .next()
-                    .filter(|k| k.starts_with(prefix.as_str()))
-                {
-                    return Err(duplicate(k));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn duplicate(key: &str) -> StoreError {
-    StoreError::Other(format!(
-        "a transaction branch writes {key:?} twice (two puts, or a put and a delete covering \
-         it), which etcd refuses: merge those ops"
-    ))
 }
