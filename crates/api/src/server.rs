@@ -56,6 +56,58 @@ pub struct ApiState {
     metrics: Arc<Metrics>,
     metrics_sources: Vec<MetricsSource>,
     max_body_bytes: usize,
+    listings: Arc<Listings>,
+}
+
+/// The last listing of units and of unit states read for a first page, kept for the pages
+/// that follow: their tokens pin the revision it was read at, so the same items are served
+/// without reading (and decoding) the whole listing again for every page — which made reading
+/// all pages quadratic in the number of units (10,000 units at 100 a page read 100 full
+/// listings).
+#[derive(Default)]
+struct Listings {
+    units: std::sync::Mutex<Option<(Revision, Arc<Vec<types::Unit>>)>>,
+    states: std::sync::Mutex<Option<(Revision, Arc<Vec<types::UnitState>>)>>,
+}
+
+/// The cached listing if it was read at `revision`.
+fn cached<T>(
+    slot: &std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>,
+    revision: Option<Revision>,
+) -> Option<Arc<Vec<T>>> {
+    let revision = revision?;
+    let guard = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*guard {
+        Some((r, items)) if *r == revision => Some(items.clone()),
+        _ => None,
+    }
+}
+
+fn remember<T>(
+    slot: &std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>,
+    revision: Revision,
+    items: Vec<T>,
+) -> Arc<Vec<T>> {
+    let items = Arc::new(items);
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((revision, items.clone()));
+    items
+}
+
+/// One page of a shared listing, cloning only the items of the page.
+fn page_of<T: Clone>(
+    items: &[T],
+    token: &PageToken,
+    revision: Revision,
+) -> (Vec<T>, Option<PageToken>) {
+    let (indices, next) = paginate((0..items.len()).collect::<Vec<_>>(), token, revision);
+    (
+        indices.into_iter().map(|i| items[i].clone()).collect(),
+        next,
+    )
 }
 
 impl ApiState {
@@ -69,6 +121,7 @@ impl ApiState {
             metrics: Arc::new(Metrics::default()),
             metrics_sources: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            listings: Arc::default(),
         }
     }
 
@@ -371,12 +424,22 @@ fn api_state(s: &registry::UnitState) -> types::UnitState {
 
 async fn list_units(s: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
     let token = token(s, query)?;
-    let views = s
-        .read_pinned("list_units", &token, |at| s.registry.unit_views(at))
-        .await?;
-    let mut units: Vec<types::Unit> = views.items.into_iter().map(|v| api_unit(v, true)).collect();
-    units.sort_by(|a, b| a.name.cmp(&b.name));
-    let (units, next) = paginate(units, &token, views.revision);
+    let (revision, all) = match cached(&s.listings.units, token.revision) {
+        Some(all) => (token.revision.unwrap_or_default(), all),
+        None => {
+            let views = s
+                .read_pinned("list_units", &token, |at| s.registry.unit_views(at))
+                .await?;
+            let mut units: Vec<types::Unit> =
+                views.items.into_iter().map(|v| api_unit(v, true)).collect();
+            units.sort_by(|a, b| a.name.cmp(&b.name));
+            (
+                views.revision,
+                remember(&s.listings.units, views.revision, units),
+            )
+        }
+    };
+    let (units, next) = page_of(&all, &token, revision);
     Ok(json_response(
         StatusCode::OK,
         &types::UnitPage {
@@ -433,18 +496,31 @@ async fn list_states(s: &ApiState, query: Option<&str>) -> Result<Response, ApiE
             .filter(|v| !v.is_empty())
     };
     let (machine, unit) = (first("machineID"), first("unitName"));
-    let read = s
-        .read_pinned("list_unit_states", &token, |at| s.registry.unit_states(at))
-        .await?;
-    let mut states: Vec<types::UnitState> = read
-        .items
-        .iter()
-        .filter(|st| machine.as_deref().is_none_or(|m| st.machine_id == m))
-        .filter(|st| unit.as_deref().is_none_or(|u| st.name == u))
-        .map(api_state)
-        .collect();
-    states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
-    let (states, next) = paginate(states, &token, read.revision);
+    let (revision, all) = match cached(&s.listings.states, token.revision) {
+        Some(all) => (token.revision.unwrap_or_default(), all),
+        None => {
+            let read = s
+                .read_pinned("list_unit_states", &token, |at| s.registry.unit_states(at))
+                .await?;
+            let mut states: Vec<types::UnitState> = read.items.iter().map(api_state).collect();
+            states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+            (
+                read.revision,
+                remember(&s.listings.states, read.revision, states),
+            )
+        }
+    };
+    let (states, next) = if machine.is_none() && unit.is_none() {
+        page_of(&all, &token, revision)
+    } else {
+        let filtered: Vec<types::UnitState> = all
+            .iter()
+            .filter(|st| machine.as_deref().is_none_or(|m| st.machine_id == m))
+            .filter(|st| unit.as_deref().is_none_or(|u| st.name == u))
+            .cloned()
+            .collect();
+        paginate(filtered, &token, revision)
+    };
     Ok(json_response(
         StatusCode::OK,
         &types::UnitStatePage {
