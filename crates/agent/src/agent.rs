@@ -34,7 +34,10 @@ pub struct Agent {
     schedule: BTreeMap<String, ScheduleEntry>,
     globals: BTreeMap<String, Job>,
     dynamic_metadata: BTreeMap<String, String>,
-    bodies: HashMap<UnitHash, (UnitFile, Requirements)>,
+    bodies: HashMap<UnitHash, UnitFile>,
+    /// unit -> the hash its requirements were read from, and those requirements (specifiers
+    /// depend on the unit's name, so one body can give several).
+    requirements: HashMap<String, (UnitHash, Requirements)>,
     held: BTreeMap<String, Held>,
     /// Why the last action on a unit failed, until one succeeds.
     failures: BTreeMap<String, String>,
@@ -53,6 +56,7 @@ impl Agent {
             globals: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
             bodies: HashMap::new(),
+            requirements: HashMap::new(),
             held: BTreeMap::new(),
             failures: BTreeMap::new(),
             systemd: BTreeMap::new(),
@@ -201,7 +205,15 @@ impl Agent {
 
     async fn refresh_states(&mut self) {
         let names: Vec<String> = self.held.keys().cloned().collect();
-        match self.manager.states(&names).await {
+        self.refresh_states_of(&names).await;
+    }
+
+    /// Reads the states of `names` from the unit manager (one batched call).
+    async fn refresh_states_of(&mut self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        match self.manager.states(names).await {
             Ok(states) => {
                 for (name, s) in states {
                     match s {
@@ -215,11 +227,15 @@ impl Agent {
     }
 
     async fn requirements(&mut self, name: &str, hash: &UnitHash) -> Option<Requirements> {
+        if let Some((h, req)) = self.requirements.get(name) {
+            if h == hash {
+                return Some(req.clone());
+            }
+        }
         if !self.bodies.contains_key(hash) {
             match self.presence.registry.body(hash, None).await {
                 Ok(Some(file)) => {
-                    let req = Requirements::from_unit(&file, name);
-                    self.bodies.insert(*hash, (file, req));
+                    self.bodies.insert(*hash, file);
                 }
                 Ok(None) => {
                     tracing::warn!(unit = %name, hash = %hash, "unit body not in the registry");
@@ -231,10 +247,20 @@ impl Agent {
                 }
             }
         }
-        // Specifiers in [X-Fleet] depend on the unit name, which can differ for one body.
-        self.bodies
-            .get(hash)
-            .map(|(file, _)| Requirements::from_unit(file, name))
+        let req = Requirements::from_unit(self.bodies.get(hash)?, name);
+        self.requirements
+            .insert(name.to_string(), (*hash, req.clone()));
+        Some(req)
+    }
+
+    /// Forgets bodies and requirements no unit of this machine's view uses any more.
+    fn prune_bodies(&mut self) {
+        let mut used: std::collections::HashSet<UnitHash> =
+            self.schedule.values().map(|e| e.hash).collect();
+        used.extend(self.globals.values().map(|j| j.hash));
+        used.extend(self.held.values().map(|h| h.hash));
+        self.bodies.retain(|h, _| used.contains(h));
+        self.requirements.retain(|_, (h, _)| used.contains(h));
     }
 
     async fn reconcile(&mut self) {
@@ -276,6 +302,10 @@ impl Agent {
             tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");
         }
         let actions = reconcile::plan(&wanted, &self.held);
+        let touched: std::collections::BTreeSet<String> = actions
+            .iter()
+            .filter_map(|a| a.unit().map(str::to_string))
+            .collect();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for action in actions {
             if let Some(u) = action.unit() {
@@ -291,7 +321,7 @@ impl Agent {
                 Action::Load(name) => {
                     let w = wanted[name];
                     match self.bodies.get(&w.hash) {
-                        Some((file, _)) => {
+                        Some(file) => {
                             let file = file.clone();
                             self.manager.load(name, &file).await.map(|_| {
                                 self.held.insert(
@@ -338,7 +368,13 @@ impl Agent {
         self.failures.extend(failed);
         self.failures
             .retain(|u, _| wanted.contains_key(u) || self.held.contains_key(u));
-        self.refresh_states().await;
+        // Only the units acted on can have changed in ways the manager has not reported yet.
+        let touched: Vec<String> = touched
+            .into_iter()
+            .filter(|u| self.held.contains_key(u))
+            .collect();
+        self.refresh_states_of(&touched).await;
+        self.prune_bodies();
     }
 
     /// Publishes what changed since the last publication, in one batch.

@@ -18,6 +18,9 @@ pub struct Model {
     pub placed: BTreeMap<String, (String, ScheduleEntry)>,
     pub reasons: BTreeMap<String, String>,
     pub bodies: HashMap<UnitHash, UnitFile>,
+    /// unit -> the hash its requirements were read from, and those requirements: parsing
+    /// `[X-Fleet]` of every unit on every pass would dominate a pass at 10,000 units.
+    requirements: HashMap<String, (UnitHash, Requirements)>,
 }
 
 impl Model {
@@ -105,6 +108,18 @@ impl Model {
         let used: std::collections::HashSet<UnitHash> =
             self.jobs.values().map(|j| j.hash).collect();
         self.bodies.retain(|h, _| used.contains(h));
+        let jobs = &self.jobs;
+        self.requirements
+            .retain(|name, (hash, _)| jobs.get(name).is_some_and(|j| j.hash == *hash));
+        for job in self.jobs.values() {
+            if self.requirements.contains_key(&job.name) {
+                continue;
+            }
+            if let Some(file) = self.bodies.get(&job.hash) {
+                let req = Requirements::from_unit(file, &job.name);
+                self.requirements.insert(job.name.clone(), (job.hash, req));
+            }
+        }
     }
 
     /// Machines with their dynamic metadata merged over their configured metadata.
@@ -123,9 +138,13 @@ impl Model {
 
     /// Requirements of a job, if its body is known.
     pub fn requirements(&self, job: &Job) -> Option<Requirements> {
-        self.bodies
-            .get(&job.hash)
-            .map(|f| Requirements::from_unit(f, &job.name))
+        match self.requirements.get(&job.name) {
+            Some((hash, req)) if *hash == job.hash => Some(req.clone()),
+            _ => self
+                .bodies
+                .get(&job.hash)
+                .map(|f| Requirements::from_unit(f, &job.name)),
+        }
     }
 
     /// Records writes that succeeded, so the next pass does not wait for their watch echo.

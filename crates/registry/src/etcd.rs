@@ -30,6 +30,7 @@ use crate::store::{
 };
 use async_trait::async_trait;
 use etcd_client as ec;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -109,7 +110,13 @@ struct Inner {
     opts: EtcdOptions,
     client: ec::Client,
     clients: Clients,
+    /// One long-lived keep-alive stream per lease this process refreshes: opening a stream per
+    /// refresh cost etcd a stream set-up and two extra messages each time, which at 1,000
+    /// machines was hundreds of stream openings a second.
+    keepers: std::sync::Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<Keeper>>>>,
 }
+
+type Keeper = (ec::LeaseKeeper, ec::LeaseKeepAliveStream);
 
 /// The service clients, with decode limits raised above gRPC's 4 MiB default: a watch catching
 /// up on a backlog gets up to 1000 revisions per response, and a range may be asked for
@@ -205,8 +212,15 @@ impl EtcdStore {
                 opts,
                 client,
                 clients,
+                keepers: std::sync::Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    fn forget_keeper(&self, lease: LeaseId) {
+        if let Ok(mut k) = self.inner.keepers.lock() {
+            k.remove(&lease);
+        }
     }
 
     pub fn options(&self) -> &EtcdOptions {
@@ -741,14 +755,40 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
-        // One refresh over a short-lived keep-alive stream; etcd-client consumes the first
-        // answer itself, so a second request returns the TTL to us.
+        let kept = self
+            .inner
+            .keepers
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&lease).cloned());
+        if let Some(keeper) = kept {
+            // Reuse this lease's stream; on any trouble drop it and open a fresh one below.
+            let refreshed = tokio::time::timeout(self.inner.opts.request_timeout, async {
+                let mut guard = keeper.lock().await;
+                let (k, stream) = &mut *guard;
+                k.keep_alive().await?;
+                stream.message().await
+            })
+            .await;
+            match refreshed {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                    return Ok(Duration::from_secs(resp.ttl().unsigned_abs()))
+                }
+                Ok(Ok(Some(_))) => {
+                    self.forget_keeper(lease);
+                    return Err(StoreError::LeaseNotFound(lease));
+                }
+                _ => self.forget_keeper(lease),
+            }
+        }
+        // Open the lease's stream: etcd-client sends one refresh and consumes its answer, so a
+        // second request returns the TTL to us.
         let res = self
             .call("lease keep-alive", true, |mut c| async move {
                 let (mut keeper, mut stream) = c.lease.keep_alive(lease).await?;
                 keeper.keep_alive().await?;
                 match stream.message().await? {
-                    Some(resp) => Ok(resp.ttl()),
+                    Some(resp) => Ok((resp.ttl(), keeper, stream)),
                     None => Err(ec::Error::LeaseKeepAliveError(
                         "keep-alive stream closed".into(),
                     )),
@@ -756,7 +796,12 @@ impl Store for EtcdStore {
             })
             .await;
         match res {
-            Ok(ttl) if ttl > 0 => Ok(Duration::from_secs(ttl.unsigned_abs())),
+            Ok((ttl, keeper, stream)) if ttl > 0 => {
+                if let Ok(mut k) = self.inner.keepers.lock() {
+                    k.insert(lease, Arc::new(tokio::sync::Mutex::new((keeper, stream))));
+                }
+                Ok(Duration::from_secs(ttl.unsigned_abs()))
+            }
             Ok(_) | Err(StoreError::LeaseNotFound(_)) => Err(StoreError::LeaseNotFound(lease)),
             Err(StoreError::Other(msg)) if msg.contains("lease not found") => {
                 Err(StoreError::LeaseNotFound(lease))
@@ -779,6 +824,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.forget_keeper(lease);
         // Revoking is idempotent (a second revoke finds no lease, which is fine), so retry.
         let res = self
             .call("lease revoke", true, |mut c| async move {
