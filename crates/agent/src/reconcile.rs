@@ -13,7 +13,7 @@
 
 use registry::{MachineState, ScheduleEntry, TargetState};
 use std::collections::BTreeMap;
-use unit::{glob::path_match, Requirements, UnitHash};
+use unit::{Requirements, UnitHash};
 
 /// What should be true of a unit on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,15 +170,7 @@ pub fn metadata_matches(machine: &MachineState, req: &Requirements) -> bool {
 
 fn conflicts(a: &Candidate, b: &Candidate) -> bool {
     a.name != b.name
-        && (a
-            .requirements
-            .conflicts
-            .iter()
-            .any(|g| path_match(g, &b.name))
-            || b.requirements
-                .conflicts
-                .iter()
-                .any(|g| path_match(g, &a.name)))
+        && (a.requirements.conflicts_with(&b.name) || b.requirements.conflicts_with(&a.name))
 }
 
 /// The candidates from this machine's schedule (requirements looked up by hash).

@@ -177,15 +177,7 @@ fn schedulable(u: &ClusterUnit) -> bool {
 
 fn conflict(a: &ClusterUnit, b: &ClusterUnit) -> bool {
     a.name != b.name
-        && (a
-            .requirements
-            .conflicts
-            .iter()
-            .any(|g| path_match(g, &b.name))
-            || b.requirements
-                .conflicts
-                .iter()
-                .any(|g| path_match(g, &a.name)))
+        && (a.requirements.conflicts_with(&b.name) || b.requirements.conflicts_with(&a.name))
 }
 
 fn metadata_ok(m: &MachineState, u: &ClusterUnit) -> bool {
