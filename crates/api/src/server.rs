@@ -59,6 +59,9 @@ pub struct ApiState {
     listings: Arc<Listings>,
 }
 
+/// One kept listing: the revision it was read at, and its items.
+type KeptListing<T> = std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>;
+
 /// The last listing of units and of unit states read for a first page, kept for the pages
 /// that follow: their tokens pin the revision it was read at, so the same items are served
 /// without reading (and decoding) the whole listing again for every page — which made reading
@@ -66,15 +69,12 @@ pub struct ApiState {
 /// listings).
 #[derive(Default)]
 struct Listings {
-    units: std::sync::Mutex<Option<(Revision, Arc<Vec<types::Unit>>)>>,
-    states: std::sync::Mutex<Option<(Revision, Arc<Vec<types::UnitState>>)>>,
+    units: KeptListing<types::Unit>,
+    states: KeptListing<types::UnitState>,
 }
 
 /// The cached listing if it was read at `revision`.
-fn cached<T>(
-    slot: &std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>,
-    revision: Option<Revision>,
-) -> Option<Arc<Vec<T>>> {
+fn cached<T>(slot: &KeptListing<T>, revision: Option<Revision>) -> Option<Arc<Vec<T>>> {
     let revision = revision?;
     let guard = slot
         .lock()
@@ -85,11 +85,7 @@ fn cached<T>(
     }
 }
 
-fn remember<T>(
-    slot: &std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>,
-    revision: Revision,
-    items: Vec<T>,
-) -> Arc<Vec<T>> {
+fn remember<T>(slot: &KeptListing<T>, revision: Revision, items: Vec<T>) -> Arc<Vec<T>> {
     let items = Arc::new(items);
     *slot
         .lock()
