@@ -6,7 +6,7 @@ use crate::presence::Presence;
 use crate::reconcile::{self, Action, Candidate, Held};
 use crate::UnitManager;
 use registry::mirror::{apply, follow, json, text};
-use registry::{Job, ScheduleEntry, SystemdState, TargetState, UnitState};
+use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub struct Agent {
     presence: Presence,
     manager: Arc<dyn UnitManager>,
     schedule: BTreeMap<String, ScheduleEntry>,
-    globals: BTreeMap<String, Job>,
+    globals: BTreeMap<String, GlobalJob>,
     dynamic_metadata: BTreeMap<String, String>,
     bodies: HashMap<UnitHash, UnitFile>,
     /// unit -> the hash its requirements were read from, and those requirements (specifiers
@@ -233,6 +233,15 @@ impl Agent {
             }
         }
         if !self.bodies.contains_key(hash) {
+            // A global unit's record carries its text: no registry read for it.
+            let carried = self.globals.values().find(|g| g.job.hash == *hash);
+            if let Some(file) = carried.and_then(|g| unit::UnitFile::parse(&g.raw).ok()) {
+                if file.hash() == *hash {
+                    self.bodies.insert(*hash, file);
+                }
+            }
+        }
+        if !self.bodies.contains_key(hash) {
             match self.presence.registry.body(hash, None).await {
                 Ok(Some(file)) => {
                     self.bodies.insert(*hash, file);
@@ -257,7 +266,7 @@ impl Agent {
     fn prune_bodies(&mut self) {
         let mut used: std::collections::HashSet<UnitHash> =
             self.schedule.values().map(|e| e.hash).collect();
-        used.extend(self.globals.values().map(|j| j.hash));
+        used.extend(self.globals.values().map(|g| g.job.hash));
         used.extend(self.held.values().map(|h| h.hash));
         self.bodies.retain(|h, _| used.contains(h));
         self.requirements.retain(|_, (h, _)| used.contains(h));
@@ -283,7 +292,7 @@ impl Agent {
                 None => return,
             }
         }
-        let globals: Vec<Job> = self.globals.values().cloned().collect();
+        let globals: Vec<Job> = self.globals.values().map(|g| g.job.clone()).collect();
         for job in globals {
             if let Some(requirements) = self.requirements(&job.name, &job.hash).await {
                 candidates.push(Candidate {

@@ -61,6 +61,16 @@ pub struct Job {
     pub global: bool,
 }
 
+/// The record of a global unit under `global/<unit>`: its job and its normalized unit text.
+/// Every agent needs the bodies of all global units; carrying the text here lets the watch that
+/// delivers the record deliver the body too, instead of every machine reading every body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalJob {
+    #[serde(flatten)]
+    pub job: Job,
+    pub raw: String,
+}
+
 /// A job together with its unit file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unit {

@@ -312,7 +312,11 @@ impl Registry {
                 Op::put(job_key.clone(), encode(&job)),
             ];
             if global {
-                ops.push(Op::put(self.keys.global(name), encode(&job)));
+                let record = GlobalJob {
+                    job: job.clone(),
+                    raw: raw.clone(),
+                };
+                ops.push(Op::put(self.keys.global(name), encode(&record)));
             } else {
                 ops.push(Op::delete(self.keys.global(name)));
             }
@@ -394,10 +398,16 @@ impl Registry {
             }
             job.desired = desired;
             let mut ops = vec![Op::put(job_key.clone(), encode(&job))];
+            let mut compares = vec![Compare::ModRevision(job_key, old.mod_revision)];
             if job.global {
-                ops.push(Op::put(self.keys.global(name), encode(&job)));
+                let global_key = self.keys.global(name);
+                if let Some(kv) = self.store.get(&global_key).await? {
+                    let mut record: GlobalJob = decode(&kv)?;
+                    record.job = job.clone();
+                    compares.push(Compare::ModRevision(global_key.clone(), kv.mod_revision));
+                    ops.push(Op::put(global_key, encode(&record)));
+                }
             }
-            let compares = vec![Compare::ModRevision(job_key, old.mod_revision)];
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
                 return Ok(true);
             }

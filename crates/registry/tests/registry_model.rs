@@ -1,0 +1,79 @@
+//! `Registry` over the embedded store: records as agents and the API read them.
+
+use registry::{GlobalJob, Registry, Store, TargetState};
+use std::sync::Arc;
+
+fn registry() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> =
+        Arc::new(registry::embedded::EmbeddedStore::open(dir.path()).expect("embedded store"));
+    (dir, Registry::new(store, "/t/"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_records_carry_their_text_through_state_changes() {
+    let (_dir, reg) = registry();
+    let text = "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n";
+    let file = unit::UnitFile::parse(text).unwrap();
+    reg.create_unit("mon.service", &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    let read = |reg: Registry| async move {
+        let kv = reg
+            .store
+            .get(&reg.keys.global("mon.service"))
+            .await
+            .unwrap()
+            .expect("global record");
+        serde_json::from_slice::<GlobalJob>(&kv.value).unwrap()
+    };
+    let g = read(reg.clone()).await;
+    assert_eq!(g.job.desired, TargetState::Loaded);
+    assert_eq!(unit::UnitFile::parse(&g.raw).unwrap().hash(), file.hash());
+    assert!(reg
+        .set_target_state("mon.service", TargetState::Launched)
+        .await
+        .unwrap());
+    let g = read(reg.clone()).await;
+    assert_eq!(g.job.desired, TargetState::Launched);
+    assert_eq!(unit::UnitFile::parse(&g.raw).unwrap().hash(), file.hash());
+    // The job listing still reads global records as jobs.
+    let globals = reg.global_jobs(None).await.unwrap().items;
+    assert_eq!(globals.len(), 1);
+    assert_eq!(globals[0].desired, TargetState::Launched);
+    // Replacing it with a non-global unit removes the global record.
+    let plain = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    reg.create_unit("mon.service", &plain, TargetState::Launched)
+        .await
+        .unwrap();
+    assert!(reg
+        .store
+        .get(&reg.keys.global("mon.service"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_removed_with_their_last_unit() {
+    let (_dir, reg) = registry();
+    let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n").unwrap();
+    reg.create_unit("a.service", &file, TargetState::Inactive)
+        .await
+        .unwrap();
+    reg.create_unit("b.service", &file, TargetState::Inactive)
+        .await
+        .unwrap();
+    let body = reg.keys.body(&file.hash());
+    assert!(reg.destroy_unit("a.service").await.unwrap());
+    assert!(
+        reg.store.get(&body).await.unwrap().is_some(),
+        "b.service still uses the body"
+    );
+    assert!(reg.destroy_unit("b.service").await.unwrap());
+    assert!(
+        reg.store.get(&body).await.unwrap().is_none(),
+        "the last user took the body with it"
+    );
+    assert!(!reg.destroy_unit("b.service").await.unwrap());
+}
