@@ -15,8 +15,9 @@ fn unit(body: &str) -> UnitFile {
     UnitFile::parse(body).expect("test unit parses")
 }
 
+/// Machine ids that differ in their first 8 characters, so short ids are unambiguous.
 fn machine_id(i: usize) -> String {
-    format!("{i:032x}")
+    format!("{:08x}{i:024x}", i + 1)
 }
 
 /// Registers machine `i` under a fresh lease; returns the lease.
@@ -259,6 +260,86 @@ async fn metadata_change_moves_unit(reg: Registry) {
     handle.await.unwrap().unwrap();
 }
 
+async fn one_way_conflict_machine_id_and_replaces(reg: Registry) {
+    add_machine(&reg, 0, &[]).await;
+    add_machine(&reg, 1, &[]).await;
+    let (stop, handle) = start_engine(&reg, 0);
+    // MachineID pinning, full and short (first 8 characters) id.
+    let pin = |id: &str| {
+        unit(&format!(
+            "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineID={id}\n"
+        ))
+    };
+    reg.create_unit(
+        "pin-full.service",
+        &pin(&machine_id(1)),
+        TargetState::Launched,
+    )
+    .await
+    .unwrap();
+    reg.create_unit(
+        "pin-short.service",
+        &pin(&machine_id(1)[..8]),
+        TargetState::Launched,
+    )
+    .await
+    .unwrap();
+    wait_placements(&reg, "pinned units on machine 1", |p| {
+        p.get("pin-full.service") == Some(&machine_id(1))
+            && p.get("pin-short.service") == Some(&machine_id(1))
+    })
+    .await;
+    // One-way conflict: the conflicting unit goes elsewhere, whichever unit declares it.
+    reg.create_unit("hello.service", &pin(&machine_id(0)), TargetState::Launched)
+        .await
+        .unwrap();
+    let one_way = unit("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nConflicts=hello.service\n");
+    reg.create_unit(
+        "conflicts-with-hello.service",
+        &one_way,
+        TargetState::Launched,
+    )
+    .await
+    .unwrap();
+    wait_placements(&reg, "the one-way conflict honoured", |p| {
+        p.get("hello.service") == Some(&machine_id(0))
+            && p.get("conflicts-with-hello.service") == Some(&machine_id(1))
+    })
+    .await;
+    // Replaces: the replacing unit takes machine 0, the replaced unit moves away.
+    reg.create_unit(
+        "replace.0.service",
+        &unit("[Service]\nExecStart=/bin/true\n"),
+        TargetState::Launched,
+    )
+    .await
+    .unwrap();
+    let p = wait_placements(&reg, "replace.0 placed", |p| {
+        p.contains_key("replace.0.service")
+    })
+    .await;
+    let old = p["replace.0.service"].clone();
+    // fleet refuses MachineID with Replaces, so the replacing unit is steered by metadata.
+    reg.set_metadata(&[registry::MetadataChange {
+        machine: old.clone(),
+        key: "kick".into(),
+        value: Some("here".into()),
+    }])
+    .await
+    .unwrap();
+    let kick = unit("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nReplaces=replace.0.service\nMachineMetadata=kick=here\n");
+    reg.create_unit("replace-kick0.service", &kick, TargetState::Launched)
+        .await
+        .unwrap();
+    wait_placements(&reg, "kick on the old machine, replace.0 moved", |p| {
+        p.get("replace-kick0.service") == Some(&old)
+            && p.get("replace.0.service").is_some_and(|m| *m != old)
+    })
+    .await;
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
 fn embedded() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
@@ -306,3 +387,4 @@ on_both!(conflicts_spread);
 on_both!(machine_of_pairs_move_together);
 on_both!(leader_failover_is_fenced);
 on_both!(metadata_change_moves_unit);
+on_both!(one_way_conflict_machine_id_and_replaces);
