@@ -57,21 +57,47 @@ fn start_engine(
 }
 
 /// Polls the placements until `check` holds (or panics with the last placements after 20 s).
+/// Reads with `read` every 20 ms until `done` holds of what it read, and returns that; panics
+/// naming `what` and showing the last read after 20 s.
+async fn poll<T: std::fmt::Debug>(
+    what: &str,
+    mut read: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = read().await;
+        if done(&v) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}; last read: {v:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the placements until `check` holds.
 async fn wait_placements(
     reg: &Registry,
     what: &str,
     check: impl Fn(&BTreeMap<String, String>) -> bool,
 ) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let p = reg.placements(None).await.unwrap().items;
-        if check(&p) {
-            return p;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}; placements: {p:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    poll(
+        what,
+        async || reg.placements(None).await.unwrap().items,
+        check,
+    )
+    .await
+}
+
+/// Creates `u<i>.service` for every `i` in `range`, launched, all with one plain body.
+async fn create_plain(reg: &Registry, range: std::ops::Range<usize>) {
+    let body = unit("[Service]\nExecStart=/bin/true\n");
+    for i in range {
+        reg.create_unit(&format!("u{i}.service"), &body, TargetState::Launched)
+            .await
+            .unwrap();
     }
 }
 
@@ -110,18 +136,13 @@ async fn conflicts_spread(reg: Registry) {
 }
 
 async fn wait_until_reasons(reg: &Registry, n: usize) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = reg.reasons(None).await.unwrap().items;
-        if r.len() == n {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {n} reasons: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{n} reasons");
+    poll(
+        &what,
+        async || reg.reasons(None).await.unwrap().items,
+        |r| r.len() == n,
+    )
+    .await
 }
 
 async fn machine_of_pairs_move_together(reg: Registry) {
@@ -173,40 +194,26 @@ async fn leader_failover_is_fenced(reg: Registry) {
         add_machine(&reg, i, &[]).await;
     }
     let (stop_a, a) = start_engine(&reg, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reg.leader().await.unwrap().is_none() {
-        assert!(Instant::now() < deadline, "no leader elected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(reg.leader().await.unwrap(), Some(machine_id(0)));
+    let leader = poll(
+        "a leader elected",
+        async || reg.leader().await.unwrap(),
+        Option::is_some,
+    )
+    .await;
+    assert_eq!(leader, Some(machine_id(0)));
     let (stop_b, b) = start_engine(&reg, 1);
-    for i in 0..20 {
-        reg.create_unit(
-            &format!("u{i}.service"),
-            &unit("[Service]\nExecStart=/bin/true\n"),
-            TargetState::Launched,
-        )
-        .await
-        .unwrap();
-    }
+    create_plain(&reg, 0..20).await;
     wait_placements(&reg, "20 units placed", |p| p.len() == 20).await;
     // The leader steps down (as when its machine goes): the other engine takes over at once.
     stop_a.send(true).unwrap();
     a.await.unwrap().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reg.leader().await.unwrap() != Some(machine_id(1)) {
-        assert!(Instant::now() < deadline, "second engine never led");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for i in 20..30 {
-        reg.create_unit(
-            &format!("u{i}.service"),
-            &unit("[Service]\nExecStart=/bin/true\n"),
-            TargetState::Launched,
-        )
-        .await
-        .unwrap();
-    }
+    poll(
+        "the second engine leading",
+        async || reg.leader().await.unwrap(),
+        |l| *l == Some(machine_id(1)),
+    )
+    .await;
+    create_plain(&reg, 20..30).await;
     wait_placements(&reg, "30 units placed", |p| p.len() == 30).await;
     // Every unit appears in exactly one machine's schedule.
     let schedule = registry::store::range_all(reg.store.as_ref(), &reg.keys.schedules(), 1000)
