@@ -5,6 +5,7 @@
 use crate::presence::Presence;
 use crate::reconcile::{self, Action, Candidate, Held};
 use crate::UnitManager;
+use futures::StreamExt;
 use registry::mirror::{apply, follow, json, text};
 use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,27 @@ pub enum Shutdown {
 
 /// How often failed actions are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How many unit actions (or body reads) of one phase run at once.
+const CONCURRENT_ACTIONS: usize = 32;
+
+/// Carries out one action; `file` is the body to load for [`Action::Load`].
+async fn execute(
+    manager: &dyn UnitManager,
+    action: &Action,
+    file: Option<anyhow::Result<UnitFile>>,
+) -> anyhow::Result<()> {
+    match action {
+        Action::Unload(name) => manager.unload(name).await,
+        Action::Load(name) => match file {
+            Some(file) => manager.load(name, &file?).await,
+            None => Err(anyhow::anyhow!("{name}: no unit body to load")),
+        },
+        Action::Reload => manager.reload().await,
+        Action::Stop(name) => manager.stop(name).await,
+        Action::Start(name) => manager.start(name).await,
+    }
+}
 
 /// The agent of one machine.
 pub struct Agent {
@@ -272,7 +294,37 @@ impl Agent {
         self.requirements.retain(|_, (h, _)| used.contains(h));
     }
 
+    /// Reads the bodies of scheduled units not seen before, side by side (a burst of new units
+    /// would otherwise cost one registry round trip after another). Failures are left to
+    /// [`Self::requirements`], which reads again and reports.
+    async fn preupdate_requirements(&mut self) {
+        let missing: std::collections::BTreeSet<UnitHash> = self
+            .schedule
+            .values()
+            .map(|e| e.hash)
+            .filter(|h| !self.bodies.contains_key(h))
+            .collect();
+        if missing.len() < 2 {
+            return;
+        }
+        let registry = &self.presence.registry;
+        let reads: Vec<_> = missing
+            .into_iter()
+            .map(|h| async move { (h, registry.body(&h, None).await) })
+            .collect();
+        let fetched: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(CONCURRENT_ACTIONS)
+            .collect()
+            .await;
+        for (hash, read) in fetched {
+            if let Ok(Some(file)) = read {
+                self.bodies.insert(hash, file);
+            }
+        }
+    }
+
     async fn reconcile(&mut self) {
+        self.preupdate_requirements().await;
         let mut candidates = Vec::new();
         let scheduled: Vec<(String, ScheduleEntry)> = self
             .schedule
@@ -316,61 +368,86 @@ impl Agent {
             .filter_map(|a| a.unit().map(str::to_string))
             .collect();
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
-        for action in actions {
-            if let Some(u) = action.unit() {
-                if failed.contains_key(u) {
-                    continue;
-                }
-            }
-            let result = match &action {
-                Action::Unload(name) => self.manager.unload(name).await.map(|_| {
-                    self.held.remove(name);
-                    self.systemd.remove(name);
-                }),
-                Action::Load(name) => {
-                    let w = wanted[name];
-                    match self.bodies.get(&w.hash) {
-                        Some(file) => {
-                            let file = file.clone();
-                            self.manager.load(name, &file).await.map(|_| {
-                                self.held.insert(
-                                    name.clone(),
-                                    Held {
-                                        hash: w.hash,
-                                        state: TargetState::Loaded,
-                                    },
-                                );
-                            })
+        // Each phase of the plan (unloads, loads, the reload, stops, starts) names a unit at
+        // most once, so its actions run side by side; the phases stay in order.
+        let mut rest = &actions[..];
+        while let Some(first) = rest.first() {
+            let kind = std::mem::discriminant(first);
+            let len = rest
+                .iter()
+                .position(|a| std::mem::discriminant(a) != kind)
+                .unwrap_or(rest.len());
+            let (phase, next) = rest.split_at(len);
+            rest = next;
+            let manager = &self.manager;
+            let bodies = &self.bodies;
+            let runs = phase
+                .iter()
+                .filter(|a| a.unit().is_none_or(|u| !failed.contains_key(u)))
+                .map(|action| {
+                    let file = match action {
+                        Action::Load(name) => {
+                            Some(bodies.get(&wanted[name.as_str()].hash).cloned().ok_or_else(
+                                || {
+                                    anyhow::anyhow!(
+                                        "unit body {} is not in the registry",
+                                        wanted[name.as_str()].hash
+                                    )
+                                },
+                            ))
                         }
-                        None => Err(anyhow::anyhow!(
-                            "unit body {} is not in the registry",
-                            w.hash
-                        )),
+                        _ => None,
+                    };
+                    async move { (action, execute(manager.as_ref(), action, file).await) }
+                })
+                // Collected first: a stream holding these closures across the await would not
+                // be `Send` for every lifetime, as `tokio::spawn` requires.
+                .collect::<Vec<_>>();
+            let results: Vec<(&Action, anyhow::Result<()>)> = futures::stream::iter(runs)
+                .buffer_unordered(CONCURRENT_ACTIONS)
+                .collect()
+                .await;
+            for (action, result) in results {
+                if result.is_ok() {
+                    match action {
+                        Action::Unload(name) => {
+                            self.held.remove(name);
+                            self.systemd.remove(name);
+                        }
+                        Action::Load(name) => {
+                            self.held.insert(
+                                name.clone(),
+                                Held {
+                                    hash: wanted[name.as_str()].hash,
+                                    state: TargetState::Loaded,
+                                },
+                            );
+                        }
+                        Action::Reload => {}
+                        Action::Stop(name) => {
+                            if let Some(h) = self.held.get_mut(name) {
+                                h.state = TargetState::Loaded;
+                            }
+                        }
+                        Action::Start(name) => {
+                            if let Some(h) = self.held.get_mut(name) {
+                                h.state = TargetState::Launched;
+                            }
+                        }
                     }
                 }
-                Action::Reload => self.manager.reload().await,
-                Action::Stop(name) => self.manager.stop(name).await.map(|_| {
-                    if let Some(h) = self.held.get_mut(name) {
-                        h.state = TargetState::Loaded;
+                match (result, action.unit()) {
+                    (Ok(()), Some(u)) => {
+                        self.failures.remove(u);
                     }
-                }),
-                Action::Start(name) => self.manager.start(name).await.map(|_| {
-                    if let Some(h) = self.held.get_mut(name) {
-                        h.state = TargetState::Launched;
+                    (Ok(()), None) => {}
+                    (Err(e), Some(u)) => {
+                        tracing::warn!(unit = %u, action = ?action, error = %format!("{e:#}"), "unit action failed");
+                        failed.insert(u.to_string(), format!("{e:#}"));
                     }
-                }),
-            };
-            match (result, action.unit()) {
-                (Ok(()), Some(u)) => {
-                    self.failures.remove(u);
-                }
-                (Ok(()), None) => {}
-                (Err(e), Some(u)) => {
-                    tracing::warn!(unit = %u, action = ?action, error = %format!("{e:#}"), "unit action failed");
-                    failed.insert(u.to_string(), format!("{e:#}"));
-                }
-                (Err(e), None) => {
-                    tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed")
+                    (Err(e), None) => {
+                        tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed")
+                    }
                 }
             }
         }

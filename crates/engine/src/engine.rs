@@ -195,7 +195,7 @@ async fn lead(
             tracing::trace!(dirty, ?ready, "engine waiting");
             continue;
         }
-        model.fetch_bodies(registry).await;
+        model.update_requirements(registry).await;
         let changes = model.decide();
         tracing::debug!(
             jobs = model.jobs.len(),

@@ -1,10 +1,14 @@
 //! The leader's model of the cluster, kept current from registry watches, and the translation
 //! of the scheduler's plan into registry writes.
 
+use futures::StreamExt;
 use registry::keys::Keys;
 use registry::mirror::{apply, json, text, Update};
 use registry::{Job, MachineState, Registry, ScheduleChange, ScheduleEntry};
 use std::collections::{BTreeMap, HashMap};
+
+/// Body reads (for records without their `[X-Fleet]` options) in flight at once.
+const CONCURRENT_READS: usize = 32;
 use unit::{Requirements, UnitFile, UnitHash};
 
 #[derive(Default)]
@@ -88,16 +92,38 @@ impl Model {
         apply(&mut self.reasons, &base, u, |_, kv| text(kv));
     }
 
-    /// Reads the bodies of jobs whose hash the model has not seen.
-    pub async fn fetch_bodies(&mut self, registry: &Registry) {
-        let missing: Vec<UnitHash> = self
-            .jobs
-            .values()
-            .map(|j| j.hash)
-            .filter(|h| !self.bodies.contains_key(h))
+    /// Brings the requirements of every job up to date: from the job record's `[X-Fleet]`
+    /// options where it carries them, otherwise from its body, read (side by side) only for
+    /// hashes the model has not seen.
+    pub async fn update_requirements(&mut self, registry: &Registry) {
+        let jobs = &self.jobs;
+        self.requirements
+            .retain(|name, (hash, _)| jobs.get(name).is_some_and(|j| j.hash == *hash));
+        let mut missing: Vec<UnitHash> = Vec::new();
+        for job in self.jobs.values() {
+            if self.requirements.contains_key(&job.name) {
+                continue;
+            }
+            match job.requirements() {
+                Some(req) => {
+                    self.requirements.insert(job.name.clone(), (job.hash, req));
+                }
+                None if !self.bodies.contains_key(&job.hash) => missing.push(job.hash),
+                None => {}
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        let reads: Vec<_> = missing
+            .into_iter()
+            .map(|hash| async move { (hash, registry.body(&hash, None).await) })
             .collect();
-        for hash in missing {
-            match registry.body(&hash, None).await {
+        let fetched: Vec<_> = futures::stream::iter(reads)
+            .buffer_unordered(CONCURRENT_READS)
+            .collect()
+            .await;
+        for (hash, read) in fetched {
+            match read {
                 Ok(Some(file)) => {
                     self.bodies.insert(hash, file);
                 }
@@ -105,12 +131,13 @@ impl Model {
                 Err(e) => tracing::warn!(hash = %hash, error = %e, "reading unit body failed"),
             }
         }
-        let used: std::collections::HashSet<UnitHash> =
-            self.jobs.values().map(|j| j.hash).collect();
+        let used: std::collections::HashSet<UnitHash> = self
+            .jobs
+            .values()
+            .filter(|j| !self.requirements.contains_key(&j.name))
+            .map(|j| j.hash)
+            .collect();
         self.bodies.retain(|h, _| used.contains(h));
-        let jobs = &self.jobs;
-        self.requirements
-            .retain(|name, (hash, _)| jobs.get(name).is_some_and(|j| j.hash == *hash));
         for job in self.jobs.values() {
             if self.requirements.contains_key(&job.name) {
                 continue;

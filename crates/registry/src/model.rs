@@ -59,6 +59,38 @@ pub struct Job {
     pub desired: TargetState,
     #[serde(default)]
     pub global: bool,
+    /// The unit's `[X-Fleet]` options (name, value) in file order: all the engine needs to
+    /// place the unit, so that it never reads bodies. `None` in records written before this
+    /// field existed (the engine then reads the body).
+    #[serde(default, rename = "xFleet", skip_serializing_if = "Option::is_none")]
+    pub x_fleet: Option<Vec<(String, String)>>,
+}
+
+impl Job {
+    /// The `[X-Fleet]` options of `file`, as [`Job::x_fleet`] carries them.
+    pub fn fleet_options(file: &UnitFile) -> Vec<(String, String)> {
+        file.options
+            .iter()
+            .filter(|o| o.section == unit::FLEET_SECTION)
+            .map(|o| (o.name.clone(), o.value.clone()))
+            .collect()
+    }
+
+    /// The unit's placement requirements from the record alone, if it carries its options.
+    pub fn requirements(&self) -> Option<unit::Requirements> {
+        let options = self.x_fleet.as_ref()?;
+        let file = UnitFile {
+            options: options
+                .iter()
+                .map(|(name, value)| unit::UnitOption {
+                    section: unit::FLEET_SECTION.to_string(),
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        };
+        Some(unit::Requirements::from_unit(&file, &self.name))
+    }
 }
 
 /// The record of a global unit under `global/<unit>`: its job and its normalized unit text.
@@ -138,4 +170,38 @@ pub struct UnitState {
     /// Why the unit manager could not do what was asked, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_records_carry_what_placement_needs() {
+        let text = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/bin/true\n\n[X-Fleet]\n\
+                    MachineOf=db@%i.service\nConflicts=web@*.service\nMachineMetadata=zone=a zone=b\n";
+        let file = UnitFile::parse(text).unwrap();
+        let name = "web@3.service";
+        let job = Job {
+            name: name.into(),
+            hash: file.hash(),
+            desired: TargetState::Launched,
+            global: false,
+            x_fleet: Some(Job::fleet_options(&file)),
+        };
+        let read: Job = serde_json::from_slice(&serde_json::to_vec(&job).unwrap()).unwrap();
+        let req = read.requirements().unwrap();
+        assert_eq!(req, unit::Requirements::from_unit(&file, name));
+        assert_eq!(req.machine_of, vec!["db@3.service".to_string()]);
+        // A unit without [X-Fleet] carries an empty list: known to need nothing.
+        let plain = UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+        assert_eq!(Job::fleet_options(&plain), vec![]);
+        // Records written before the field existed read as "unknown", not "nothing".
+        let old: Job = serde_json::from_str(
+            r#"{"name":"a.service","hash":"1c6fb6f0d8d2ff5bea1ea31f6d8e1b8c8a3bb0f9","desiredState":"launched"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.x_fleet, None);
+        assert_eq!(old.requirements(), None);
+    }
 }

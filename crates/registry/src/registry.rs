@@ -294,6 +294,7 @@ impl Registry {
             hash,
             desired,
             global,
+            x_fleet: Some(Job::fleet_options(file)),
         };
         let raw = file.serialize();
         for _ in 0..CAS_RETRIES {

@@ -31,6 +31,7 @@
 
 pub mod config;
 pub mod log;
+pub mod spawn;
 mod supervisor;
 pub mod sys;
 

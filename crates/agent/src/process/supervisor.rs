@@ -11,7 +11,7 @@ use super::{RunRecord, Shared};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -69,14 +69,8 @@ pub enum Adopted {
 }
 
 enum MainProc {
-    Child {
-        child: tokio::process::Child,
-        pid: i32,
-    },
-    Foreign {
-        pid: i32,
-        start_time: u64,
-    },
+    Child { child: sys::Child, pid: i32 },
+    Foreign { pid: i32, start_time: u64 },
 }
 
 enum Exit {
@@ -382,7 +376,7 @@ impl Run {
         &mut self,
         cmd: &ExecCommand,
         extra: &[(&str, String)],
-    ) -> Result<(tokio::process::Child, i32), String> {
+    ) -> Result<(sys::Child, i32), String> {
         let mut env = self.env.clone();
         for (k, v) in extra {
             env.insert(k.to_string(), v.clone());
@@ -411,7 +405,7 @@ impl Run {
             output: output.as_ref(),
         })
         .map_err(|e| format!("{}: {e:#}", self.name))?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let pid = child.id();
         if pid > 0 {
             self.sessions.push(pid);
         }
@@ -508,7 +502,7 @@ impl Run {
         }
     }
 
-    async fn kill_sessions_of(&self, child: &mut tokio::process::Child, sid: i32) {
+    async fn kill_sessions_of(&self, child: &mut sys::Child, sid: i32) {
         let sig = self.cfg.kill_signal;
         let sessions = vec![sid];
         let s = sessions.clone();
@@ -865,30 +859,28 @@ fn start_forwarder(helper: &std::path::Path, log: &std::path::Path) -> anyhow::R
     use anyhow::Context;
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the log pipe")?;
-    let mut cmd = std::process::Command::new(helper);
-    cmd.arg(HELPER_ARG)
-        .arg("log-forward")
-        .arg(log)
-        .arg(MAX_LOG_BYTES.to_string())
-        .stdin(std::process::Stdio::from(read))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .current_dir("/");
-    // SAFETY: runs between fork and exec; setsid is an async-signal-safe system call and the
-    // closure touches no other state. The forwarder gets its own session so that signals for
-    // fleetd's process group (Ctrl-C) or for the unit's sessions do not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(false)
-        .spawn()
-        .with_context(|| format!("starting the log forwarder {}", helper.display()))?;
+    let argv = [
+        helper.to_string_lossy().into_owned(),
+        HELPER_ARG.to_string(),
+        "log-forward".to_string(),
+        log.to_string_lossy().into_owned(),
+        MAX_LOG_BYTES.to_string(),
+    ];
+    // Its own session, so that signals for fleetd's process group (Ctrl-C) or for the unit's
+    // sessions do not reach it.
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let mut child = sys::spawn_in_session(
+        &argv,
+        &env,
+        Some(std::path::Path::new("/")),
+        super::spawn::Stdio {
+            stdin: Some(&read),
+            output: None,
+        },
+    )
+    .with_context(|| format!("starting the log forwarder {}", helper.display()))?;
     // Reap it when it ends (if fleetd still runs by then).
     tokio::spawn(async move {
         let _ = child.wait().await;

@@ -10,6 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+pub use super::spawn::{spawn_in_session, Child};
+
 /// Credentials a command drops to before exec (only when fleetd runs as root).
 #[derive(Clone, Debug)]
 pub struct Credentials {
@@ -30,8 +32,20 @@ pub struct Spawn<'a> {
 
 /// Spawns the command as the leader of a new session, so that the whole tree it starts can be
 /// signalled through its session and process group, and so that it is not hit by signals aimed
-/// at fleetd's terminal or process group.
-pub fn spawn(s: Spawn<'_>) -> anyhow::Result<tokio::process::Child> {
+/// at fleetd's terminal or process group. Without credentials to drop this is a
+/// `posix_spawn` (see [`super::spawn`]); dropping to `User=`/`Group=` needs a real fork.
+pub fn spawn(s: Spawn<'_>) -> anyhow::Result<Child> {
+    let Some(creds) = s.credentials.cloned() else {
+        return spawn_in_session(
+            s.argv,
+            s.env,
+            s.cwd,
+            super::spawn::Stdio {
+                stdin: None,
+                output: s.output,
+            },
+        );
+    };
     let Some((program, args)) = s.argv.split_first() else {
         anyhow::bail!("empty command line");
     };
@@ -53,7 +67,6 @@ pub fn spawn(s: Spawn<'_>) -> anyhow::Result<tokio::process::Child> {
     if let Some(dir) = s.cwd {
         cmd.current_dir(dir);
     }
-    let creds = s.credentials.cloned();
     // SAFETY: the closure runs in the child between fork and exec, where only
     // async-signal-safe functions may be called. It calls setsid, setgroups, setgid and
     // setuid (all async-signal-safe system calls per POSIX / signal-safety(7)) through libc
@@ -65,20 +78,20 @@ pub fn spawn(s: Spawn<'_>) -> anyhow::Result<tokio::process::Child> {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if let Some(c) = &creds {
-                if libc::setgroups(c.groups.len() as _, c.groups.as_ptr()) < 0
-                    || libc::setgid(c.gid) < 0
-                    || libc::setuid(c.uid) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if libc::setgroups(creds.groups.len() as _, creds.groups.as_ptr()) < 0
+                || libc::setgid(creds.gid) < 0
+                || libc::setuid(creds.uid) < 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(false);
-    cmd.spawn().with_context(|| format!("executing {program}"))
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("executing {program}"))?;
+    // std's Child neither waits nor kills when dropped; from here on the pid is ours to reap.
+    Ok(Child::own(child.id() as i32))
 }
 
 /// Resolves a relative executable through `path` (systemd >= 239 does the same with its fixed
