@@ -65,6 +65,12 @@ pub struct Agent {
     failures: BTreeMap<String, String>,
     systemd: BTreeMap<String, SystemdState>,
     published: BTreeMap<String, UnitState>,
+    /// Units whose published state may be out of date; publishing looks at these only (a
+    /// machine with hundreds of units would otherwise rebuild and compare every state on
+    /// every change of one).
+    stale: std::collections::HashSet<String>,
+    /// Every unit's published state may be out of date (a new lease, a missed change).
+    all_stale: bool,
     /// New machine records (metadata, IP) from a configuration reload.
     machine_updates: Option<watch::Receiver<registry::MachineState>>,
 }
@@ -83,6 +89,8 @@ impl Agent {
             failures: BTreeMap::new(),
             systemd: BTreeMap::new(),
             published: BTreeMap::new(),
+            stale: std::collections::HashSet::new(),
+            all_stale: true,
             machine_updates: None,
         }
     }
@@ -158,23 +166,28 @@ impl Agent {
                 }
                 change = changes.recv() => match change {
                     Ok(c) => {
+                        self.stale.insert(c.name.clone());
                         match c.state {
                             Some(s) => { self.systemd.insert(c.name, s); }
                             None => { self.systemd.remove(&c.name); }
                         }
                         state_changed = true;
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => { self.refresh_states().await; state_changed = true; }
+                    Err(broadcast::error::RecvError::Lagged(_)) => { self.refresh_states().await; self.all_stale = true; state_changed = true; }
                     Err(broadcast::error::RecvError::Closed) => { changes = self.manager.subscribe(); }
                 },
                 _ = keepalive.tick() => {
                     match self.presence.keep_alive().await {
-                        Ok(true) => { self.published.clear(); state_changed = true; }
+                        Ok(true) => { self.published.clear(); self.all_stale = true; state_changed = true; }
                         Ok(false) => {}
                         Err(e) => tracing::warn!(error = %e, "refreshing the machine lease failed"),
                     }
                 }
-                _ = retry.tick() => { dirty = !self.failures.is_empty(); }
+                _ = retry.tick() => {
+                    dirty = !self.failures.is_empty();
+                    // States a failed publication left behind.
+                    state_changed = self.all_stale || !self.stale.is_empty();
+                }
                 Some(machine) = next_machine(&mut self.machine_updates) => {
                     self.presence.machine = machine;
                     match self.presence.announce().await {
@@ -209,6 +222,7 @@ impl Agent {
                 dirty = true;
             }
             while let Ok(c) = changes.try_recv() {
+                self.stale.insert(c.name.clone());
                 match c.state {
                     Some(s) => self.systemd.insert(c.name, s),
                     None => self.systemd.remove(&c.name),
@@ -454,6 +468,7 @@ impl Agent {
         self.failures.extend(failed);
         self.failures
             .retain(|u, _| wanted.contains_key(u) || self.held.contains_key(u));
+        self.stale.extend(touched.iter().cloned());
         // Only the units acted on can have changed in ways the manager has not reported yet.
         let touched: Vec<String> = touched
             .into_iter()
@@ -463,50 +478,74 @@ impl Agent {
         self.prune_bodies();
     }
 
+    /// The state this machine would publish for a unit it holds.
+    fn state_of(&self, name: &str, held: &Held) -> UnitState {
+        UnitState {
+            name: name.to_string(),
+            machine_id: self.presence.machine.id.clone(),
+            hash: held.hash,
+            systemd: self.systemd.get(name).cloned().unwrap_or_default(),
+            agent_state: held.state,
+            reason: self
+                .failures
+                .get(name)
+                .cloned()
+                .or_else(|| self.manager.failure_reason(name)),
+            global: self.globals.contains_key(name),
+        }
+    }
+
     /// Publishes what changed since the last publication, in one batch.
     async fn publish(&mut self) {
-        let me = self.presence.machine.id.clone();
-        let mut current: BTreeMap<String, UnitState> = BTreeMap::new();
-        for (name, held) in &self.held {
-            let systemd = self.systemd.get(name).cloned().unwrap_or_default();
-            current.insert(
-                name.clone(),
-                UnitState {
-                    name: name.clone(),
-                    machine_id: me.clone(),
-                    hash: held.hash,
-                    systemd,
-                    agent_state: held.state,
-                    reason: self
-                        .failures
-                        .get(name)
-                        .cloned()
-                        .or_else(|| self.manager.failure_reason(name)),
-                },
-            );
+        let names: Vec<String> = if self.all_stale {
+            let mut all: std::collections::BTreeSet<String> = self.held.keys().cloned().collect();
+            all.extend(self.published.keys().cloned());
+            self.stale.clear();
+            all.into_iter().collect()
+        } else {
+            self.stale.drain().collect()
+        };
+        let mut save: Vec<UnitState> = Vec::new();
+        let mut remove: Vec<String> = Vec::new();
+        for name in &names {
+            match self.held.get(name) {
+                Some(held) => {
+                    let state = self.state_of(name, held);
+                    if self.published.get(name) != Some(&state) {
+                        save.push(state);
+                    }
+                }
+                None if self.published.contains_key(name) => remove.push(name.clone()),
+                None => {}
+            }
         }
-        let save: Vec<UnitState> = current
-            .values()
-            .filter(|s| self.published.get(&s.name) != Some(*s))
-            .cloned()
-            .collect();
-        let remove: Vec<String> = self
-            .published
-            .keys()
-            .filter(|n| !current.contains_key(*n))
-            .cloned()
-            .collect();
         if save.is_empty() && remove.is_empty() {
+            self.all_stale = false;
             return;
         }
+        let me = self.presence.machine.id.clone();
         match self
             .presence
             .registry
             .publish_states(&me, self.presence.lease, &save, &remove)
             .await
         {
-            Ok(()) => self.published = current,
-            Err(e) => tracing::warn!(error = %e, "publishing unit states failed; will retry"),
+            Ok(()) => {
+                self.all_stale = false;
+                for name in &remove {
+                    self.published.remove(name);
+                }
+                for state in save {
+                    self.published.insert(state.name.clone(), state);
+                }
+            }
+            Err(e) => {
+                // Looked at again on the next change (or the next retry tick).
+                if !self.all_stale {
+                    self.stale.extend(names);
+                }
+                tracing::warn!(error = %e, "publishing unit states failed; will retry");
+            }
         }
     }
 

@@ -129,17 +129,28 @@ pub fn wanted_units(
         .collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut accepted: Vec<&Candidate> = Vec::new();
+    // Only units with `Conflicts=` patterns can conflict with a unit that has none: checking
+    // just those keeps a pass linear when few units declare conflicts (the usual case).
+    let mut accepted_with_patterns: Vec<&Candidate> = Vec::new();
     let mut refused = Vec::new();
     for c in sorted {
         if c.global && !metadata_matches(machine, &c.requirements) {
             continue;
         }
-        if let Some(other) = accepted.iter().find(|a| conflicts(a, c)) {
+        let against = if c.requirements.conflicts.is_empty() {
+            &accepted_with_patterns
+        } else {
+            &accepted
+        };
+        if let Some(other) = against.iter().find(|a| conflicts(a, c)) {
             refused.push(Refusal {
                 unit: c.name.clone(),
                 reason: format!("conflicts with {} on this machine", other.name),
             });
             continue;
+        }
+        if !c.requirements.conflicts.is_empty() {
+            accepted_with_patterns.push(c);
         }
         accepted.push(c);
     }

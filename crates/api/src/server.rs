@@ -611,8 +611,26 @@ async fn put_unit(s: &ApiState, item: &str, req: Request) -> Result<Response, Ap
     let activate_template =
         name.is_template() && desired.is_some_and(|d| d != TargetState::Inactive);
 
-    let existing = s.op("get_unit", s.registry.unit(&su.name)).await?;
     let file = su.file();
+    // The common case, a new unit, costs one transaction; anything else reads what exists.
+    // Options are validated first, as a create would: a stored unit passed the same check.
+    if !su.options.is_empty() {
+        validate_options(&su.name, &file).map_err(ApiError::bad_request)?;
+        if activate_template {
+            return Err(ApiError::bad_request("cannot activate template"));
+        }
+        let created = s
+            .op(
+                "create_unit",
+                s.registry
+                    .create_unit_if_absent(&su.name, &file, desired.unwrap_or_default()),
+            )
+            .await?;
+        if created {
+            return Ok(empty(StatusCode::CREATED));
+        }
+    }
+    let existing = s.op("get_unit", s.registry.unit(&su.name)).await?;
     let create = match &existing {
         None if su.options.is_empty() => {
             return Err(ApiError::new(

@@ -110,9 +110,18 @@ async fn start_machines(
     results.into_iter().collect()
 }
 
-/// Keeps `tracker` current from the published unit states.
-fn track_states(registry: &Registry, tracker: Arc<Mutex<Tracker>>) -> tokio::task::JoinHandle<()> {
-    let base = registry.keys.states();
+/// Keeps `tracker` current from the published states of placed units, or of global units'
+/// instances (`global`).
+fn track_states(
+    registry: &Registry,
+    tracker: Arc<Mutex<Tracker>>,
+    global: bool,
+) -> tokio::task::JoinHandle<()> {
+    let base = if global {
+        registry.keys.global_states()
+    } else {
+        registry.keys.states()
+    };
     let mut rx = follow(registry.store.clone(), base.clone());
     tokio::spawn(async move {
         let split = |key: &str| -> Option<(String, String)> {
@@ -128,7 +137,7 @@ fn track_states(registry: &Registry, tracker: Arc<Mutex<Tracker>>) -> tokio::tas
             let mut t = lock(&tracker);
             match update {
                 Update::Reset { kvs, .. } => {
-                    t.clear();
+                    t.clear(global);
                     for kv in &kvs {
                         if let Some((u, m)) = split(&kv.key) {
                             t.apply(&u, &m, active(kv));
@@ -375,7 +384,8 @@ pub async fn run(
         units.len() - globals.len(),
     )));
     report.expected_active = lock(&tracker).expected(opts.machines);
-    let tracker_task = track_states(&registry, tracker.clone());
+    let tracker_tasks =
+        [false, true].map(|global| track_states(&registry, tracker.clone(), global));
 
     // Machines, in two halves to see what one more agent costs.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -507,7 +517,9 @@ pub async fn run(
     }
     let _ = engine_stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), engine_task).await;
-    tracker_task.abort();
+    for task in tracker_tasks {
+        task.abort();
+    }
     let _ = api_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), api_task).await;
     Ok(report)

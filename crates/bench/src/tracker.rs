@@ -78,11 +78,18 @@ impl Tracker {
         }
     }
 
-    /// Forgets everything (before a full re-read).
-    pub fn clear(&mut self) {
-        self.states.clear();
-        self.placed_active.clear();
-        self.global_active = 0;
+    /// Forgets the states of global units (`global`) or of placed ones, before a full re-read
+    /// of the prefix they are published under.
+    pub fn clear(&mut self, global: bool) {
+        let gone: Vec<(String, String)> = self
+            .states
+            .keys()
+            .filter(|(u, _)| self.globals.contains(u) == global)
+            .cloned()
+            .collect();
+        for (unit, machine) in gone {
+            self.remove(&unit, &machine);
+        }
     }
 
     /// From now on, states on these machines do not count.
@@ -168,7 +175,9 @@ mod tests {
         assert_eq!(t.active(), 1);
         t.apply("b", "m1", true);
         assert!(t.done(1));
-        t.clear();
+        t.clear(true);
+        assert_eq!(t.active(), 2, "no global unit to forget");
+        t.clear(false);
         assert_eq!(t.active(), 0);
     }
 }

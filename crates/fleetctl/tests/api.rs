@@ -161,14 +161,8 @@ impl Cluster {
         agent: TargetState,
         active: &str,
     ) {
-        let hash = self
-            .reg
-            .unit(unit)
-            .await
-            .expect("read")
-            .expect("unit")
-            .job
-            .hash;
+        let job = self.reg.unit(unit).await.expect("read").expect("unit").job;
+        let (hash, global) = (job.hash, job.global);
         let st = UnitState {
             name: unit.into(),
             machine_id: machine.into(),
@@ -185,6 +179,7 @@ impl Cluster {
             },
             agent_state: agent,
             reason: None,
+            global,
         };
         self.reg
             .publish_states(machine, lease, &[st], &[])

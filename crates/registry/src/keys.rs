@@ -12,7 +12,8 @@
 //! | `reason/<unit>` | why the engine cannot place the unit | none |
 //! | `machines/<id>` | [`crate::MachineState`] JSON | the machine's |
 //! | `metadata/<id>/<key>` | dynamic metadata value | none |
-//! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON | the publishing machine's |
+//! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON of a placed unit | the publishing machine's |
+//! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance | the publishing machine's |
 //! | `engine/leader` | the leader's machine id | the leader's |
 
 /// The keys of one fleet cluster under a prefix (normalized to end in `/`).
@@ -97,6 +98,24 @@ impl Keys {
     }
     pub fn state(&self, unit: &str, machine: &str) -> String {
         format!("{}states/{unit}/{machine}", self.prefix)
+    }
+    /// Where the states of global units' instances live (see [`crate::UnitState::global`]).
+    pub fn global_states(&self) -> String {
+        format!("{}gstates/", self.prefix)
+    }
+    pub fn global_unit_states(&self, unit: &str) -> String {
+        format!("{}gstates/{unit}/", self.prefix)
+    }
+    pub fn global_state(&self, unit: &str, machine: &str) -> String {
+        format!("{}gstates/{unit}/{machine}", self.prefix)
+    }
+    /// The key of a published state, by whether it belongs to a global unit.
+    pub fn state_of(&self, unit: &str, machine: &str, global: bool) -> String {
+        if global {
+            self.global_state(unit, machine)
+        } else {
+            self.state(unit, machine)
+        }
     }
     pub fn leader(&self) -> String {
         format!("{}engine/leader", self.prefix)

@@ -170,6 +170,10 @@ pub struct UnitState {
     /// Why the unit manager could not do what was asked, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// An instance of a global unit: published under `gstates/`, apart from the states of
+    /// placed units, so that listing units never reads one state per global unit per machine.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
 }
 
 #[cfg(test)]

@@ -279,14 +279,8 @@ impl Registry {
         Ok(file.map(|file| Unit { job, file }))
     }
 
-    /// Creates `name`, or replaces its file and desired state if it exists, in one transaction.
-    /// The old body is removed when no unit refers to it any more.
-    pub async fn create_unit(
-        &self,
-        name: &str,
-        file: &UnitFile,
-        desired: TargetState,
-    ) -> Result<()> {
+    /// The job record of `name` running `file`, and the writes that store it with its body.
+    fn unit_writes(&self, name: &str, file: &UnitFile, desired: TargetState) -> (Job, Vec<Op>) {
         let hash = file.hash();
         let global = unit::Requirements::from_unit(file, name).global;
         let job = Job {
@@ -297,6 +291,47 @@ impl Registry {
             x_fleet: Some(Job::fleet_options(file)),
         };
         let raw = file.serialize();
+        let mut ops = vec![
+            // Rewriting the body on every create bumps its mod revision, which is what
+            // garbage collection compares against to never delete a body in use.
+            Op::put(self.keys.body(&hash), raw.clone()),
+            Op::put(self.keys.body_ref(&hash, name), Vec::new()),
+            Op::put(self.keys.job(name), encode(&job)),
+        ];
+        if global {
+            let record = GlobalJob {
+                job: job.clone(),
+                raw,
+            };
+            ops.push(Op::put(self.keys.global(name), encode(&record)));
+        } else {
+            ops.push(Op::delete(self.keys.global(name)));
+        }
+        (job, ops)
+    }
+
+    /// Creates `name` if no unit of that name exists, in one transaction and one round trip.
+    /// Returns false (writing nothing) if it exists.
+    pub async fn create_unit_if_absent(
+        &self,
+        name: &str,
+        file: &UnitFile,
+        desired: TargetState,
+    ) -> Result<bool> {
+        let (_, ops) = self.unit_writes(name, file, desired);
+        let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
+        Ok(self.store.txn(absent, ops, vec![]).await?.succeeded)
+    }
+
+    /// Creates `name`, or replaces its file and desired state if it exists, in one transaction.
+    /// The old body is removed when no unit refers to it any more.
+    pub async fn create_unit(
+        &self,
+        name: &str,
+        file: &UnitFile,
+        desired: TargetState,
+    ) -> Result<()> {
+        let (job, new_ops) = self.unit_writes(name, file, desired);
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
             let old = self.store.get(&job_key).await?;
@@ -305,24 +340,9 @@ impl Registry {
                 job_key.clone(),
                 old.as_ref().map_or(0, |kv| kv.mod_revision),
             )];
-            let mut ops = vec![
-                // Rewriting the body on every create bumps its mod revision, which is what
-                // garbage collection compares against to never delete a body in use.
-                Op::put(self.keys.body(&hash), raw.clone()),
-                Op::put(self.keys.body_ref(&hash, name), Vec::new()),
-                Op::put(job_key.clone(), encode(&job)),
-            ];
-            if global {
-                let record = GlobalJob {
-                    job: job.clone(),
-                    raw: raw.clone(),
-                };
-                ops.push(Op::put(self.keys.global(name), encode(&record)));
-            } else {
-                ops.push(Op::delete(self.keys.global(name)));
-            }
+            let mut ops = new_ops.clone();
             if let Some(old_job) = &old_job {
-                if old_job.hash != hash {
+                if old_job.hash != job.hash {
                     ops.push(Op::delete(self.keys.body_ref(&old_job.hash, name)));
                     self.collect_body(&old_job.hash, name, &mut compares, &mut ops)
                         .await?;
@@ -631,8 +651,26 @@ impl Registry {
 
     // ----- unit states (written by agents) -----
 
-    /// Every published unit state, sorted by (unit, machine).
+    /// Every published unit state (placed units and global instances), sorted by
+    /// (unit, machine).
     pub async fn unit_states(&self, at: Option<Revision>) -> Result<AtRevision<Vec<UnitState>>> {
+        let placed = self.placed_states(at).await?;
+        let global = self
+            .range_at(&self.keys.global_states(), Some(placed.revision))
+            .await?;
+        let mut items = placed.items;
+        for kv in &global.items {
+            items.push(decode(kv)?);
+        }
+        items.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+        Ok(AtRevision {
+            items,
+            revision: placed.revision,
+        })
+    }
+
+    /// The published states of placed (non-global) units, sorted by (unit, machine).
+    pub async fn placed_states(&self, at: Option<Revision>) -> Result<AtRevision<Vec<UnitState>>> {
         let kvs = self.range_at(&self.keys.states(), at).await?;
         let items = kvs
             .items
@@ -646,7 +684,7 @@ impl Registry {
     }
 
     /// Publishes states of this machine's units under its lease, and removes states of units it
-    /// no longer holds, in one transaction.
+    /// no longer holds, in transactions of at most [`crate::MAX_TXN_OPS`] operations.
     pub async fn publish_states(
         &self,
         machine: &str,
@@ -654,15 +692,21 @@ impl Registry {
         save: &[UnitState],
         remove: &[String],
     ) -> Result<()> {
-        let mut ops: Vec<Op> = save
-            .iter()
-            .map(|s| Op::put_leased(self.keys.state(&s.name, machine), encode(s), lease))
-            .collect();
-        ops.extend(
-            remove
-                .iter()
-                .map(|u| Op::delete(self.keys.state(u, machine))),
-        );
+        let mut ops: Vec<Op> = Vec::with_capacity(2 * (save.len() + remove.len()));
+        for s in save {
+            ops.push(Op::put_leased(
+                self.keys.state_of(&s.name, machine, s.global),
+                encode(s),
+                lease,
+            ));
+            // A unit replaced by a global one of the same name (or the reverse) leaves no
+            // state behind under the other prefix.
+            ops.push(Op::delete(self.keys.state_of(&s.name, machine, !s.global)));
+        }
+        for u in remove {
+            ops.push(Op::delete(self.keys.state(u, machine)));
+            ops.push(Op::delete(self.keys.global_state(u, machine)));
+        }
         for chunk in ops.chunks(crate::MAX_TXN_OPS) {
             self.store.txn(vec![], chunk.to_vec(), vec![]).await?;
         }
@@ -677,7 +721,8 @@ impl Registry {
         let at = Some(units.revision);
         let placements = self.placements(at).await?.items;
         let reasons = self.reasons(at).await?.items;
-        let states = self.unit_states(at).await?.items;
+        // Global units have no current state of their own: their instances' states are not read.
+        let states = self.placed_states(at).await?.items;
         let mut agent_state: BTreeMap<(&str, &str), TargetState> = BTreeMap::new();
         for s in &states {
             agent_state.insert((s.name.as_str(), s.machine_id.as_str()), s.agent_state);

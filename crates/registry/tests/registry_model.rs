@@ -77,3 +77,89 @@ async fn bodies_are_removed_with_their_last_unit() {
     );
     assert!(!reg.destroy_unit("b.service").await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_instance_states_live_apart_from_placed_states() {
+    let (_dir, reg) = registry();
+    let plain = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    let global =
+        unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n")
+            .unwrap();
+    reg.create_unit("web.service", &plain, TargetState::Launched)
+        .await
+        .unwrap();
+    reg.create_unit("mon.service", &global, TargetState::Launched)
+        .await
+        .unwrap();
+    let lease = reg
+        .store
+        .grant_lease(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let state = |name: &str, machine: &str, global: bool| registry::UnitState {
+        name: name.into(),
+        machine_id: machine.into(),
+        hash: plain.hash(),
+        systemd: registry::SystemdState::default(),
+        agent_state: TargetState::Launched,
+        reason: None,
+        global,
+    };
+    for m in ["m1", "m2"] {
+        reg.publish_states(
+            m,
+            lease,
+            &[
+                state("mon.service", m, true),
+                state("web.service", m, false),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let names = |states: Vec<registry::UnitState>| -> Vec<(String, String)> {
+        states.into_iter().map(|s| (s.name, s.machine_id)).collect()
+    };
+    let pair = |u: &str, m: &str| (u.to_string(), m.to_string());
+    assert_eq!(
+        names(reg.unit_states(None).await.unwrap().items),
+        vec![
+            pair("mon.service", "m1"),
+            pair("mon.service", "m2"),
+            pair("web.service", "m1"),
+            pair("web.service", "m2"),
+        ]
+    );
+    assert_eq!(
+        names(reg.placed_states(None).await.unwrap().items),
+        vec![pair("web.service", "m1"), pair("web.service", "m2")]
+    );
+    assert_eq!(
+        names(reg.states_of_unit("mon.service").await.unwrap()),
+        vec![pair("mon.service", "m1"), pair("mon.service", "m2")]
+    );
+    // A unit that stops being global (replaced under the same name) leaves nothing behind
+    // under the other prefix; removal clears both.
+    reg.publish_states("m1", lease, &[state("mon.service", "m1", false)], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        names(reg.states_of_unit("mon.service").await.unwrap()),
+        vec![pair("mon.service", "m1"), pair("mon.service", "m2")]
+    );
+    assert!(reg
+        .store
+        .get(&reg.keys.global_state("mon.service", "m1"))
+        .await
+        .unwrap()
+        .is_none());
+    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+        .await
+        .unwrap();
+    reg.publish_states("m2", lease, &[], &["mon.service".to_string()])
+        .await
+        .unwrap();
+    assert!(reg.states_of_unit("mon.service").await.unwrap().is_empty());
+    assert_eq!(reg.unit_states(None).await.unwrap().items.len(), 2);
+}

@@ -190,6 +190,7 @@ impl Env {
             },
             agent_state: TargetState::Launched,
             reason: None,
+            global: u.job.global,
         };
         self.reg
             .publish_states(machine, lease, &[st], &[])
