@@ -524,6 +524,30 @@ impl Agent {
             return;
         }
         let me = self.presence.machine.id.clone();
+        // A state moving between the placed and global prefixes leaves nothing behind.
+        let moved: Vec<String> = save
+            .iter()
+            .filter(|s| {
+                self.published
+                    .get(&s.name)
+                    .is_some_and(|p| p.global != s.global)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if !moved.is_empty() {
+            if let Err(e) = self
+                .presence
+                .registry
+                .publish_states(&me, self.presence.lease, &[], &moved)
+                .await
+            {
+                if !self.all_stale {
+                    self.stale.extend(names);
+                }
+                tracing::warn!(error = %e, "publishing unit states failed; will retry");
+                return;
+            }
+        }
         match self
             .presence
             .registry

@@ -4,6 +4,7 @@
 use futures::StreamExt;
 use registry::keys::Keys;
 use registry::mirror::{apply, json, text, Update};
+use registry::EventKind;
 use registry::{Job, MachineState, Registry, ScheduleChange, ScheduleEntry};
 use std::collections::{BTreeMap, HashMap};
 
@@ -70,19 +71,46 @@ impl Model {
         }
     }
 
+    /// Applies schedule changes in place (rebuilding the whole copy per update made a burst of
+    /// placements quadratic).
     pub fn apply_schedule(&mut self, u: Update) {
         let base = self.keys().schedules();
         // Keys are `<machine>/<unit>`; the model is keyed by unit.
-        let mut flat: BTreeMap<String, ScheduleEntry> = self
-            .placed
-            .iter()
-            .map(|(u, (m, e))| (format!("{m}/{u}"), e.clone()))
-            .collect();
-        apply(&mut flat, &base, u, |_, kv| json(kv));
-        self.placed.clear();
-        for (mu, e) in flat {
-            if let Some((m, u)) = mu.split_once('/') {
-                self.placed.insert(u.to_string(), (m.to_string(), e));
+        let split = |key: &str| -> Option<(String, String)> {
+            let (m, u) = key.strip_prefix(&base)?.split_once('/')?;
+            Some((m.to_string(), u.to_string()))
+        };
+        match u {
+            Update::Reset { kvs, .. } => {
+                self.placed.clear();
+                for kv in &kvs {
+                    if let (Some((m, u)), Some(e)) = (split(&kv.key), json(kv)) {
+                        self.placed.insert(u, (m, e));
+                    }
+                }
+            }
+            Update::Events { events, .. } => {
+                for ev in events {
+                    let Some((m, u)) = split(&ev.kv.key) else {
+                        continue;
+                    };
+                    let entry = match ev.kind {
+                        EventKind::Put => json(&ev.kv),
+                        EventKind::Delete => None,
+                    };
+                    match entry {
+                        Some(e) => {
+                            self.placed.insert(u, (m, e));
+                        }
+                        // Only the entry on that machine goes (a move may deliver the new
+                        // machine's put first).
+                        None => {
+                            if self.placed.get(&u).is_some_and(|(pm, _)| *pm == m) {
+                                self.placed.remove(&u);
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -260,12 +288,10 @@ impl Model {
         }
         // Placements of units whose job is gone are the scheduler's to remove; anything it did
         // not mention stays.
-        let mut placed_now: BTreeMap<&str, &str> = BTreeMap::new();
         for p in &plan.add {
             let Some(job) = self.jobs.get(&p.unit) else {
                 continue;
             };
-            placed_now.insert(p.unit.as_str(), p.machine.as_str());
             changes.push(ScheduleChange::Place {
                 unit: p.unit.clone(),
                 machine: p.machine.clone(),
@@ -301,8 +327,10 @@ impl Model {
                 });
             }
         }
+        // A reason goes once its unit is placed or gone (written only where one exists: most
+        // placements have none to remove).
         for unit in self.reasons.keys() {
-            if !plan.unplaceable.contains_key(unit) && !placed_now.contains_key(unit.as_str()) {
+            if !plan.unplaceable.contains_key(unit) {
                 changes.push(ScheduleChange::Reason {
                     unit: unit.clone(),
                     reason: None,

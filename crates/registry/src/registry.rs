@@ -238,8 +238,16 @@ impl Registry {
         let bodies = self
             .range_at(&self.keys.bodies(), Some(jobs.revision))
             .await?;
+        Ok(AtRevision {
+            items: self.with_bodies(jobs.items, &bodies.items)?,
+            revision: jobs.revision,
+        })
+    }
+
+    /// Pairs jobs with their bodies (read at the jobs' revision).
+    fn with_bodies(&self, jobs: Vec<Job>, bodies: &[KeyValue]) -> Result<Vec<Unit>> {
         let mut files: BTreeMap<String, UnitFile> = BTreeMap::new();
-        for kv in &bodies.items {
+        for kv in bodies {
             let hash = kv.key.trim_start_matches(&self.keys.bodies()).to_string();
             let raw = text(kv)?;
             match UnitFile::parse(&raw) {
@@ -251,8 +259,8 @@ impl Registry {
                 }
             }
         }
-        let mut items = Vec::with_capacity(jobs.items.len());
-        for job in jobs.items {
+        let mut items = Vec::with_capacity(jobs.len());
+        for job in jobs {
             match files.get(&job.hash.to_string()) {
                 Some(file) => items.push(Unit {
                     job,
@@ -263,10 +271,7 @@ impl Registry {
                 }
             }
         }
-        Ok(AtRevision {
-            items,
-            revision: jobs.revision,
-        })
+        Ok(items)
     }
 
     /// One unit with its file.
@@ -318,7 +323,12 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<bool> {
-        let (_, ops) = self.unit_writes(name, file, desired);
+        let (job, mut ops) = self.unit_writes(name, file, desired);
+        if !job.global {
+            // No job means no global record either (destroying a unit removes both).
+            let global = self.keys.global(name);
+            ops.retain(|op| op_key(op) != global);
+        }
         let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
         Ok(self.store.txn(absent, ops, vec![]).await?.succeeded)
     }
@@ -501,7 +511,6 @@ impl Registry {
                 } => vec![
                     Op::put(self.keys.schedule(machine, unit), encode(entry)),
                     Op::put(self.keys.placement(unit), machine.clone()),
-                    Op::delete(self.keys.reason(unit)),
                 ],
                 ScheduleChange::Update {
                     unit,
@@ -684,7 +693,9 @@ impl Registry {
     }
 
     /// Publishes states of this machine's units under its lease, and removes states of units it
-    /// no longer holds, in transactions of at most [`crate::MAX_TXN_OPS`] operations.
+    /// no longer holds (under both prefixes), in transactions of at most
+    /// [`crate::MAX_TXN_OPS`] operations. A unit whose state moves between the prefixes (replaced
+    /// by a global unit of the same name, or the reverse) is removed in an earlier call.
     pub async fn publish_states(
         &self,
         machine: &str,
@@ -699,9 +710,6 @@ impl Registry {
                 encode(s),
                 lease,
             ));
-            // A unit replaced by a global one of the same name (or the reverse) leaves no
-            // state behind under the other prefix.
-            ops.push(Op::delete(self.keys.state_of(&s.name, machine, !s.global)));
         }
         for u in remove {
             ops.push(Op::delete(self.keys.state(u, machine)));
@@ -717,12 +725,23 @@ impl Registry {
 
     /// Every unit as the API lists it, read at one revision (pass it back for later pages).
     pub async fn unit_views(&self, at: Option<Revision>) -> Result<AtRevision<Vec<UnitView>>> {
-        let units = self.units(at).await?;
-        let at = Some(units.revision);
-        let placements = self.placements(at).await?.items;
-        let reasons = self.reasons(at).await?.items;
-        // Global units have no current state of their own: their instances' states are not read.
-        let states = self.placed_states(at).await?.items;
+        let jobs = self.jobs(at).await?;
+        let revision = jobs.revision;
+        let at = Some(revision);
+        // The rest is read at the jobs' revision, side by side. Global units have no current
+        // state of their own: their instances' states are not read.
+        let bodies_prefix = self.keys.bodies();
+        let (bodies, placements, reasons, states) = tokio::try_join!(
+            self.range_at(&bodies_prefix, at),
+            self.placements(at),
+            self.reasons(at),
+            self.placed_states(at)
+        )?;
+        let units = AtRevision {
+            items: self.with_bodies(jobs.items, &bodies.items)?,
+            revision,
+        };
+        let (placements, reasons, states) = (placements.items, reasons.items, states.items);
         let mut agent_state: BTreeMap<(&str, &str), TargetState> = BTreeMap::new();
         for s in &states {
             agent_state.insert((s.name.as_str(), s.machine_id.as_str()), s.agent_state);

@@ -139,8 +139,11 @@ async fn global_instance_states_live_apart_from_placed_states() {
         names(reg.states_of_unit("mon.service").await.unwrap()),
         vec![pair("mon.service", "m1"), pair("mon.service", "m2")]
     );
-    // A unit that stops being global (replaced under the same name) leaves nothing behind
-    // under the other prefix; removal clears both.
+    // A unit that stops being global (replaced under the same name): the agent removes the old
+    // state, then publishes the new one; nothing stays behind under the other prefix.
+    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+        .await
+        .unwrap();
     reg.publish_states("m1", lease, &[state("mon.service", "m1", false)], &[])
         .await
         .unwrap();
