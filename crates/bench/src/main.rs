@@ -132,6 +132,13 @@ fn main_result(cli: Cli) -> anyhow::Result<bool> {
         .prefix("fleet-bench-")
         .tempdir()
         .context("creating a work dir")?;
+    // fleetd keeps the process supervisor's unit files and run records in its runtime directory
+    // (`/run/fleet/units/process`), a tmpfs on a systemd host; the bench's machines keep
+    // theirs on a tmpfs too (`/run` if it is one, else `/dev/shm`).
+    let runtime = tempfile::Builder::new()
+        .prefix("fleet-bench-run-")
+        .tempdir_in(tmpfs_dir())
+        .context("creating a runtime dir")?;
     let process_helper = if cli.process {
         Some(match beside_me("fleet-process-helper") {
             Some(h) => h,
@@ -159,6 +166,7 @@ fn main_result(cli: Cli) -> anyhow::Result<bool> {
         process_helper,
         fleetctl: cli.fleetctl.clone().or_else(|| beside_me("fleetctl")),
         work_dir: work.path().to_path_buf(),
+        runtime_dir: runtime.path().to_path_buf(),
     };
 
     // etcd first: starting it blocks, and the runtime should not be busy meanwhile.
@@ -222,4 +230,14 @@ fn main_result(cli: Cli) -> anyhow::Result<bool> {
         println!("wrote {}", p.display());
     }
     Ok(report.ok())
+}
+
+/// A directory on a tmpfs: `/run` where systemd mounted one, else `/dev/shm`, else the temp dir.
+fn tmpfs_dir() -> PathBuf {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    ["/run", "/dev/shm"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| statfs(d).is_ok_and(|st| st.filesystem_type() == TMPFS_MAGIC))
+        .unwrap_or_else(std::env::temp_dir)
 }

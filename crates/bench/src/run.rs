@@ -30,6 +30,8 @@ pub enum SubmitVia {
     Api,
     /// `Registry::create_unit` directly.
     Registry,
+    /// One `fleetctl start --no-block <files>` with every unit (fleet's own benchmark shape).
+    Fleetctl,
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +58,8 @@ pub struct Options {
     pub fleetctl: Option<PathBuf>,
     /// State dirs and the API socket go here.
     pub work_dir: PathBuf,
+    /// Where machines keep runtime files (on a tmpfs, as `/run` is under systemd).
+    pub runtime_dir: PathBuf,
 }
 
 struct Machine {
@@ -87,8 +91,12 @@ async fn start_machine(i: usize, registry: Registry, opts: &Options) -> anyhow::
         .with_context(|| format!("registering machine {id}"))?;
     let manager: Arc<dyn UnitManager> = match &opts.process_helper {
         Some(helper) => Arc::new(
-            agent::process::ProcessManager::with_helper(state_dir.join("process"), helper.clone())
-                .with_context(|| format!("starting the process supervisor of {id}"))?,
+            agent::process::ProcessManager::with_dirs(
+                state_dir.join("process"),
+                opts.runtime_dir.join(&id).join("process"),
+                helper.clone(),
+            )
+            .with_context(|| format!("starting the process supervisor of {id}"))?,
         ),
         None => Arc::new(HollowManager::new()),
     };
@@ -195,7 +203,15 @@ async fn submit(
     opts: &Options,
     registry: &Registry,
     client: &api::Client,
+    endpoint: &str,
 ) -> Vec<String> {
+    if opts.submit_via == SubmitVia::Fleetctl {
+        return submit_with_fleetctl(units, opts, endpoint)
+            .await
+            .err()
+            .map(|e| vec![format!("{e:#}")])
+            .unwrap_or_default();
+    }
     let results: Vec<Result<(), String>> = futures::stream::iter(units)
         .map(|u| async move {
             match opts.submit_via {
@@ -207,7 +223,7 @@ async fn submit(
                     ))
                     .await
                     .map_err(|e| format!("submitting {}: {e}", u.name)),
-                SubmitVia::Registry => registry
+                SubmitVia::Registry | SubmitVia::Fleetctl => registry
                     .create_unit(&u.name, &u.file, TargetState::Launched)
                     .await
                     .map_err(|e| format!("submitting {}: {e}", u.name)),
@@ -217,6 +233,44 @@ async fn submit(
         .collect()
         .await;
     results.into_iter().filter_map(Result::err).collect()
+}
+
+/// Writes every unit to a file and starts them all with one `fleetctl start --no-block`.
+async fn submit_with_fleetctl(
+    units: &[BenchUnit],
+    opts: &Options,
+    endpoint: &str,
+) -> anyhow::Result<()> {
+    let fleetctl = opts
+        .fleetctl
+        .as_ref()
+        .context("--submit-via fleetctl needs a fleetctl binary (build it, or pass --fleetctl)")?;
+    let dir = opts.work_dir.join("unit-files");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut paths = Vec::with_capacity(units.len());
+    for u in units {
+        let path = dir.join(&u.name);
+        std::fs::write(&path, u.file.serialize())
+            .with_context(|| format!("writing {}", path.display()))?;
+        paths.push(path);
+    }
+    let out = tokio::process::Command::new(fleetctl)
+        .args(["--endpoint", endpoint, "start", "--no-block"])
+        .args(&paths)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("running {}", fleetctl.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "fleetctl start failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 async fn time_ms<T, E: std::fmt::Display>(
@@ -423,7 +477,7 @@ pub async fn run(
     ));
     report
         .errors
-        .extend(submit(&units, opts, &registry, &client).await);
+        .extend(submit(&units, opts, &registry, &client, &api_endpoint).await);
     report.submit_s = t0.elapsed().as_secs_f64();
     let (all_active, timeline) = waiter.await.context("waiting for units")?;
     report.all_active_s = all_active;

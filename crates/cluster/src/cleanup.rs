@@ -1,7 +1,8 @@
 //! Killing what the process unit manager started, so that no unit outlives its test.
 //!
 //! The process manager runs each command of a unit as the leader of its own session and records
-//! the session leaders and the main pid in `<state_dir>/process/run/<unit>.json`; the log
+//! the session leaders and the main pid in `<runtime_dir>/run/<unit>.json` (fleetd's runtime dir
+//! is `<units_directory>/process`); the log
 //! forwarder of each run has the unit's log path (under `state_dir`) on its command line. A
 //! fleetd killed between spawning a unit and writing its record leaves a process no record names,
 //! so the units the harness builds carry `FLEET_CLUSTER_TAG=<tag>` in their environment and every
@@ -24,8 +25,8 @@ struct RunRecord {
     sessions: Vec<i32>,
 }
 
-fn records(state_dir: &Path) -> Vec<(String, RunRecord)> {
-    let dir = state_dir.join("process").join("run");
+fn records(runtime_dir: &Path) -> Vec<(String, RunRecord)> {
+    let dir = runtime_dir.join("run");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -49,10 +50,10 @@ fn records(state_dir: &Path) -> Vec<(String, RunRecord)> {
     out
 }
 
-/// Main pids of the units the process manager of `state_dir` runs, by unit name (only those
-/// whose process is alive).
-pub fn unit_main_pids(state_dir: &Path) -> BTreeMap<String, i32> {
-    records(state_dir)
+/// Main pids of the units the process manager with `runtime_dir` runs, by unit name (only
+/// those whose process is alive).
+pub fn unit_main_pids(runtime_dir: &Path) -> BTreeMap<String, i32> {
+    records(runtime_dir)
         .into_iter()
         .filter_map(|(name, rec)| Some((name, rec.main_pid?)))
         .filter(|(_, pid)| alive(*pid))
@@ -73,9 +74,9 @@ pub fn alive(pid: i32) -> bool {
 
 /// SIGKILLs every session and main pid recorded under `state_dir`. Returns how many signals were
 /// delivered.
-pub fn kill_recorded_units(state_dir: &Path) -> usize {
+pub fn kill_recorded_units(runtime_dir: &Path) -> usize {
     let mut delivered = 0;
-    for (_, rec) in records(state_dir) {
+    for (_, rec) in records(runtime_dir) {
         for session in rec.sessions.iter().copied().filter(|p| *p > 1) {
             // A session leader's pid is its process group id.
             if killpg(Pid::from_raw(session), Signal::SIGKILL).is_ok() {
@@ -155,7 +156,7 @@ mod tests {
     fn recorded_sessions_are_killed_and_pids_read() {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("process").join("run");
+        let run = dir.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         // A session leader with a child in its group, as the process manager starts units.
         let mut cmd = std::process::Command::new("sh");

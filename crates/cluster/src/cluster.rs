@@ -430,7 +430,7 @@ impl Cluster {
             m.kill();
         }
         for m in &self.machines {
-            cleanup::kill_recorded_units(&m.state_dir());
+            cleanup::kill_recorded_units(&m.process_runtime_dir());
         }
         cleanup::kill_tagged(&self.tag, self.dir.path());
     }

@@ -111,6 +111,16 @@ impl Machine {
         &self.dir
     }
 
+    /// fleetd's `units_directory`.
+    pub fn units_dir(&self) -> PathBuf {
+        self.dir.join("units")
+    }
+
+    /// Where the process manager keeps its run records and unit files.
+    pub fn process_runtime_dir(&self) -> PathBuf {
+        self.units_dir().join("process")
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
@@ -179,7 +189,7 @@ impl Machine {
             "--state-dir".into(),
             self.state_dir().display().to_string(),
             "--units-directory".into(),
-            self.dir.join("units").display().to_string(),
+            self.units_dir().display().to_string(),
             "--machine-id".into(),
             self.id.clone(),
             "--api-listen".into(),
@@ -389,7 +399,7 @@ impl Machine {
 
     /// Main pids of the units this machine's process manager runs, by unit name.
     pub fn unit_pids(&self) -> BTreeMap<String, i32> {
-        cleanup::unit_main_pids(&self.state_dir())
+        cleanup::unit_main_pids(&self.process_runtime_dir())
     }
 
     /// The last `lines` lines of this machine's fleetd log (all starts, marked).

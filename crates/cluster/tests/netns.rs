@@ -181,8 +181,9 @@ impl Net {
         ip(&["link", "set", host, if up { "up" } else { "down" }]).expect("setting the link");
     }
 
-    fn state_dir(&self, i: usize) -> PathBuf {
-        self.machine_dir(i).join("state")
+    /// The process supervisor's runtime dir (`units_directory/process`).
+    fn process_runtime_dir(&self, i: usize) -> PathBuf {
+        self.machine_dir(i).join("units").join("process")
     }
 
     fn logs(&self) -> String {
@@ -210,7 +211,7 @@ impl Drop for Net {
             let _ = c.wait();
         }
         for i in 0..self.fleetds.len() {
-            kill_recorded_units(&self.state_dir(i));
+            kill_recorded_units(&self.process_runtime_dir(i));
         }
         if let Some(e) = &mut self.etcd {
             let _ = e.kill();
@@ -259,7 +260,7 @@ fn active(rt: &tokio::runtime::Runtime, net: &Net, via: usize) -> Option<Vec<(St
 }
 
 fn pid_on(net: &Net, i: usize, unit: &str) -> Option<i32> {
-    unit_main_pids(&net.state_dir(i))
+    unit_main_pids(&net.process_runtime_dir(i))
         .get(unit)
         .copied()
         .filter(|p| alive(*p))

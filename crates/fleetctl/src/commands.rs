@@ -9,6 +9,7 @@ use crate::output::Output;
 use crate::plan::{self, Goal, Step};
 use crate::wait::{self, Limits};
 use api::types::Unit;
+use futures::StreamExt;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -42,6 +43,9 @@ fn names(args: &[String]) -> Vec<String> {
     out
 }
 
+/// API requests one command has in flight at once (fleet's fleetctl sent one at a time).
+const CONCURRENT_REQUESTS: usize = 64;
+
 /// fleet's lazy creation for `submit`, `load` and `start`: every argument ends up in the
 /// registry (or the command fails at the first that cannot), then the units created are waited
 /// for until `inactive`. Returns the unit names.
@@ -56,28 +60,47 @@ pub async fn lazy_create(
     if replace.sign {
         out.eprintln(SIGN_WARNING);
     }
-    let mut created = Vec::new();
+    // Every unit is looked up (side by side) and decided on, in argument order, before any is
+    // created: a bad file anywhere stops the command with nothing changed.
+    let lookups: Vec<Result<create::Lookup, String>> = futures::stream::iter(args)
+        .map(|arg| create::gather(fleet, arg))
+        .buffered(CONCURRENT_REQUESTS)
+        .collect()
+        .await;
+    let mut to_create: Vec<(String, unit::UnitFile)> = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    for arg in args {
-        let lookup = create::gather(fleet, arg)
-            .await
-            .map_err(|e| out.eprintln(&e))?;
+    for lookup in lookups {
+        let lookup = lookup.map_err(|e| out.eprintln(&e))?;
         let decision =
             create::decide(purpose, replace.replace, &lookup).map_err(|e| out.eprintln(&e))?;
         decision.messages.iter().for_each(|m| say(out, m));
         if let Action::Create { file, .. } = decision.action {
-            let warnings = create::validate(&lookup.name, &file).map_err(|e| out.eprintln(&e))?;
-            warnings.iter().for_each(|m| say(out, m));
-            fleet
-                .create_unit(&create::new_unit(&lookup.name, &file))
-                .await
-                .map_err(|e| out.eprintln(&format!("failed creating unit {}: {e}", lookup.name)))?;
-            created.push(lookup.name.clone());
+            // The same unit named twice is created once.
+            if !to_create.iter().any(|(n, _)| *n == lookup.name) {
+                let warnings =
+                    create::validate(&lookup.name, &file).map_err(|e| out.eprintln(&e))?;
+                warnings.iter().for_each(|m| say(out, m));
+                to_create.push((lookup.name.clone(), file));
+            }
         }
         if !names.contains(&lookup.name) {
             names.push(lookup.name);
         }
     }
+    let results: Vec<Result<(), String>> = futures::stream::iter(&to_create)
+        .map(|(name, file)| async move {
+            fleet
+                .create_unit(&create::new_unit(name, file))
+                .await
+                .map_err(|e| format!("failed creating unit {name}: {e}"))
+        })
+        .buffered(CONCURRENT_REQUESTS)
+        .collect()
+        .await;
+    for result in results {
+        result.map_err(|e| out.eprintln(&e))?;
+    }
+    let created: Vec<String> = to_create.into_iter().map(|(n, _)| n).collect();
     // A new unit is inactive at once; a replaced one is taken down before it is started again
     // with its new content (even with --no-block: the new content must not race the old).
     let plans = created
@@ -147,9 +170,14 @@ async fn execute(
 
 /// Current units by name (after lazy creation).
 async fn fetch(fleet: &Fleet, names: &[String], out: &Output) -> Result<Vec<Unit>, i32> {
+    let found: Vec<_> = futures::stream::iter(names)
+        .map(|name| async move { (name, fleet.unit(name).await) })
+        .buffered(CONCURRENT_REQUESTS)
+        .collect()
+        .await;
     let mut units = Vec::new();
-    for name in names {
-        match fleet.unit(name).await {
+    for (name, read) in found {
+        match read {
             Ok(Some(u)) => units.push(u),
             Ok(None) => {
                 out.eprintln(&format!("unable to find unit {name}"));

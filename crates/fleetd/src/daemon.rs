@@ -49,8 +49,11 @@ pub async fn open_manager(cfg: &Config) -> anyhow::Result<Arc<dyn UnitManager>> 
             };
             Arc::new(agent::systemd::SystemdManager::connect(opts).await?)
         }
-        UnitManagerKind::Process => Arc::new(agent::process::ProcessManager::new(
+        // Run records and unit files live beside systemd's unit files, in fleet's runtime
+        // directory; logs stay under the state directory.
+        UnitManagerKind::Process => Arc::new(agent::process::ProcessManager::in_dirs(
             cfg.state_dir.join("process"),
+            cfg.units_directory.join("process"),
         )?),
     })
 }

@@ -289,7 +289,7 @@ fn socket_activated_fleetd_runs_units_through_systemd() {
 fn supervised_pid(machine: &Machine, unit: &str) -> i32 {
     let record = machine
         .m
-        .host_path(format!("/var/lib/fleet/process/run/{unit}.json"));
+        .host_path(format!("/var/lib/fleet/units/process/run/{unit}.json"));
     wait_for(&format!("a run record of {unit}"), DEADLINE, || {
         let text = std::fs::read_to_string(&record).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -320,8 +320,11 @@ fn process_supervisor_units_outlive_fleetd_restarts_under_systemd() {
     // KillMode=process at work: the process supervisor's units live in fleet.service's
     // cgroup, and neither a crash nor an upgrade of fleetd takes them down; only fleetd's own
     // leave on `systemctl stop` does.
-    let Some(machine) = Machine::boot("dist-process", "--unit-manager process --agent-ttl 10s")
-    else {
+    let Some(machine) = Machine::boot(
+        "dist-process",
+        // Runtime files on the machine's disk (not its /run tmpfs) so the host can read them.
+        "--unit-manager process --agent-ttl 10s --units-directory /var/lib/fleet/units",
+    ) else {
         return;
     };
     machine.systemctl_ok(&["start", "fleet.service"]);

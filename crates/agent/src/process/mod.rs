@@ -12,10 +12,14 @@
 //! ```
 //!
 //! It runs the service subset of systemd units (see [`config`]) with systemd's state names.
-//! Layout under `state_dir`:
+//! Layout under `runtime_dir` (fleetd: `units_directory/process`, on a tmpfs where systemd
+//! mounts `/run`: these files only need to outlive fleetd, not the boot, and creating two
+//! files per unit start on a disk file system was the largest cost of starting units):
 //! - `units/<name>`: the normalized unit file, as loaded;
 //! - `run/<name>.json`: a running unit's main pid, its start time (`/proc/<pid>/stat`, to
-//!   guard against pid reuse), its sessions and the boot id;
+//!   guard against pid reuse), its sessions and the boot id.
+//!
+//! Under `state_dir` (kept across reboots):
 //! - `logs/<name>.log` (+ `.log.1`): its stdout/stderr, one timestamped line per line.
 //!
 //! Every command of a unit runs as the leader of its own session (setsid): stopping signals the
@@ -74,6 +78,7 @@ struct UnitEntry {
 
 pub(crate) struct Shared {
     state_dir: PathBuf,
+    runtime_dir: PathBuf,
     helper: PathBuf,
     boot_id: String,
     tx: broadcast::Sender<StateChange>,
@@ -94,7 +99,7 @@ impl Shared {
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
-        self.state_dir.join("run").join(format!("{name}.json"))
+        self.runtime_dir.join("run").join(format!("{name}.json"))
     }
 
     pub(crate) fn config(&self, name: &str) -> Option<Result<Arc<ServiceConfig>, String>> {
@@ -199,40 +204,59 @@ fn parse_stored(text: &str) -> Result<UnitFile, String> {
 }
 
 impl ProcessManager {
-    /// A manager keeping its files under `state_dir` (created if missing), re-adopting the
-    /// units a previous manager left there. Its log forwarder is this executable, which must
+    /// A manager keeping all its files under `state_dir` (created if missing), re-adopting the
+    /// units a previous manager left there. See [`ProcessManager::in_dirs`]. Its log forwarder is this executable, which must
     /// call [`run_helper_if_requested`] first thing in `main` (fleetd does); `FLEET_PROCESS_HELPER`
     /// names another executable. Must be called inside a tokio runtime.
     pub fn new(state_dir: PathBuf) -> anyhow::Result<ProcessManager> {
+        Self::in_dirs(state_dir.clone(), state_dir)
+    }
+
+    /// A manager with its logs under `state_dir` and its unit files and run records under
+    /// `runtime_dir` (see the module documentation).
+    pub fn in_dirs(state_dir: PathBuf, runtime_dir: PathBuf) -> anyhow::Result<ProcessManager> {
         let helper = match std::env::var_os("FLEET_PROCESS_HELPER") {
             Some(h) => PathBuf::from(h),
             None => std::env::current_exe()
                 .context("finding fleetd's own executable (the log forwarder)")?,
         };
-        Self::with_helper(state_dir, helper)
+        Self::with_dirs(state_dir, runtime_dir, helper)
     }
 
     /// Like [`ProcessManager::new`] with an explicit log-forwarder executable (any binary that
     /// calls [`run_helper_if_requested`], such as `fleet-process-helper`).
     pub fn with_helper(state_dir: PathBuf, helper: PathBuf) -> anyhow::Result<ProcessManager> {
+        Self::with_dirs(state_dir.clone(), state_dir, helper)
+    }
+
+    /// Like [`ProcessManager::in_dirs`] with an explicit log-forwarder executable.
+    pub fn with_dirs(
+        state_dir: PathBuf,
+        runtime_dir: PathBuf,
+        helper: PathBuf,
+    ) -> anyhow::Result<ProcessManager> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("ProcessManager must be created inside a tokio runtime")?;
         probe_helper(&helper)?;
-        for sub in ["units", "run", "logs"] {
-            let dir = state_dir.join(sub);
+        for dir in [
+            runtime_dir.join("units"),
+            runtime_dir.join("run"),
+            state_dir.join("logs"),
+        ] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let (tx, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             state_dir: state_dir.clone(),
+            runtime_dir: runtime_dir.clone(),
             helper,
             boot_id: sys::boot_id(),
             tx,
             units: Mutex::new(BTreeMap::new()),
             shutdown: shutdown_rx,
         });
-        let units_dir = state_dir.join("units");
+        let units_dir = runtime_dir.join("units");
         let entries = std::fs::read_dir(&units_dir)
             .with_context(|| format!("reading {}", units_dir.display()))?;
         for entry in entries.flatten() {
@@ -391,10 +415,10 @@ impl UnitManager for ProcessManager {
         check_name(name)?;
         let text = file.serialize();
         let hash = UnitHash::of(text.as_bytes());
-        let path = self.shared.state_dir.join("units").join(name);
+        let path = self.shared.runtime_dir.join("units").join(name);
         let tmp = self
             .shared
-            .state_dir
+            .runtime_dir
             .join("units")
             .join(format!("{name}.tmp"));
         tokio::fs::write(&tmp, &text)
@@ -531,7 +555,7 @@ impl UnitManager for ProcessManager {
         if let Some(task) = removed.and_then(|e| e.task) {
             task.abort();
         }
-        let path = self.shared.state_dir.join("units").join(name);
+        let path = self.shared.runtime_dir.join("units").join(name);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -228,7 +228,7 @@ pub(crate) static OPTIONS: &[OptionSpec] = &[
         name: "units_directory",
         flag: "units-directory",
         default: "/run/fleet/units/",
-        help: "Directory where the agent writes unit files for systemd",
+        help: "Runtime directory where the agent writes unit files for systemd (the process supervisor: unit files and run records under process/)",
         kind: FlagKind::Value,
         apply: |c, v, _| {
             c.units_directory = parse_absolute_path(v)?;

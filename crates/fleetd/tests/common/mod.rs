@@ -11,7 +11,7 @@
 //! Everything a test starts is killed by PID when its owner is dropped, also when the test
 //! panics: `Fleetd` kills its process; `Node` kills the processes of the units the process
 //! supervisor ran for it (found through their sessions, recorded under
-//! `state_dir/process/run/*.json`) and the log forwarders it left (their command line names
+//! `units_dir/process/run/*.json`) and the log forwarders it left (their command line names
 //! the node's state dir).
 
 #![allow(dead_code)] // Each test file uses its own part of this module.
@@ -108,7 +108,7 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
-/// A run record of the process supervisor (`state_dir/process/run/<unit>.json`).
+/// A run record of the process supervisor (`units_dir/process/run/<unit>.json`).
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct RunRecord {
     pub main_pid: Option<i32>,
@@ -151,6 +151,11 @@ impl Node {
         self.dir.path().join("state")
     }
 
+    /// fleetd's `units_directory` (the process supervisor's runtime files are under `process/`).
+    pub fn units_dir(&self) -> PathBuf {
+        self.dir.path().join("units")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("fleet.sock")
     }
@@ -164,7 +169,7 @@ impl Node {
             "--state-dir".into(),
             format!("{d}/state"),
             "--units-directory".into(),
-            format!("{d}/units"),
+            self.units_dir().display().to_string(),
             "--machine-id".into(),
             self.machine_id.clone(),
             "--api-listen".into(),
@@ -217,7 +222,7 @@ impl Node {
     /// The run records of the units running on this node, by unit name.
     pub fn run_records(&self) -> Vec<(String, RunRecord)> {
         let mut out = Vec::new();
-        let dir = self.state_dir().join("process/run");
+        let dir = self.units_dir().join("process/run");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return out;
         };
