@@ -362,17 +362,20 @@ impl Run {
     }
 
     /// The write end of the unit's log pipe, starting its forwarder on first use.
-    fn output(&mut self) -> Option<&OwnedFd> {
+    async fn output(&mut self) -> Option<&OwnedFd> {
         if self.output.is_none() {
-            match start_forwarder(&self.shared.helper, &self.shared.log_path(&self.name)) {
-                Ok(fd) => self.output = Some(fd),
-                Err(e) => tracing::warn!(unit = %self.name, "no log for this run: {e:#}"),
+            let (helper, log) = (self.shared.helper.clone(), self.shared.log_path(&self.name));
+            // Off the async workers: a spawn blocks its thread until the child has exec'd.
+            match tokio::task::spawn_blocking(move || start_forwarder(&helper, &log)).await {
+                Ok(Ok(fd)) => self.output = Some(fd),
+                Ok(Err(e)) => tracing::warn!(unit = %self.name, "no log for this run: {e:#}"),
+                Err(e) => tracing::warn!(unit = %self.name, "no log for this run: {e}"),
             }
         }
         self.output.as_ref()
     }
 
-    fn spawn(
+    async fn spawn(
         &mut self,
         cmd: &ExecCommand,
         extra: &[(&str, String)],
@@ -396,14 +399,20 @@ impl Run {
         let resolved =
             sys::resolve_executable(program, &path).map_err(|e| format!("{}: {e:#}", self.name))?;
         argv[0] = resolved.to_string_lossy().into_owned();
-        let output = self.output().and_then(|fd| fd.try_clone().ok());
-        let child = sys::spawn(sys::Spawn {
-            argv: &argv,
-            env: &env,
-            cwd: self.cwd.as_deref(),
-            credentials: self.credentials.as_ref(),
-            output: output.as_ref(),
+        let output = self.output().await.and_then(|fd| fd.try_clone().ok());
+        let (cwd, credentials) = (self.cwd.clone(), self.credentials.clone());
+        // Off the async workers: a spawn blocks its thread until the child has exec'd.
+        let child = tokio::task::spawn_blocking(move || {
+            sys::spawn(sys::Spawn {
+                argv: &argv,
+                env: &env,
+                cwd: cwd.as_deref(),
+                credentials: credentials.as_ref(),
+                output: output.as_ref(),
+            })
         })
+        .await
+        .map_err(|e| format!("{}: starting the command: {e}", self.name))?
         .map_err(|e| format!("{}: {e:#}", self.name))?;
         let pid = child.id();
         if pid > 0 {
@@ -428,7 +437,7 @@ impl Run {
         stoppable: bool,
     ) -> Result<(), Interrupt> {
         let extra = self.main_env();
-        let (mut child, pid) = match self.spawn(cmd, &extra) {
+        let (mut child, pid) = match self.spawn(cmd, &extra).await {
             Ok(c) => c,
             Err(reason) if cmd.ignore_failure => {
                 note(
@@ -542,7 +551,7 @@ impl Run {
                 let Some(cmd) = cfg.exec_start.first() else {
                     return self.stop(false, RunResult::Resources, false).await;
                 };
-                match self.spawn(cmd, &[]) {
+                match self.spawn(cmd, &[]).await {
                     Ok((child, pid)) => self.main = Some(MainProc::Child { child, pid }),
                     Err(reason) => {
                         self.fail_note(format!("ExecStart: {reason}")).await;
