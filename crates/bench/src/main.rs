@@ -6,6 +6,8 @@
 //! cargo run --release -p fleet-bench -- --machines 1000 --units 10000
 //! cargo run --release -p fleet-bench -- --smoke                  # CI: exit 0 iff all became active
 //! cargo run --release -p fleet-bench -- --process                # 3 machines x 1,000 real units
+//! cargo run --release -p fleet-bench -- --process --submit-via fleetctl   # fleet's own shape:
+//!                                          # one `fleetctl start --no-block` with 1,000 files
 //! ```
 //!
 //! Figures go to stdout (a table), `target/bench/<run>.json` and `target/bench/<run>-*.svg`.

@@ -134,10 +134,14 @@ pub fn table(r: &RunReport) -> String {
             format!("{:.2} s", r.agents_start_s),
         ),
         (
-            format!(
-                "submit ({}, {} in flight)",
-                r.submitted_via, r.submit_concurrency
-            ),
+            if r.submitted_via == "fleetctl" {
+                "submit (one fleetctl start --no-block)".to_string()
+            } else {
+                format!(
+                    "submit ({}, {} in flight)",
+                    r.submitted_via, r.submit_concurrency
+                )
+            },
             format!("{:.2} s", r.submit_s),
         ),
         ("submit -> all active".into(), secs(r.all_active_s)),
