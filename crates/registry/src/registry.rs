@@ -15,7 +15,7 @@
 use crate::keys::Keys;
 use crate::model::*;
 use crate::store::{range_all, Compare, KeyValue, Op, Revision, Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use unit::{UnitFile, UnitHash};
 
@@ -105,6 +105,9 @@ pub enum ScheduleChange {
 pub struct Registry {
     pub store: Arc<dyn Store>,
     pub keys: Keys,
+    /// Bodies parsed by the last listing, by hash (bodies never change under a hash): the next
+    /// listing parses only new ones. Replaced by each listing, so it holds one listing's worth.
+    parsed: Arc<std::sync::Mutex<HashMap<String, UnitFile>>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
@@ -138,6 +141,7 @@ impl Registry {
         Registry {
             store,
             keys: Keys::new(prefix),
+            parsed: Arc::default(),
         }
     }
 
@@ -246,9 +250,19 @@ impl Registry {
 
     /// Pairs jobs with their bodies (read at the jobs' revision).
     fn with_bodies(&self, jobs: Vec<Job>, bodies: &[KeyValue]) -> Result<Vec<Unit>> {
-        let mut files: BTreeMap<String, UnitFile> = BTreeMap::new();
+        let mut earlier = std::mem::take(
+            &mut *self
+                .parsed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut files: HashMap<String, UnitFile> = HashMap::with_capacity(bodies.len());
         for kv in bodies {
             let hash = kv.key.trim_start_matches(&self.keys.bodies()).to_string();
+            if let Some(f) = earlier.remove(&hash) {
+                files.insert(hash, f);
+                continue;
+            }
             let raw = text(kv)?;
             match UnitFile::parse(&raw) {
                 Ok(f) => {
@@ -271,6 +285,10 @@ impl Registry {
                 }
             }
         }
+        *self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = files;
         Ok(items)
     }
 

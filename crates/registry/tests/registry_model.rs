@@ -166,3 +166,26 @@ async fn global_instance_states_live_apart_from_placed_states() {
     assert!(reg.states_of_unit("mon.service").await.unwrap().is_empty());
     assert_eq!(reg.unit_states(None).await.unwrap().items.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_replaced_bodies() {
+    let (_dir, reg) = registry();
+    let old = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n").unwrap();
+    let new = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 2\n").unwrap();
+    reg.create_unit("a.service", &old, TargetState::Launched)
+        .await
+        .unwrap();
+    let first = reg.unit_views(None).await.unwrap();
+    let first_revision = first.revision;
+    assert_eq!(first.items[0].unit.file, old);
+    // Parsed bodies are reused between listings by hash; a replaced body is a new hash.
+    reg.create_unit("a.service", &new, TargetState::Launched)
+        .await
+        .unwrap();
+    let second = reg.unit_views(None).await.unwrap().items;
+    assert_eq!(second[0].unit.file, new);
+    assert_eq!(reg.units(None).await.unwrap().items[0].file, new);
+    // A listing pinned to the earlier revision still shows the earlier body.
+    let pinned = reg.units(Some(first_revision)).await.unwrap().items;
+    assert_eq!(pinned[0].file, old);
+}
