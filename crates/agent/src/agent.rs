@@ -321,14 +321,10 @@ impl Agent {
         if missing.len() < 2 {
             return;
         }
-        let registry = &self.presence.registry;
-        let reads: Vec<_> = missing
-            .into_iter()
-            .map(|h| async move { (h, registry.body(&h, None).await) })
-            .collect();
-        let fetched: Vec<_> = futures::stream::iter(reads)
-            .buffer_unordered(CONCURRENT_ACTIONS)
-            .collect()
+        let fetched = self
+            .presence
+            .registry
+            .bodies(missing, CONCURRENT_ACTIONS)
             .await;
         for (hash, read) in fetched {
             if let Ok(Some(file)) = read {

@@ -1,7 +1,6 @@
 //! The leader's model of the cluster, kept current from registry watches, and the translation
 //! of the scheduler's plan into registry writes.
 
-use futures::StreamExt;
 use registry::keys::Keys;
 use registry::mirror::{apply, json, text, Update};
 use registry::EventKind;
@@ -142,15 +141,7 @@ impl Model {
         }
         missing.sort();
         missing.dedup();
-        let reads: Vec<_> = missing
-            .into_iter()
-            .map(|hash| async move { (hash, registry.body(&hash, None).await) })
-            .collect();
-        let fetched: Vec<_> = futures::stream::iter(reads)
-            .buffer_unordered(CONCURRENT_READS)
-            .collect()
-            .await;
-        for (hash, read) in fetched {
+        for (hash, read) in registry.bodies(missing, CONCURRENT_READS).await {
             match read {
                 Ok(Some(file)) => {
                     self.bodies.insert(hash, file);

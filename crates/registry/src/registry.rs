@@ -235,6 +235,24 @@ impl Registry {
         }
     }
 
+    /// The bodies stored under `hashes`, read `in_flight` at a time (the engine and the agents
+    /// read the bodies of a burst of new units this way). Results come in no particular order.
+    pub async fn bodies(
+        &self,
+        hashes: impl IntoIterator<Item = UnitHash>,
+        in_flight: usize,
+    ) -> Vec<(UnitHash, Result<Option<UnitFile>>)> {
+        use futures::StreamExt;
+        let reads: Vec<_> = hashes
+            .into_iter()
+            .map(|hash| async move { (hash, self.body(&hash, None).await) })
+            .collect();
+        futures::stream::iter(reads)
+            .buffer_unordered(in_flight.max(1))
+            .collect()
+            .await
+    }
+
     /// Every unit with its file, sorted by name, read at one revision. Jobs whose body is
     /// missing are skipped (as fleet did), with a warning.
     pub async fn units(&self, at: Option<Revision>) -> Result<AtRevision<Vec<Unit>>> {

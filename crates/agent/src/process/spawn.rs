@@ -353,24 +353,26 @@ mod tests {
     #[tokio::test]
     async fn new_session_environment_directory_and_output() {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::fs::File::create(dir.path().join("out")).unwrap();
-        let out = OwnedFd::from(out);
         let mut env = BTreeMap::new();
         env.insert("GREETING".to_string(), "hello there".to_string());
-        let script = "echo \"$GREETING\"; pwd; cut -d' ' -f6 /proc/$$/stat; echo $$; \
-                      echo err >&2";
-        let mut child = spawn_in_session(
-            &argv(&["/bin/sh", "-c", script]),
-            &env,
-            Some(dir.path()),
-            Stdio {
+        // Runs `words` to its end with its output in a file of `dir`; returns that output.
+        let run = |words: &[&str], cwd: Option<&Path>, file: &str| {
+            let path = dir.path().join(file);
+            let out = OwnedFd::from(std::fs::File::create(&path).unwrap());
+            let stdio = Stdio {
                 stdin: None,
                 output: Some(&out),
-            },
-        )
-        .unwrap();
-        assert!(child.wait().await.unwrap().success());
-        let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
+            };
+            let child = spawn_in_session(&argv(words), &env, cwd, stdio).unwrap();
+            async move {
+                let mut child = child;
+                assert!(child.wait().await.unwrap().success());
+                std::fs::read_to_string(path).unwrap()
+            }
+        };
+        let script = "echo \"$GREETING\"; pwd; cut -d' ' -f6 /proc/$$/stat; echo $$; \
+                      echo err >&2";
+        let text = run(&["/bin/sh", "-c", script], Some(dir.path()), "out").await;
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "hello there");
         assert_eq!(
@@ -383,20 +385,8 @@ mod tests {
 
         // The signal mask and dispositions the program starts with (read by the program
         // itself: a shell changes its own mask around the commands it runs).
-        let status = std::fs::File::create(dir.path().join("status")).unwrap();
-        let status = OwnedFd::from(status);
-        let mut child = spawn_in_session(
-            &argv(&["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]),
-            &env,
-            None,
-            Stdio {
-                stdin: None,
-                output: Some(&status),
-            },
-        )
-        .unwrap();
-        assert!(child.wait().await.unwrap().success());
-        let text = std::fs::read_to_string(dir.path().join("status")).unwrap();
+        let words = ["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+        let text = run(&words, None, "status").await;
         let mask = |field: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(field))
