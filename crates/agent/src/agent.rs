@@ -25,6 +25,9 @@ pub enum Shutdown {
     Upgrade,
 }
 
+/// Publications of unit states at most this often (changes in between wait and go together).
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How often failed actions are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -152,6 +155,9 @@ impl Agent {
         let mut keepalive = tokio::time::interval(self.presence.ttl / 3);
         keepalive.tick().await;
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        // When the last publication went out, and when the next is due if changes wait.
+        let mut last_publish = tokio::time::Instant::now() - PUBLISH_INTERVAL;
+        let mut publish_due: Option<tokio::time::Instant> = None;
         // Nothing is decided until all three copies have been read once.
         let mut ready = [false; 3];
         loop {
@@ -196,6 +202,9 @@ impl Agent {
                     }
                     dirty = true;
                 }
+                _ = tokio::time::sleep_until(publish_due.unwrap_or_else(tokio::time::Instant::now)), if publish_due.is_some() => {
+                    state_changed = true;
+                }
                 _ = shutdown.changed() => {
                     let mode = *shutdown.borrow();
                     if let Some(mode) = mode {
@@ -234,7 +243,17 @@ impl Agent {
                 state_changed = true;
             }
             if state_changed {
-                self.publish().await;
+                // The first change after a quiet spell goes out at once; a burst (a global
+                // unit arriving every few hundred ms, say) is coalesced into one transaction
+                // per interval instead of one per change.
+                let now = tokio::time::Instant::now();
+                if now >= last_publish + PUBLISH_INTERVAL {
+                    publish_due = None;
+                    last_publish = now;
+                    self.publish().await;
+                } else if publish_due.is_none() {
+                    publish_due = Some(last_publish + PUBLISH_INTERVAL);
+                }
             }
         }
     }
