@@ -330,7 +330,7 @@ impl Agent {
     /// Reads the bodies of scheduled units not seen before, side by side (a burst of new units
     /// would otherwise cost one registry round trip after another). Failures are left to
     /// [`Self::requirements`], which reads again and reports.
-    async fn preupdate_requirements(&mut self) {
+    async fn prefetch_bodies(&mut self) {
         let missing: std::collections::BTreeSet<UnitHash> = self
             .schedule
             .values()
@@ -353,7 +353,7 @@ impl Agent {
     }
 
     async fn reconcile(&mut self) {
-        self.preupdate_requirements().await;
+        self.prefetch_bodies().await;
         let mut candidates = Vec::new();
         let scheduled: Vec<(String, ScheduleEntry)> = self
             .schedule
@@ -549,26 +549,16 @@ impl Agent {
             })
             .map(|s| s.name.clone())
             .collect();
+        let registry = &self.presence.registry;
+        let lease = self.presence.lease;
+        let mut result = Ok(());
         if !moved.is_empty() {
-            if let Err(e) = self
-                .presence
-                .registry
-                .publish_states(&me, self.presence.lease, &[], &moved)
-                .await
-            {
-                if !self.all_stale {
-                    self.stale.extend(names);
-                }
-                tracing::warn!(error = %e, "publishing unit states failed; will retry");
-                return;
-            }
+            result = registry.publish_states(&me, lease, &[], &moved).await;
         }
-        match self
-            .presence
-            .registry
-            .publish_states(&me, self.presence.lease, &save, &remove)
-            .await
-        {
+        if result.is_ok() {
+            result = registry.publish_states(&me, lease, &save, &remove).await;
+        }
+        match result {
             Ok(()) => {
                 self.all_stale = false;
                 for name in &remove {

@@ -347,8 +347,6 @@ impl Registry {
                 raw,
             };
             ops.push(Op::put(self.keys.global(name), encode(&record)));
-        } else {
-            ops.push(Op::delete(self.keys.global(name)));
         }
         (job, ops)
     }
@@ -361,12 +359,8 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<bool> {
-        let (job, mut ops) = self.unit_writes(name, file, desired);
-        if !job.global {
-            // No job means no global record either (destroying a unit removes both).
-            let global = self.keys.global(name);
-            ops.retain(|op| op_key(op) != global);
-        }
+        // No job means no global record either (destroying a unit removes both).
+        let (_, ops) = self.unit_writes(name, file, desired);
         let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
         Ok(self.store.txn(absent, ops, vec![]).await?.succeeded)
     }
@@ -389,6 +383,10 @@ impl Registry {
                 old.as_ref().map_or(0, |kv| kv.mod_revision),
             )];
             let mut ops = new_ops.clone();
+            if !job.global {
+                // A global unit replaced by a plain one loses its global record.
+                ops.push(Op::delete(self.keys.global(name)));
+            }
             if let Some(old_job) = &old_job {
                 if old_job.hash != job.hash {
                     ops.push(Op::delete(self.keys.body_ref(&old_job.hash, name)));
@@ -775,17 +773,13 @@ impl Registry {
             self.reasons(at),
             self.placed_states(at)
         )?;
-        let units = AtRevision {
-            items: self.with_bodies(jobs.items, &bodies.items)?,
-            revision,
-        };
+        let units = self.with_bodies(jobs.items, &bodies.items)?;
         let (placements, reasons, states) = (placements.items, reasons.items, states.items);
         let mut agent_state: BTreeMap<(&str, &str), TargetState> = BTreeMap::new();
         for s in &states {
             agent_state.insert((s.name.as_str(), s.machine_id.as_str()), s.agent_state);
         }
         let items = units
-            .items
             .into_iter()
             .map(|u| {
                 let name = u.job.name.clone();
@@ -809,10 +803,7 @@ impl Registry {
                 }
             })
             .collect();
-        Ok(AtRevision {
-            items,
-            revision: units.revision,
-        })
+        Ok(AtRevision { items, revision })
     }
 
     /// One unit as the API shows it.
