@@ -155,7 +155,11 @@ fn fleetctl_drives_a_real_fleetd() {
         ctl.unit_files(),
         vec![("hello.service".into(), "inactive".into(), "inactive".into())]
     );
-    assert!(ctl.active_units().is_empty());
+    // The agent removes its state record after the unit leaves the schedule (as fleet's
+    // agent did), so list-units catches up a moment after unload returns.
+    wait_for("hello.service gone from list-units", DEADLINE, || {
+        ctl.active_units().is_empty().then_some(())
+    });
     assert!(ctl
         .ok(&["destroy", "hello.service"])
         .contains("Destroyed hello.service"));
@@ -205,6 +209,8 @@ fn fleetctl_drives_a_real_fleetd() {
     args.extend(instances.iter().map(String::as_str));
     ctl.ok(&args);
     assert!(ctl.unit_files().is_empty());
-    assert!(ctl.active_units().is_empty());
+    wait_for("the instances gone from list-units", DEADLINE, || {
+        ctl.active_units().is_empty().then_some(())
+    });
     assert!(fleetd.running());
 }
