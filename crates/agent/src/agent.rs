@@ -7,7 +7,7 @@ use crate::reconcile::{self, Action, Candidate, Held};
 use crate::UnitManager;
 use futures::StreamExt;
 use registry::mirror::{apply, follow, json, text};
-use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
+use registry::{GlobalJob, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,7 @@ pub struct Agent {
     bodies: HashMap<UnitHash, UnitFile>,
     /// unit -> the hash its requirements were read from, and those requirements (specifiers
     /// depend on the unit's name, so one body can give several).
-    requirements: HashMap<String, (UnitHash, Requirements)>,
+    requirements: HashMap<String, (UnitHash, std::sync::Arc<Requirements>)>,
     held: BTreeMap<String, Held>,
     /// Why the last action on a unit failed, until one succeeds.
     failures: BTreeMap<String, String>,
@@ -281,7 +281,11 @@ impl Agent {
         }
     }
 
-    async fn requirements(&mut self, name: &str, hash: &UnitHash) -> Option<Requirements> {
+    async fn requirements(
+        &mut self,
+        name: &str,
+        hash: &UnitHash,
+    ) -> Option<std::sync::Arc<Requirements>> {
         if let Some((h, req)) = self.requirements.get(name) {
             if h == hash {
                 return Some(req.clone());
@@ -311,7 +315,7 @@ impl Agent {
                 }
             }
         }
-        let req = Requirements::from_unit(self.bodies.get(hash)?, name);
+        let req = std::sync::Arc::new(Requirements::from_unit(self.bodies.get(hash)?, name));
         self.requirements
             .insert(name.to_string(), (*hash, req.clone()));
         Some(req)
@@ -373,13 +377,17 @@ impl Agent {
                 None => return,
             }
         }
-        let globals: Vec<Job> = self.globals.values().map(|g| g.job.clone()).collect();
-        for job in globals {
-            if let Some(requirements) = self.requirements(&job.name, &job.hash).await {
+        let globals: Vec<(String, UnitHash, TargetState)> = self
+            .globals
+            .values()
+            .map(|g| (g.job.name.clone(), g.job.hash, g.job.desired))
+            .collect();
+        for (name, hash, desired) in globals {
+            if let Some(requirements) = self.requirements(&name, &hash).await {
                 candidates.push(Candidate {
-                    name: job.name,
-                    hash: job.hash,
-                    desired: job.desired,
+                    name,
+                    hash,
+                    desired,
                     global: true,
                     requirements,
                 });

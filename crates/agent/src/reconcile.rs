@@ -105,7 +105,9 @@ pub struct Candidate {
     pub hash: UnitHash,
     pub desired: TargetState,
     pub global: bool,
-    pub requirements: Requirements,
+    /// Shared with the agent's cache: a reconcile looks at every unit of the machine, and
+    /// copying each one's requirements made that the agent's biggest cost under bursts.
+    pub requirements: std::sync::Arc<Requirements>,
 }
 
 /// Why a candidate is not wanted here.
@@ -187,7 +189,7 @@ fn conflicts(a: &Candidate, b: &Candidate) -> bool {
 /// The candidates from this machine's schedule (requirements looked up by hash).
 pub fn scheduled_candidates<'a>(
     schedule: &'a BTreeMap<String, ScheduleEntry>,
-    requirements: impl Fn(&str, &UnitHash) -> Option<Requirements> + 'a,
+    requirements: impl Fn(&str, &UnitHash) -> Option<std::sync::Arc<Requirements>> + 'a,
 ) -> impl Iterator<Item = Candidate> + 'a {
     schedule.iter().filter_map(move |(name, e)| {
         Some(Candidate {
@@ -331,7 +333,7 @@ mod tests {
             hash: h(1),
             desired: Launched,
             global,
-            requirements,
+            requirements: requirements.into(),
         }
     }
 

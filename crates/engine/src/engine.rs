@@ -144,10 +144,16 @@ async fn lead(
     keepalive.tick().await;
     let mut tick = tokio::time::interval(config.interval);
     let mut ready = [false; 5];
+    // A pass looks at every unit and machine, so while units pour in passes are paced: the
+    // next waits at least as long as the last one took (the engine takes at most half a core,
+    // and each pass places a bigger batch) instead of running once per watch delivery.
+    let mut pending = false;
+    let mut next_pass = tokio::time::Instant::now();
     loop {
         let mut dirty = false;
         tokio::select! {
             _ = stop.changed() => if *stop.borrow() { return Ok(()) },
+            _ = tokio::time::sleep_until(next_pass), if pending => dirty = true,
             _ = keepalive.tick() => match registry.store.keep_alive(lease).await {
                 Ok(_) => {}
                 Err(StoreError::LeaseNotFound(_)) => return Ok(()),
@@ -195,8 +201,16 @@ async fn lead(
             tracing::trace!(dirty, ?ready, "engine waiting");
             continue;
         }
+        let started = tokio::time::Instant::now();
+        if started < next_pass {
+            pending = true;
+            continue;
+        }
+        pending = false;
         model.update_requirements(registry).await;
+        let decided = tokio::time::Instant::now();
         let changes = model.decide();
+        next_pass = tokio::time::Instant::now() + decided.elapsed();
         tracing::debug!(
             jobs = model.jobs.len(),
             machines = model.machines.len(),
