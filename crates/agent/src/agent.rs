@@ -164,7 +164,7 @@ impl Agent {
             let mut dirty = false;
             let mut state_changed = false;
             tokio::select! {
-                Some(u) = schedule_rx.recv() => { apply(&mut self.schedule, &schedule_base, u, |_, kv| json(kv)); ready[0] = true; dirty = true; }
+                Some(u) = schedule_rx.recv() => { self.apply_schedule(&schedule_base, u); ready[0] = true; dirty = true; }
                 Some(u) = globals_rx.recv() => { apply(&mut self.globals, &globals_base, u, |_, kv| json(kv)); ready[1] = true; dirty = true; }
                 Some(u) = metadata_rx.recv() => {
                     apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| text(kv));
@@ -214,7 +214,7 @@ impl Agent {
             }
             // Take whatever else is already queued, so a burst of changes costs one pass.
             while let Ok(u) = schedule_rx.try_recv() {
-                apply(&mut self.schedule, &schedule_base, u, |_, kv| json(kv));
+                self.apply_schedule(&schedule_base, u);
                 ready[0] = true;
                 dirty = true;
             }
@@ -253,6 +253,31 @@ impl Agent {
                     self.publish().await;
                 } else if publish_due.is_none() {
                     publish_due = Some(last_publish + PUBLISH_INTERVAL);
+                }
+            }
+        }
+    }
+
+    /// Applies a schedule update, keeping the unit texts entries carry as parsed bodies (and
+    /// not in the entries).
+    fn apply_schedule(&mut self, base: &str, u: registry::mirror::Update) {
+        let mut carried: Vec<(UnitHash, String)> = Vec::new();
+        apply(&mut self.schedule, base, u, |_, kv| {
+            let mut entry: ScheduleEntry = json(kv)?;
+            if let Some(raw) = entry.raw.take() {
+                carried.push((entry.hash, raw));
+            }
+            Some(entry)
+        });
+        for (hash, raw) in carried {
+            if self.bodies.contains_key(&hash) {
+                continue;
+            }
+            // A text that does not parse or hash as its entry says is ignored; the body is then
+            // read from the registry as for entries without one.
+            if let Ok(file) = unit::UnitFile::parse(&raw) {
+                if file.hash() == hash {
+                    self.bodies.insert(hash, file);
                 }
             }
         }

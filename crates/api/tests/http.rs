@@ -342,6 +342,7 @@ async fn unit_listing_shows_placement_state_and_reason() {
             entry: ScheduleEntry {
                 hash,
                 desired: TargetState::Launched,
+                raw: None,
             },
         },
         ScheduleChange::Reason {

@@ -139,11 +139,12 @@ async fn lead(
     let mut metadata = follow(store.clone(), keys.all_metadata());
     let mut schedule = follow(store.clone(), keys.schedules());
     let mut reasons = follow(store.clone(), keys.reasons());
+    let mut texts = follow(store.clone(), keys.bodies());
     let mut model = Model::new(keys.clone());
     let mut keepalive = tokio::time::interval(config.leader_ttl() / 3);
     keepalive.tick().await;
     let mut tick = tokio::time::interval(config.interval);
-    let mut ready = [false; 5];
+    let mut ready = [false; 6];
     // A pass looks at every unit and machine, so while units pour in passes are paced: the
     // next waits at least as long as the last one took (the engine takes at most half a core,
     // and each pass places a bigger batch) instead of running once per watch delivery.
@@ -165,6 +166,7 @@ async fn lead(
             Some(u) = metadata.recv() => { model.apply_metadata(u); ready[2] = true; dirty = true; }
             Some(u) = schedule.recv() => { model.apply_schedule(u); ready[3] = true; }
             Some(u) = reasons.recv() => { model.apply_reasons(u); ready[4] = true; }
+            Some(u) = texts.recv() => { model.apply_texts(u); ready[5] = true; }
         }
         // Take whatever else is queued so that a burst of changes costs one pass.
         loop {
@@ -191,6 +193,10 @@ async fn lead(
             while let Ok(u) = reasons.try_recv() {
                 model.apply_reasons(u);
                 ready[4] = true;
+            }
+            while let Ok(u) = texts.try_recv() {
+                model.apply_texts(u);
+                ready[5] = true;
             }
             if !any {
                 break;

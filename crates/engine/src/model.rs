@@ -22,6 +22,9 @@ pub struct Model {
     pub placed: BTreeMap<String, (String, ScheduleEntry)>,
     pub reasons: BTreeMap<String, String>,
     pub bodies: HashMap<UnitHash, UnitFile>,
+    /// Unit texts by hash, as stored under `unit/`: carried in the schedule entries the engine
+    /// writes, so agents need not read them.
+    pub texts: BTreeMap<String, String>,
     /// unit -> the hash its requirements were read from, and those requirements: parsing
     /// `[X-Fleet]` of every unit on every pass would dominate a pass at 10,000 units.
     requirements: HashMap<String, (UnitHash, Requirements)>,
@@ -83,8 +86,8 @@ impl Model {
             Update::Reset { kvs, .. } => {
                 self.placed.clear();
                 for kv in &kvs {
-                    if let (Some((m, u)), Some(e)) = (split(&kv.key), json(kv)) {
-                        self.placed.insert(u, (m, e));
+                    if let (Some((m, u)), Some(e)) = (split(&kv.key), json::<ScheduleEntry>(kv)) {
+                        self.placed.insert(u, (m, ScheduleEntry { raw: None, ..e }));
                     }
                 }
             }
@@ -94,7 +97,9 @@ impl Model {
                         continue;
                     };
                     let entry = match ev.kind {
-                        EventKind::Put => json(&ev.kv),
+                        EventKind::Put => {
+                            json::<ScheduleEntry>(&ev.kv).map(|e| ScheduleEntry { raw: None, ..e })
+                        }
                         EventKind::Delete => None,
                     };
                     match entry {
@@ -111,6 +116,20 @@ impl Model {
                     }
                 }
             }
+        }
+    }
+
+    pub fn apply_texts(&mut self, u: Update) {
+        let base = self.keys().bodies();
+        apply(&mut self.texts, &base, u, |_, kv| text(kv));
+    }
+
+    /// The entry that tells a machine about `job`, with its text if known.
+    fn entry(&self, job: &Job) -> ScheduleEntry {
+        ScheduleEntry {
+            hash: job.hash,
+            desired: job.desired,
+            raw: self.texts.get(&job.hash.to_string()).cloned(),
         }
     }
 
@@ -207,8 +226,11 @@ impl Model {
                     machine,
                     entry,
                 } => {
-                    self.placed
-                        .insert(unit.clone(), (machine.clone(), entry.clone()));
+                    let entry = ScheduleEntry {
+                        raw: None,
+                        ..entry.clone()
+                    };
+                    self.placed.insert(unit.clone(), (machine.clone(), entry));
                     if matches!(c, ScheduleChange::Place { .. }) {
                         self.reasons.remove(unit);
                     }
@@ -286,10 +308,7 @@ impl Model {
             changes.push(ScheduleChange::Place {
                 unit: p.unit.clone(),
                 machine: p.machine.clone(),
-                entry: ScheduleEntry {
-                    hash: job.hash,
-                    desired: job.desired,
-                },
+                entry: self.entry(job),
             });
         }
         for (unit, (machine, entry)) in &self.placed {
@@ -303,10 +322,7 @@ impl Model {
                 changes.push(ScheduleChange::Update {
                     unit: unit.clone(),
                     machine: machine.clone(),
-                    entry: ScheduleEntry {
-                        hash: job.hash,
-                        desired: job.desired,
-                    },
+                    entry: self.entry(job),
                 });
             }
         }

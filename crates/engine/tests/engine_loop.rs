@@ -347,6 +347,50 @@ async fn one_way_conflict_machine_id_and_replaces(reg: Registry) {
     handle.await.unwrap().unwrap();
 }
 
+/// The entry that places a unit carries the unit's text, so the agent need not read it; an
+/// entry that only changes the desired state still carries it.
+async fn schedule_entries_carry_unit_text(reg: Registry) {
+    add_machine(&reg, 0, &[]).await;
+    let body = unit("[Service]\nExecStart=/bin/sleep 1000\n");
+    reg.create_unit("carried.service", &body, TargetState::Loaded)
+        .await
+        .unwrap();
+    let (stop, handle) = start_engine(&reg, 0);
+    let key = reg.keys.schedule(&machine_id(0), "carried.service");
+    let entry = |reg: Registry, key: String| async move {
+        reg.store
+            .get(&key)
+            .await
+            .unwrap()
+            .map(|kv| serde_json::from_slice::<registry::ScheduleEntry>(&kv.value).unwrap())
+    };
+    let placed = poll(
+        "carried.service placed",
+        async || entry(reg.clone(), key.clone()).await,
+        |e| e.is_some(),
+    )
+    .await
+    .unwrap();
+    let text = placed.raw.expect("the placement carries the unit's text");
+    assert_eq!(unit(&text).hash(), body.hash());
+    reg.set_target_state("carried.service", TargetState::Launched)
+        .await
+        .unwrap();
+    let updated = poll(
+        "carried.service launched",
+        async || entry(reg.clone(), key.clone()).await,
+        |e| {
+            e.as_ref()
+                .is_some_and(|e| e.desired == TargetState::Launched)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated.raw.as_deref(), Some(text.as_str()));
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
 fn embedded() -> (tempfile::TempDir, Registry) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
@@ -391,6 +435,7 @@ macro_rules! on_both {
 }
 
 on_both!(conflicts_spread);
+on_both!(schedule_entries_carry_unit_text);
 on_both!(machine_of_pairs_move_together);
 on_both!(leader_failover_is_fenced);
 on_both!(metadata_change_moves_unit);

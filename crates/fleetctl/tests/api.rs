@@ -147,7 +147,11 @@ impl Cluster {
         self.schedule(ScheduleChange::Place {
             unit: unit.into(),
             machine: machine.into(),
-            entry: ScheduleEntry { hash, desired },
+            entry: ScheduleEntry {
+                hash,
+                desired,
+                raw: None,
+            },
         })
         .await;
     }

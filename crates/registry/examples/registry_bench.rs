@@ -70,6 +70,7 @@ async fn bench(backend: &str, store: Arc<dyn Store>, units: usize) -> anyhow::Re
             entry: ScheduleEntry {
                 hash: j.hash,
                 desired: j.desired,
+                raw: None,
             },
         })
         .collect();

@@ -8,6 +8,7 @@ mod api_support;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod group_commit;
 pub mod keys;
 pub mod mirror;
 pub mod model;

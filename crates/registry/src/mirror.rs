@@ -117,7 +117,7 @@ pub fn apply<T>(
     map: &mut BTreeMap<String, T>,
     base: &str,
     update: Update,
-    decode: impl Fn(&str, &KeyValue) -> Option<T>,
+    mut decode: impl FnMut(&str, &KeyValue) -> Option<T>,
 ) {
     let name = |k: &str| k.strip_prefix(base).map(str::to_string);
     match update {

@@ -117,6 +117,12 @@ pub struct ScheduleEntry {
     pub hash: UnitHash,
     #[serde(rename = "desiredState")]
     pub desired: TargetState,
+    /// The unit's text, when the engine had it: the watch that tells the machine about the
+    /// unit then brings its body too, instead of the agent reading it (one etcd request per
+    /// unit placed, each costing etcd a copy of its write buffer). Readers keep the hash and
+    /// drop the text once parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
 }
 
 /// A machine's presence record (`machines/<id>`), attached to the machine's lease.

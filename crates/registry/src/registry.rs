@@ -110,6 +110,8 @@ pub struct Registry {
     /// Bodies parsed by the last listing, by hash (bodies never change under a hash): the next
     /// listing parses only new ones. Replaced by each listing, so it holds one listing's worth.
     parsed: Arc<std::sync::Mutex<HashMap<String, UnitFile>>>,
+    /// New units written together (see [`crate::group_commit`]).
+    creates: Arc<crate::group_commit::GroupCommit>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
@@ -124,7 +126,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn op_key(op: &Op) -> &str {
+pub(crate) fn op_key(op: &Op) -> &str {
     match op {
         Op::Put { key, .. } | Op::Delete { key } => key,
         Op::DeletePrefix { prefix } => prefix,
@@ -144,6 +146,7 @@ impl Registry {
             store,
             keys: Keys::new(prefix),
             parsed: Arc::default(),
+            creates: Arc::default(),
         }
     }
 
@@ -351,8 +354,9 @@ impl Registry {
         (job, ops)
     }
 
-    /// Creates `name` if no unit of that name exists, in one transaction and one round trip.
-    /// Returns false (writing nothing) if it exists.
+    /// Creates `name` if no unit of that name exists, in one transaction and one round trip
+    /// (shared with creations that arrive meanwhile). Returns false (writing nothing) if it
+    /// exists.
     pub async fn create_unit_if_absent(
         &self,
         name: &str,
@@ -361,8 +365,11 @@ impl Registry {
     ) -> Result<bool> {
         // No job means no global record either (destroying a unit removes both).
         let (_, ops) = self.unit_writes(name, file, desired);
-        let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
-        Ok(self.store.txn(absent, ops, vec![]).await?.succeeded)
+        let absent = Compare::ModRevision(self.keys.job(name), 0);
+        Ok(self
+            .creates
+            .create(self.store.clone(), name.to_string(), absent, ops)
+            .await?)
     }
 
     /// Creates `name`, or replaces its file and desired state if it exists, in one transaction.

@@ -108,7 +108,7 @@ pub struct Event {
     pub kv: KeyValue,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached; the message names the endpoints and the timeout.
     #[error("registry unavailable: {0}")]

@@ -189,3 +189,77 @@ async fn listings_show_replaced_bodies() {
     let pinned = reg.units(Some(first_revision)).await.unwrap().items;
     assert_eq!(pinned[0].file, old);
 }
+
+/// Creations arriving together are written together (group commit); each caller still gets
+/// its own answer: a name is created once, an existing unit is left alone, and instances that
+/// share one body (written once per transaction) all find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_each_get_their_own_answer() {
+    let (_dir, reg) = registry();
+    let shared = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n").unwrap();
+    let existing = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    for i in 0..5 {
+        reg.create_unit(&format!("old{i}.service"), &existing, TargetState::Loaded)
+            .await
+            .unwrap();
+    }
+    // (name, file): shared-body instances, units of their own, every name twice, and the
+    // existing units again with another body.
+    let mut wanted: Vec<(String, unit::UnitFile)> = Vec::new();
+    for round in 0..2 {
+        for i in 0..60 {
+            wanted.push((format!("hello@{i}.service"), shared.clone()));
+            let own = format!("[Service]\nExecStart=/bin/sleep {}\n", 100 + i + round);
+            wanted.push((
+                format!("own{i}.service"),
+                unit::UnitFile::parse(&own).unwrap(),
+            ));
+        }
+    }
+    for i in 0..5 {
+        wanted.push((format!("old{i}.service"), shared.clone()));
+    }
+    let runs = wanted.iter().map(|(name, file)| {
+        let reg = reg.clone();
+        let (name, file) = (name.clone(), file.clone());
+        tokio::spawn(async move {
+            let created = reg
+                .create_unit_if_absent(&name, &file, TargetState::Launched)
+                .await
+                .unwrap();
+            (name, file.hash(), created)
+        })
+    });
+    let results: Vec<(String, unit::UnitHash, bool)> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut created: std::collections::BTreeMap<String, Vec<unit::UnitHash>> = Default::default();
+    for (name, hash, ok) in &results {
+        if *ok {
+            created.entry(name.clone()).or_default().push(*hash);
+        }
+    }
+    assert_eq!(created.len(), 120, "each new name created: {created:?}");
+    assert!(created.values().all(|h| h.len() == 1), "{created:?}");
+    assert!(created.keys().all(|n| !n.starts_with("old")));
+    for (name, hashes) in &created {
+        let unit = reg.unit(name).await.unwrap().expect("created unit");
+        assert_eq!(
+            unit.job.hash, hashes[0],
+            "{name} holds the body it was created with"
+        );
+        assert_eq!(unit.file.hash(), hashes[0], "{name}'s body is stored");
+        assert_eq!(unit.job.desired, TargetState::Launched);
+    }
+    for i in 0..5 {
+        let unit = reg.unit(&format!("old{i}.service")).await.unwrap().unwrap();
+        assert_eq!(
+            unit.job.hash,
+            existing.hash(),
+            "an existing unit is left alone"
+        );
+        assert_eq!(unit.job.desired, TargetState::Loaded);
+    }
+}

@@ -1,0 +1,174 @@
+//! Group commit for unit creation: creations that arrive while one is being written go out
+//! together in the next transaction.
+//!
+//! `fleetctl start` of many units, like any client of fleet's API, sends one `PUT` per unit.
+//! Written one transaction each, 10,000 new units were 10,000 etcd requests, and on etcd 3.4
+//! every request copies the store's uncommitted write buffer, so a burst of creations slowed
+//! itself and everything else down. Here the first creation is written at once; those that
+//! arrive meanwhile wait for it and are then written in one transaction, all of them or none
+//! (each compares its own job key to "absent"). If that transaction fails because one of the
+//! units exists, each is written on its own, so every caller gets the answer it would have had
+//! alone.
+//!
+//! ```ignore
+//! let creates = GroupCommit::default();
+//! // From any number of tasks at once:
+//! let created: bool = creates.create(store.clone(), "a.service".into(), compare, ops).await?;
+//! ```
+
+use crate::store::{Compare, Op, Store, StoreError};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Creations waiting to be written, and whether a writer is running.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Pending>,
+    writing: bool,
+}
+
+struct Pending {
+    name: String,
+    absent: Compare,
+    ops: Vec<Op>,
+    done: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+impl GroupCommit {
+    /// Writes `ops` if `absent` holds, together with whatever other creations are waiting;
+    /// true if written. The write goes ahead even if the caller stops waiting for it.
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        name: String,
+        absent: Compare,
+        ops: Vec<Op>,
+    ) -> Result<bool, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let start_writer = {
+            let mut q = lock(&self.queue);
+            q.waiting.push_back(Pending {
+                name,
+                absent,
+                ops,
+                done,
+            });
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if start_writer {
+            // A task of its own: a caller that goes away (a cancelled HTTP request) must not
+            // take the writer, and the others' answers, with it.
+            tokio::spawn(write_all(self.clone(), store));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Other(
+                "the unit creation was abandoned before it was written".into(),
+            ))
+        })
+    }
+}
+
+fn lock(m: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    // The queue is consistent between statements, so a panic elsewhere cannot leave it torn.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn write_all(group: Arc<GroupCommit>, store: Arc<dyn Store>) {
+    loop {
+        let batch = {
+            let mut q = lock(&group.queue);
+            let batch = q.take_batch();
+            if batch.is_empty() {
+                q.writing = false;
+                return;
+            }
+            batch
+        };
+        write(store.as_ref(), batch).await;
+    }
+}
+
+impl Queue {
+    /// The longest run of waiting creations that fits one transaction: each name once (a
+    /// second creation of a name must see the first), and a key written twice only with the
+    /// same value (instances of one template share their body).
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut names: HashSet<String> = HashSet::new();
+        let mut written: HashMap<String, Op> = HashMap::new();
+        let mut ops = 0;
+        let mut i = 0;
+        while i < self.waiting.len() && batch.len() < crate::MAX_TXN_OPS {
+            let p = &self.waiting[i];
+            let fresh: Vec<&Op> = p
+                .ops
+                .iter()
+                .filter(|op| written.get(crate::registry::op_key(op)) != Some(op))
+                .collect();
+            let clash = names.contains(&p.name)
+                || fresh
+                    .iter()
+                    .any(|op| written.contains_key(crate::registry::op_key(op)));
+            if clash {
+                i += 1;
+                continue;
+            }
+            if ops + fresh.len() > crate::MAX_TXN_OPS {
+                break;
+            }
+            ops += fresh.len();
+            for op in fresh {
+                written.insert(crate::registry::op_key(op).to_string(), op.clone());
+            }
+            names.insert(p.name.clone());
+            if let Some(p) = self.waiting.remove(i) {
+                batch.push(p);
+            }
+        }
+        batch
+    }
+}
+
+async fn write(store: &dyn Store, batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        for p in batch {
+            let result = store.txn(vec![p.absent], p.ops, vec![]).await;
+            let _ = p.done.send(result.map(|r| r.succeeded));
+        }
+        return;
+    }
+    let compares: Vec<Compare> = batch.iter().map(|p| p.absent.clone()).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let ops: Vec<Op> = batch
+        .iter()
+        .flat_map(|p| p.ops.iter())
+        .filter(|op| seen.insert(crate::registry::op_key(op)))
+        .cloned()
+        .collect();
+    match store.txn(compares, ops, vec![]).await {
+        Ok(r) if r.succeeded => {
+            for p in batch {
+                let _ = p.done.send(Ok(true));
+            }
+        }
+        // One of them exists: each on its own decides which.
+        Ok(_) => {
+            let alone = batch.into_iter().map(|p| async move {
+                let result = store.txn(vec![p.absent], p.ops, vec![]).await;
+                let _ = p.done.send(result.map(|r| r.succeeded));
+            });
+            futures::future::join_all(alone).await;
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.done.send(Err(e.clone()));
+            }
+        }
+    }
+}
