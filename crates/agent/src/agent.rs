@@ -28,6 +28,12 @@ pub enum Shutdown {
 /// Publications of unit states at most this often (changes in between wait and go together).
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Reconciliations at most this often: the first change after a quiet spell is acted on at
+/// once, a burst (global units arriving one after another, each a change on every machine)
+/// is taken in one pass per interval. A pass looks at every unit of the machine, so one pass
+/// per change made a burst of N global units cost each machine N passes over N units.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often failed actions are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -158,6 +164,8 @@ impl Agent {
         // When the last publication went out, and when the next is due if changes wait.
         let mut last_publish = tokio::time::Instant::now() - PUBLISH_INTERVAL;
         let mut publish_due: Option<tokio::time::Instant> = None;
+        let mut last_reconcile = tokio::time::Instant::now() - RECONCILE_INTERVAL;
+        let mut reconcile_due: Option<tokio::time::Instant> = None;
         // Nothing is decided until all three copies have been read once.
         let mut ready = [false; 3];
         loop {
@@ -205,6 +213,9 @@ impl Agent {
                 _ = tokio::time::sleep_until(publish_due.unwrap_or_else(tokio::time::Instant::now)), if publish_due.is_some() => {
                     state_changed = true;
                 }
+                _ = tokio::time::sleep_until(reconcile_due.unwrap_or_else(tokio::time::Instant::now)), if reconcile_due.is_some() => {
+                    dirty = true;
+                }
                 _ = shutdown.changed() => {
                     let mode = *shutdown.borrow();
                     if let Some(mode) = mode {
@@ -239,8 +250,15 @@ impl Agent {
                 state_changed = true;
             }
             if dirty && ready.iter().all(|r| *r) {
-                self.reconcile().await;
-                state_changed = true;
+                let now = tokio::time::Instant::now();
+                if now >= last_reconcile + RECONCILE_INTERVAL {
+                    reconcile_due = None;
+                    last_reconcile = now;
+                    self.reconcile().await;
+                    state_changed = true;
+                } else if reconcile_due.is_none() {
+                    reconcile_due = Some(last_reconcile + RECONCILE_INTERVAL);
+                }
             }
             if state_changed {
                 // The first change after a quiet spell goes out at once; a burst (a global

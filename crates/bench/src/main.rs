@@ -73,6 +73,10 @@ struct Cli {
     /// The API server's `token_limit` (page size).
     #[arg(long, default_value_t = 100)]
     token_limit: u16,
+    /// A flag for etcd, repeatable (`--etcd-arg=--quota-backend-bytes=8589934592`): how an
+    /// operator would tune etcd for a registry of a million keys [default: etcd's defaults].
+    #[arg(long = "etcd-arg", allow_hyphen_values = true)]
+    etcd_args: Vec<String>,
     /// Times each listing is read.
     #[arg(long, default_value_t = 3)]
     list_attempts: usize,
@@ -172,7 +176,8 @@ fn main_result(cli: Cli) -> anyhow::Result<bool> {
     };
 
     // etcd first: starting it blocks, and the runtime should not be busy meanwhile.
-    let etcd = testkit::etcd::EtcdCluster::single().context("starting etcd")?;
+    let etcd =
+        testkit::etcd::EtcdCluster::single_with_args(&cli.etcd_args).context("starting etcd")?;
     let member = etcd.member(0);
     let endpoint = member.endpoint();
     let metrics_url = format!("{endpoint}/metrics");

@@ -111,6 +111,8 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     tls: Option<EtcdTls>,
+    /// More flags for every member (tuning for a benchmark, say).
+    extra_args: Vec<String>,
     // Dropped after the members (fields drop in order) so processes die before their dir goes.
     dir: tempfile::TempDir,
 }
@@ -118,23 +120,28 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts `size` members (1 or 3 are the useful sizes) and waits until every one is healthy.
     pub fn start(size: usize) -> Result<EtcdCluster> {
-        Self::start_with(size, None)
+        Self::start_with(size, None, &[])
+    }
+
+    /// One member started with `extra_args` added to its flags.
+    pub fn single_with_args(extra_args: &[String]) -> Result<EtcdCluster> {
+        Self::start_with(1, None, extra_args)
     }
 
     /// Like [`Self::start`], with clients served over TLS: certificates from a fresh test CA
     /// (see [`EtcdCluster::tls`]); `client_cert_auth` makes etcd require a client certificate
     /// signed by that CA. Peers talk plain HTTP.
     pub fn start_tls(size: usize, client_cert_auth: bool) -> Result<EtcdCluster> {
-        Self::start_with(size, Some(client_cert_auth))
+        Self::start_with(size, Some(client_cert_auth), &[])
     }
 
-    fn start_with(size: usize, tls: Option<bool>) -> Result<EtcdCluster> {
+    fn start_with(size: usize, tls: Option<bool>, extra_args: &[String]) -> Result<EtcdCluster> {
         if size == 0 {
             bail!("an etcd cluster needs at least one member");
         }
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(size, tls) {
+            match Self::try_start(size, tls, extra_args) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last_err = Some(e),
             }
@@ -152,7 +159,7 @@ impl EtcdCluster {
         Self::start(3)
     }
 
-    fn try_start(size: usize, tls: Option<bool>) -> Result<EtcdCluster> {
+    fn try_start(size: usize, tls: Option<bool>, extra_args: &[String]) -> Result<EtcdCluster> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = tempfile::Builder::new()
             .prefix("fleet-etcd-")
@@ -204,6 +211,7 @@ impl EtcdCluster {
             initial_cluster,
             token,
             tls,
+            extra_args: extra_args.to_vec(),
             dir,
         };
         for i in 0..size {
@@ -303,6 +311,7 @@ impl EtcdCluster {
         let initial_cluster = self.initial_cluster.clone();
         let token = self.token.clone();
         let tls = self.tls.clone();
+        let extra_args = self.extra_args.clone();
         let m = self.member_mut(i)?;
         let log = File::options()
             .create(true)
@@ -348,6 +357,7 @@ impl EtcdCluster {
             .arg("stderr")
             .arg("--listen-metrics-urls")
             .arg(format!("http://127.0.0.1:{}", m.metrics_port))
+            .args(&extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
