@@ -158,8 +158,9 @@ impl Agent {
         if let Err(e) = self.adopt().await {
             tracing::warn!(error = %e, "could not list the units the unit manager holds");
         }
-        let mut keepalive = tokio::time::interval(self.presence.ttl / 3);
-        keepalive.tick().await;
+        let (keeper, mut expired) = self.presence.keep_alive();
+        // Set while the lease is found expired and registering again has not succeeded yet.
+        let mut lapsed = false;
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         // When the last publication went out, and when the next is due if changes wait.
         let mut last_publish = tokio::time::Instant::now() - PUBLISH_INTERVAL;
@@ -190,12 +191,8 @@ impl Agent {
                     Err(broadcast::error::RecvError::Lagged(_)) => { self.refresh_states().await; self.all_stale = true; state_changed = true; }
                     Err(broadcast::error::RecvError::Closed) => { changes = self.manager.subscribe(); }
                 },
-                _ = keepalive.tick() => {
-                    match self.presence.keep_alive().await {
-                        Ok(true) => { self.published.clear(); self.all_stale = true; state_changed = true; }
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "refreshing the machine lease failed"),
-                    }
+                Some(lease) = expired.recv() => {
+                    lapsed = lease == self.presence.lease;
                 }
                 _ = retry.tick() => {
                     dirty = !self.failures.is_empty();
@@ -248,6 +245,19 @@ impl Agent {
                     None => self.systemd.remove(&c.name),
                 };
                 state_changed = true;
+            }
+            if lapsed {
+                match self.presence.renew().await {
+                    Ok(()) => {
+                        lapsed = false;
+                        keeper.follow(self.presence.lease);
+                        self.published.clear();
+                        self.all_stale = true;
+                        state_changed = true;
+                    }
+                    // Tried again on the next retry tick.
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "registering again failed"),
+                }
             }
             if dirty && ready.iter().all(|r| *r) {
                 let now = tokio::time::Instant::now();

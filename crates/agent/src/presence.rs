@@ -116,26 +116,56 @@ impl Presence {
         .into())
     }
 
-    /// Refreshes the lease. If it expired (the registry was unreachable longer than the TTL),
-    /// grants a new one and announces again; returns true in that case, since everything tied
-    /// to the old lease (unit states) must be written again.
-    pub async fn keep_alive(&mut self) -> anyhow::Result<bool> {
-        match self.registry.store.keep_alive(self.lease).await {
-            Ok(_) => Ok(false),
-            Err(registry::StoreError::LeaseNotFound(_)) => {
-                tracing::warn!("machine lease expired; registering again");
-                self.lease = self.registry.store.grant_lease(self.ttl).await?;
-                self.announce().await?;
-                let file = lease_file(&self.state_dir);
-                if let Err(e) =
-                    std::fs::write(&file, format!("{} {}\n", self.machine.id, self.lease))
-                {
-                    tracing::warn!(error = %e, file = %file.display(), "could not record the machine lease");
-                }
-                Ok(true)
-            }
-            Err(e) => Err(e.into()),
+    /// Registers again under a new lease after the old one expired (the registry was
+    /// unreachable, or too slow to answer, for longer than the TTL). Everything tied to the old
+    /// lease (unit states) must then be written again.
+    pub async fn renew(&mut self) -> anyhow::Result<()> {
+        tracing::warn!("machine lease expired; registering again");
+        self.lease = self.registry.store.grant_lease(self.ttl).await?;
+        self.announce().await?;
+        let file = lease_file(&self.state_dir);
+        if let Err(e) = std::fs::write(&file, format!("{} {}\n", self.machine.id, self.lease)) {
+            tracing::warn!(error = %e, file = %file.display(), "could not record the machine lease");
         }
+        Ok(())
+    }
+
+    /// Starts refreshing the lease every TTL/3 from a task of its own, so that an agent busy
+    /// with a long reconciliation or publication (a registry slow under load) does not let its
+    /// machine expire. A lease found expired is sent on the returned receiver, and refreshing
+    /// stops until [`Keeper::follow`] names the next one. The task ends with the [`Keeper`].
+    pub fn keep_alive(&self) -> (Keeper, tokio::sync::mpsc::Receiver<LeaseId>) {
+        let (lease_tx, mut lease_rx) = tokio::sync::watch::channel(self.lease);
+        let (expired_tx, expired_rx) = tokio::sync::mpsc::channel(1);
+        let store = self.registry.store.clone();
+        let period = self.ttl / 3;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let lease = *lease_rx.borrow_and_update();
+                match store.keep_alive(lease).await {
+                    Ok(_) => {}
+                    Err(registry::StoreError::LeaseNotFound(_)) => {
+                        if expired_tx.send(lease).await.is_err()
+                            || lease_rx.changed().await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "refreshing the machine lease failed"),
+                }
+            }
+        });
+        (
+            Keeper {
+                lease: lease_tx,
+                task,
+            },
+            expired_rx,
+        )
     }
 
     /// The machine leaves the cluster: its record and every state tied to its lease go at once.
@@ -167,4 +197,23 @@ pub fn detect_public_ip() -> Option<String> {
     sock.connect("192.0.2.1:9").ok()?;
     let ip = sock.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
+/// The task refreshing a machine lease (see [`Presence::keep_alive`]); stops it when dropped.
+pub struct Keeper {
+    lease: tokio::sync::watch::Sender<LeaseId>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Refreshes `lease` from now on.
+    pub fn follow(&self, lease: LeaseId) {
+        self.lease.send_replace(lease);
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
