@@ -1,19 +1,20 @@
-//! Group commit for unit creation: creations that arrive while one is being written go out
-//! together in the next transaction.
+//! Group commit for conditional writes of single units (creations, target-state changes):
+//! those that arrive while one is being written go out together in the next transaction.
 //!
 //! `fleetctl start` of many units, like any client of fleet's API, sends one `PUT` per unit.
 //! Written one transaction each, 10,000 new units were 10,000 etcd requests, and on etcd 3.4
 //! every request copies the store's uncommitted write buffer, so a burst of creations slowed
 //! itself and everything else down. Here the first creation is written at once; those that
 //! arrive meanwhile wait for it and are then written in one transaction, all of them or none
-//! (each compares its own job key to "absent"). If that transaction fails because one of the
-//! units exists, each is written on its own, so every caller gets the answer it would have had
-//! alone.
+//! (each brings its own compares: its job key "absent" for a creation, unchanged since read for
+//! a target state). If that transaction fails because one compare fails, each is written on its
+//! own, so every caller gets the answer it would have had alone. `fleetctl start` of many
+//! units then launches each of them, one request per unit again, which this batches as well.
 //!
-//! ```ignore
+//! ```text
 //! let creates = GroupCommit::default();
 //! // From any number of tasks at once:
-//! let created: bool = creates.create(store.clone(), "a.service".into(), compare, ops).await?;
+//! let created: bool = creates.write(store.clone(), "a.service".into(), compares, ops).await?;
 //! ```
 
 use crate::store::{Compare, Op, Store, StoreError};
@@ -35,19 +36,19 @@ struct Queue {
 
 struct Pending {
     name: String,
-    absent: Compare,
+    compares: Vec<Compare>,
     ops: Vec<Op>,
     done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
 impl GroupCommit {
-    /// Writes `ops` if `absent` holds, together with whatever other creations are waiting;
-    /// true if written. The write goes ahead even if the caller stops waiting for it.
-    pub(crate) async fn create(
+    /// Writes `ops` of unit `name` if `compares` hold, together with whatever other writes are
+    /// waiting; true if written. The write goes ahead even if the caller stops waiting for it.
+    pub(crate) async fn write(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
         name: String,
-        absent: Compare,
+        compares: Vec<Compare>,
         ops: Vec<Op>,
     ) -> Result<bool, StoreError> {
         let (done, answer) = oneshot::channel();
@@ -55,7 +56,7 @@ impl GroupCommit {
             let mut q = lock(&self.queue);
             q.waiting.push_back(Pending {
                 name,
-                absent,
+                compares,
                 ops,
                 done,
             });
@@ -68,7 +69,7 @@ impl GroupCommit {
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Other(
-                "the unit creation was abandoned before it was written".into(),
+                "the unit write was abandoned before it was written".into(),
             ))
         })
     }
@@ -95,16 +96,17 @@ async fn write_all(group: Arc<GroupCommit>, store: Arc<dyn Store>) {
 }
 
 impl Queue {
-    /// The longest run of waiting creations that fits one transaction: each name once (a
-    /// second creation of a name must see the first), and a key written twice only with the
-    /// same value (instances of one template share their body).
+    /// The longest run of waiting writes that fits one transaction: each name once (a second
+    /// write of a name must see the first), and a key written twice only with the same value
+    /// (instances of one template share their body).
     fn take_batch(&mut self) -> Vec<Pending> {
         let mut batch: Vec<Pending> = Vec::new();
         let mut names: HashSet<String> = HashSet::new();
         let mut written: HashMap<String, Op> = HashMap::new();
         let mut ops = 0;
         let mut i = 0;
-        while i < self.waiting.len() && batch.len() < crate::MAX_TXN_OPS {
+        let mut compares = 0;
+        while i < self.waiting.len() {
             let p = &self.waiting[i];
             let fresh: Vec<&Op> = p
                 .ops
@@ -119,10 +121,16 @@ impl Queue {
                 i += 1;
                 continue;
             }
-            if ops + fresh.len() > crate::MAX_TXN_OPS {
+            // The first always goes, so nothing waits for ever (if it alone is too big for one
+            // transaction, the store says so to its caller).
+            if !batch.is_empty()
+                && (ops + fresh.len() > crate::MAX_TXN_OPS
+                    || compares + p.compares.len() > crate::MAX_TXN_OPS)
+            {
                 break;
             }
             ops += fresh.len();
+            compares += p.compares.len();
             for op in fresh {
                 written.insert(crate::registry::op_key(op).to_string(), op.clone());
             }
@@ -138,12 +146,15 @@ impl Queue {
 async fn write(store: &dyn Store, batch: Vec<Pending>) {
     if batch.len() == 1 {
         for p in batch {
-            let result = store.txn(vec![p.absent], p.ops, vec![]).await;
+            let result = store.txn(p.compares, p.ops, vec![]).await;
             let _ = p.done.send(result.map(|r| r.succeeded));
         }
         return;
     }
-    let compares: Vec<Compare> = batch.iter().map(|p| p.absent.clone()).collect();
+    let compares: Vec<Compare> = batch
+        .iter()
+        .flat_map(|p| p.compares.iter().cloned())
+        .collect();
     let mut seen: HashSet<&str> = HashSet::new();
     let ops: Vec<Op> = batch
         .iter()
@@ -157,10 +168,10 @@ async fn write(store: &dyn Store, batch: Vec<Pending>) {
                 let _ = p.done.send(Ok(true));
             }
         }
-        // One of them exists: each on its own decides which.
+        // One compare failed: each on its own decides which.
         Ok(_) => {
             let alone = batch.into_iter().map(|p| async move {
-                let result = store.txn(vec![p.absent], p.ops, vec![]).await;
+                let result = store.txn(p.compares, p.ops, vec![]).await;
                 let _ = p.done.send(result.map(|r| r.succeeded));
             });
             futures::future::join_all(alone).await;

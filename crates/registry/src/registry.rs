@@ -110,8 +110,8 @@ pub struct Registry {
     /// Bodies parsed by the last listing, by hash (bodies never change under a hash): the next
     /// listing parses only new ones. Replaced by each listing, so it holds one listing's worth.
     parsed: Arc<std::sync::Mutex<HashMap<String, UnitFile>>>,
-    /// New units written together (see [`crate::group_commit`]).
-    creates: Arc<crate::group_commit::GroupCommit>,
+    /// Creations and target-state changes written together (see [`crate::group_commit`]).
+    writes: Arc<crate::group_commit::GroupCommit>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
@@ -146,7 +146,7 @@ impl Registry {
             store,
             keys: Keys::new(prefix),
             parsed: Arc::default(),
-            creates: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -365,10 +365,10 @@ impl Registry {
     ) -> Result<bool> {
         // No job means no global record either (destroying a unit removes both).
         let (_, ops) = self.unit_writes(name, file, desired);
-        let absent = Compare::ModRevision(self.keys.job(name), 0);
+        let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
         Ok(self
-            .creates
-            .create(self.store.clone(), name.to_string(), absent, ops)
+            .writes
+            .write(self.store.clone(), name.to_string(), absent, ops)
             .await?)
     }
 
@@ -482,7 +482,11 @@ impl Registry {
                     ops.push(Op::put(global_key, encode(&record)));
                 }
             }
-            if self.store.txn(compares, ops, vec![]).await?.succeeded {
+            let written = self
+                .writes
+                .write(self.store.clone(), name.to_string(), compares, ops)
+                .await?;
+            if written {
                 return Ok(true);
             }
         }

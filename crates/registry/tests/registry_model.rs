@@ -263,3 +263,46 @@ async fn concurrent_creations_each_get_their_own_answer() {
         assert_eq!(unit.job.desired, TargetState::Loaded);
     }
 }
+
+/// Target-state changes arriving together are written together too: each lands on its own
+/// unit, a missing unit says so, and a global unit's record follows its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_target_state_changes_each_land() {
+    let (_dir, reg) = registry();
+    let plain = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n").unwrap();
+    let global =
+        unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n")
+            .unwrap();
+    for i in 0..60 {
+        reg.create_unit(&format!("u{i}.service"), &plain, TargetState::Inactive)
+            .await
+            .unwrap();
+    }
+    reg.create_unit("g.service", &global, TargetState::Inactive)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = (0..60).map(|i| format!("u{i}.service")).collect();
+    names.push("g.service".into());
+    names.push("missing.service".into());
+    let runs = names.iter().map(|name| {
+        let (reg, name) = (reg.clone(), name.clone());
+        tokio::spawn(async move {
+            let set = reg
+                .set_target_state(&name, TargetState::Launched)
+                .await
+                .unwrap();
+            (name, set)
+        })
+    });
+    for r in futures::future::join_all(runs).await {
+        let (name, set) = r.unwrap();
+        assert_eq!(set, name != "missing.service", "{name}");
+    }
+    for name in names.iter().filter(|n| *n != "missing.service") {
+        let unit = reg.unit(name).await.unwrap().unwrap();
+        assert_eq!(unit.job.desired, TargetState::Launched, "{name}");
+    }
+    let globals = reg.global_jobs(None).await.unwrap().items;
+    assert_eq!(globals.len(), 1);
+    assert_eq!(globals[0].desired, TargetState::Launched);
+}
