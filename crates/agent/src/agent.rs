@@ -7,7 +7,7 @@ use crate::reconcile::{self, Action, Candidate, Held};
 use crate::UnitManager;
 use futures::StreamExt;
 use registry::mirror::{apply, follow, json, text};
-use registry::{GlobalJob, ScheduleEntry, SystemdState, TargetState, UnitState};
+use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,46 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// is taken in one pass per interval. A pass looks at every unit of the machine, so one pass
 /// per change made a burst of N global units cost each machine N passes over N units.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Paces one of the agent's actions: the first request after a quiet spell runs at once;
+/// requests within `interval` of the last run wait for `due` and are then taken together.
+struct Pacer {
+    interval: Duration,
+    last: tokio::time::Instant,
+    /// When the waiting requests are to run, if any wait.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            last: tokio::time::Instant::now() - interval,
+            due: None,
+        }
+    }
+
+    /// True if the action is to run now (counted as run); otherwise it is due later.
+    fn now(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now >= self.last + self.interval {
+            self.last = now;
+            self.due = None;
+            true
+        } else {
+            self.due.get_or_insert(self.last + self.interval);
+            false
+        }
+    }
+
+    /// Sleeps until waiting requests are due (for ever if none wait).
+    async fn wait(&self) {
+        match self.due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    }
+}
 
 /// How often failed actions are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -63,7 +103,7 @@ pub struct Agent {
     presence: Presence,
     manager: Arc<dyn UnitManager>,
     schedule: BTreeMap<String, ScheduleEntry>,
-    globals: BTreeMap<String, GlobalJob>,
+    globals: BTreeMap<String, Job>,
     dynamic_metadata: BTreeMap<String, String>,
     bodies: HashMap<UnitHash, UnitFile>,
     /// unit -> the hash its requirements were read from, and those requirements (specifiers
@@ -162,11 +202,8 @@ impl Agent {
         // Set while the lease is found expired and registering again has not succeeded yet.
         let mut lapsed = false;
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
-        // When the last publication went out, and when the next is due if changes wait.
-        let mut last_publish = tokio::time::Instant::now() - PUBLISH_INTERVAL;
-        let mut publish_due: Option<tokio::time::Instant> = None;
-        let mut last_reconcile = tokio::time::Instant::now() - RECONCILE_INTERVAL;
-        let mut reconcile_due: Option<tokio::time::Instant> = None;
+        let mut publishing = Pacer::new(PUBLISH_INTERVAL);
+        let mut reconciling = Pacer::new(RECONCILE_INTERVAL);
         // Nothing is decided until all three copies have been read once.
         let mut ready = [false; 3];
         loop {
@@ -174,7 +211,7 @@ impl Agent {
             let mut state_changed = false;
             tokio::select! {
                 Some(u) = schedule_rx.recv() => { self.apply_schedule(&schedule_base, u); ready[0] = true; dirty = true; }
-                Some(u) = globals_rx.recv() => { apply(&mut self.globals, &globals_base, u, |_, kv| json(kv)); ready[1] = true; dirty = true; }
+                Some(u) = globals_rx.recv() => { self.apply_globals(&globals_base, u); ready[1] = true; dirty = true; }
                 Some(u) = metadata_rx.recv() => {
                     apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| text(kv));
                     ready[2] = true; dirty = true;
@@ -207,12 +244,8 @@ impl Agent {
                     }
                     dirty = true;
                 }
-                _ = tokio::time::sleep_until(publish_due.unwrap_or_else(tokio::time::Instant::now)), if publish_due.is_some() => {
-                    state_changed = true;
-                }
-                _ = tokio::time::sleep_until(reconcile_due.unwrap_or_else(tokio::time::Instant::now)), if reconcile_due.is_some() => {
-                    dirty = true;
-                }
+                _ = publishing.wait() => state_changed = true,
+                _ = reconciling.wait() => dirty = true,
                 _ = shutdown.changed() => {
                     let mode = *shutdown.borrow();
                     if let Some(mode) = mode {
@@ -227,7 +260,7 @@ impl Agent {
                 dirty = true;
             }
             while let Ok(u) = globals_rx.try_recv() {
-                apply(&mut self.globals, &globals_base, u, |_, kv| json(kv));
+                self.apply_globals(&globals_base, u);
                 ready[1] = true;
                 dirty = true;
             }
@@ -259,29 +292,14 @@ impl Agent {
                     Err(e) => tracing::warn!(error = %format!("{e:#}"), "registering again failed"),
                 }
             }
-            if dirty && ready.iter().all(|r| *r) {
-                let now = tokio::time::Instant::now();
-                if now >= last_reconcile + RECONCILE_INTERVAL {
-                    reconcile_due = None;
-                    last_reconcile = now;
-                    self.reconcile().await;
-                    state_changed = true;
-                } else if reconcile_due.is_none() {
-                    reconcile_due = Some(last_reconcile + RECONCILE_INTERVAL);
-                }
+            if dirty && ready.iter().all(|r| *r) && reconciling.now() {
+                self.reconcile().await;
+                state_changed = true;
             }
-            if state_changed {
-                // The first change after a quiet spell goes out at once; a burst (a global
-                // unit arriving every few hundred ms, say) is coalesced into one transaction
-                // per interval instead of one per change.
-                let now = tokio::time::Instant::now();
-                if now >= last_publish + PUBLISH_INTERVAL {
-                    publish_due = None;
-                    last_publish = now;
-                    self.publish().await;
-                } else if publish_due.is_none() {
-                    publish_due = Some(last_publish + PUBLISH_INTERVAL);
-                }
+            // A burst of changes (a global unit arriving every few hundred ms, say) goes out in
+            // one transaction per interval instead of one per change.
+            if state_changed && publishing.now() {
+                self.publish().await;
             }
         }
     }
@@ -297,12 +315,29 @@ impl Agent {
             }
             Some(entry)
         });
+        self.keep_carried(carried);
+    }
+
+    /// Applies an update of the global units, keeping the texts their records carry as parsed
+    /// bodies (every machine needs every global unit's body).
+    fn apply_globals(&mut self, base: &str, u: registry::mirror::Update) {
+        let mut carried: Vec<(UnitHash, String)> = Vec::new();
+        apply(&mut self.globals, base, u, |_, kv| {
+            let record: GlobalJob = json(kv)?;
+            carried.push((record.job.hash, record.raw));
+            Some(record.job)
+        });
+        self.keep_carried(carried);
+    }
+
+    /// Parses unit texts that records carried into bodies. A text that does not parse or hash
+    /// as its record says is ignored; that body is then read from the registry as for records
+    /// without one.
+    fn keep_carried(&mut self, carried: Vec<(UnitHash, String)>) {
         for (hash, raw) in carried {
             if self.bodies.contains_key(&hash) {
                 continue;
             }
-            // A text that does not parse or hash as its entry says is ignored; the body is then
-            // read from the registry as for entries without one.
             if let Ok(file) = unit::UnitFile::parse(&raw) {
                 if file.hash() == hash {
                     self.bodies.insert(hash, file);
@@ -345,15 +380,6 @@ impl Agent {
             }
         }
         if !self.bodies.contains_key(hash) {
-            // A global unit's record carries its text: no registry read for it.
-            let carried = self.globals.values().find(|g| g.job.hash == *hash);
-            if let Some(file) = carried.and_then(|g| unit::UnitFile::parse(&g.raw).ok()) {
-                if file.hash() == *hash {
-                    self.bodies.insert(*hash, file);
-                }
-            }
-        }
-        if !self.bodies.contains_key(hash) {
             match self.presence.registry.body(hash, None).await {
                 Ok(Some(file)) => {
                     self.bodies.insert(*hash, file);
@@ -378,7 +404,7 @@ impl Agent {
     fn prune_bodies(&mut self) {
         let mut used: std::collections::HashSet<UnitHash> =
             self.schedule.values().map(|e| e.hash).collect();
-        used.extend(self.globals.values().map(|g| g.job.hash));
+        used.extend(self.globals.values().map(|g| g.hash));
         used.extend(self.held.values().map(|h| h.hash));
         self.bodies.retain(|h, _| used.contains(h));
         self.requirements.retain(|_, (h, _)| used.contains(h));
@@ -433,7 +459,7 @@ impl Agent {
         let globals: Vec<(String, UnitHash, TargetState)> = self
             .globals
             .values()
-            .map(|g| (g.job.name.clone(), g.job.hash, g.job.desired))
+            .map(|g| (g.name.clone(), g.hash, g.desired))
             .collect();
         for (name, hash, desired) in globals {
             if let Some(requirements) = self.requirements(&name, &hash).await {

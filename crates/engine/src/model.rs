@@ -82,12 +82,16 @@ impl Model {
             let (m, u) = key.strip_prefix(&base)?.split_once('/')?;
             Some((m.to_string(), u.to_string()))
         };
+        // The text an entry carries is for the agent; the model has it under `texts`.
+        let decode = |kv: &registry::KeyValue| {
+            json::<ScheduleEntry>(kv).map(|e| ScheduleEntry { raw: None, ..e })
+        };
         match u {
             Update::Reset { kvs, .. } => {
                 self.placed.clear();
                 for kv in &kvs {
-                    if let (Some((m, u)), Some(e)) = (split(&kv.key), json::<ScheduleEntry>(kv)) {
-                        self.placed.insert(u, (m, ScheduleEntry { raw: None, ..e }));
+                    if let (Some((m, u)), Some(e)) = (split(&kv.key), decode(kv)) {
+                        self.placed.insert(u, (m, e));
                     }
                 }
             }
@@ -97,9 +101,7 @@ impl Model {
                         continue;
                     };
                     let entry = match ev.kind {
-                        EventKind::Put => {
-                            json::<ScheduleEntry>(&ev.kv).map(|e| ScheduleEntry { raw: None, ..e })
-                        }
+                        EventKind::Put => decode(&ev.kv),
                         EventKind::Delete => None,
                     };
                     match entry {
@@ -139,8 +141,8 @@ impl Model {
     }
 
     /// Brings the requirements of every job up to date: from the job record's `[X-Fleet]`
-    /// options where it carries them, otherwise from its body, read (side by side) only for
-    /// hashes the model has not seen.
+    /// options where it carries them, otherwise from its body: the text the model follows under
+    /// `unit/`, or, if that has not arrived yet, read (side by side) from the registry.
     pub async fn update_requirements(&mut self, registry: &Registry) {
         let jobs = &self.jobs;
         self.requirements
@@ -154,7 +156,15 @@ impl Model {
                 Some(req) => {
                     self.requirements.insert(job.name.clone(), (job.hash, req));
                 }
-                None if !self.bodies.contains_key(&job.hash) => missing.push(job.hash),
+                None if !self.bodies.contains_key(&job.hash) => {
+                    let followed = self.texts.get(&job.hash.to_string());
+                    match followed.and_then(|raw| UnitFile::parse(raw).ok()) {
+                        Some(file) if file.hash() == job.hash => {
+                            self.bodies.insert(job.hash, file);
+                        }
+                        _ => missing.push(job.hash),
+                    }
+                }
                 None => {}
             }
         }

@@ -4,10 +4,10 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `job/<unit>` | [`crate::Job`] JSON | none |
-//! | `global/<unit>` | [`crate::Job`] JSON, global units only (what agents watch) | none |
+//! | `global/<unit>` | [`crate::GlobalJob`] JSON (the job and its text), global units only (what agents watch) | none |
 //! | `unit/<hash>` | normalized unit text | none; removed with its last reference |
 //! | `unitref/<hash>/<unit>` | empty: one per unit using the body | none |
-//! | `schedule/<machine>/<unit>` | [`crate::ScheduleEntry`] JSON | none; engine-written |
+//! | `schedule/<machine>/<unit>` | [`crate::ScheduleEntry`] JSON, with the unit's text when the engine has it | none; engine-written |
 //! | `placement/<unit>` | machine id | none; engine-written with the above |
 //! | `reason/<unit>` | why the engine cannot place the unit | none |
 //! | `machines/<id>` | [`crate::MachineState`] JSON | the machine's |
