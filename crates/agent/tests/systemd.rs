@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 fn boot(hint: &str) -> Option<NspawnMachine> {
     if let Err(why) = nspawn_available() {
-        eprintln!("skipped: cannot boot a systemd machine here: {why}");
+        testkit::skip(&format!("cannot boot a systemd machine here: {why}"));
         return None;
     }
     let started = Instant::now();

@@ -16,7 +16,7 @@ use unit::UnitFile;
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 async fn bench_load_start_unload() {
     if let Err(why) = nspawn_available() {
-        eprintln!("skipped: cannot boot a systemd machine here: {why}");
+        testkit::skip(&format!("cannot boot a systemd machine here: {why}"));
         return;
     }
     let n: usize = std::env::var("FLEET_BENCH_UNITS")

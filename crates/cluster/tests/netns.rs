@@ -271,7 +271,7 @@ fn a_cut_off_machine_keeps_its_units_until_it_is_back_and_sees_them_moved() {
     let mut net = match Net::new(2) {
         Ok(n) => n,
         Err(reason) => {
-            println!("SKIP namespace machines: {reason}");
+            testkit::skip(&format!("namespace machines: {reason}"));
             return;
         }
     };

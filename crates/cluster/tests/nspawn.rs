@@ -195,7 +195,7 @@ fn skip() -> bool {
     match nspawn_available() {
         Ok(()) => false,
         Err(why) => {
-            println!("skipped: {why}");
+            testkit::skip(&why);
             true
         }
     }

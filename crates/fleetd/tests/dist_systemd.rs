@@ -41,7 +41,7 @@ impl Machine {
     /// the bound binaries with `options`.
     fn boot(hint: &str, options: &str) -> Option<Machine> {
         if let Err(why) = nspawn_available() {
-            println!("skipped: {why}");
+            testkit::skip(&why);
             return None;
         }
         let started = Instant::now();

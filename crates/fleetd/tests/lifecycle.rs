@@ -244,7 +244,9 @@ fn etcd_cluster() -> Option<testkit::etcd::EtcdCluster> {
                 .output()
                 .is_err() =>
         {
-            println!("skipped: no etcd binary ({e:#}); install Debian's etcd-server");
+            testkit::skip(&format!(
+                "no etcd binary ({e:#}); install Debian's etcd-server"
+            ));
             None
         }
         Err(e) => panic!("starting etcd: {e:#}"),

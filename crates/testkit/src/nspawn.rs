@@ -4,7 +4,7 @@
 //! ```no_run
 //! use testkit::nspawn::{nspawn_available, NspawnMachine};
 //! if let Err(why) = nspawn_available() {
-//!     eprintln!("skipped: {why}");
+//!     testkit::skip(&why);
 //!     return Ok(());
 //! }
 //! let machine = NspawnMachine::builder("hello")
@@ -541,7 +541,7 @@ mod tests {
     #[test]
     fn boots_and_powers_off() {
         if let Err(why) = nspawn_available() {
-            eprintln!("skipped: {why}");
+            crate::skip(&why);
             return;
         }
         let started = Instant::now();
