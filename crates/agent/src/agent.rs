@@ -3,8 +3,8 @@
 //! [`UnitManager`], and publishes unit states under the machine's lease.
 
 use crate::presence::Presence;
-use crate::reconcile::{self, Action, Candidate, Held};
-use crate::UnitManager;
+use crate::reconcile::{self, Action, Candidate, Failure, Held};
+use crate::{Refused, UnitManager};
 use futures::StreamExt;
 use registry::mirror::{apply, follow, json, text};
 use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
@@ -74,7 +74,8 @@ impl Pacer {
     }
 }
 
-/// How often failed actions are retried.
+/// How often failed publications are retried (failed unit actions wait for their own retry
+/// time, see [`reconcile::retry_delay`]).
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How many unit actions (or body reads) of one phase run at once.
@@ -110,8 +111,10 @@ pub struct Agent {
     /// depend on the unit's name, so one body can give several).
     requirements: HashMap<String, (UnitHash, std::sync::Arc<Requirements>)>,
     held: BTreeMap<String, Held>,
-    /// Why the last action on a unit failed, until one succeeds.
-    failures: BTreeMap<String, String>,
+    /// The last failed action on a unit and when to try it again, until one succeeds.
+    failures: BTreeMap<String, Failure>,
+    /// The machine is shutting down and this agent has left the cluster: it acts no more.
+    left_for_shutdown: bool,
     systemd: BTreeMap<String, SystemdState>,
     published: BTreeMap<String, UnitState>,
     /// Units whose published state may be out of date; publishing looks at these only (a
@@ -136,6 +139,7 @@ impl Agent {
             requirements: HashMap::new(),
             held: BTreeMap::new(),
             failures: BTreeMap::new(),
+            left_for_shutdown: false,
             systemd: BTreeMap::new(),
             published: BTreeMap::new(),
             stale: std::collections::HashSet::new(),
@@ -195,6 +199,7 @@ impl Agent {
         let mut globals_rx = follow(store.clone(), globals_base.clone());
         let mut metadata_rx = follow(store.clone(), metadata_base.clone());
         let mut changes = self.manager.subscribe();
+        let mut machine_stopping = self.manager.machine_stopping();
         if let Err(e) = self.adopt().await {
             tracing::warn!(error = %e, "could not list the units the unit manager holds");
         }
@@ -232,9 +237,14 @@ impl Agent {
                     lapsed = lease == self.presence.lease;
                 }
                 _ = retry.tick() => {
-                    dirty = !self.failures.is_empty();
                     // States a failed publication left behind.
                     state_changed = self.all_stale || !self.stale.is_empty();
+                }
+                _ = sleep_until(reconcile::next_retry(&self.failures)) => dirty = true,
+                Some(()) = stopping(&mut machine_stopping) => {
+                    if !self.left_for_shutdown {
+                        self.leave_for_shutdown().await;
+                    }
                 }
                 Some(machine) = next_machine(&mut self.machine_updates) => {
                     self.presence.machine = machine;
@@ -252,6 +262,15 @@ impl Agent {
                         return self.stop(mode).await;
                     }
                 }
+            }
+            if self.left_for_shutdown {
+                // Nothing is decided or published any more; the loop only waits for fleetd's
+                // own stop (queued changes are dropped as they come).
+                while schedule_rx.try_recv().is_ok() {}
+                while globals_rx.try_recv().is_ok() {}
+                while metadata_rx.try_recv().is_ok() {}
+                while changes.try_recv().is_ok() {}
+                continue;
             }
             // Take whatever else is already queued, so a burst of changes costs one pass.
             while let Ok(u) = schedule_rx.try_recv() {
@@ -479,11 +498,13 @@ impl Agent {
             tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");
         }
         let actions = reconcile::plan(&wanted, &self.held);
+        let (actions, _waiting) =
+            reconcile::defer(actions, &self.failures, tokio::time::Instant::now());
         let touched: std::collections::BTreeSet<String> = actions
             .iter()
             .filter_map(|a| a.unit().map(str::to_string))
             .collect();
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        let mut failed: BTreeMap<String, Failure> = BTreeMap::new();
         // Each phase of the plan (unloads, loads, the reload, stops, starts) names a unit at
         // most once, so its actions run side by side; the phases stay in order.
         let mut rest = &actions[..];
@@ -558,8 +579,28 @@ impl Agent {
                     }
                     (Ok(()), None) => {}
                     (Err(e), Some(u)) => {
-                        tracing::warn!(unit = %u, action = ?action, error = %format!("{e:#}"), "unit action failed");
-                        failed.insert(u.to_string(), format!("{e:#}"));
+                        let for_good = e.downcast_ref::<Refused>().is_some();
+                        let failure = reconcile::record_failure(
+                            self.failures.get(u),
+                            action,
+                            format!("{e:#}"),
+                            for_good,
+                            tokio::time::Instant::now(),
+                            jitter(u),
+                        );
+                        match failure.retry_at {
+                            Some(at) => {
+                                tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
+                                attempts = failure.attempts,
+                                retry_in = ?at.saturating_duration_since(tokio::time::Instant::now()),
+                                "unit action failed")
+                            }
+                            None => {
+                                tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
+                                "unit action refused; not retrying it")
+                            }
+                        }
+                        failed.insert(u.to_string(), failure);
                     }
                     (Err(e), None) => {
                         tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed")
@@ -591,7 +632,7 @@ impl Agent {
             reason: self
                 .failures
                 .get(name)
-                .cloned()
+                .map(|f| f.reason.clone())
                 .or_else(|| self.manager.failure_reason(name)),
             global: self.globals.contains_key(name),
         }
@@ -665,7 +706,27 @@ impl Agent {
         }
     }
 
+    /// The machine is shutting down: leave the cluster at once (the lease goes, and with it
+    /// this machine's presence and unit states, so the engine moves its units now), start
+    /// nothing more, and let the system stop the units.
+    async fn leave_for_shutdown(&mut self) {
+        self.left_for_shutdown = true;
+        tracing::warn!(
+            units = self.held.len(),
+            "the machine is shutting down: leaving the cluster now; the system stops the units"
+        );
+        match self.presence.leave().await {
+            Ok(()) => tracing::info!("left the cluster"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"),
+                "could not remove this machine from the registry; it goes when its lease expires"),
+        }
+    }
+
     async fn stop(mut self, mode: Shutdown) -> anyhow::Result<()> {
+        if self.left_for_shutdown {
+            tracing::info!("stopping: this machine already left the cluster for its shutdown");
+            return Ok(());
+        }
         match mode {
             Shutdown::Upgrade => {
                 tracing::info!(
@@ -692,6 +753,35 @@ impl Agent {
             }
         }
     }
+}
+
+/// Sleeps until `at`, or for ever if there is no `at`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once, when the machine is found shutting down; never if the manager cannot tell
+/// (or stops telling).
+async fn stopping(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    let found = r.wait_for(|stopping| *stopping).await.is_ok();
+    *rx = None;
+    if found {
+        Some(())
+    } else {
+        std::future::pending().await
+    }
+}
+
+/// A random number for spreading the retries of `unit` (std's hasher keys are random).
+fn jitter(unit: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(unit)
 }
 
 /// The next machine record sent, or never if there is no sender.

@@ -9,5 +9,5 @@ pub mod reconcile;
 pub mod systemd;
 
 pub use agent::{Agent, Shutdown};
-pub use manager::{StateChange, UnitManager};
+pub use manager::{Refused, StateChange, UnitManager};
 pub use presence::Presence;

@@ -11,6 +11,13 @@ pub struct StateChange {
     pub state: Option<SystemdState>,
 }
 
+/// An action the unit manager refused in a way that retrying will not change (systemd: the
+/// transaction is destructive, as every start is while the machine shuts down). The agent does
+/// not retry it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Runs units on this machine: systemd over D-Bus, or our own process supervisor.
 ///
 /// The agent calls `load` for every unit of a batch, then `reload` once, then `start`/`stop`.
@@ -50,4 +57,12 @@ pub trait UnitManager: Send + Sync + 'static {
 
     /// State changes of units loaded through this manager, as they happen.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StateChange>;
+
+    /// Turns true when the machine itself is shutting down (systemd: a job for
+    /// `shutdown.target` or its kin, or `SystemState` `stopping`): from then on the agent
+    /// starts nothing and leaves the cluster, and the system stops the units. `None` for
+    /// managers that cannot tell.
+    fn machine_stopping(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }

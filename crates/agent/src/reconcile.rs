@@ -13,6 +13,8 @@
 
 use registry::{MachineState, ScheduleEntry, TargetState};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
 use unit::{Requirements, UnitHash};
 
 /// What should be true of a unit on this machine.
@@ -202,6 +204,87 @@ pub fn scheduled_candidates<'a>(
     })
 }
 
+/// The last failed action on a unit, and when it may be tried again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub action: Action,
+    /// What went wrong, as published in the unit's state.
+    pub reason: String,
+    /// Failures of this action in a row.
+    pub attempts: u32,
+    /// `None`: refused for good (the unit manager said retrying cannot help); not tried again
+    /// until the unit needs another action.
+    pub retry_at: Option<Instant>,
+}
+
+/// The first retry waits about this long; each failure in a row doubles it, up to
+/// [`LAST_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub const LAST_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// How long to wait after the `attempts`-th failure in a row: exponential, spread by `jitter`
+/// (any number; a random one) over 75-125 % so that a thousand units failing together are not
+/// retried together.
+pub fn retry_delay(attempts: u32, jitter: u64) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    let base = FIRST_RETRY_DELAY
+        .saturating_mul(1 << doublings)
+        .min(LAST_RETRY_DELAY);
+    base.mul_f64(0.75 + (jitter % 1001) as f64 / 2000.0)
+}
+
+/// Records that `action` failed with `reason` at `now`; `for_good` when retrying cannot help.
+/// A failure of the same action as the last one counts as one more in a row.
+pub fn record_failure(
+    last: Option<&Failure>,
+    action: &Action,
+    reason: String,
+    for_good: bool,
+    now: Instant,
+    jitter: u64,
+) -> Failure {
+    let attempts = match last {
+        Some(f) if &f.action == action => f.attempts.saturating_add(1),
+        _ => 1,
+    };
+    Failure {
+        action: action.clone(),
+        reason,
+        attempts,
+        retry_at: (!for_good).then(|| now + retry_delay(attempts, jitter)),
+    }
+}
+
+/// Splits a plan into the actions to take now and those that wait: an action that failed last
+/// time waits until its retry time (for ever if it was refused for good). Any other action on
+/// the unit goes at once: the unit's wanted state changed, so the old failure says nothing of
+/// it. The reload goes if a load or unload goes.
+pub fn defer(
+    actions: Vec<Action>,
+    failures: &BTreeMap<String, Failure>,
+    now: Instant,
+) -> (Vec<Action>, Vec<Action>) {
+    let (mut go, wait): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| {
+        let Some(unit) = a.unit() else { return true };
+        match failures.get(unit) {
+            Some(f) if &f.action == a => f.retry_at.is_some_and(|at| at <= now),
+            _ => true,
+        }
+    });
+    if !go
+        .iter()
+        .any(|a| matches!(a, Action::Load(_) | Action::Unload(_)))
+    {
+        go.retain(|a| a != &Action::Reload);
+    }
+    (go, wait)
+}
+
+/// When the earliest waiting retry is due, if any action waits for a retry.
+pub fn next_retry(failures: &BTreeMap<String, Failure>) -> Option<Instant> {
+    failures.values().filter_map(|f| f.retry_at).min()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +305,94 @@ mod tests {
         }
     }
     use TargetState::*;
+
+    #[test]
+    fn retry_delays_double_with_jitter_and_stop_growing() {
+        // (attempts, jitter) -> delay: jitter 0 gives 75 %, 500 gives 100 %, 1000 gives 125 %.
+        let cases = [
+            (1, 500, Duration::from_secs(1)),
+            (2, 500, Duration::from_secs(2)),
+            (3, 500, Duration::from_secs(4)),
+            (1, 0, Duration::from_millis(750)),
+            (1, 1000, Duration::from_millis(1250)),
+            (7, 500, Duration::from_secs(60)),
+            (40, 1000, Duration::from_secs(75)),
+            (0, 500, Duration::from_secs(1)),
+        ];
+        for (attempts, jitter, want) in cases {
+            assert_eq!(retry_delay(attempts, jitter), want, "{attempts} {jitter}");
+        }
+    }
+
+    #[test]
+    fn failures_in_a_row_count_up_and_a_new_action_starts_over() {
+        let now = Instant::now();
+        let start = Action::Start("u".into());
+        let first = record_failure(None, &start, "x".into(), false, now, 500);
+        assert_eq!(first.attempts, 1);
+        assert_eq!(first.retry_at, Some(now + Duration::from_secs(1)));
+        let second = record_failure(Some(&first), &start, "x".into(), false, now, 500);
+        assert_eq!(second.attempts, 2);
+        assert_eq!(second.retry_at, Some(now + Duration::from_secs(2)));
+        let stop = Action::Stop("u".into());
+        let other = record_failure(Some(&second), &stop, "y".into(), false, now, 500);
+        assert_eq!(other.attempts, 1);
+        let refused = record_failure(Some(&other), &start, "z".into(), true, now, 500);
+        assert_eq!(refused.retry_at, None);
+    }
+
+    #[test]
+    fn actions_wait_for_their_retry_time() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let f = |action: Action, retry_at: Option<Instant>| Failure {
+            action,
+            reason: "r".into(),
+            attempts: 1,
+            retry_at,
+        };
+        let failures = BTreeMap::from([
+            // Waiting: its start is held back.
+            ("a".to_string(), f(Action::Start("a".into()), Some(later))),
+            // Due: its start goes.
+            ("b".to_string(), f(Action::Start("b".into()), Some(now))),
+            // Refused for good: held back for ever.
+            ("c".to_string(), f(Action::Start("c".into()), None)),
+            // Failed to start, now to be stopped: the stop goes at once.
+            ("d".to_string(), f(Action::Start("d".into()), Some(later))),
+        ]);
+        let plan = vec![
+            Action::Load("e".into()),
+            Action::Reload,
+            Action::Stop("d".into()),
+            Action::Start("a".into()),
+            Action::Start("b".into()),
+            Action::Start("c".into()),
+        ];
+        let (now_actions, waiting) = defer(plan, &failures, now);
+        assert_eq!(
+            now_actions,
+            vec![
+                Action::Load("e".into()),
+                Action::Reload,
+                Action::Stop("d".into()),
+                Action::Start("b".into()),
+            ]
+        );
+        assert_eq!(
+            waiting,
+            vec![Action::Start("a".into()), Action::Start("c".into())]
+        );
+        assert_eq!(next_retry(&failures), Some(now));
+        assert_eq!(next_retry(&BTreeMap::new()), None);
+        // A reload with nothing loaded or unloaded is not worth a daemon-reload.
+        let failures =
+            BTreeMap::from([("e".to_string(), f(Action::Load("e".into()), Some(later)))]);
+        let plan = vec![Action::Load("e".into()), Action::Reload];
+        let (go, waiting) = defer(plan, &failures, now);
+        assert!(go.is_empty(), "{go:?}");
+        assert_eq!(waiting, vec![Action::Load("e".into())]);
+    }
 
     #[test]
     fn task_table() {

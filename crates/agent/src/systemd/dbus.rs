@@ -70,6 +70,44 @@ pub trait SystemdManager {
 
     /// systemd >= 230; one call for any number of units.
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitStatus>>;
+
+    /// Every job systemd holds: id, unit, type, state, job object, unit object.
+    fn list_jobs(
+        &self,
+    ) -> zbus::Result<
+        Vec<(
+            u32,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            OwnedObjectPath,
+        )>,
+    >;
+
+    /// `initializing`, `starting`, `running`, `degraded`, `maintenance`, `stopping`, ...
+    #[zbus(property)]
+    fn system_state(&self) -> zbus::Result<String>;
+}
+
+/// The targets whose job means the machine is going down.
+const SHUTDOWN_TARGETS: &[&str] = &[
+    "shutdown.target",
+    "poweroff.target",
+    "reboot.target",
+    "halt.target",
+    "kexec.target",
+    "soft-reboot.target",
+];
+
+/// Whether a job for `unit` means the machine is shutting down.
+pub fn is_shutdown_target(unit: &str) -> bool {
+    SHUTDOWN_TARGETS.contains(&unit)
+}
+
+/// Whether systemd's `SystemState` says the machine is going down.
+pub fn is_stopping(system_state: &str) -> bool {
+    system_state == "stopping"
 }
 
 /// The three states fleet reports, from one `ListUnitsByNames` row.
@@ -149,8 +187,19 @@ pub fn has_unit_suffix(name: &str) -> bool {
 }
 
 /// A D-Bus failure of `method` on `unit`, worded for a person: names the unit, the method and
-/// what systemd said.
+/// what systemd said. A refusal that retrying cannot change (a transaction that would undo a
+/// job systemd must finish, such as the machine's shutdown) carries [`crate::Refused`].
 pub fn method_error(method: &str, unit: &str, err: zbus::Error) -> anyhow::Error {
+    if is_destructive(&err) {
+        let detail = match &err {
+            zbus::Error::MethodError(_, detail, _) => detail.as_deref().unwrap_or("no details"),
+            _ => "no details",
+        };
+        return anyhow::Error::new(crate::Refused(format!(
+            "systemd {method} of {unit} refused: {detail} (a job systemd must finish, such as \
+             the machine's shutdown, would be undone)"
+        )));
+    }
     match &err {
         zbus::Error::MethodError(name, detail, _) => anyhow::anyhow!(
             "systemd {method} of {unit} failed: {}: {}",
@@ -159,6 +208,12 @@ pub fn method_error(method: &str, unit: &str, err: zbus::Error) -> anyhow::Error
         ),
         _ => anyhow::Error::new(err).context(format!("systemd {method} of {unit} failed")),
     }
+}
+
+/// Whether systemd refused a job because it would undo a job it must finish (a shutdown).
+pub fn is_destructive(err: &zbus::Error) -> bool {
+    matches!(err, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.systemd1.TransactionIsDestructive")
 }
 
 /// Whether systemd refused because it does not have the unit loaded.

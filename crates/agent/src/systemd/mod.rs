@@ -24,6 +24,7 @@
 //! host (`/proc/<pid1>/root`) as [`SystemdOptions::systemd_root`].
 
 pub mod dbus;
+mod jobs;
 mod watch;
 
 use anyhow::Context as _;
@@ -34,11 +35,12 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
-use tokio::sync::{broadcast, mpsc, Mutex};
+use tokio::sync::{broadcast, mpsc, watch as signal, Mutex, Semaphore};
 use unit::{UnitFile, UnitHash};
 
-use crate::manager::{StateChange, UnitManager};
+use crate::manager::{Refused, StateChange, UnitManager};
 use dbus::{method_error, SystemdManagerProxy};
+use jobs::JobWindow;
 
 /// fleet's default `units_directory`.
 pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units/";
@@ -104,8 +106,24 @@ struct Shared {
     /// Units loaded through this manager, with the state last sent to subscribers.
     watched: StdMutex<HashMap<String, Option<SystemdState>>>,
     changes: broadcast::Sender<StateChange>,
-    /// Names whose state the watcher should re-read (after a reload).
-    refresh: mpsc::UnboundedSender<Vec<String>>,
+    /// What the watcher should read again.
+    refresh: mpsc::UnboundedSender<Ask>,
+    /// Bounds our method calls in flight (see [`jobs`]).
+    calls: Semaphore,
+    /// Bounds the start and stop jobs systemd holds for us (see [`jobs`]).
+    jobs: JobWindow,
+    /// True once the machine is shutting down.
+    stopping: signal::Sender<bool>,
+}
+
+/// A request to the watcher.
+#[derive(Debug)]
+enum Ask {
+    /// Re-read the states of these units (after a reload, a failed action).
+    States(Vec<String>),
+    /// Re-read everything: every watched unit's state, the jobs systemd holds, whether the
+    /// machine is stopping (after a call failed in a way that may have cost signals).
+    Resync,
 }
 
 impl Shared {
@@ -127,14 +145,54 @@ impl Shared {
         lock(&self.watched).keys().cloned().collect()
     }
 
-    fn ask_refresh(&self, names: Vec<String>) {
+    fn ask(&self, ask: Ask) {
         // The watcher only stops when the manager is dropped, so a send error means nobody
         // listens any more.
-        let _ = self.refresh.send(names);
+        let _ = self.refresh.send(ask);
+    }
+
+    /// Runs one method call, waiting for a free place among the calls in flight.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = zbus::Result<T>>,
+    ) -> zbus::Result<T> {
+        // Never closed; were it closed, calling without a place is still better than failing.
+        let _place = self.calls.acquire().await.ok();
+        call.await
+    }
+
+    /// Queues a start or stop job for `name`, holding one of the job slots until systemd
+    /// removes the job. A start while the machine shuts down is refused without asking.
+    async fn job(&self, start: bool, name: &str) -> Result<(), JobError> {
+        let method = if start { "StartUnit" } else { "StopUnit" };
+        if start && *self.stopping.borrow() {
+            return Err(JobError::Refused(Refused(format!(
+                "not starting {name}: the machine is shutting down"
+            ))));
+        }
+        let slot = self.jobs.slot().await;
+        let manager = self.bus().await.map_err(JobError::Other)?.manager;
+        let result = if start {
+            self.call(manager.start_unit(name, "replace")).await
+        } else {
+            self.call(manager.stop_unit(name, "replace")).await
+        };
+        match result {
+            Ok(job) => {
+                self.jobs.queued(job.to_string(), slot);
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever the failure, what systemd runs is read again (a lost reply may hide
+                // a job that was queued; a refusal may mean the machine is going down).
+                self.ask(Ask::Resync);
+                Err(JobError::Call(method, e))
+            }
+        }
     }
 
     /// Re-reads the states of `names` (those still watched) in one call and sends the changes.
-    async fn refresh(&self, bus: &Bus, names: Vec<String>) -> anyhow::Result<()> {
+    async fn refresh(&self, bus: &Bus, names: Vec<String>) -> anyhow::Result<usize> {
         let names: Vec<String> = {
             let watched = lock(&self.watched);
             names
@@ -143,21 +201,78 @@ impl Shared {
                 .collect()
         };
         if names.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let states = list_states(&bus.manager, &names).await?;
+        let states = {
+            let _place = self.calls.acquire().await.ok();
+            list_states(&bus.manager, &names).await?
+        };
         let mut watched = lock(&self.watched);
+        let mut changed = 0;
         for (name, state) in states {
             // A unit unloaded while the call was in flight stays forgotten.
             if let Some(last) = watched.get_mut(&name) {
                 if *last != state {
                     *last = state.clone();
+                    changed += 1;
                     // No subscriber is not an error: states are also read with `states`.
                     let _ = self.changes.send(StateChange { name, state });
                 }
             }
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// Reads everything again: whether the machine is stopping, the jobs systemd holds (to
+    /// free the slots of jobs whose removal was not seen) and every watched unit's state.
+    /// Returns how many states differed from the last ones sent.
+    async fn resync(&self, bus: &Bus) -> anyhow::Result<usize> {
+        let (state, jobs) = {
+            let _place = self.calls.acquire().await.ok();
+            let state = bus.manager.system_state().await;
+            (state, bus.manager.list_jobs().await)
+        };
+        let state = state.map_err(|e| method_error("Get SystemState", "the manager", e))?;
+        if dbus::is_stopping(&state) {
+            self.machine_stopping(&format!("systemd's SystemState is {state}"));
+        }
+        let jobs = jobs.map_err(|e| method_error("ListJobs", "the manager", e))?;
+        let live: std::collections::HashSet<String> =
+            jobs.into_iter().map(|j| j.4.to_string()).collect();
+        let freed = self.jobs.keep_only(&live);
+        if freed > 0 {
+            tracing::info!(
+                freed,
+                held = self.jobs.in_flight(),
+                "freed the slots of jobs systemd no longer holds"
+            );
+        }
+        self.refresh(bus, self.watched_names()).await
+    }
+
+    /// The machine is going down: from now on nothing is started.
+    fn machine_stopping(&self, why: &str) {
+        if !*self.stopping.borrow() {
+            tracing::warn!("the machine is shutting down ({why}): starting no more units");
+            self.stopping.send_replace(true);
+        }
+    }
+}
+
+/// Why a start or stop did not happen.
+enum JobError {
+    Refused(Refused),
+    Call(&'static str, zbus::Error),
+    Other(anyhow::Error),
+}
+
+impl JobError {
+    fn into_anyhow(self, unit: &str) -> anyhow::Error {
+        match self {
+            JobError::Refused(r) => anyhow::Error::new(r),
+            JobError::Call(method, e) => method_error(method, unit, e),
+            JobError::Other(e) => e,
+        }
     }
 }
 
@@ -230,7 +345,7 @@ impl SystemdManager {
     /// agent's units) and starts watching their states.
     pub async fn connect(opts: SystemdOptions) -> anyhow::Result<SystemdManager> {
         let bus = connect_bus(&opts).await?;
-        let (changes, _) = broadcast::channel(1024);
+        let (changes, _) = broadcast::channel(4096);
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             opts,
@@ -238,6 +353,9 @@ impl SystemdManager {
             watched: StdMutex::new(HashMap::new()),
             changes,
             refresh,
+            calls: Semaphore::new(jobs::MAX_CALLS),
+            jobs: JobWindow::new(jobs::MAX_JOBS),
+            stopping: signal::channel(false).0,
         });
         {
             let adopted = read_units(&shared.opts.host_units_directory())?;
@@ -348,13 +466,14 @@ impl UnitManager for SystemdManager {
             )
         })?;
         let manager = self.manager().await?;
-        manager
-            .link_unit_files(&[path], true, true)
+        let shared = &self.shared;
+        shared
+            .call(manager.link_unit_files(&[path], true, true))
             .await
             .map_err(|e| method_error("LinkUnitFiles", name, e))?;
         if file.has_section("Install") {
-            manager
-                .enable_unit_files(&[path], true, true)
+            shared
+                .call(manager.enable_unit_files(&[path], true, true))
                 .await
                 .map_err(|e| method_error("EnableUnitFiles", name, e))?;
         }
@@ -365,50 +484,51 @@ impl UnitManager for SystemdManager {
     }
 
     async fn reload(&self) -> anyhow::Result<()> {
-        self.manager()
-            .await?
-            .reload()
-            .await
-            .map_err(|e| method_error("Reload", "the unit files", e))?;
-        self.shared.ask_refresh(self.shared.watched_names());
+        let manager = self.manager().await?;
+        let result = self.shared.call(manager.reload()).await;
+        if let Err(e) = result {
+            self.shared.ask(Ask::Resync);
+            return Err(method_error("Reload", "the unit files", e));
+        }
+        self.shared.ask(Ask::States(self.shared.watched_names()));
         Ok(())
     }
 
     async fn start(&self, name: &str) -> anyhow::Result<()> {
-        self.manager()
-            .await?
-            .start_unit(name, "replace")
+        self.shared
+            .job(true, name)
             .await
-            .map_err(|e| method_error("StartUnit", name, e))?;
-        Ok(())
+            .map_err(|e| e.into_anyhow(name))
     }
 
     async fn stop(&self, name: &str) -> anyhow::Result<()> {
-        self.manager()
-            .await?
-            .stop_unit(name, "replace")
+        self.shared
+            .job(false, name)
             .await
-            .map_err(|e| method_error("StopUnit", name, e))?;
-        Ok(())
+            .map_err(|e| e.into_anyhow(name))
     }
 
     async fn unload(&self, name: &str) -> anyhow::Result<()> {
         check_name(name)?;
-        let manager = self.manager().await?;
-        match manager.stop_unit(name, "replace").await {
-            Ok(_) => {}
+        match self.shared.job(false, name).await {
+            Ok(()) => {}
             // A unit systemd has not loaded is not running: nothing to stop.
-            Err(e) if dbus::is_no_such_unit(&e) => {}
+            Err(JobError::Call(_, e)) if dbus::is_no_such_unit(&e) => {}
             // fleet keeps the file when stopping fails, so that the unit can still be stopped.
-            Err(e) => return Err(method_error("StopUnit", name, e)),
+            Err(e) => return Err(e.into_anyhow(name)),
         }
-        match manager.disable_unit_files(&[name], true).await {
+        let manager = self.manager().await?;
+        match self
+            .shared
+            .call(manager.disable_unit_files(&[name], true))
+            .await
+        {
             Ok(_) => {}
             // No file to disable: an earlier unload got this far, or it was never loaded.
             Err(e) if dbus::is_no_such_unit(&e) => {}
             Err(e) => return Err(method_error("DisableUnitFiles", name, e)),
         }
-        match manager.reset_failed_unit(name).await {
+        match self.shared.call(manager.reset_failed_unit(name)).await {
             Ok(()) => {}
             Err(e) if dbus::is_no_such_unit(&e) => {}
             Err(e) => return Err(method_error("ResetFailedUnit", name, e)),
@@ -445,11 +565,17 @@ impl UnitManager for SystemdManager {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        list_states(&self.manager().await?, names).await
+        let manager = self.manager().await?;
+        let _place = self.shared.calls.acquire().await.ok();
+        list_states(&manager, names).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StateChange> {
         self.shared.changes.subscribe()
+    }
+
+    fn machine_stopping(&self) -> Option<signal::Receiver<bool>> {
+        Some(self.shared.stopping.subscribe())
     }
 }
 

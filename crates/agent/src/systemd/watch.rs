@@ -4,6 +4,13 @@
 //! call per burst. That gives exact (load, active, sub) triples whatever a signal carries
 //! (`LoadState` changes are not announced by `PropertiesChanged`, and systemd may send
 //! invalidations without values), and costs one call for a burst of any size.
+//!
+//! Signals can be lost: with our connection, or with systemd's (systemd reconnects to the bus
+//! on its own, after a `daemon-reexec` or when the bus dropped it, and forgets who subscribed).
+//! So the truth is read again in full — states, the jobs systemd holds, whether the machine is
+//! stopping — after every (re)connection, whenever systemd's bus name changes hands, after any
+//! failed call, and every [`RESYNC_INTERVAL`] in any case: a published state can never stay
+//! apart from systemd's for longer than that.
 
 use futures::{FutureExt as _, StreamExt as _};
 use std::collections::BTreeSet;
@@ -11,31 +18,46 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use zbus::message::Type;
 use zbus::{MatchRule, Message, MessageStream};
 
-use super::dbus::{unit_name_of_path, MANAGER_PATH};
-use super::Shared;
+use super::dbus::{is_shutdown_target, unit_name_of_path, MANAGER_PATH, SERVICE};
+use super::{Ask, Shared};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 /// Room for a burst of signals (a batch start of many units sends several per unit).
-const QUEUE: usize = 4096;
+const QUEUE: usize = 8192;
+/// Reads of unit states start at least this far apart: systemd runs its job queue only when it
+/// has nothing else to do, so a stream of reads would hold back the very starts it reports.
+const READ_GAP: Duration = Duration::from_millis(100);
+/// Everything is read again at least this often, signals or not.
+pub(crate) const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Watches until the manager drops (which aborts this task), connecting again whenever the
 /// connection to systemd is lost. `ready` fires once the first watch is set up (or has failed).
 pub(super) async fn run(
     shared: Arc<Shared>,
-    mut refresh: mpsc::UnboundedReceiver<Vec<String>>,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
     ready: oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
     let mut retry = FIRST_RETRY;
     loop {
-        match watch(&shared, &mut refresh, &mut ready, &mut retry).await {
+        match watch(&shared, &mut asks, &mut ready, &mut retry).await {
             Ok(Stop::ManagerGone) => return,
             Ok(Stop::ConnectionClosed) => {
+                // The jobs were tracked for the connection that went: systemd forgot them.
+                shared.jobs.release_all();
                 tracing::warn!("lost the D-Bus connection to systemd; connecting again")
+            }
+            Ok(Stop::SystemdBack) => {
+                tracing::warn!(
+                    "systemd came back on the bus (daemon-reexec, or its bus connection was \
+                     reset); subscribing again"
+                );
+                continue;
             }
             Err(e) => tracing::warn!(
                 "watching systemd's unit states failed: {e:#}; trying again in {retry:?}"
@@ -51,18 +73,36 @@ pub(super) async fn run(
 
 enum Stop {
     ConnectionClosed,
+    /// systemd took its bus name again: it forgot our subscription.
+    SystemdBack,
     ManagerGone,
+}
+
+/// What a signal asks of the watcher.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// Units whose state may have changed.
+    units: BTreeSet<String>,
+    /// Every watched unit's state may have changed (the end of a daemon-reload).
+    all: bool,
+    /// Job object paths systemd removed.
+    removed_jobs: Vec<String>,
+    /// A job for a shutdown target was queued: the machine is going down.
+    shutdown: Option<String>,
+    /// systemd's bus name changed hands: `Some(true)` it is back, `Some(false)` it is gone.
+    systemd_owner: Option<bool>,
 }
 
 async fn watch(
     shared: &Shared,
-    refresh: &mut mpsc::UnboundedReceiver<Vec<String>>,
+    asks: &mut mpsc::UnboundedReceiver<Ask>,
     ready: &mut Option<oneshot::Sender<()>>,
     retry: &mut Duration,
 ) -> anyhow::Result<Stop> {
     let bus = shared.bus().await?;
     let queue = NonZeroUsize::new(QUEUE);
     // Listen before subscribing and read every state after, so no change falls in between.
+    // Three match rules in all, whatever the number of units.
     let manager_signals = MatchRule::builder()
         .msg_type(Type::Signal)
         .path(MANAGER_PATH)
@@ -75,12 +115,22 @@ async fn watch(
         .member("PropertiesChanged")
         .arg(0, "org.freedesktop.systemd1.Unit")
         .build()?;
+    let owner_signals = MatchRule::builder()
+        .msg_type(Type::Signal)
+        .sender("org.freedesktop.DBus")
+        .interface("org.freedesktop.DBus")
+        .member("NameOwnerChanged")
+        .arg(0, SERVICE)
+        .build()?;
     let mut signals = futures::stream::select(
-        MessageStream::for_match_rule(manager_signals, &bus.conn, queue).await?,
-        MessageStream::for_match_rule(unit_signals, &bus.conn, queue).await?,
+        futures::stream::select(
+            MessageStream::for_match_rule(manager_signals, &bus.conn, queue).await?,
+            MessageStream::for_match_rule(unit_signals, &bus.conn, queue).await?,
+        ),
+        MessageStream::for_match_rule(owner_signals, &bus.conn, queue).await?,
     );
-    bus.manager
-        .subscribe()
+    shared
+        .call(bus.manager.subscribe())
         .await
         .map_err(|e| super::dbus::method_error("Subscribe", "unit state signals", e))?;
     *retry = FIRST_RETRY;
@@ -88,75 +138,171 @@ async fn watch(
         let _ = ready.send(());
     }
 
-    // After (re)connecting every state is read again: changes while away were not signalled.
-    let mut pending: BTreeSet<String> = shared.watched_names().into_iter().collect();
+    // After (re)connecting everything is read again: changes while away were not signalled.
+    let mut resync = true;
+    let mut resync_retry = FIRST_RETRY;
+    let mut next_resync = Instant::now();
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    // One read of systemd's state at a time, while signals keep being taken: a job's removal
+    // frees its slot at once instead of after the read (systemd answers slowly while it starts
+    // a thousand units), and the units signalled meanwhile are read together next.
+    let mut reading: Option<Reading<'_>> = None;
+    let mut next_read = Instant::now();
     loop {
-        if !pending.is_empty() {
-            let names = std::mem::take(&mut pending).into_iter().collect();
-            if let Err(e) = shared.refresh(&bus, names).await {
-                if bus.conn.is_closed() {
-                    return Ok(Stop::ConnectionClosed);
-                }
-                // Not lost: the next signal or refresh request reads the states again.
-                tracing::warn!("reading unit states after a change failed: {e:#}");
+        if reading.is_none() && Instant::now() >= next_read {
+            if resync && Instant::now() >= next_resync {
+                resync = false;
+                pending.clear();
+                reading = Some(Reading {
+                    full: true,
+                    read: Box::pin(shared.resync(&bus)),
+                });
+            } else if !pending.is_empty() {
+                let names = std::mem::take(&mut pending).into_iter().collect();
+                reading = Some(Reading {
+                    full: false,
+                    read: Box::pin(shared.refresh(&bus, names)),
+                });
             }
         }
+        let mut seen = Seen::default();
         tokio::select! {
+            result = async { reading.as_mut().map(|r| &mut r.read).expect("guarded").await },
+                if reading.is_some() =>
+            {
+                let full = reading.take().is_some_and(|r| r.full);
+                next_read = Instant::now() + READ_GAP;
+                match result {
+                    Ok(changed) => {
+                        if full {
+                            resync_retry = FIRST_RETRY;
+                            next_resync = Instant::now() + RESYNC_INTERVAL;
+                            if changed > 0 {
+                                tracing::info!(
+                                    changed,
+                                    "resynced unit states with systemd; published states follow"
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if bus.conn.is_closed() {
+                            return Ok(Stop::ConnectionClosed);
+                        }
+                        tracing::warn!(
+                            "reading systemd's state failed: {e:#}; reading it all again in \
+                             {resync_retry:?}"
+                        );
+                        resync = true;
+                        next_resync = Instant::now() + resync_retry;
+                        resync_retry = (resync_retry * 2).min(LAST_RETRY);
+                    }
+                }
+            }
             msg = signals.next() => match msg {
-                Some(Ok(msg)) => affected(shared, &msg, &mut pending),
+                Some(Ok(msg)) => read_signal(&msg, &mut seen),
                 Some(Err(e)) => tracing::warn!("bad D-Bus signal from systemd: {e}"),
                 None => return Ok(Stop::ConnectionClosed),
             },
-            names = refresh.recv() => match names {
-                Some(names) => pending.extend(names),
+            ask = asks.recv() => match ask {
+                Some(ask) => take(ask, &mut pending, &mut resync),
                 None => return Ok(Stop::ManagerGone),
             },
+            // Wakes for the reads that wait for the gap to pass.
+            _ = tokio::time::sleep_until(next_read),
+                if reading.is_none() && (resync || !pending.is_empty()) && Instant::now() < next_read => {}
+            // Not armed while a due resync only waits for the read under way (it would fire at
+            // once, again and again).
+            _ = tokio::time::sleep_until(next_resync),
+                if !(resync && Instant::now() >= next_resync) =>
+            {
+                resync = true
+            }
             _ = bus.conn.closed() => return Ok(Stop::ConnectionClosed),
         }
         // Take the rest of the burst before reading states: one call for all of it.
         while let Some(Some(msg)) = signals.next().now_or_never() {
             if let Ok(msg) = msg {
-                affected(shared, &msg, &mut pending);
+                read_signal(&msg, &mut seen);
             }
         }
-        while let Ok(names) = refresh.try_recv() {
-            pending.extend(names);
+        while let Ok(ask) = asks.try_recv() {
+            take(ask, &mut pending, &mut resync);
         }
+        for path in &seen.removed_jobs {
+            shared.jobs.removed(path);
+        }
+        if let Some(target) = &seen.shutdown {
+            shared.machine_stopping(&format!("systemd queued a job for {target}"));
+        }
+        match seen.systemd_owner {
+            Some(true) => return Ok(Stop::SystemdBack),
+            // Its jobs' watches went with its connection.
+            Some(false) => shared.jobs.release_all(),
+            None => {}
+        }
+        if seen.all {
+            pending.extend(shared.watched_names());
+        }
+        pending.extend(seen.units);
     }
 }
 
-/// Adds the units whose state `msg` may have changed to `pending`.
-fn affected(shared: &Shared, msg: &Message, pending: &mut BTreeSet<String>) {
+/// A read of systemd's state under way: a full resync, or the states of some units.
+struct Reading<'a> {
+    full: bool,
+    read: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<usize>> + Send + 'a>>,
+}
+
+fn take(ask: Ask, pending: &mut BTreeSet<String>, resync: &mut bool) {
+    match ask {
+        Ask::States(names) => pending.extend(names),
+        Ask::Resync => *resync = true,
+    }
+}
+
+/// Notes what `msg` tells in `seen`.
+fn read_signal(msg: &Message, seen: &mut Seen) {
     let header = msg.header();
     let member = header.member().map(|m| m.as_str()).unwrap_or_default();
+    let body = msg.body();
     match member {
         "PropertiesChanged" => {
             if let Some(name) = header.path().and_then(|p| unit_name_of_path(p.as_str())) {
-                pending.insert(name);
+                seen.units.insert(name);
             }
         }
-        "UnitNew" | "UnitRemoved" => {
-            if let Ok((name, _)) = msg.body().deserialize::<(String, zbus::OwnedObjectPath)>() {
-                pending.insert(name);
+        // Not a reason to read: reading the state of a unit systemd has unloaded makes it load
+        // the unit again, which it then unloads again (`UnitNew`, `UnitRemoved`, ...): seen as
+        // a loop that kept systemd busy at full CPU, starving its job queue (which runs only
+        // when systemd is otherwise idle) so that queued starts never ran. A unit that matters
+        // sends `PropertiesChanged` or job signals as well.
+        "JobNew" => {
+            if let Ok((_, _, unit)) = body.deserialize::<(u32, zbus::OwnedObjectPath, String)>() {
+                if is_shutdown_target(&unit) {
+                    seen.shutdown = Some(unit.clone());
+                }
+                seen.units.insert(unit);
             }
         }
-        "JobNew" | "JobRemoved" => {
-            let body = msg.body();
-            let unit = match member {
-                "JobNew" => body
-                    .deserialize::<(u32, zbus::OwnedObjectPath, String)>()
-                    .map(|b| b.2),
-                _ => body
-                    .deserialize::<(u32, zbus::OwnedObjectPath, String, String)>()
-                    .map(|b| b.2),
-            };
-            if let Ok(name) = unit {
-                pending.insert(name);
+        "JobRemoved" => {
+            if let Ok((_, job, unit, _)) =
+                body.deserialize::<(u32, zbus::OwnedObjectPath, String, String)>()
+            {
+                seen.removed_jobs.push(job.to_string());
+                seen.units.insert(unit);
             }
         }
         // The end of a daemon-reload: load states may have changed for any unit.
-        "Reloading" if msg.body().deserialize::<bool>().is_ok_and(|active| !active) => {
-            pending.extend(shared.watched_names());
+        "Reloading" if body.deserialize::<bool>().is_ok_and(|active| !active) => {
+            seen.all = true;
+        }
+        "NameOwnerChanged" => {
+            if let Ok((name, _, new_owner)) = body.deserialize::<(String, String, String)>() {
+                if name == SERVICE {
+                    seen.systemd_owner = Some(!new_owner.is_empty());
+                }
+            }
         }
         _ => {}
     }
