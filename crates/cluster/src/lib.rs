@@ -40,6 +40,7 @@ pub mod binary;
 pub mod cleanup;
 mod cluster;
 mod machine;
+pub mod nspawn;
 pub mod units;
 
 pub use cluster::{wait_for, ActiveUnits, Cluster, ClusterSpec, DEFAULT_DEADLINE, POLL_INTERVAL};

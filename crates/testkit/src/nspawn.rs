@@ -400,6 +400,21 @@ impl NspawnMachine {
         Ok(())
     }
 
+    /// Asks the machine to power off cleanly (SIGTERM to nspawn: systemd inside runs its
+    /// shutdown, as `poweroff` would) without waiting; see [`NspawnMachine::wait_off`].
+    pub fn request_power_off(&self) -> Result<()> {
+        if let Some(pid) = self.nspawn_pid() {
+            kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+                .with_context(|| format!("{}: cannot signal nspawn ({pid})", self.name))?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the machine to be off (nspawn exited); true if it is.
+    pub fn wait_off(&mut self, limit: Duration) -> bool {
+        self.wait_nspawn(limit)
+    }
+
     /// Whether `pid` is still a process of this machine (PIDs are reused).
     fn owns(&self, pid: u32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))

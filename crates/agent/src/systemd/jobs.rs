@@ -20,7 +20,7 @@ pub(super) const MAX_CALLS: usize = 64;
 
 /// Jobs of ours that systemd holds at once (each costs systemd one of its 512 match rules,
 /// which it shares with every other client's jobs and its own needs).
-pub(super) const MAX_JOBS: usize = 128;
+pub(super) const MAX_JOBS: usize = 256;
 
 /// How long a `JobRemoved` that arrived before its job's call returned is remembered.
 const EARLY_REMOVAL_MEMORY: Duration = Duration::from_secs(60);
