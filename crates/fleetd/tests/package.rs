@@ -1,8 +1,8 @@
 //! The Debian package (`scripts/package`) installed with `dpkg -i` on a real systemd booted
 //! with systemd-nspawn, then used as its user would: the socket enabled and started by the
 //! package, `fleetctl` inside the machine at its default endpoint starting fleetd through the
-//! socket, an example unit run as a systemd unit of the machine; then `dpkg --purge` takes it
-//! all away again.
+//! socket, an example unit run as a systemd unit of the machine; an upgrade that leaves the
+//! unit running; then `dpkg --purge` takes it all away again.
 //!
 //! The package is made from this build's debug binaries (`--bin-dir`), so no release build is
 //! needed. Skipped, with the reason printed, where nspawn cannot run.
@@ -238,6 +238,34 @@ fn the_package_installs_and_runs_fleet_on_a_real_systemd() {
             .contains("Hello, World!")
             .then_some(())
     });
+
+    // An upgrade (the same package again takes the same path): fleetd is handed over, not
+    // stopped, so the machine stays in the cluster and its unit keeps running.
+    let fleetd_pid = machine.systemctl(&["show", "-P", "MainPID", "fleet.service"]);
+    let hello_pid = machine.systemctl(&["show", "-P", "MainPID", "hello.service"]);
+    machine.ok("dpkg", &["-i", &format!("{PACKAGE_DIR}/{deb_name}")]);
+    wait_for("the new fleetd to be active", DEADLINE, || {
+        let pid = machine.systemctl(&["show", "-P", "MainPID", "fleet.service"]);
+        let active = machine.systemctl(&["is-active", "fleet.service"]);
+        (pid != fleetd_pid && pid != "0" && active == "active").then_some(())
+    });
+    assert_eq!(
+        machine.systemctl(&["show", "-P", "NRestarts", "fleet.service"]),
+        "1"
+    );
+    assert_eq!(
+        machine.systemctl(&["show", "-P", "MainPID", "hello.service"]),
+        hello_pid,
+        "hello.service was restarted by the upgrade"
+    );
+    let units = machine.ok(
+        "fleetctl",
+        &["list-units", "--no-legend", "--fields", "unit,active"],
+    );
+    assert_eq!(
+        units.split_whitespace().collect::<Vec<_>>(),
+        ["hello.service", "active"]
+    );
 
     // Purge: fleetd leaves (stopping its unit), and nothing of the package stays behind.
     machine.ok("dpkg", &["--purge", "fleet"]);
