@@ -211,6 +211,16 @@ pub enum Command {
         units: Vec<String>,
     },
 
+    /// Print a shell completion script for fleetctl
+    #[command(long_about = "Print a shell completion script for fleetctl.\n\n\
+        The fleet package installs the bash and zsh ones. To load them by hand:\n\
+        \tsource <(fleetctl completion bash)\n\
+        \tfleetctl completion zsh > \"${fpath[1]}/_fleetctl\"")]
+    Completion {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
     /// Destroy one or more units in the cluster
     #[command(long_about = "Destroy one or more units in the cluster.\n\n\
         Stops and unloads the units, then removes them from the registry; waits until they are\n\
@@ -426,4 +436,12 @@ pub enum Command {
 
     /// Print the version and exit
     Version,
+
+    /// Write fleetctl's manual pages (fleetctl.1, fleetctl-COMMAND.1) into DIR, as the fleet
+    /// package installs them; hidden because only packagers need it (users read `man fleetctl`).
+    #[command(hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }

@@ -66,6 +66,16 @@ where
             return 2;
         }
         Command::FdForward { socket } => return fdforward::run(&socket),
+        Command::Completion { shell } => return print_generated(Ok(completion(shell))),
+        Command::Man { dir } => {
+            return match man_pages(&dir) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("fleetctl: writing manual pages to {}: {e}", dir.display());
+                    1
+                }
+            }
+        }
         Command::Ssh { .. } => {
             eprintln!("fleetctl ssh is not supported yet; use ssh to the machine (fleetctl list-machines shows their IPs)");
             return 1;
@@ -95,6 +105,39 @@ where
 fn print_help() -> i32 {
     let _ = Cli::command().print_help();
     0
+}
+
+/// fleetctl's completion script for `shell`, generated from the same definitions as its
+/// parser, so it never offers a flag or command that fleetctl would refuse.
+pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut out);
+    out
+}
+
+/// Writes fleetctl's manual pages (roff, section 1) into `dir`: `fleetctl.1` and one
+/// `fleetctl-COMMAND.1` per visible command, which `fleetctl.1` refers to. Generated from the
+/// definitions `--help` prints, so the two never disagree.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    clap_mangen::generate_to(Cli::command().version(VERSION), dir)
+}
+
+/// Writes generated text to stdout; generated into memory first so that a closed pipe is an
+/// error message and exit 1, not a panic inside the generator.
+fn print_generated(text: std::io::Result<Vec<u8>>) -> i32 {
+    use std::io::Write;
+    let written = text.and_then(|bytes| {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&bytes)?;
+        stdout.flush()
+    });
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fleetctl: writing to stdout: {e}");
+            1
+        }
+    }
 }
 
 /// The API client the global flags describe, or why there is none.
@@ -187,6 +230,8 @@ async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
         Command::Version
         | Command::Verify { .. }
         | Command::FdForward { .. }
+        | Command::Completion { .. }
+        | Command::Man { .. }
         | Command::Ssh { .. } => unreachable_command(),
     }
 }

@@ -53,6 +53,36 @@ fn help_is_the_same_for_no_args_help_and_flags() {
 }
 
 #[test]
+fn completion_and_man_pages_come_from_the_parser() {
+    let bash = fleetctl(&["completion", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    let script = text(&bash.stdout);
+    assert!(script.contains("complete -F _fleetctl"), "{script}");
+    for word in ["list-machines", "--endpoint", "--block-attempts"] {
+        assert!(
+            script.contains(word),
+            "{word} missing from the bash completion"
+        );
+    }
+    let zsh = fleetctl(&["completion", "zsh"]);
+    assert_eq!(zsh.status.code(), Some(0));
+    assert!(text(&zsh.stdout).starts_with("#compdef fleetctl"));
+    assert_eq!(fleetctl(&["completion", "tcsh"]).status.code(), Some(2));
+
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let man = fleetctl(&["man", dir_arg]);
+    assert_eq!(man.status.code(), Some(0), "{man:?}");
+    let page = std::fs::read_to_string(dir.path().join("fleetctl.1")).unwrap();
+    assert!(page.starts_with(".ie"), "{page}");
+    assert!(page.contains("fleetctl\\-list\\-machines(1)"), "{page}");
+    // Every page fleetctl.1 refers to is there.
+    assert!(dir.path().join("fleetctl-list-machines.1").is_file());
+    // Only packagers need `man`: it stays out of the help.
+    assert!(!text(&fleetctl(&["--help"]).stdout).contains("man "));
+}
+
+#[test]
 fn version_forms() {
     let expected = format!("fleetctl version {}\n", env!("CARGO_PKG_VERSION"));
     for args in [

@@ -63,6 +63,23 @@ pub enum Loaded {
     Version(String),
     /// `--help`: print this and exit 0.
     Help(String),
+    /// `fleetd completion SHELL`: print [`completion`]`(shell)` and exit 0.
+    Completion(clap_complete::Shell),
+    /// `fleetd man DIR`: write [`man_pages`]`(dir)` and exit 0 (for packagers).
+    ManPages(PathBuf),
+}
+
+/// fleetd's completion script for `shell`, generated from the parser's own definitions.
+pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cli::command(), "fleetd", &mut out);
+    out
+}
+
+/// Writes fleetd's manual page (`fleetd.1`, roff) into `dir`, generated from the definitions
+/// `--help` prints, and returns its path.
+pub fn man_pages(dir: &Path) -> std::io::Result<PathBuf> {
+    clap_mangen::Man::new(cli::command().version(env!("CARGO_PKG_VERSION"))).generate_to(dir)
 }
 
 /// Where an option's value came from.
@@ -338,9 +355,11 @@ impl Config {
             Loaded::Run(config) => Ok(*config),
             // The same arguments gave a configuration before, so this cannot happen; say so
             // rather than panic.
-            Loaded::Version(_) | Loaded::Help(_) => Err(ConfigError::Usage(
-                "reload: the command line no longer asks to run fleetd".into(),
-            )),
+            Loaded::Version(_) | Loaded::Help(_) | Loaded::Completion(_) | Loaded::ManPages(_) => {
+                Err(ConfigError::Usage(
+                    "reload: the command line no longer asks to run fleetd".into(),
+                ))
+            }
         }
     }
 
@@ -441,8 +460,15 @@ fn load_invocation(
         .get_many::<String>(cli::ARG_POSITIONAL)
         .map(|v| v.cloned().collect())
         .unwrap_or_default();
-    if positional == ["version"] {
-        return Ok(Loaded::Version(version_text()));
+    match positional.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["version"] => return Ok(Loaded::Version(version_text())),
+        ["completion", shell] => {
+            return clap_complete::Shell::from_str(shell)
+                .map(Loaded::Completion)
+                .map_err(|e| ConfigError::Usage(format!("completion {shell:?}: {e}")))
+        }
+        ["man", dir] => return Ok(Loaded::ManPages(PathBuf::from(dir))),
+        _ => {}
     }
     if !positional.is_empty() {
         return Err(ConfigError::UnexpectedArguments { args: positional });

@@ -18,6 +18,18 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Ok(Loaded::Completion(shell)) => {
+            return write_stdout(&config::completion(shell));
+        }
+        Ok(Loaded::ManPages(dir)) => {
+            return match config::man_pages(&dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetd: writing the manual page to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Err(e) => {
             eprintln!("fleetd: {e}");
             return ExitCode::FAILURE;
@@ -39,6 +51,19 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A closed stdout is an error message and exit 1, not a panic.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetd: writing to stdout: {e}");
             ExitCode::FAILURE
         }
     }

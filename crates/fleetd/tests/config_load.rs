@@ -484,6 +484,15 @@ fn command_line_shapes() {
         f.load(&["--version", "--agent-ttl", "bogus"]),
         Ok(Loaded::Version(version))
     );
+    assert_eq!(
+        f.load(&["completion", "zsh"]),
+        Ok(Loaded::Completion(clap_complete::Shell::Zsh))
+    );
+    assert_eq!(
+        f.load(&["man", "/tmp/man1"]),
+        Ok(Loaded::ManPages("/tmp/man1".into()))
+    );
+    assert!(f.error(&["completion", "tcsh"]).contains("tcsh"));
     match f.load(&["--help"]) {
         Ok(Loaded::Help(text)) => {
             assert!(text.contains("--agent-ttl"), "{text}");

@@ -4,32 +4,9 @@
 
 mod common;
 
-use common::{wait_for, Node, DEADLINE};
+use common::{fleetctl_binary, wait_for, Node, DEADLINE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-/// `fleetctl` from this workspace: cargo builds binaries only for their own package's tests, so
-/// build it once (a no-op when fresh) and use it from the target dir.
-fn fleetctl_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "fleetctl", "--bin", "fleetctl"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build -p fleetctl");
-        assert!(status.success(), "cargo build -p fleetctl failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("fleetctl")
-    })
-    .clone()
-}
 
 struct Ctl {
     endpoint: String,

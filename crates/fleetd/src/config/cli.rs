@@ -16,7 +16,8 @@ pub(crate) fn command() -> Command {
     let after_help = format!(
         "Every option can also be set as `name = value` in the config file ({DEFAULT_CONFIG_FILE} \
          unless --config is given) or in the environment as FLEET_<NAME>, e.g. FLEET_AGENT_TTL=3s.\n\
-         Precedence: flag, then environment, then config file, then default."
+         Precedence: flag, then environment, then config file, then default.\n\n\
+         `fleetd completion bash|zsh|fish` prints a shell completion script."
     );
     let mut cmd = Command::new("fleetd")
         .about(ABOUT)

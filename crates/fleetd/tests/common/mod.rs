@@ -22,10 +22,32 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const FLEETD: &str = env!("CARGO_BIN_EXE_fleetd");
+
+/// `fleetctl` from this workspace: cargo builds binaries only for their own package's tests, so
+/// build it once (a no-op when fresh) and use it from the target dir.
+pub fn fleetctl_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "fleetctl", "--bin", "fleetctl"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build -p fleetctl");
+        assert!(status.success(), "cargo build -p fleetctl failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_absolute() { t } else { root.join(t) })
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("fleetctl")
+    })
+    .clone()
+}
 
 /// Generous: the machine has two cores and other tests run beside these.
 pub const DEADLINE: Duration = Duration::from_secs(30);
