@@ -216,6 +216,13 @@ pub fn is_destructive(err: &zbus::Error) -> bool {
         if name.as_str() == "org.freedesktop.systemd1.TransactionIsDestructive")
 }
 
+/// Whether systemd says this client is subscribed already (it keeps subscribers across
+/// `daemon-reexec`).
+pub fn is_already_subscribed(err: &zbus::Error) -> bool {
+    matches!(err, zbus::Error::MethodError(name, _, _)
+        if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed")
+}
+
 /// Whether systemd refused because it does not have the unit loaded.
 pub fn is_no_such_unit(err: &zbus::Error) -> bool {
     matches!(err, zbus::Error::MethodError(name, _, _)

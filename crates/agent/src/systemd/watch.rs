@@ -129,10 +129,18 @@ async fn watch(
         ),
         MessageStream::for_match_rule(owner_signals, &bus.conn, queue).await?,
     );
-    shared
-        .call(bus.manager.subscribe())
-        .await
-        .map_err(|e| super::dbus::method_error("Subscribe", "unit state signals", e))?;
+    match shared.call(bus.manager.subscribe()).await {
+        Ok(()) => {}
+        // systemd keeps its subscribers across daemon-reexec: the subscription stands.
+        Err(e) if super::dbus::is_already_subscribed(&e) => {}
+        Err(e) => {
+            return Err(super::dbus::method_error(
+                "Subscribe",
+                "unit state signals",
+                e,
+            ))
+        }
+    }
     *retry = FIRST_RETRY;
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
