@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::nspawn::nspawn_available;
 
-static TURN: Mutex<()> = Mutex::new(());
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Long enough for a resync period (30 s) plus retries; a healthy run takes a few seconds.
 const SETTLE: Duration = Duration::from_secs(120);
@@ -168,7 +168,7 @@ async fn a_thousand_units_on_one_machine_are_listed_as_systemd_runs_them() {
     if skip() {
         return;
     }
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURN.lock().await;
     let n = burst();
     let c = tokio::task::block_in_place(|| NspawnCluster::start(NspawnSpec::machines(1))).unwrap();
     let result = async {
@@ -263,7 +263,7 @@ async fn a_bus_connection_cut_mid_start_leaves_no_state_behind() {
     if skip() {
         return;
     }
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURN.lock().await;
     let n = burst();
     // fleetd reaches the bus through the proxy; the proxy must listen before fleetd starts,
     // so the machine boots first, then the proxy, then fleetd (the spec's env names the path).
@@ -322,7 +322,7 @@ async fn daemon_reexec_reload_and_a_dbus_restart_mid_start_restart_nothing() {
     if skip() {
         return;
     }
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURN.lock().await;
     let n = burst();
     let more = (n / 4).max(1);
     let c = tokio::task::block_in_place(|| NspawnCluster::start(NspawnSpec::machines(1))).unwrap();
@@ -408,7 +408,7 @@ async fn machines_powering_off_hand_their_units_over_and_do_not_fight_the_shutdo
     if skip() {
         return;
     }
-    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURN.lock().await;
     let n = burst();
     let mut c =
         tokio::task::block_in_place(|| NspawnCluster::start(NspawnSpec::machines(3))).unwrap();

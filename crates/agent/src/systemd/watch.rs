@@ -315,3 +315,139 @@ fn read_signal(msg: &Message, seen: &mut Seen) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal<B>(path: &str, iface: &str, member: &str, body: &B) -> Message
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        Message::signal(path, iface, member)
+            .build(body)
+            .expect("a valid signal body")
+    }
+
+    fn job(id: u32) -> zbus::OwnedObjectPath {
+        zbus::OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{id}"))
+            .expect("a valid path")
+    }
+
+    const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+    #[test]
+    fn signals_say_what_to_read_and_what_happened() {
+        let unit_path = "/org/freedesktop/systemd1/unit/a_2eservice";
+        let empty: std::collections::HashMap<String, zbus::Variant> = Default::default();
+        let cases: Vec<(Message, Seen)> = vec![
+            (
+                signal(
+                    unit_path,
+                    "org.freedesktop.DBus.Properties",
+                    "PropertiesChanged",
+                    &(
+                        "org.freedesktop.systemd1.Unit",
+                        &empty,
+                        Vec::<String>::new(),
+                    ),
+                ),
+                Seen {
+                    units: ["a.service".to_string()].into(),
+                    ..Seen::default()
+                },
+            ),
+            (
+                signal(
+                    MANAGER_PATH,
+                    MANAGER,
+                    "JobNew",
+                    &(7u32, job(7), "b.service"),
+                ),
+                Seen {
+                    units: ["b.service".to_string()].into(),
+                    ..Seen::default()
+                },
+            ),
+            (
+                signal(
+                    MANAGER_PATH,
+                    MANAGER,
+                    "JobNew",
+                    &(8u32, job(8), "poweroff.target"),
+                ),
+                Seen {
+                    units: ["poweroff.target".to_string()].into(),
+                    shutdown: Some("poweroff.target".into()),
+                    ..Seen::default()
+                },
+            ),
+            (
+                signal(
+                    MANAGER_PATH,
+                    MANAGER,
+                    "JobRemoved",
+                    &(7u32, job(7), "b.service", "done"),
+                ),
+                Seen {
+                    units: ["b.service".to_string()].into(),
+                    removed_jobs: vec!["/org/freedesktop/systemd1/job/7".into()],
+                    ..Seen::default()
+                },
+            ),
+            // Reading an unloaded unit loads it again: these must not cause reads.
+            (
+                signal(
+                    MANAGER_PATH,
+                    MANAGER,
+                    "UnitRemoved",
+                    &(
+                        "c.service",
+                        zbus::OwnedObjectPath::try_from(unit_path).unwrap(),
+                    ),
+                ),
+                Seen::default(),
+            ),
+            (
+                signal(MANAGER_PATH, MANAGER, "Reloading", &true),
+                Seen::default(),
+            ),
+            (
+                signal(MANAGER_PATH, MANAGER, "Reloading", &false),
+                Seen {
+                    all: true,
+                    ..Seen::default()
+                },
+            ),
+            (
+                signal(
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "NameOwnerChanged",
+                    &(SERVICE, ":1.0", ""),
+                ),
+                Seen {
+                    systemd_owner: Some(false),
+                    ..Seen::default()
+                },
+            ),
+            (
+                signal(
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "NameOwnerChanged",
+                    &(SERVICE, "", ":1.9"),
+                ),
+                Seen {
+                    systemd_owner: Some(true),
+                    ..Seen::default()
+                },
+            ),
+        ];
+        for (msg, want) in cases {
+            let mut seen = Seen::default();
+            read_signal(&msg, &mut seen);
+            assert_eq!(seen, want, "{msg:?}");
+        }
+    }
+}
