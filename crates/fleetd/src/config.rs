@@ -11,6 +11,8 @@
 //! let cfg = match loaded {
 //!     Ok(Loaded::Run(cfg)) => cfg,
 //!     Ok(Loaded::Version(text)) | Ok(Loaded::Help(text)) => { print!("{text}"); return; }
+//!     // `fleetd completion SHELL`, `fleetd man DIR`: see main.rs.
+//!     Ok(Loaded::Completion(_)) | Ok(Loaded::ManPages(_)) => return,
 //!     Err(err) => { eprintln!("fleetd: {err}"); std::process::exit(1); }
 //! };
 //! for warning in &cfg.warnings { eprintln!("warning: {warning}"); }

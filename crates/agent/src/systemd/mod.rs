@@ -183,9 +183,12 @@ impl Shared {
                 Ok(())
             }
             Err(e) => {
-                // Whatever the failure, what systemd runs is read again (a lost reply may hide
-                // a job that was queued; a refusal may mean the machine is going down).
-                self.ask(Ask::Resync);
+                // What systemd runs is read again: a lost reply may hide a job that was queued,
+                // a refusal may mean the machine is going down. A unit systemd does not know
+                // (stopping what was never loaded) tells nothing new.
+                if !dbus::is_no_such_unit(&e) {
+                    self.ask(Ask::Resync);
+                }
                 Err(JobError::Call(method, e))
             }
         }
