@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         }
     };
     fleetd::logging::init(cfg.verbosity);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -66,5 +67,21 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
             eprintln!("fleetd: writing to stdout: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard one, as Go's runtime does for fleet: a burst
+/// of a thousand units (API connections, registry streams, unit files written side by side)
+/// went past the soft 1,024 that systemd gives a service, and writes failed with EMFILE.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open files limit"),
     }
 }
