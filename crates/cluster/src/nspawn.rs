@@ -20,6 +20,18 @@ use std::time::Duration;
 use testkit::etcd::EtcdCluster;
 use testkit::nspawn::NspawnMachine;
 
+/// True (after printing why, or failing under `CI=true`: see [`testkit::skip`]) when
+/// real-systemd machines cannot be booted here: the guard at the top of every such test.
+pub fn cannot_boot() -> bool {
+    match testkit::nspawn::nspawn_available() {
+        Ok(()) => false,
+        Err(why) => {
+            testkit::skip(&why);
+            true
+        }
+    }
+}
+
 /// Runs for each machine after it boots and before its fleetd starts.
 pub type OnBoot = std::sync::Arc<dyn Fn(usize, &NspawnMachine) -> Result<()> + Send + Sync>;
 

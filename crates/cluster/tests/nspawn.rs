@@ -8,21 +8,10 @@ use cluster::nspawn::{NspawnCluster, NspawnSpec};
 use cluster::ActiveUnits;
 use std::collections::BTreeSet;
 use std::time::Instant;
-use testkit::nspawn::nspawn_available;
-
-fn skip() -> bool {
-    match nspawn_available() {
-        Ok(()) => false,
-        Err(why) => {
-            testkit::skip(&why);
-            true
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nspawn_five_conflicting_units_on_three_machines() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let c = tokio::task::block_in_place(|| NspawnCluster::start(NspawnSpec::machines(3))).unwrap();
@@ -65,7 +54,7 @@ async fn nspawn_five_conflicting_units_on_three_machines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nspawn_crashed_machine_units_run_elsewhere() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let mut c =

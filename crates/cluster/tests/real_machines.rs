@@ -16,7 +16,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::nspawn::nspawn_available;
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -28,16 +27,6 @@ fn burst() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000)
-}
-
-fn skip() -> bool {
-    match nspawn_available() {
-        Ok(()) => false,
-        Err(why) => {
-            testkit::skip(&why);
-            true
-        }
-    }
 }
 
 fn units(c: &NspawnCluster, prefix: &str, range: std::ops::Range<usize>) -> Vec<api::types::Unit> {
@@ -165,7 +154,7 @@ fn bus_log(c: &NspawnCluster, i: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_units_on_one_machine_are_listed_as_systemd_runs_them() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -260,7 +249,7 @@ fn pipe(mut from: UnixStream, mut to: UnixStream) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_connection_cut_mid_start_leaves_no_state_behind() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -319,7 +308,7 @@ async fn a_bus_connection_cut_mid_start_leaves_no_state_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_reexec_reload_and_a_dbus_restart_mid_start_restart_nothing() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -405,7 +394,7 @@ async fn daemon_reexec_reload_and_a_dbus_restart_mid_start_restart_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_powering_off_hand_their_units_over_and_do_not_fight_the_shutdown() {
-    if skip() {
+    if cluster::nspawn::cannot_boot() {
         return;
     }
     let _turn = TURN.lock().await;
