@@ -65,6 +65,11 @@ impl Pacer {
         }
     }
 
+    /// Whether requests wait for `due`.
+    fn waiting(&self) -> bool {
+        self.due.is_some()
+    }
+
     /// Sleeps until waiting requests are due (for ever if none wait).
     async fn wait(&self) {
         match self.due {
@@ -240,7 +245,11 @@ impl Agent {
                     // States a failed publication left behind.
                     state_changed = self.all_stale || !self.stale.is_empty();
                 }
-                _ = sleep_until(reconcile::next_retry(&self.failures)) => dirty = true,
+                // Not armed while a reconciliation already waits for its turn: a retry time
+                // in the past would otherwise fire again and again until then.
+                _ = sleep_until(reconcile::next_retry(&self.failures)), if !reconciling.waiting() => {
+                    dirty = true
+                }
                 Some(()) = stopping(&mut machine_stopping) => {
                     if !self.left_for_shutdown {
                         self.leave_for_shutdown().await;
@@ -711,6 +720,8 @@ impl Agent {
     /// nothing more, and let the system stop the units.
     async fn leave_for_shutdown(&mut self) {
         self.left_for_shutdown = true;
+        // Nothing is retried any more (a retry time left behind would wake the loop for ever).
+        self.failures.clear();
         tracing::warn!(
             units = self.held.len(),
             "the machine is shutting down: leaving the cluster now; the system stops the units"
