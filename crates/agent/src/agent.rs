@@ -4,14 +4,14 @@
 
 use crate::presence::Presence;
 use crate::reconcile::{self, Action, Candidate, Failure, Held};
-use crate::{Refused, UnitManager};
+use crate::{Refused, StateChange, UnitManager};
 use futures::StreamExt;
 use registry::mirror::{apply, follow, json, text};
 use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use unit::{Requirements, UnitFile, UnitHash};
 
 /// How fleetd is stopping.
@@ -226,18 +226,7 @@ impl Agent {
                     apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| text(kv));
                     ready[2] = true; dirty = true;
                 }
-                change = changes.recv() => match change {
-                    Ok(c) => {
-                        self.stale.insert(c.name.clone());
-                        match c.state {
-                            Some(s) => { self.systemd.insert(c.name, s); }
-                            None => { self.systemd.remove(&c.name); }
-                        }
-                        state_changed = true;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => { self.refresh_states().await; self.all_stale = true; state_changed = true; }
-                    Err(broadcast::error::RecvError::Closed) => { changes = self.manager.subscribe(); }
-                },
+                change = changes.recv() => state_changed = self.take_change(change, &mut changes).await,
                 Some(lease) = expired.recv() => {
                     lapsed = lease == self.presence.lease;
                 }
@@ -300,12 +289,7 @@ impl Agent {
                 dirty = true;
             }
             while let Ok(c) = changes.try_recv() {
-                self.stale.insert(c.name.clone());
-                match c.state {
-                    Some(s) => self.systemd.insert(c.name, s),
-                    None => self.systemd.remove(&c.name),
-                };
-                state_changed = true;
+                state_changed = self.take_change(Ok(c), &mut changes).await;
             }
             if lapsed {
                 match self.presence.renew().await {
@@ -321,7 +305,7 @@ impl Agent {
                 }
             }
             if dirty && ready.iter().all(|r| *r) && reconciling.now() {
-                self.reconcile().await;
+                self.reconcile(&mut changes, &mut publishing).await;
                 state_changed = true;
             }
             // A burst of changes (a global unit arriving every few hundred ms, say) goes out in
@@ -370,6 +354,34 @@ impl Agent {
                 if file.hash() == hash {
                     self.bodies.insert(hash, file);
                 }
+            }
+        }
+    }
+
+    /// Takes in what the unit manager reported; true if a published state may now be out of
+    /// date.
+    async fn take_change(
+        &mut self,
+        change: Result<StateChange, broadcast::error::RecvError>,
+        changes: &mut broadcast::Receiver<StateChange>,
+    ) -> bool {
+        match change {
+            Ok(c) => {
+                self.stale.insert(c.name.clone());
+                match c.state {
+                    Some(s) => self.systemd.insert(c.name, s),
+                    None => self.systemd.remove(&c.name),
+                };
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.refresh_states().await;
+                self.all_stale = true;
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                *changes = self.manager.subscribe();
+                false
             }
         }
     }
@@ -463,7 +475,14 @@ impl Agent {
         }
     }
 
-    async fn reconcile(&mut self) {
+    /// Carries out the plan for the schedule as it stands. Reports from the unit manager are
+    /// taken in and published while the actions run: a burst of a thousand starts takes
+    /// systemd seconds, and the units it has started are listed as such meanwhile.
+    async fn reconcile(
+        &mut self,
+        changes: &mut broadcast::Receiver<StateChange>,
+        publishing: &mut Pacer,
+    ) {
         self.prefetch_bodies().await;
         let mut candidates = Vec::new();
         let scheduled: Vec<(String, ScheduleEntry)> = self
@@ -514,6 +533,10 @@ impl Agent {
             .filter_map(|a| a.unit().map(str::to_string))
             .collect();
         let mut failed: BTreeMap<String, Failure> = BTreeMap::new();
+        // Units whose start or stop systemd took: the manager reports their outcome itself
+        // (systemd's watcher reads a unit when its job is removed; the supervisor reports every
+        // change), and the periodic resync catches a report that got lost.
+        let mut reported = std::collections::BTreeSet::new();
         // Each phase of the plan (unloads, loads, the reload, stops, starts) names a unit at
         // most once, so its actions run side by side; the phases stay in order.
         let mut rest = &actions[..];
@@ -525,95 +548,64 @@ impl Agent {
                 .unwrap_or(rest.len());
             let (phase, next) = rest.split_at(len);
             rest = next;
-            let manager = &self.manager;
-            let bodies = &self.bodies;
+            let publishes = !matches!(first, Action::Load(_) | Action::Reload);
             let runs = phase
                 .iter()
                 .filter(|a| a.unit().is_none_or(|u| !failed.contains_key(u)))
                 .map(|action| {
                     let file = match action {
-                        Action::Load(name) => {
-                            Some(bodies.get(&wanted[name.as_str()].hash).cloned().ok_or_else(
-                                || {
+                        Action::Load(name) => Some(
+                            self.bodies
+                                .get(&wanted[name.as_str()].hash)
+                                .cloned()
+                                .ok_or_else(|| {
                                     anyhow::anyhow!(
                                         "unit body {} is not in the registry",
                                         wanted[name.as_str()].hash
                                     )
-                                },
-                            ))
-                        }
+                                }),
+                        ),
                         _ => None,
                     };
-                    async move { (action, execute(manager.as_ref(), action, file).await) }
+                    let manager = self.manager.clone();
+                    let action = action.clone();
+                    async move {
+                        let result = execute(manager.as_ref(), &action, file).await;
+                        (action, result)
+                    }
                 })
-                // Collected first: a stream holding these closures across the await would not
-                // be `Send` for every lifetime, as `tokio::spawn` requires.
                 .collect::<Vec<_>>();
-            let results: Vec<(&Action, anyhow::Result<()>)> = futures::stream::iter(runs)
-                .buffer_unordered(CONCURRENT_ACTIONS)
-                .collect()
-                .await;
-            for (action, result) in results {
-                if result.is_ok() {
-                    match action {
-                        Action::Unload(name) => {
-                            self.held.remove(name);
-                            self.systemd.remove(name);
-                        }
-                        Action::Load(name) => {
-                            self.held.insert(
-                                name.clone(),
-                                Held {
-                                    hash: wanted[name.as_str()].hash,
-                                    state: TargetState::Loaded,
-                                },
-                            );
-                        }
-                        Action::Reload => {}
-                        Action::Stop(name) => {
-                            if let Some(h) = self.held.get_mut(name) {
-                                h.state = TargetState::Loaded;
-                            }
-                        }
-                        Action::Start(name) => {
-                            if let Some(h) = self.held.get_mut(name) {
-                                h.state = TargetState::Launched;
-                            }
-                        }
+            // The actions run in a task of their own, so that this loop can take in and
+            // publish what the unit manager reports while they go on.
+            let (done_tx, mut done) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut results = futures::stream::iter(runs).buffer_unordered(CONCURRENT_ACTIONS);
+                while let Some(result) = results.next().await {
+                    if done_tx.send(result).is_err() {
+                        break;
                     }
                 }
-                match (result, action.unit()) {
-                    (Ok(()), Some(u)) => {
-                        self.failures.remove(u);
-                    }
-                    (Ok(()), None) => {}
-                    (Err(e), Some(u)) => {
-                        let for_good = e.downcast_ref::<Refused>().is_some();
-                        let failure = reconcile::record_failure(
-                            self.failures.get(u),
-                            action,
-                            format!("{e:#}"),
-                            for_good,
-                            tokio::time::Instant::now(),
-                            jitter(u),
-                        );
-                        match failure.retry_at {
-                            Some(at) => {
-                                tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
-                                attempts = failure.attempts,
-                                retry_in = ?at.saturating_duration_since(tokio::time::Instant::now()),
-                                "unit action failed")
+            });
+            loop {
+                let changed = tokio::select! {
+                    result = done.recv() => match result {
+                        Some((action, result)) => {
+                            if result.is_ok() && matches!(action, Action::Start(_) | Action::Stop(_)) {
+                                if let Some(u) = action.unit() {
+                                    reported.insert(u.to_string());
+                                }
                             }
-                            None => {
-                                tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
-                                "unit action refused; not retrying it")
-                            }
+                            self.settle(&action, result, &wanted, &mut failed)
                         }
-                        failed.insert(u.to_string(), failure);
-                    }
-                    (Err(e), None) => {
-                        tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed")
-                    }
+                        None => break,
+                    },
+                    change = changes.recv() => self.take_change(change, changes).await,
+                    _ = publishing.wait(), if publishes => true,
+                };
+                // Not between loads and the reload: a unit whose file was just written has no
+                // state from the manager yet, and is read once the reload is done.
+                if changed && publishes && publishing.now() {
+                    self.publish().await;
                 }
             }
         }
@@ -624,10 +616,85 @@ impl Agent {
         // Only the units acted on can have changed in ways the manager has not reported yet.
         let touched: Vec<String> = touched
             .into_iter()
-            .filter(|u| self.held.contains_key(u))
+            .filter(|u| self.held.contains_key(u) && !reported.contains(u))
             .collect();
         self.refresh_states_of(&touched).await;
         self.prune_bodies();
+    }
+
+    /// Takes in the outcome of one action; true if a published state may now be out of date.
+    fn settle(
+        &mut self,
+        action: &Action,
+        result: anyhow::Result<()>,
+        wanted: &BTreeMap<String, reconcile::Wanted>,
+        failed: &mut BTreeMap<String, Failure>,
+    ) -> bool {
+        if result.is_ok() {
+            match action {
+                Action::Unload(name) => {
+                    self.held.remove(name);
+                    self.systemd.remove(name);
+                }
+                Action::Load(name) => {
+                    self.held.insert(
+                        name.clone(),
+                        Held {
+                            hash: wanted[name.as_str()].hash,
+                            state: TargetState::Loaded,
+                        },
+                    );
+                }
+                Action::Reload => {}
+                Action::Stop(name) => {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Loaded;
+                    }
+                }
+                Action::Start(name) => {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Launched;
+                    }
+                }
+            }
+        }
+        match (result, action.unit()) {
+            (Ok(()), Some(u)) => {
+                self.failures.remove(u);
+                self.stale.insert(u.to_string());
+                true
+            }
+            (Ok(()), None) => false,
+            (Err(e), Some(u)) => {
+                let for_good = e.downcast_ref::<Refused>().is_some();
+                let failure = reconcile::record_failure(
+                    self.failures.get(u),
+                    action,
+                    format!("{e:#}"),
+                    for_good,
+                    tokio::time::Instant::now(),
+                    jitter(u),
+                );
+                match failure.retry_at {
+                    Some(at) => {
+                        tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
+                        attempts = failure.attempts,
+                        retry_in = ?at.saturating_duration_since(tokio::time::Instant::now()),
+                        "unit action failed")
+                    }
+                    None => {
+                        tracing::warn!(unit = %u, action = ?action, error = %failure.reason,
+                        "unit action refused; not retrying it")
+                    }
+                }
+                failed.insert(u.to_string(), failure);
+                false
+            }
+            (Err(e), None) => {
+                tracing::warn!(error = %format!("{e:#}"), "reloading the unit manager failed");
+                false
+            }
+        }
     }
 
     /// The state this machine would publish for a unit it holds.
