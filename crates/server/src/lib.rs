@@ -1,13 +1,17 @@
-//! The HTTP API v1 server: fleet's resources over a [`Registry`].
+//! fleet's HTTP API v1 server (axum) over a [`Registry`], and the listeners it serves on:
+//! what fleetd (and the benchmark) mount. The wire types and the client are the light `api`
+//! crate (package `fleet-api`), which this one builds on.
 //!
 //! ```no_run
-//! # async fn demo(registry: registry::Registry) -> anyhow::Result<()> {
-//! let state = api::ApiState::new(registry, 100);
-//! let router = api::router(state.clone());
-//! let listeners = api::listen::bind(&[api::listen::Listen::Unix("/var/run/fleet.sock".into())]).await?;
-//! // ... once this machine is registered:
+//! # async fn demo(registry: registry::Registry, shutdown: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<()> {
+//! use server::listen::{bind, serve, systemd_listeners, Listen};
+//! let state = server::ApiState::new(registry, 100); // token_limit
+//! let mut listeners = bind(&[Listen::Unix("/var/run/fleet.sock".into())]).await?;
+//! listeners.extend(systemd_listeners()?);
+//! let served = tokio::spawn(serve(listeners, server::router(state.clone()), async { let _ = shutdown.await; }));
+//! // once this machine is registered in the registry:
 //! state.set_available(true);
-//! api::listen::serve(listeners, router, std::future::pending::<()>()).await?;
+//! served.await??;
 //! # Ok(()) }
 //! ```
 //!
@@ -17,10 +21,15 @@
 //! page of a listing carries no `nextPageToken`; pages are read at the revision of the first
 //! page; `PATCH /machines` is one transaction; error messages always say what failed.
 
+pub mod listen;
+pub mod metrics;
+pub mod routes;
+pub mod token;
+
 use crate::metrics::Metrics;
 use crate::routes::{decode_path, route, Route};
 use crate::token::{paginate, PageToken};
-use crate::types;
+use api::types;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
