@@ -1,31 +1,20 @@
-//! fleet's HTTP API v1: the wire types, the server (axum) over a [`registry::Registry`], the
-//! listeners it serves on, and a typed client.
-//!
-//! fleetd mounts it like this:
+//! The light side of fleet's HTTP API v1: the wire types ([`types`]) and a typed client
+//! ([`client::Client`]) — what fleetctl, the test harnesses and the benchmark link. Nothing
+//! here depends on the registry; the server that answers these requests is the `fleet-server`
+//! crate (lib `server`).
 //!
 //! ```no_run
-//! # async fn demo(registry: registry::Registry, shutdown: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<()> {
-//! use api::listen::{bind, serve, systemd_listeners, Listen};
-//! let state = api::ApiState::new(registry, 100); // token_limit
-//! let mut listeners = bind(&[Listen::Unix("/var/run/fleet.sock".into())]).await?;
-//! listeners.extend(systemd_listeners()?);
-//! let server = tokio::spawn(serve(listeners, api::router(state.clone()), async { let _ = shutdown.await; }));
-//! // once this machine is registered in the registry:
-//! state.set_available(true);
-//! server.await??;
+//! # async fn demo() -> Result<(), api::ClientError> {
+//! let client = api::Client::new("unix:///var/run/fleet.sock", api::ClientOptions::default())?;
+//! for state in client.unit_states(&api::client::StateFilter::default()).await? {
+//!     println!("{} {} {}", state.name, state.machine_id, state.systemd_active_state);
+//! }
+//! client.set_unit_target_state("hello.service", api::TargetState::Launched).await?;
 //! # Ok(()) }
 //! ```
-//!
-//! and fleetctl talks to it with [`client::Client`].
 
 pub mod client;
-pub mod listen;
-pub mod metrics;
-pub mod routes;
-pub mod server;
-pub mod token;
 pub mod types;
 
 pub use client::{Client, ClientError, ClientOptions};
-pub use server::{router, ApiError, ApiState, DISCOVERY_JSON, VERSION};
 pub use types::TargetState;

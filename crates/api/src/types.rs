@@ -14,7 +14,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
-pub use registry::{TargetState, TargetStateError};
+pub use unit::{TargetState, TargetStateError};
 
 /// Reads `null` as the type's default, as Go's decoder does for strings, slices and maps.
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>

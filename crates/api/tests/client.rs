@@ -1,12 +1,15 @@
 //! The typed client against the real server, over a unix socket and over TCP.
 
+// The server's test fixture (a real router over a registry on the embedded store), shared
+// rather than copied.
+#[path = "../../server/tests/common/mod.rs"]
 mod common;
 
 use api::client::{Client, ClientError, ClientOptions, StateFilter};
-use api::listen::{bind, serve, Listen};
 use api::types::{MachineMetadataOp, Unit};
 use api::TargetState;
 use common::Env;
+use server::listen::{bind, serve, Listen};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -29,7 +32,7 @@ async fn served(token_limit: u16) -> Served {
     .expect("bind");
     let tcp = format!("http://{}", listeners[1].local_addr().expect("tcp addr"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(serve(listeners, api::router(env.state.clone()), async {
+    let done = tokio::spawn(serve(listeners, server::router(env.state.clone()), async {
         let _ = stopped.await;
     }));
     Served {

@@ -393,15 +393,15 @@ pub async fn run(
 
     // The API server, as fleetd serves it, on a unix socket.
     let socket = opts.work_dir.join("fleet.sock");
-    let api_state = api::ApiState::new(registry.clone(), opts.token_limit);
+    let api_state = server::ApiState::new(registry.clone(), opts.token_limit);
     api_state.set_available(true);
-    let listeners = api::listen::bind(&[api::listen::Listen::Unix(socket.clone())])
+    let listeners = server::listen::bind(&[server::listen::Listen::Unix(socket.clone())])
         .await
         .context("binding the API socket")?;
     let (api_stop, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(api::listen::serve(
+    let api_task = tokio::spawn(server::listen::serve(
         listeners,
-        api::router(api_state),
+        server::router(api_state),
         async move {
             let _ = api_stop_rx.await;
         },

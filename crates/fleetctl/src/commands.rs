@@ -248,12 +248,22 @@ pub async fn load_or_start(
     }
 }
 
+/// What [`change`] does to units already in the registry: one of the commands of the same
+/// names, as [`crate::cli::Command`] parsed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Stop,
+    Unload,
+    Destroy,
+    Restart,
+}
+
 /// `stop`, `unload`, `destroy` and `restart`: units already in the registry.
 pub async fn change(
     fleet: &Fleet,
     args: &[String],
     block: &Block,
-    verb: &'static str,
+    what: Change,
     out: Arc<Output>,
 ) -> i32 {
     if no_units(args, &out) {
@@ -264,9 +274,9 @@ pub async fn change(
         Ok(u) => u,
         Err(code) => return code,
     };
-    match verb {
-        "stop" => execute(fleet, &units, plan::stop, "stop", block, limits, &out).await,
-        "unload" => {
+    match what {
+        Change::Stop => execute(fleet, &units, plan::stop, "stop", block, limits, &out).await,
+        Change::Unload => {
             execute(
                 fleet,
                 &units,
@@ -278,7 +288,7 @@ pub async fn change(
             )
             .await
         }
-        "destroy" => {
+        Change::Destroy => {
             execute(
                 fleet,
                 &units,
@@ -290,7 +300,10 @@ pub async fn change(
             )
             .await
         }
-        _ => execute(fleet, &units, plan::restart, "start", block, limits, &out).await,
+        // What `--no-block` prints is the start's line: "Triggered unit foo.service start".
+        Change::Restart => {
+            execute(fleet, &units, plan::restart, "start", block, limits, &out).await
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod wait;
 
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, Global};
+use commands::Change;
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,16 +196,16 @@ async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
             units,
         } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
         Command::Stop { block, units } => {
-            commands::change(fleet, &units, &block, "stop", out).await
+            commands::change(fleet, &units, &block, Change::Stop, out).await
         }
         Command::Unload { block, units } => {
-            commands::change(fleet, &units, &block, "unload", out).await
+            commands::change(fleet, &units, &block, Change::Unload, out).await
         }
         Command::Destroy { block, units } => {
-            commands::change(fleet, &units, &block, "destroy", out).await
+            commands::change(fleet, &units, &block, Change::Destroy, out).await
         }
         Command::Restart { block, units } => {
-            commands::change(fleet, &units, &block, "restart", out).await
+            commands::change(fleet, &units, &block, Change::Restart, out).await
         }
         Command::Cat { units } => commands::cat(fleet, &units).await,
         Command::ListUnits { list } => commands::list_units(fleet, &list).await,

@@ -3,11 +3,11 @@
 //! or running, the test writes the schedule and the machine's states into the registry itself,
 //! as the engine and the agent would, and checks what fleetctl prints and returns.
 
-use api::listen::{bind, serve, Listen};
 use registry::embedded::EmbeddedStore;
 use registry::{
     MachineState, Registry, ScheduleChange, ScheduleEntry, SystemdState, TargetState, UnitState,
 };
+use server::listen::{bind, serve, Listen};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -37,12 +37,12 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open(&dir.path().join("registry")).expect("embedded store");
         let reg = Registry::new(Arc::new(store), "/_coreos.com/fleet/");
-        let state = api::ApiState::new(reg.clone(), 100);
+        let state = server::ApiState::new(reg.clone(), 100);
         state.set_available(true);
         let sock = dir.path().join("fleet.sock");
         let listeners = bind(&[Listen::Unix(sock.clone())]).await.expect("bind");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listeners, api::router(state), async {
+        tokio::spawn(serve(listeners, server::router(state), async {
             let _ = stopped.await;
         }));
         let engine = reg

@@ -74,8 +74,8 @@ fn machine_state(cfg: &Config, id: &str) -> MachineState {
 
 /// Whether `passed` (a socket from systemd) listens on `wanted`. `/var/run/fleet.sock` and
 /// `/run/fleet.sock` are one socket, so unix paths are compared with their directories resolved.
-fn passed_by_systemd(passed: &api::listen::Listener, wanted: &api::listen::Listen) -> bool {
-    use api::listen::{Listen, Listener};
+fn passed_by_systemd(passed: &server::listen::Listener, wanted: &server::listen::Listen) -> bool {
+    use server::listen::{Listen, Listener};
     match (passed, wanted) {
         (Listener::Unix { listener, .. }, Listen::Unix(path)) => {
             let resolved = |p: &Path| match (p.parent(), p.file_name()) {
@@ -139,28 +139,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let manager = open_manager(&cfg).await?;
 
     // The API answers 503 until this machine is registered, as fleet's did.
-    let api_state = api::ApiState::new(registry.clone(), cfg.token_limit);
+    let api_state = server::ApiState::new(registry.clone(), cfg.token_limit);
     // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
     // among them is not bound again: binding would find systemd's socket alive and refuse, as
     // if another fleetd served it (the default api_listen is fleet.socket's path).
-    let activated = api::listen::systemd_listeners().context("taking sockets passed by systemd")?;
-    let listens: Vec<api::listen::Listen> = cfg
+    let activated =
+        server::listen::systemd_listeners().context("taking sockets passed by systemd")?;
+    let listens: Vec<server::listen::Listen> = cfg
         .api_listen
         .iter()
         .map(|l| match l {
-            ListenAddr::Unix(p) => api::listen::Listen::Unix(p.clone()),
-            ListenAddr::Tcp(a) => api::listen::Listen::Tcp(a.clone()),
+            ListenAddr::Unix(p) => server::listen::Listen::Unix(p.clone()),
+            ListenAddr::Tcp(a) => server::listen::Listen::Tcp(a.clone()),
         })
         .filter(|l| !activated.iter().any(|a| passed_by_systemd(a, l)))
         .collect();
-    let mut listeners = api::listen::bind(&listens)
+    let mut listeners = server::listen::bind(&listens)
         .await
         .context("opening the API listeners (api_listen)")?;
     listeners.extend(activated);
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
-    let api_task = tokio::spawn(api::listen::serve(
+    let api_task = tokio::spawn(server::listen::serve(
         listeners,
-        api::router(api_state.clone()),
+        server::router(api_state.clone()),
         async move {
             let _ = api_stop_rx.wait_for(|s| *s).await;
         },

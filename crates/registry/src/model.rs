@@ -2,53 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use unit::{UnitFile, UnitHash};
 
-/// A unit's desired state (fleet's "target state"): fleet's names, on the wire.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetState {
-    #[default]
-    Inactive,
-    Loaded,
-    Launched,
-}
-
-impl TargetState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetState::Inactive => "inactive",
-            TargetState::Loaded => "loaded",
-            TargetState::Launched => "launched",
-        }
-    }
-}
-
-impl fmt::Display for TargetState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid state {0:?}: want one of inactive, loaded, launched")]
-pub struct TargetStateError(pub String);
-
-impl FromStr for TargetState {
-    type Err = TargetStateError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "inactive" => Ok(TargetState::Inactive),
-            "loaded" => Ok(TargetState::Loaded),
-            "launched" => Ok(TargetState::Launched),
-            other => Err(TargetStateError(other.to_string())),
-        }
-    }
-}
+pub use unit::{TargetState, TargetStateError};
 
 /// The job record of one unit (`job/<unit>`): which body it runs and what the user wants of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! Unit files as fleet understands them: the systemd unit-file dialect, fleet's normalized
 //! serialization and SHA-1 hash, unit names (templates and instances), and the `[X-Fleet]`
-//! scheduling requirements.
+//! scheduling requirements, and a unit's target state.
 //!
 //! ```
 //! use unit::UnitFile;
@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod glob;
 pub mod hash;
 pub mod name;
+pub mod state;
 
 pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
 pub use fleet::{
@@ -21,3 +22,4 @@ pub use fleet::{
 };
 pub use hash::UnitHash;
 pub use name::{is_recognized_type, mangle, NameError, UnitName};
+pub use state::{TargetState, TargetStateError};

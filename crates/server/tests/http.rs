@@ -26,7 +26,7 @@ fn names(v: &serde_json::Value, list: &str, field: &str) -> Vec<String> {
 #[tokio::test]
 async fn routing_statuses_and_server_header() {
     let env = Env::new(100).await;
-    let server = format!("fleetd/{}", api::VERSION);
+    let server = format!("fleetd/{}", server::VERSION);
     for p in PREFIXES {
         let cases: Vec<(&str, String, u16)> = vec![
             ("GET", format!("{p}/discovery"), 200),
@@ -431,7 +431,7 @@ async fn pages_end_without_an_empty_page_and_stay_at_one_revision() {
     let p1 = env.get("/fleet/v1/units").await.json();
     assert_eq!(names(&p1, "units", "name"), ["a.service", "b.service"]);
     // fleet's 4-byte tokens still work (read the latest revision).
-    let fleet_token = api::token::PageToken {
+    let fleet_token = server::token::PageToken {
         limit: 2,
         page: 3,
         revision: None,
@@ -643,7 +643,7 @@ async fn oversized_bodies_get_413() {
     let env = Env::new(100).await;
     let huge = format!(
         r#"{{"options":[{{"section":"Service","name":"ExecStart","value":"{}"}}]}}"#,
-        "x".repeat(api::server::DEFAULT_MAX_BODY_BYTES)
+        "x".repeat(server::DEFAULT_MAX_BODY_BYTES)
     );
     let (code, msg) = env.put("/fleet/v1/units/a.service", &huge).await.error();
     assert_eq!(code, 413);

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub reg: Registry,
-    pub state: api::ApiState,
+    pub state: server::ApiState,
 }
 
 pub struct Resp {
@@ -62,7 +62,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open_with(dir.path(), history).expect("embedded store");
         let reg = Registry::new(Arc::new(store), "/_coreos.com/fleet/");
-        let state = api::ApiState::new(reg.clone(), token_limit);
+        let state = server::ApiState::new(reg.clone(), token_limit);
         state.set_available(true);
         Env { dir, reg, state }
     }
@@ -83,7 +83,7 @@ impl Env {
     }
 
     pub async fn send_req(&self, req: Request<Body>) -> Resp {
-        let resp = api::router(self.state.clone())
+        let resp = server::router(self.state.clone())
             .oneshot(req)
             .await
             .expect("infallible");

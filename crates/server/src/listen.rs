@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo(router: axum::Router) -> std::io::Result<()> {
-//! use api::listen::{bind, serve, systemd_listeners, Listen};
+//! use server::listen::{bind, serve, systemd_listeners, Listen};
 //! let mut listeners = bind(&[Listen::Unix("/var/run/fleet.sock".into()), Listen::Tcp("127.0.0.1:49153".into())]).await?;
 //! listeners.extend(systemd_listeners()?);
 //! serve(listeners, router, async { let _ = tokio::signal::ctrl_c().await; }).await

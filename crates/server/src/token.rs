@@ -7,7 +7,7 @@
 //! same moment; fleet's 4-byte tokens are still accepted and read the latest revision.
 //!
 //! ```
-//! use api::token::PageToken;
+//! use server::token::PageToken;
 //! let t = PageToken::decode("ZAACAA==", 100).unwrap();
 //! assert_eq!((t.limit, t.page, t.revision), (100, 2, None));
 //! assert_eq!(PageToken::decode("EwBMLg==", 100).unwrap_err().to_string(), "token limit must be 100");

@@ -86,14 +86,14 @@ fn child() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let listeners = api::listen::systemd_listeners().expect("socket activation");
+        let listeners = server::listen::systemd_listeners().expect("socket activation");
         assert_eq!(listeners.len(), 1, "LISTEN_FDS=1 with our pid");
         assert!(listeners[0].local_addr().is_some(), "a TCP socket");
         let env = common::Env::new(100).await;
         // Served until the parent kills this process.
-        let _ = api::listen::serve(
+        let _ = server::listen::serve(
             listeners,
-            api::router(env.state.clone()),
+            server::router(env.state.clone()),
             std::future::pending(),
         )
         .await;

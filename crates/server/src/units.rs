@@ -1,0 +1,173 @@
+//! `/units`: list, get, create or change (`PUT`), destroy.
+
+use crate::body::{check_content_type, read_body};
+use crate::error::{empty, json_response, ApiError};
+use crate::state::{cached, next_token, page_of, remember, token, ApiState};
+use api::types;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use registry::TargetState;
+
+/// A unit as the API shows it. fleet listed global units with `currentState` `inactive` but
+/// left it out on `GET /units/<name>`; `listing` keeps that difference.
+fn api_unit(v: registry::UnitView, listing: bool) -> types::Unit {
+    let current_state = match v.current {
+        Some(state) => state.to_string(),
+        None if listing => TargetState::Inactive.to_string(),
+        None => String::new(),
+    };
+    types::Unit {
+        current_state,
+        desired_state: v.unit.job.desired.to_string(),
+        machine_id: v.machine.unwrap_or_default(),
+        options: v
+            .unit
+            .file
+            .options
+            .iter()
+            .map(types::UnitOption::from)
+            .collect(),
+        name: v.unit.job.name,
+        reason: v.reason,
+    }
+}
+
+pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
+    let token = token(s, query)?;
+    let (revision, all) = match cached(&s.listings.units, token.revision) {
+        Some(all) => (token.revision.unwrap_or_default(), all),
+        None => {
+            let views = s
+                .read_pinned("list_units", &token, |at| s.registry.unit_views(at))
+                .await?;
+            let mut units: Vec<types::Unit> =
+                views.items.into_iter().map(|v| api_unit(v, true)).collect();
+            units.sort_by(|a, b| a.name.cmp(&b.name));
+            (
+                views.revision,
+                remember(&s.listings.units, views.revision, units),
+            )
+        }
+    };
+    let (units, next) = page_of(&all, &token, revision);
+    Ok(json_response(
+        StatusCode::OK,
+        &types::UnitPage {
+            units,
+            next_page_token: next_token(next),
+        },
+    ))
+}
+
+pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    match s.op("get_unit", s.registry.unit_view(name)).await? {
+        Some(v) => Ok(json_response(StatusCode::OK, &api_unit(v, false))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist")),
+    }
+}
+
+pub(crate) async fn delete(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    if s.op("destroy_unit", s.registry.destroy_unit(name)).await? {
+        Ok(empty(StatusCode::NO_CONTENT))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"))
+    }
+}
+
+/// fleet's `ValidateOptions` (the unit crate's [`unit::validate_unit`]): the options survive
+/// normalization and their `[X-Fleet]` requirements can all hold.
+pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String> {
+    unit::validate_unit(file, name)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
+    check_content_type(&req)?;
+    let body = read_body(req, s.max_body_bytes).await?;
+    let mut su: types::Unit = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    if su.name.is_empty() {
+        su.name = item.to_string();
+    }
+    if su.name != item {
+        return Err(ApiError::bad_request(format!(
+            "name in URL {item:?} differs from unit name in request body {:?}",
+            su.name
+        )));
+    }
+    let name = unit::UnitName::parse(&su.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let desired = su.desired().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid desiredState {:?}: want one of inactive, loaded, launched",
+            su.desired_state
+        ))
+    })?;
+    let activate_template =
+        name.is_template() && desired.is_some_and(|d| d != TargetState::Inactive);
+
+    let file = su.file();
+    // The common case, a new unit, costs one transaction; anything else reads what exists.
+    // Options are validated first, as a create would: a stored unit passed the same check.
+    if !su.options.is_empty() {
+        validate_options(&su.name, &file).map_err(ApiError::bad_request)?;
+        if activate_template {
+            return Err(ApiError::bad_request("cannot activate template"));
+        }
+        let created = s
+            .op(
+                "create_unit",
+                s.registry
+                    .create_unit_if_absent(&su.name, &file, desired.unwrap_or_default()),
+            )
+            .await?;
+        if created {
+            return Ok(empty(StatusCode::CREATED));
+        }
+    }
+    let existing = s.op("get_unit", s.registry.unit(&su.name)).await?;
+    let create = match &existing {
+        None if su.options.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "unit does not exist and options field empty",
+            ));
+        }
+        None => true,
+        // Options that hash differently replace the unit (fleet's replace path).
+        Some(unit) => !su.options.is_empty() && unit.job.hash != file.hash(),
+    };
+    if create {
+        validate_options(&su.name, &file).map_err(ApiError::bad_request)?;
+        if activate_template {
+            return Err(ApiError::bad_request("cannot activate template"));
+        }
+        let desired = desired.unwrap_or_default();
+        s.op(
+            "create_unit",
+            s.registry.create_unit(&su.name, &file, desired),
+        )
+        .await?;
+        return Ok(empty(StatusCode::CREATED));
+    }
+    let Some(desired) = desired else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "must provide DesiredState to update existing unit",
+        ));
+    };
+    if activate_template {
+        return Err(ApiError::bad_request("cannot activate template"));
+    }
+    if s.op(
+        "set_target_state",
+        s.registry.set_target_state(&su.name, desired),
+    )
+    .await?
+    {
+        Ok(empty(StatusCode::NO_CONTENT))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"))
+    }
+}
