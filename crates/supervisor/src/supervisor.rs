@@ -7,7 +7,7 @@ use super::config::{
 };
 use super::log::{note, HELPER_ARG, MAX_LOG_BYTES};
 use super::sys::{self, Credentials};
-use super::{RunRecord, Shared};
+use super::{RecordedState, RunRecord, Shared, SubState};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -58,7 +58,7 @@ pub fn should_restart(policy: RestartPolicy, result: RunResult) -> bool {
     }
 }
 
-/// A running unit found at start-up (see [`super::ProcessManager::new`]).
+/// A running unit found at start-up (see [`super::Builder::open`]).
 pub enum Adopted {
     Running {
         pid: i32,
@@ -247,12 +247,12 @@ pub async fn supervise(
                 );
                 note(shared.log_path(&name), reason.clone()).await;
                 shared.set_reason(&name, Some(reason));
-                shared.set_active(&name, "failed", "failed");
+                shared.set_state(&name, SubState::Failed);
                 goal_tx.send_replace(Goal::Stopped);
                 continue;
             }
             restarts.push_back(now);
-            shared.set_active(&name, "activating", "auto-restart");
+            shared.set_state(&name, SubState::AutoRestart);
             let mut g = goal.clone();
             tokio::select! {
                 _ = tokio::time::sleep(cfg.restart_sec) => {
@@ -263,9 +263,9 @@ pub async fn supervise(
             }
         }
         if end.result.is_success() {
-            shared.set_active(&name, "inactive", "dead");
+            shared.set_state(&name, SubState::Dead);
         } else {
-            shared.set_active(&name, "failed", "failed");
+            shared.set_state(&name, SubState::Failed);
         }
         if !end.requested {
             goal_tx.send_replace(Goal::Stopped);
@@ -274,8 +274,8 @@ pub async fn supervise(
 }
 
 impl Run {
-    fn set(&self, active: &str, sub: &str) {
-        self.shared.set_active(&self.name, active, sub);
+    fn set(&self, sub: SubState) {
+        self.shared.set_state(&self.name, sub);
     }
 
     async fn fail_note(&self, reason: String) {
@@ -283,7 +283,7 @@ impl Run {
         self.shared.set_reason(&self.name, Some(reason));
     }
 
-    async fn record(&self, sub: &str) {
+    async fn record(&self, sub: RecordedState) {
         let (main_pid, main_start_time) = match &self.main {
             Some(m) => {
                 let pid = m.pid();
@@ -299,7 +299,7 @@ impl Run {
             main_pid,
             main_start_time,
             sessions: self.sessions.clone(),
-            sub: sub.to_string(),
+            sub,
         };
         if let Err(e) = self.shared.write_record(&self.name, &rec).await {
             tracing::warn!(unit = %self.name, "cannot record the running unit (it will not be re-adopted): {e:#}");
@@ -526,7 +526,7 @@ impl Run {
     /// A new run: from start-pre to its end.
     async fn run(&mut self) -> RunEnd {
         self.shared.set_reason(&self.name, None);
-        self.set("activating", "start-pre");
+        self.set(SubState::StartPre);
         let deadline = self.cfg.timeout_start.map(|t| Instant::now() + t);
         if let Err(reason) = self.prepare().await {
             self.fail_note(reason).await;
@@ -538,7 +538,7 @@ impl Run {
                 return self.interrupted(i, false).await;
             }
         }
-        self.set("activating", "start");
+        self.set(SubState::Start);
         match cfg.service_type {
             ServiceType::Oneshot => {
                 for cmd in &cfg.exec_start {
@@ -558,7 +558,7 @@ impl Run {
                         return self.stop(false, RunResult::Resources, false).await;
                     }
                 }
-                self.record("running").await;
+                self.record(RecordedState::Running).await;
             }
             ServiceType::Forking => {
                 let Some(cmd) = cfg.exec_start.first() else {
@@ -573,11 +573,11 @@ impl Run {
                     }
                     Err(i) => return self.interrupted(i, false).await,
                 }
-                self.record("running").await;
+                self.record(RecordedState::Running).await;
             }
         }
         if !cfg.exec_start_post.is_empty() {
-            self.set("activating", "start-post");
+            self.set(SubState::StartPost);
             for cmd in &cfg.exec_start_post {
                 if let Err(i) = self.run_command("ExecStartPost", cmd, deadline, true).await {
                     return self.interrupted(i, true).await;
@@ -588,13 +588,13 @@ impl Run {
             if !cfg.remain_after_exit {
                 return self.stop(false, RunResult::Success, true).await;
             }
-            self.set("active", "exited");
-            self.record("exited").await;
+            self.set(SubState::Exited);
+            self.record(RecordedState::Exited).await;
             let mut g = self.goal.clone();
             let _ = g.wait_for(|g| *g == Goal::Stopped).await;
             return self.stop(true, RunResult::Success, true).await;
         }
-        self.set("active", "running");
+        self.set(SubState::Running);
         note(
             self.shared.log_path(&self.name),
             format!(
@@ -621,11 +621,11 @@ impl Run {
             } => {
                 self.main = Some(MainProc::Foreign { pid, start_time });
                 self.sessions = sessions;
-                self.set("active", "running");
+                self.set(SubState::Running);
                 self.watch_running().await
             }
             Adopted::Exited => {
-                self.set("active", "exited");
+                self.set(SubState::Exited);
                 let mut g = self.goal.clone();
                 let _ = g.wait_for(|g| *g == Goal::Stopped).await;
                 self.stop(true, RunResult::Success, true).await
@@ -755,11 +755,11 @@ impl Run {
             return true;
         }
         let (term, kill) = if final_phase {
-            ("final-sigterm", "final-sigkill")
+            (SubState::FinalSigterm, SubState::FinalSigkill)
         } else {
-            ("stop-sigterm", "stop-sigkill")
+            (SubState::StopSigterm, SubState::StopSigkill)
         };
-        self.set("deactivating", term);
+        self.set(term);
         self.signal(self.cfg.kill_signal, group).await;
         let timeout = self.cfg.timeout_stop;
         let mut clean = self.wait_gone(group, timeout).await;
@@ -771,7 +771,7 @@ impl Run {
             .await;
         }
         if !clean || (mode == KillMode::Mixed && !self.gone(true).await) {
-            self.set("deactivating", kill);
+            self.set(kill);
             let all = mode != KillMode::Process;
             self.signal(Signal::SIGKILL, all).await;
             // SIGKILL cannot be ignored; the bound only covers processes stuck in the kernel.
@@ -806,7 +806,7 @@ impl Run {
             None => cfg.service_type == ServiceType::Oneshot,
         };
         if started && main_running && !cfg.exec_stop.is_empty() {
-            self.set("deactivating", "stop");
+            self.set(SubState::Stop);
             let deadline = stop_deadline();
             for cmd in &cfg.exec_stop {
                 if let Err(Interrupt::Failed(r, reason)) =
@@ -837,7 +837,7 @@ impl Run {
             }
         }
         if !cfg.exec_stop_post.is_empty() {
-            self.set("deactivating", "stop-post");
+            self.set(SubState::StopPost);
             let deadline = stop_deadline();
             for cmd in &cfg.exec_stop_post {
                 if let Err(Interrupt::Failed(r, reason)) =

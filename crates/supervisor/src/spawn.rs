@@ -2,7 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use agent::process::spawn::{spawn_in_session, Stdio};
+//! use supervisor::spawn::{spawn_in_session, Stdio};
 //! let env = std::collections::BTreeMap::new();
 //! let argv = ["/bin/sleep".to_string(), "1".to_string()];
 //! let mut child = spawn_in_session(&argv, &env, Some(std::path::Path::new("/")), Stdio::null())?;

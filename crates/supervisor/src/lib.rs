@@ -2,11 +2,10 @@
 //!
 //! ```no_run
 //! # async fn example(file: unit::UnitFile) -> anyhow::Result<()> {
-//! use agent::process::ProcessManager;
-//! use agent::UnitManager;
-//! let manager = ProcessManager::new("/var/lib/fleet".into())?;
+//! use supervisor::ProcessManager;
+//! let manager = ProcessManager::builder("/var/lib/fleet".into()).open()?;
 //! manager.load("web.service", &file).await?;
-//! manager.start("web.service").await?;
+//! manager.start("web.service")?;
 //! let log = manager.log_path("web.service"); // state_dir/logs/web.service.log
 //! # Ok(()) }
 //! ```
@@ -36,23 +35,22 @@
 pub mod config;
 pub mod log;
 pub mod spawn;
+mod state;
 mod supervisor;
 pub mod sys;
 
 pub use log::run_helper_if_requested;
+pub use state::{ActiveState, LoadState, StateChange, SubState, UnitStatus};
 
-use crate::manager::{StateChange, UnitManager};
 use anyhow::Context;
-use async_trait::async_trait;
 use config::{ServiceConfig, Specifiers};
-use registry::SystemdState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use supervisor::{Adopted, Goal};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use unit::{UnitFile, UnitHash};
 
 /// What `run/<name>.json` holds while a unit runs.
@@ -63,14 +61,21 @@ pub(crate) struct RunRecord {
     pub main_start_time: Option<u64>,
     #[serde(default)]
     pub sessions: Vec<i32>,
-    /// `running` or `exited`.
-    pub sub: String,
+    pub sub: RecordedState,
+}
+
+/// What a run record says the unit was doing (its sub-state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RecordedState {
+    Running,
+    Exited,
 }
 
 struct UnitEntry {
     hash: UnitHash,
     config: Result<Arc<ServiceConfig>, String>,
-    state: SystemdState,
+    status: UnitStatus,
     reason: Option<String>,
     goal: Arc<watch::Sender<Goal>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -81,11 +86,15 @@ pub(crate) struct Shared {
     runtime_dir: PathBuf,
     helper: PathBuf,
     boot_id: String,
-    tx: broadcast::Sender<StateChange>,
+    on_change: Option<OnChange>,
     units: Mutex<BTreeMap<String, UnitEntry>>,
     /// Closed when the manager is dropped: every unit task ends, processes stay.
     shutdown: watch::Receiver<()>,
 }
+
+/// Told of every state change, in order, while the manager's lock is held: it must be quick
+/// (a channel send) and must not call the manager.
+type OnChange = Box<dyn Fn(StateChange) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, UnitEntry>> {
@@ -112,20 +121,25 @@ impl Shared {
         }
     }
 
-    pub(crate) fn set_active(&self, name: &str, active: &str, sub: &str) {
+    pub(crate) fn set_state(&self, name: &str, sub: SubState) {
         let mut units = self.lock();
         let Some(e) = units.get_mut(name) else { return };
-        if e.state.active == active && e.state.sub == sub {
+        if e.status.sub == sub {
             return;
         }
-        e.state.active = active.to_string();
-        e.state.sub = sub.to_string();
-        tracing::debug!(unit = name, active, sub, "unit state");
-        // A send error only means nobody listens right now.
-        let _ = self.tx.send(StateChange {
-            name: name.to_string(),
-            state: Some(e.state.clone()),
-        });
+        e.status.sub = sub;
+        tracing::debug!(unit = name, active = %sub.active(), %sub, "unit state");
+        self.notify(name, Some(e.status));
+    }
+
+    /// Call with the lock held, so that observers see changes in the order they happened.
+    fn notify(&self, name: &str, status: Option<UnitStatus>) {
+        if let Some(f) = &self.on_change {
+            f(StateChange {
+                name: name.to_string(),
+                status,
+            });
+        }
     }
 
     pub(crate) async fn write_record(&self, name: &str, rec: &RunRecord) -> anyhow::Result<()> {
@@ -179,17 +193,15 @@ fn specifiers(name: &str, file: &UnitFile, boot_id: &str) -> Specifiers {
     }
 }
 
-fn load_state(config: &Result<Arc<ServiceConfig>, String>) -> SystemdState {
+fn load_status(config: &Result<Arc<ServiceConfig>, String>) -> UnitStatus {
     match config {
-        Ok(_) => SystemdState {
-            load: "loaded".into(),
-            active: "inactive".into(),
-            sub: "dead".into(),
+        Ok(_) => UnitStatus {
+            load: LoadState::Loaded,
+            sub: SubState::Dead,
         },
-        Err(_) => SystemdState {
-            load: "error".into(),
-            active: "failed".into(),
-            sub: "failed".into(),
+        Err(_) => UnitStatus {
+            load: LoadState::Error,
+            sub: SubState::Failed,
         },
     }
 }
@@ -203,37 +215,71 @@ fn parse_stored(text: &str) -> Result<UnitFile, String> {
     }
 }
 
-impl ProcessManager {
-    /// A manager keeping all its files under `state_dir` (created if missing), re-adopting the
-    /// units a previous manager left there. See [`ProcessManager::in_dirs`]. Its log forwarder is this executable, which must
-    /// call [`run_helper_if_requested`] first thing in `main` (fleetd does); `FLEET_PROCESS_HELPER`
-    /// names another executable. Must be called inside a tokio runtime.
-    pub fn new(state_dir: PathBuf) -> anyhow::Result<ProcessManager> {
-        Self::in_dirs(state_dir.clone(), state_dir)
+/// How to open a [`ProcessManager`]: its directories, its log forwarder, who hears of state
+/// changes.
+pub struct Builder {
+    state_dir: PathBuf,
+    runtime_dir: Option<PathBuf>,
+    helper: Option<PathBuf>,
+    on_change: Option<OnChange>,
+}
+
+impl Builder {
+    /// Where unit files and run records live (default: the state directory). fleetd puts them
+    /// on a tmpfs: they only need to outlive fleetd, not the boot, and a disk file system
+    /// makes every unit start pay for two file creations.
+    pub fn runtime_dir(mut self, dir: PathBuf) -> Builder {
+        self.runtime_dir = Some(dir);
+        self
     }
 
-    /// A manager with its logs under `state_dir` and its unit files and run records under
-    /// `runtime_dir` (see the module documentation).
-    pub fn in_dirs(state_dir: PathBuf, runtime_dir: PathBuf) -> anyhow::Result<ProcessManager> {
-        let helper = match std::env::var_os("FLEET_PROCESS_HELPER") {
-            Some(h) => PathBuf::from(h),
-            None => std::env::current_exe()
-                .context("finding fleetd's own executable (the log forwarder)")?,
+    /// The log-forwarder executable: any binary that calls [`run_helper_if_requested`] first
+    /// thing in `main`, such as `fleet-process-helper`. Default: `FLEET_PROCESS_HELPER` if
+    /// set, else this executable (fleetd is its own forwarder).
+    pub fn helper(mut self, helper: PathBuf) -> Builder {
+        self.helper = Some(helper);
+        self
+    }
+
+    /// Called with every state change, in order, with the manager's lock held: it must be
+    /// quick (a channel send) and must not call the manager.
+    pub fn on_change(mut self, f: impl Fn(StateChange) + Send + Sync + 'static) -> Builder {
+        self.on_change = Some(Box::new(f));
+        self
+    }
+
+    /// Creates the directories and re-adopts the units a previous manager left running. Must
+    /// be called inside a tokio runtime.
+    pub fn open(self) -> anyhow::Result<ProcessManager> {
+        let helper = match self.helper {
+            Some(h) => h,
+            None => match std::env::var_os("FLEET_PROCESS_HELPER") {
+                Some(h) => PathBuf::from(h),
+                None => std::env::current_exe()
+                    .context("finding fleetd's own executable (the log forwarder)")?,
+            },
         };
-        Self::with_dirs(state_dir, runtime_dir, helper)
+        let runtime_dir = self.runtime_dir.unwrap_or_else(|| self.state_dir.clone());
+        ProcessManager::open(self.state_dir, runtime_dir, helper, self.on_change)
+    }
+}
+
+impl ProcessManager {
+    /// A manager keeping its logs under `state_dir` (created if missing); see [`Builder`].
+    pub fn builder(state_dir: PathBuf) -> Builder {
+        Builder {
+            state_dir,
+            runtime_dir: None,
+            helper: None,
+            on_change: None,
+        }
     }
 
-    /// Like [`ProcessManager::new`] with an explicit log-forwarder executable (any binary that
-    /// calls [`run_helper_if_requested`], such as `fleet-process-helper`).
-    pub fn with_helper(state_dir: PathBuf, helper: PathBuf) -> anyhow::Result<ProcessManager> {
-        Self::with_dirs(state_dir.clone(), state_dir, helper)
-    }
-
-    /// Like [`ProcessManager::in_dirs`] with an explicit log-forwarder executable.
-    pub fn with_dirs(
+    fn open(
         state_dir: PathBuf,
         runtime_dir: PathBuf,
         helper: PathBuf,
+        on_change: Option<OnChange>,
     ) -> anyhow::Result<ProcessManager> {
         let runtime = tokio::runtime::Handle::try_current()
             .context("ProcessManager must be created inside a tokio runtime")?;
@@ -246,13 +292,12 @@ impl ProcessManager {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(());
-        let (tx, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             state_dir: state_dir.clone(),
             runtime_dir: runtime_dir.clone(),
             helper,
             boot_id: sys::boot_id(),
-            tx,
+            on_change,
             units: Mutex::new(BTreeMap::new()),
             shutdown: shutdown_rx,
         });
@@ -275,7 +320,7 @@ impl ProcessManager {
                 config::service_config(&name, &file, &specifiers(&name, &file, &shared.boot_id))
                     .map(Arc::new)
             });
-            let mut state = load_state(&config);
+            let mut status = load_status(&config);
             let mut adopted = None;
             let mut reason = config.as_ref().err().cloned();
             let rec_path = shared.record_path(&name);
@@ -286,9 +331,9 @@ impl ProcessManager {
                 if rec.boot_id != shared.boot_id {
                     // The machine rebooted since: nothing of the unit runs any more.
                     let _ = std::fs::remove_file(&rec_path);
-                } else if rec.sub == "exited" {
+                } else if rec.sub == RecordedState::Exited {
                     adopted = Some(Adopted::Exited);
-                    (state.active, state.sub) = ("active".into(), "exited".into());
+                    status.sub = SubState::Exited;
                 } else if let (Some(pid), Some(start_time)) = (rec.main_pid, rec.main_start_time) {
                     if sys::alive(pid, start_time) {
                         adopted = Some(Adopted::Running {
@@ -296,10 +341,10 @@ impl ProcessManager {
                             start_time,
                             sessions: rec.sessions,
                         });
-                        (state.active, state.sub) = ("active".into(), "running".into());
+                        status.sub = SubState::Running;
                     } else {
                         let _ = std::fs::remove_file(&rec_path);
-                        (state.active, state.sub) = ("failed".into(), "failed".into());
+                        status.sub = SubState::Failed;
                         reason = Some(format!(
                             "{name}: main process {pid} exited while fleetd was not running"
                         ));
@@ -321,7 +366,7 @@ impl ProcessManager {
             let entry = UnitEntry {
                 hash,
                 config,
-                state,
+                status,
                 reason,
                 goal: goal_tx.clone(),
                 task: None,
@@ -357,61 +402,38 @@ impl ProcessManager {
         self.shared.lock().get(name).and_then(|e| e.reason.clone())
     }
 
-    /// The directory this manager keeps its files in.
+    /// The directory this manager keeps its logs in.
     pub fn state_dir(&self) -> &Path {
         &self.shared.state_dir
     }
 
-    fn state_of(&self, name: &str) -> Option<SystemdState> {
-        self.shared.lock().get(name).map(|e| e.state.clone())
-    }
-}
-
-fn probe_helper(helper: &Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new(helper)
-        .args([log::HELPER_ARG, "probe"])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .with_context(|| {
-            format!(
-                "running the process supervisor's helper {}",
-                helper.display()
-            )
-        })?;
-    if String::from_utf8_lossy(&out.stdout).trim() != log::PROBE_REPLY {
-        anyhow::bail!(
-            "{} does not act as the process supervisor's log forwarder: its main must call agent::process::run_helper_if_requested() first (or set FLEET_PROCESS_HELPER to fleet-process-helper)",
-            helper.display()
-        );
-    }
-    Ok(())
-}
-
-fn spawn_supervisor(
-    runtime: &tokio::runtime::Handle,
-    shared: Arc<Shared>,
-    name: String,
-    goal_rx: watch::Receiver<Goal>,
-    goal_tx: Arc<watch::Sender<Goal>>,
-    adopted: Option<Adopted>,
-) -> tokio::task::JoinHandle<()> {
-    let mut shutdown = shared.shutdown.clone();
-    runtime.spawn(async move {
-        tokio::select! {
-            _ = async { while shutdown.changed().await.is_ok() {} } => {}
-            _ = supervisor::supervise(shared, name, goal_rx, goal_tx, adopted) => {}
-        }
-    })
-}
-
-#[async_trait]
-impl UnitManager for ProcessManager {
-    fn failure_reason(&self, name: &str) -> Option<String> {
-        self.reason(name)
+    /// The unit's current status; `None` if it is not loaded.
+    pub fn status(&self, name: &str) -> Option<UnitStatus> {
+        self.shared.lock().get(name).map(|e| e.status)
     }
 
-    async fn load(&self, name: &str, file: &UnitFile) -> anyhow::Result<()> {
+    /// The status of each named unit, in the order of `names`, read at one instant.
+    pub fn statuses(&self, names: &[String]) -> Vec<Option<UnitStatus>> {
+        let units = self.shared.lock();
+        names
+            .iter()
+            .map(|n| units.get(n).map(|e| e.status))
+            .collect()
+    }
+
+    /// Loaded units with the hash of each unit's file: what a restarted fleetd re-adopts.
+    pub fn units(&self) -> Vec<(String, UnitHash)> {
+        self.shared
+            .lock()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.hash))
+            .collect()
+    }
+
+    /// Writes the unit's normalized file and reads its service settings; takes effect at once,
+    /// for the next start. A file the supervisor cannot run still loads (with load state
+    /// `error` and the reason in [`ProcessManager::reason`]); starting it is refused.
+    pub async fn load(&self, name: &str, file: &UnitFile) -> anyhow::Result<()> {
         check_name(name)?;
         let text = file.serialize();
         let hash = UnitHash::of(text.as_bytes());
@@ -438,13 +460,14 @@ impl UnitManager for ProcessManager {
             Some(e) => {
                 e.hash = hash;
                 e.reason = config.as_ref().err().cloned();
-                let load = if config.is_ok() { "loaded" } else { "error" };
-                if e.state.load != load {
-                    e.state.load = load.into();
-                    let _ = self.shared.tx.send(StateChange {
-                        name: name.into(),
-                        state: Some(e.state.clone()),
-                    });
+                let load = if config.is_ok() {
+                    LoadState::Loaded
+                } else {
+                    LoadState::Error
+                };
+                if e.status.load != load {
+                    e.status.load = load;
+                    self.shared.notify(name, Some(e.status));
                 }
                 if e.task.is_none() && config.is_ok() {
                     e.task = Some(spawn_supervisor(
@@ -459,7 +482,7 @@ impl UnitManager for ProcessManager {
                 e.config = config;
             }
             None => {
-                let state = load_state(&config);
+                let status = load_status(&config);
                 let (goal_tx, goal_rx) = watch::channel(Goal::Stopped);
                 let goal_tx = Arc::new(goal_tx);
                 let task = config.is_ok().then(|| {
@@ -472,17 +495,14 @@ impl UnitManager for ProcessManager {
                         None,
                     )
                 });
-                let _ = self.shared.tx.send(StateChange {
-                    name: name.into(),
-                    state: Some(state.clone()),
-                });
+                self.shared.notify(name, Some(status));
                 let reason = config.as_ref().err().cloned();
                 units.insert(
                     name.into(),
                     UnitEntry {
                         hash,
                         config,
-                        state,
+                        status,
                         reason,
                         goal: goal_tx,
                         task,
@@ -493,11 +513,8 @@ impl UnitManager for ProcessManager {
         Ok(())
     }
 
-    async fn reload(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    async fn start(&self, name: &str) -> anyhow::Result<()> {
+    /// Starts the unit; does not wait for it to be active.
+    pub fn start(&self, name: &str) -> anyhow::Result<()> {
         let units = self.shared.lock();
         let e = units
             .get(name)
@@ -509,7 +526,8 @@ impl UnitManager for ProcessManager {
         Ok(())
     }
 
-    async fn stop(&self, name: &str) -> anyhow::Result<()> {
+    /// Stops the unit; does not wait for it to be stopped.
+    pub fn stop(&self, name: &str) -> anyhow::Result<()> {
         let units = self.shared.lock();
         let e = units
             .get(name)
@@ -518,7 +536,9 @@ impl UnitManager for ProcessManager {
         Ok(())
     }
 
-    async fn unload(&self, name: &str) -> anyhow::Result<()> {
+    /// Stops the unit, waits until it is stopped and forgets it. The file stays if the unit
+    /// did not stop in time, so that it can still be stopped later.
+    pub async fn unload(&self, name: &str) -> anyhow::Result<()> {
         let stop_timeout = {
             let units = self.shared.lock();
             let Some(e) = units.get(name) else {
@@ -536,12 +556,8 @@ impl UnitManager for ProcessManager {
         };
         let deadline = tokio::time::Instant::now() + stop_timeout;
         loop {
-            let st = self.state_of(name);
-            let stopped = match &st {
-                None => true,
-                Some(s) => matches!(s.active.as_str(), "inactive" | "failed"),
-            };
-            if stopped {
+            let st = self.status(name);
+            if st.is_none_or(|s| s.active().is_stopped()) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -564,34 +580,45 @@ impl UnitManager for ProcessManager {
             }
         }
         self.shared.remove_record(name).await;
-        let _ = self.shared.tx.send(StateChange {
-            name: name.into(),
-            state: None,
-        });
+        self.shared.notify(name, None);
         Ok(())
     }
+}
 
-    async fn units(&self) -> anyhow::Result<Vec<(String, UnitHash)>> {
-        Ok(self
-            .shared
-            .lock()
-            .iter()
-            .map(|(n, e)| (n.clone(), e.hash))
-            .collect())
+fn probe_helper(helper: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new(helper)
+        .args([log::HELPER_ARG, "probe"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "running the process supervisor's helper {}",
+                helper.display()
+            )
+        })?;
+    if String::from_utf8_lossy(&out.stdout).trim() != log::PROBE_REPLY {
+        anyhow::bail!(
+            "{} does not act as the process supervisor's log forwarder: its main must call supervisor::run_helper_if_requested() first (or set FLEET_PROCESS_HELPER to fleet-process-helper)",
+            helper.display()
+        );
     }
+    Ok(())
+}
 
-    async fn states(
-        &self,
-        names: &[String],
-    ) -> anyhow::Result<Vec<(String, Option<SystemdState>)>> {
-        let units = self.shared.lock();
-        Ok(names
-            .iter()
-            .map(|n| (n.clone(), units.get(n).map(|e| e.state.clone())))
-            .collect())
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<StateChange> {
-        self.shared.tx.subscribe()
-    }
+fn spawn_supervisor(
+    runtime: &tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    name: String,
+    goal_rx: watch::Receiver<Goal>,
+    goal_tx: Arc<watch::Sender<Goal>>,
+    adopted: Option<Adopted>,
+) -> tokio::task::JoinHandle<()> {
+    let mut shutdown = shared.shutdown.clone();
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = async { while shutdown.changed().await.is_ok() {} } => {}
+            _ = supervisor::supervise(shared, name, goal_rx, goal_tx, adopted) => {}
+        }
+    })
 }
