@@ -549,7 +549,7 @@ impl ProcessManager {
                 .config
                 .as_ref()
                 .ok()
-                .and_then(|c| c.timeout_stop)
+                .and_then(|c| c.policy.timeout_stop)
                 .unwrap_or(config::DEFAULT_TIMEOUT);
             // ExecStop, SIGTERM, SIGKILL and ExecStopPost may each take the stop timeout.
             t.saturating_mul(4) + Duration::from_secs(5)

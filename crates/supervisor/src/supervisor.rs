@@ -230,20 +230,22 @@ pub async fn supervise(
             None => run.run().await,
         };
         drop(run);
-        let wants_restart = !end.requested && should_restart(cfg.restart, end.result);
+        let wants_restart = !end.requested && should_restart(cfg.policy.restart, end.result);
         if wants_restart && *goal.borrow() == Goal::Started {
             let now = Instant::now();
             while restarts
                 .front()
-                .is_some_and(|t| now.duration_since(*t) > cfg.start_limit_interval)
+                .is_some_and(|t| now.duration_since(*t) > cfg.policy.start_limit_interval)
             {
                 restarts.pop_front();
             }
-            if cfg.start_limit_burst > 0 && restarts.len() >= cfg.start_limit_burst as usize {
+            if cfg.policy.start_limit_burst > 0
+                && restarts.len() >= cfg.policy.start_limit_burst as usize
+            {
                 let reason = format!(
                     "{name}: start request repeated too quickly ({} starts within {:?}); not restarting again",
                     restarts.len() + 1,
-                    cfg.start_limit_interval
+                    cfg.policy.start_limit_interval
                 );
                 note(shared.log_path(&name), reason.clone()).await;
                 shared.set_reason(&name, Some(reason));
@@ -255,7 +257,7 @@ pub async fn supervise(
             shared.set_state(&name, SubState::AutoRestart);
             let mut g = goal.clone();
             tokio::select! {
-                _ = tokio::time::sleep(cfg.restart_sec) => {
+                _ = tokio::time::sleep(cfg.policy.restart_sec) => {
                     auto_restart = true;
                     continue;
                 }
@@ -311,20 +313,20 @@ impl Run {
         let cfg = self.cfg.clone();
         let name = self.name.clone();
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let account = sys::account(cfg.user.as_deref(), cfg.group.as_deref())
+            let account = sys::account(cfg.context.user.as_deref(), cfg.context.group.as_deref())
                 .map_err(|e| format!("{name}: {e:#}"))?;
             let mut env = BTreeMap::new();
             env.insert("PATH".to_string(), super::config::DEFAULT_PATH.to_string());
-            if cfg.user.is_some() {
+            if cfg.context.user.is_some() {
                 env.insert("HOME".into(), account.home.clone());
                 env.insert("USER".into(), account.name.clone());
                 env.insert("LOGNAME".into(), account.name.clone());
                 env.insert("SHELL".into(), account.shell.clone());
             }
-            for (k, v) in &cfg.environment {
+            for (k, v) in &cfg.context.environment {
                 env.insert(k.clone(), v.clone());
             }
-            for (path, optional) in &cfg.environment_files {
+            for (path, optional) in &cfg.context.environment_files {
                 match std::fs::read_to_string(path) {
                     Ok(text) => env.extend(parse_env_file(&text)),
                     Err(_) if *optional => {}
@@ -333,7 +335,7 @@ impl Run {
                     }
                 }
             }
-            let cwd = match &cfg.working_directory {
+            let cwd = match &cfg.context.working_directory {
                 None => Some(PathBuf::from("/")),
                 Some((dir, optional)) => {
                     let dir = if dir == "~" {
@@ -512,11 +514,15 @@ impl Run {
     }
 
     async fn kill_sessions_of(&self, child: &mut sys::Child, sid: i32) {
-        let sig = self.cfg.kill_signal;
+        let sig = self.cfg.policy.kill_signal;
         let sessions = vec![sid];
         let s = sessions.clone();
         blocking(move || sys::signal_sessions(&s, sig)).await;
-        let timeout = self.cfg.timeout_stop.unwrap_or(Duration::from_secs(90));
+        let timeout = self
+            .cfg
+            .policy
+            .timeout_stop
+            .unwrap_or(Duration::from_secs(90));
         if tokio::time::timeout(timeout, child.wait()).await.is_err() {
             blocking(move || sys::signal_sessions(&sessions, Signal::SIGKILL)).await;
             let _ = child.wait().await;
@@ -527,13 +533,13 @@ impl Run {
     async fn run(&mut self) -> RunEnd {
         self.shared.set_reason(&self.name, None);
         self.set(SubState::StartPre);
-        let deadline = self.cfg.timeout_start.map(|t| Instant::now() + t);
+        let deadline = self.cfg.policy.timeout_start.map(|t| Instant::now() + t);
         if let Err(reason) = self.prepare().await {
             self.fail_note(reason).await;
             return self.stop(false, RunResult::Resources, false).await;
         }
         let cfg = self.cfg.clone();
-        for cmd in &cfg.exec_start_pre {
+        for cmd in &cfg.exec.start_pre {
             if let Err(i) = self.run_command("ExecStartPre", cmd, deadline, true).await {
                 return self.interrupted(i, false).await;
             }
@@ -541,14 +547,14 @@ impl Run {
         self.set(SubState::Start);
         match cfg.service_type {
             ServiceType::Oneshot => {
-                for cmd in &cfg.exec_start {
+                for cmd in &cfg.exec.start {
                     if let Err(i) = self.run_command("ExecStart", cmd, deadline, true).await {
                         return self.interrupted(i, false).await;
                     }
                 }
             }
             ServiceType::Simple | ServiceType::Exec => {
-                let Some(cmd) = cfg.exec_start.first() else {
+                let Some(cmd) = cfg.exec.start.first() else {
                     return self.stop(false, RunResult::Resources, false).await;
                 };
                 match self.spawn(cmd, &[]).await {
@@ -561,7 +567,7 @@ impl Run {
                 self.record(RecordedState::Running).await;
             }
             ServiceType::Forking => {
-                let Some(cmd) = cfg.exec_start.first() else {
+                let Some(cmd) = cfg.exec.start.first() else {
                     return self.stop(false, RunResult::Resources, false).await;
                 };
                 if let Err(i) = self.run_command("ExecStart", cmd, deadline, true).await {
@@ -576,9 +582,9 @@ impl Run {
                 self.record(RecordedState::Running).await;
             }
         }
-        if !cfg.exec_start_post.is_empty() {
+        if !cfg.exec.start_post.is_empty() {
             self.set(SubState::StartPost);
-            for cmd in &cfg.exec_start_post {
+            for cmd in &cfg.exec.start_post {
                 if let Err(i) = self.run_command("ExecStartPost", cmd, deadline, true).await {
                     return self.interrupted(i, true).await;
                 }
@@ -746,7 +752,7 @@ impl Run {
     /// systemd's stop-sigterm / stop-sigkill (or final-*) phases. Returns false if SIGKILL
     /// was needed.
     async fn kill_phase(&mut self, final_phase: bool) -> bool {
-        let mode = self.cfg.kill_mode;
+        let mode = self.cfg.policy.kill_mode;
         if mode == KillMode::None {
             return true;
         }
@@ -760,8 +766,8 @@ impl Run {
             (SubState::StopSigterm, SubState::StopSigkill)
         };
         self.set(term);
-        self.signal(self.cfg.kill_signal, group).await;
-        let timeout = self.cfg.timeout_stop;
+        self.signal(self.cfg.policy.kill_signal, group).await;
+        let timeout = self.cfg.policy.timeout_stop;
         let mut clean = self.wait_gone(group, timeout).await;
         if !clean {
             note(
@@ -800,15 +806,15 @@ impl Run {
     /// ExecStopPost, then the record is removed.
     async fn stop(&mut self, requested: bool, mut result: RunResult, started: bool) -> RunEnd {
         let cfg = self.cfg.clone();
-        let stop_deadline = || cfg.timeout_stop.map(|t| Instant::now() + t);
+        let stop_deadline = || cfg.policy.timeout_stop.map(|t| Instant::now() + t);
         let main_running = match &mut self.main {
             Some(m) => m.try_exit().is_none(),
             None => cfg.service_type == ServiceType::Oneshot,
         };
-        if started && main_running && !cfg.exec_stop.is_empty() {
+        if started && main_running && !cfg.exec.stop.is_empty() {
             self.set(SubState::Stop);
             let deadline = stop_deadline();
-            for cmd in &cfg.exec_stop {
+            for cmd in &cfg.exec.stop {
                 if let Err(Interrupt::Failed(r, reason)) =
                     self.run_command("ExecStop", cmd, deadline, false).await
                 {
@@ -836,10 +842,10 @@ impl Run {
                 }
             }
         }
-        if !cfg.exec_stop_post.is_empty() {
+        if !cfg.exec.stop_post.is_empty() {
             self.set(SubState::StopPost);
             let deadline = stop_deadline();
-            for cmd in &cfg.exec_stop_post {
+            for cmd in &cfg.exec.stop_post {
                 if let Err(Interrupt::Failed(r, reason)) =
                     self.run_command("ExecStopPost", cmd, deadline, false).await
                 {
