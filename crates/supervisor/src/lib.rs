@@ -43,7 +43,7 @@ pub use log::run_helper_if_requested;
 pub use state::{ActiveState, LoadState, StateChange, SubState, UnitStatus};
 
 use anyhow::Context;
-use config::{ServiceConfig, Specifiers};
+use config::{ConfigError, ServiceConfig, Specifiers};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,7 +74,7 @@ pub(crate) enum RecordedState {
 
 struct UnitEntry {
     hash: UnitHash,
-    config: Result<Arc<ServiceConfig>, String>,
+    config: Result<Arc<ServiceConfig>, ConfigError>,
     status: UnitStatus,
     reason: Option<String>,
     goal: Arc<watch::Sender<Goal>>,
@@ -111,7 +111,7 @@ impl Shared {
         self.runtime_dir.join("run").join(format!("{name}.json"))
     }
 
-    pub(crate) fn config(&self, name: &str) -> Option<Result<Arc<ServiceConfig>, String>> {
+    pub(crate) fn config(&self, name: &str) -> Option<Result<Arc<ServiceConfig>, ConfigError>> {
         self.lock().get(name).map(|e| e.config.clone())
     }
 
@@ -193,7 +193,7 @@ fn specifiers(name: &str, file: &UnitFile, boot_id: &str) -> Specifiers {
     }
 }
 
-fn load_status(config: &Result<Arc<ServiceConfig>, String>) -> UnitStatus {
+fn load_status(config: &Result<Arc<ServiceConfig>, ConfigError>) -> UnitStatus {
     match config {
         Ok(_) => UnitStatus {
             load: LoadState::Loaded,
@@ -207,11 +207,14 @@ fn load_status(config: &Result<Arc<ServiceConfig>, String>) -> UnitStatus {
 }
 
 /// Parses a stored unit file, turning a parser panic into an error: the file came from disk.
-fn parse_stored(text: &str) -> Result<UnitFile, String> {
+fn parse_stored(name: &str, text: &str) -> Result<UnitFile, ConfigError> {
     match std::panic::catch_unwind(|| UnitFile::parse(text)) {
         Ok(Ok(f)) => Ok(f),
-        Ok(Err(e)) => Err(format!("unit file does not parse: {e}")),
-        Err(_) => Err("unit file does not parse (parser panicked)".into()),
+        Ok(Err(problem)) => Err(ConfigError::Unparsable {
+            unit: name.into(),
+            problem,
+        }),
+        Err(_) => Err(ConfigError::ParserPanicked { unit: name.into() }),
     }
 }
 
@@ -316,13 +319,13 @@ impl ProcessManager {
             };
             let hash = UnitHash::of(&bytes);
             let text = String::from_utf8_lossy(&bytes);
-            let config = parse_stored(&text).and_then(|file| {
+            let config = parse_stored(&name, &text).and_then(|file| {
                 config::service_config(&name, &file, &specifiers(&name, &file, &shared.boot_id))
                     .map(Arc::new)
             });
             let mut status = load_status(&config);
             let mut adopted = None;
-            let mut reason = config.as_ref().err().cloned();
+            let mut reason = config.as_ref().err().map(ConfigError::to_string);
             let rec_path = shared.record_path(&name);
             let record: Option<RunRecord> = std::fs::read(&rec_path)
                 .ok()
@@ -454,12 +457,17 @@ impl ProcessManager {
             config::service_config(&n, &f, &specifiers(&n, &f, &boot)).map(Arc::new)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("{name}: reading the unit: {e}")));
+        .unwrap_or_else(|e| {
+            Err(ConfigError::NotRead {
+                unit: name.into(),
+                problem: e.to_string(),
+            })
+        });
         let mut units = self.shared.lock();
         match units.get_mut(name) {
             Some(e) => {
                 e.hash = hash;
-                e.reason = config.as_ref().err().cloned();
+                e.reason = config.as_ref().err().map(ConfigError::to_string);
                 let load = if config.is_ok() {
                     LoadState::Loaded
                 } else {
@@ -496,7 +504,7 @@ impl ProcessManager {
                     )
                 });
                 self.shared.notify(name, Some(status));
-                let reason = config.as_ref().err().cloned();
+                let reason = config.as_ref().err().map(ConfigError::to_string);
                 units.insert(
                     name.into(),
                     UnitEntry {
@@ -520,7 +528,7 @@ impl ProcessManager {
             .get(name)
             .with_context(|| format!("{name}: not loaded; load it before starting it"))?;
         if let Err(reason) = &e.config {
-            anyhow::bail!("{reason}");
+            return Err(reason.clone().into());
         }
         e.goal.send_replace(Goal::Started);
         Ok(())

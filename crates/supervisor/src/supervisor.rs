@@ -207,7 +207,7 @@ pub async fn supervise(
         let cfg = match shared.config(&name) {
             Some(Ok(c)) => c,
             Some(Err(reason)) => {
-                shared.set_reason(&name, Some(reason));
+                shared.set_reason(&name, Some(reason.to_string()));
                 goal_tx.send_replace(Goal::Stopped);
                 continue;
             }

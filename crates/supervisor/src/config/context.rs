@@ -21,12 +21,15 @@ pub struct ExecContext {
 }
 
 pub(super) fn read(o: &Options<'_>) -> Result<ExecContext, ConfigError> {
-    let name = o.name;
+    let unit = || o.name.to_string();
     let mut environment: Vec<(String, String)> = Vec::new();
     for value in o.values("Environment") {
         let expanded = o.expand("Environment", value)?;
-        let words =
-            split_words(&expanded).map_err(|e| format!("{name}: Environment={value}: {e}"))?;
+        let words = split_words(&expanded).map_err(|problem| ConfigError::Environment {
+            unit: unit(),
+            value: value.into(),
+            problem,
+        })?;
         if words.is_empty() {
             environment.clear();
         }
@@ -49,9 +52,10 @@ pub(super) fn read(o: &Options<'_>) -> Result<ExecContext, ConfigError> {
         let (path, optional) = strip_dash(value);
         let path = o.expand("EnvironmentFile", path)?;
         if !path.starts_with('/') {
-            return Err(format!(
-                "{name}: EnvironmentFile={value}: the path must be absolute"
-            ));
+            return Err(ConfigError::RelativeEnvironmentFile {
+                unit: unit(),
+                value: value.into(),
+            });
         }
         environment_files.push((PathBuf::from(path), optional));
     }
@@ -67,9 +71,10 @@ pub(super) fn read(o: &Options<'_>) -> Result<ExecContext, ConfigError> {
                 path
             };
             if !path.starts_with('/') {
-                return Err(format!(
-                    "{name}: WorkingDirectory={v}: the path must be absolute or ~"
-                ));
+                return Err(ConfigError::RelativeWorkingDirectory {
+                    unit: unit(),
+                    value: v,
+                });
             }
             Some((path, optional))
         }

@@ -2,9 +2,20 @@
 //! lines with their prefixes, and the `$VAR`/`${VAR}` expansion applied when a command runs.
 
 use super::context::valid_env_name;
-use super::words::split_words;
+use super::words::{split_words, WordError};
 use super::{ConfigError, Options, ServiceType};
 use std::collections::BTreeMap;
+
+/// Why an `Exec*=` value is not a command line the supervisor can run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecLineError {
+    #[error(transparent)]
+    Words(#[from] WordError),
+    #[error("the {0:?} prefix is not supported by the process supervisor (it runs every command as the unit's user, with argv[0] = the executable); remove it or run the unit under systemd")]
+    UnsupportedPrefix(char),
+    #[error("no executable after the prefixes")]
+    NoExecutable,
+}
 
 /// One `ExecXxx=` command: its words before environment expansion.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +42,7 @@ pub(super) fn read(
     o: &Options<'_>,
     service_type: ServiceType,
 ) -> Result<ExecCommands, ConfigError> {
-    let name = o.name;
+    let unit = || o.name.to_string();
     let commands = |key: &'static str| -> Result<Vec<ExecCommand>, ConfigError> {
         let mut out = Vec::new();
         for value in o.values(key) {
@@ -42,7 +53,12 @@ pub(super) fn read(
             }
             let expanded = o.expand(key, value)?;
             out.extend(
-                parse_exec_line(&expanded).map_err(|e| format!("{name}: {key}={value}: {e}"))?,
+                parse_exec_line(&expanded).map_err(|problem| ConfigError::ExecLine {
+                    unit: unit(),
+                    option: key,
+                    value: value.into(),
+                    problem,
+                })?,
             );
         }
         Ok(out)
@@ -56,22 +72,16 @@ pub(super) fn read(
     };
     match (service_type, exec.start.len()) {
         (_, 0) if service_type != ServiceType::Oneshot => {
-            return Err(format!(
-                "{name}: no ExecStart= (only Type=oneshot services may omit it)"
-            ))
+            return Err(ConfigError::NoExecStart { unit: unit() })
         }
         (ServiceType::Oneshot, _) | (_, 1) => {}
-        _ => {
-            return Err(format!(
-                "{name}: several ExecStart= lines are only allowed with Type=oneshot"
-            ))
-        }
+        _ => return Err(ConfigError::SeveralExecStart { unit: unit() }),
     }
     Ok(exec)
 }
 
 /// Parses one `ExecXxx=` value into its commands (several when separated by a lone `;`).
-pub fn parse_exec_line(v: &str) -> Result<Vec<ExecCommand>, String> {
+pub fn parse_exec_line(v: &str) -> Result<Vec<ExecCommand>, ExecLineError> {
     let words = split_words(v)?;
     let mut out = Vec::new();
     for group in words.split(|w| w == ";") {
@@ -96,17 +106,13 @@ pub fn parse_exec_line(v: &str) -> Result<Vec<ExecCommand>, String> {
             match rest.chars().next() {
                 Some('-') => ignore_failure = true,
                 Some(':') => no_env_expand = true,
-                Some(p @ ('@' | '+' | '!')) => {
-                    return Err(format!(
-                        "the {p:?} prefix is not supported by the process supervisor (it runs every command as the unit's user, with argv[0] = the executable); remove it or run the unit under systemd"
-                    ))
-                }
+                Some(p @ ('@' | '+' | '!')) => return Err(ExecLineError::UnsupportedPrefix(p)),
                 _ => break,
             }
             rest = &rest[1..];
         }
         if rest.is_empty() {
-            return Err("no executable after the prefixes".into());
+            return Err(ExecLineError::NoExecutable);
         }
         group.insert(0, rest.to_string());
         out.push(ExecCommand {

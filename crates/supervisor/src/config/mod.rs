@@ -13,13 +13,13 @@ mod specifiers;
 mod words;
 
 pub use context::{parse_env_file, valid_env_name, ExecContext};
-pub use exec::{expand_argv, parse_exec_line, ExecCommand, ExecCommands};
+pub use exec::{expand_argv, parse_exec_line, ExecCommand, ExecCommands, ExecLineError};
 pub use policy::{
-    parse_signal, parse_timespan, KillMode, Policy, RestartPolicy, DEFAULT_RESTART_SEC,
-    DEFAULT_TIMEOUT,
+    parse_signal, parse_timespan, KillMode, Policy, RestartPolicy, TimespanError,
+    DEFAULT_RESTART_SEC, DEFAULT_TIMEOUT,
 };
-pub use specifiers::Specifiers;
-pub use words::split_words;
+pub use specifiers::{SpecifierError, Specifiers};
+pub use words::{split_words, WordError};
 
 use std::path::PathBuf;
 use unit::UnitFile;
@@ -48,8 +48,80 @@ pub struct ServiceConfig {
     pub pid_file: Option<PathBuf>,
 }
 
-/// Why a unit cannot be run by the process supervisor. The text is shown to users as is.
-pub type ConfigError = String;
+/// Why a unit cannot be run by the process supervisor. The text is shown to users as is: it
+/// names the unit and the option, and says what to do instead where there is a way out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{unit}: the process supervisor only runs .service units; a .{suffix} unit needs systemd (run fleetd with unit_manager=systemd on a host with systemd)")]
+    NotAService { unit: String, suffix: String },
+    #[error("{unit}: Type={value} is not supported by the process supervisor (no sd_notify socket or D-Bus); use Type=simple, exec, oneshot or forking, or run the unit under systemd")]
+    UnsupportedType { unit: String, value: String },
+    #[error("{unit}: unknown {option}={value}")]
+    UnknownValue {
+        unit: String,
+        option: &'static str,
+        value: String,
+    },
+    #[error("{unit}: {option}={problem}")]
+    Specifier {
+        unit: String,
+        option: &'static str,
+        problem: SpecifierError,
+    },
+    #[error("{unit}: {option}={value}: {problem}")]
+    ExecLine {
+        unit: String,
+        option: &'static str,
+        value: String,
+        problem: ExecLineError,
+    },
+    #[error("{unit}: no ExecStart= (only Type=oneshot services may omit it)")]
+    NoExecStart { unit: String },
+    #[error("{unit}: several ExecStart= lines are only allowed with Type=oneshot")]
+    SeveralExecStart { unit: String },
+    #[error("{unit}: Environment={value}: {problem}")]
+    Environment {
+        unit: String,
+        value: String,
+        problem: WordError,
+    },
+    #[error("{unit}: EnvironmentFile={value}: the path must be absolute")]
+    RelativeEnvironmentFile { unit: String, value: String },
+    #[error("{unit}: WorkingDirectory={value}: the path must be absolute or ~")]
+    RelativeWorkingDirectory { unit: String, value: String },
+    #[error("{unit}: {option}={value}: {problem}")]
+    Timespan {
+        unit: String,
+        option: &'static str,
+        value: String,
+        problem: TimespanError,
+    },
+    #[error("{unit}: {option}={value} is not a boolean")]
+    NotABoolean {
+        unit: String,
+        option: &'static str,
+        value: String,
+    },
+    #[error("{unit}: {option}={value} is not a number")]
+    NotANumber {
+        unit: String,
+        option: &'static str,
+        value: String,
+    },
+    #[error("{unit}: Type=forking needs PIDFile= with the process supervisor (it cannot guess the main process without cgroups)")]
+    ForkingWithoutPidFile { unit: String },
+    /// A stored unit file (read back when the supervisor starts) is not a unit file.
+    #[error("{unit}: unit file does not parse: {problem}")]
+    Unparsable {
+        unit: String,
+        problem: unit::ParseError,
+    },
+    #[error("{unit}: unit file does not parse (parser panicked)")]
+    ParserPanicked { unit: String },
+    /// Reading the settings did not finish (it runs off the async workers).
+    #[error("{unit}: reading the unit: {problem}")]
+    NotRead { unit: String, problem: String },
+}
 
 const SERVICE: &str = "Service";
 
@@ -83,14 +155,18 @@ impl<'a> Options<'a> {
     }
 
     /// `value` (of option `key`) with its specifiers expanded.
-    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+    fn expand(&self, key: &'static str, value: &str) -> Result<String, ConfigError> {
         self.spec
             .expand(value)
-            .map_err(|e| format!("{}: {key}={e}", self.name))
+            .map_err(|problem| ConfigError::Specifier {
+                unit: self.name.into(),
+                option: key,
+                problem,
+            })
     }
 
     /// The last value of `key` with its specifiers expanded; `None` if unset or empty.
-    fn expanded(&self, key: &str) -> Result<Option<String>, ConfigError> {
+    fn expanded(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
         match self.last(key) {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
@@ -107,9 +183,10 @@ pub fn service_config(
 ) -> Result<ServiceConfig, ConfigError> {
     let suffix = name.rsplit_once('.').map(|(_, s)| s).unwrap_or("");
     if suffix != "service" {
-        return Err(format!(
-            "{name}: the process supervisor only runs .service units; a .{suffix} unit needs systemd (run fleetd with unit_manager=systemd on a host with systemd)"
-        ));
+        return Err(ConfigError::NotAService {
+            unit: name.into(),
+            suffix: suffix.into(),
+        });
     }
     let o = Options { name, file, spec };
     let service_type = match o.last("Type").as_deref() {
@@ -118,26 +195,38 @@ pub fn service_config(
         Some("oneshot") => ServiceType::Oneshot,
         Some("forking") => ServiceType::Forking,
         Some(other @ ("notify" | "notify-reload" | "dbus")) => {
-            return Err(format!(
-                "{name}: Type={other} is not supported by the process supervisor (no sd_notify socket or D-Bus); use Type=simple, exec, oneshot or forking, or run the unit under systemd"
-            ))
+            return Err(ConfigError::UnsupportedType {
+                unit: name.into(),
+                value: other.into(),
+            })
         }
-        Some(other) => return Err(format!("{name}: unknown Type={other}")),
+        Some(other) => {
+            return Err(ConfigError::UnknownValue {
+                unit: name.into(),
+                option: "Type",
+                value: other.into(),
+            })
+        }
     };
     let exec = exec::read(&o, service_type)?;
     let context = context::read(&o)?;
     let policy = policy::read(&o, service_type)?;
     let remain_after_exit = match o.last("RemainAfterExit") {
         None => false,
-        Some(v) => {
-            parse_bool(&v).ok_or_else(|| format!("{name}: RemainAfterExit={v} is not a boolean"))?
-        }
+        Some(v) => match parse_bool(&v) {
+            Some(b) => b,
+            None => {
+                return Err(ConfigError::NotABoolean {
+                    unit: name.into(),
+                    option: "RemainAfterExit",
+                    value: v,
+                })
+            }
+        },
     };
     let pid_file = o.expanded("PIDFile")?.map(PathBuf::from);
     if service_type == ServiceType::Forking && pid_file.is_none() {
-        return Err(format!(
-            "{name}: Type=forking needs PIDFile= with the process supervisor (it cannot guess the main process without cgroups)"
-        ));
+        return Err(ConfigError::ForkingWithoutPidFile { unit: name.into() });
     }
     Ok(ServiceConfig {
         service_type,
@@ -256,6 +345,124 @@ mod tests {
         let c = service_config("a.service", &oneshot, &spec).unwrap();
         assert_eq!(c.exec.start.len(), 2);
         assert_eq!(c.policy.timeout_start, None);
+    }
+
+    #[test]
+    fn messages_name_the_unit_the_option_and_the_way_out() {
+        /// Unit name, `[Service]` options, the message.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            (
+                "a.socket",
+                &[],
+                "a.socket: the process supervisor only runs .service units; a .socket unit needs systemd (run fleetd with unit_manager=systemd on a host with systemd)",
+            ),
+            (
+                "a.service",
+                &[("Type", "notify"), ("ExecStart", "/bin/true")],
+                "a.service: Type=notify is not supported by the process supervisor (no sd_notify socket or D-Bus); use Type=simple, exec, oneshot or forking, or run the unit under systemd",
+            ),
+            ("a.service", &[("Type", "weird")], "a.service: unknown Type=weird"),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/date +%s")],
+                "a.service: ExecStart=\"/bin/date +%s\": unknown specifier %s (the process supervisor knows %n %N %p %P %i %I %f %H %l %m %b %u %U %h %t %T %V %S %C %L %E; write %% for a percent sign)",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/echo 100%")],
+                "a.service: ExecStart=\"/bin/echo 100%\": lone '%' at the end (write %% for a percent sign)",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "+/bin/true")],
+                "a.service: ExecStart=+/bin/true: the '+' prefix is not supported by the process supervisor (it runs every command as the unit's user, with argv[0] = the executable); remove it or run the unit under systemd",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/echo \"open")],
+                "a.service: ExecStart=/bin/echo \"open: unterminated \" quote",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "-")],
+                "a.service: ExecStart=-: no executable after the prefixes",
+            ),
+            (
+                "a.service",
+                &[],
+                "a.service: no ExecStart= (only Type=oneshot services may omit it)",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("ExecStart", "/bin/b")],
+                "a.service: several ExecStart= lines are only allowed with Type=oneshot",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("Environment", "A=\\x4")],
+                "a.service: Environment=A=\\x4: bad escape \\x: expected 2 digits",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("Environment", "A=\\000")],
+                "a.service: Environment=A=\\000: \\000 (NUL) is not allowed",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("EnvironmentFile", "-env")],
+                "a.service: EnvironmentFile=-env: the path must be absolute",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("WorkingDirectory", "work")],
+                "a.service: WorkingDirectory=work: the path must be absolute or ~",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("RestartSec", "5 parsecs")],
+                "a.service: RestartSec=5 parsecs: unknown time unit \"parsecs\"",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("Restart", "sometimes")],
+                "a.service: unknown Restart=sometimes",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("KillSignal", "SIGFOO")],
+                "a.service: unknown KillSignal=SIGFOO",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("StartLimitBurst", "many")],
+                "a.service: StartLimitBurst=many is not a number",
+            ),
+            (
+                "a.service",
+                &[("ExecStart", "/bin/a"), ("RemainAfterExit", "maybe")],
+                "a.service: RemainAfterExit=maybe is not a boolean",
+            ),
+            (
+                "a.service",
+                &[("Type", "forking"), ("ExecStart", "/bin/a")],
+                "a.service: Type=forking needs PIDFile= with the process supervisor (it cannot guess the main process without cgroups)",
+            ),
+        ];
+        for (name, options, want) in cases {
+            let lines: Vec<(&str, &str, &str)> =
+                options.iter().map(|(k, v)| ("Service", *k, *v)).collect();
+            let spec = Specifiers {
+                name: name.to_string(),
+                ..Default::default()
+            };
+            let err = service_config(name, &file(&lines), &spec).unwrap_err();
+            assert_eq!(err.to_string(), *want);
+        }
     }
 
     proptest::proptest! {

@@ -4,6 +4,21 @@
 use super::{ConfigError, Options, ServiceType};
 use std::time::Duration;
 
+/// Why a value is not one of systemd's time spans.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimespanError {
+    #[error("empty time span")]
+    Empty,
+    #[error("expected a number at {0:?}")]
+    ExpectedNumber(String),
+    #[error("bad number {0:?}")]
+    BadNumber(String),
+    #[error("unknown time unit {0:?}")]
+    UnknownUnit(String),
+    #[error("time span {0:?} out of range")]
+    OutOfRange(String),
+}
+
 /// systemd's default for `TimeoutStartSec=`/`TimeoutStopSec=` (`DefaultTimeoutStartSec`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// systemd's default `RestartSec=`.
@@ -41,7 +56,12 @@ pub struct Policy {
 }
 
 pub(super) fn read(o: &Options<'_>, service_type: ServiceType) -> Result<Policy, ConfigError> {
-    let name = o.name;
+    let unit = || o.name.to_string();
+    let unknown = |option: &'static str, value: &str| ConfigError::UnknownValue {
+        unit: unit(),
+        option,
+        value: value.into(),
+    };
     let restart = match o.last("Restart").as_deref() {
         None | Some("") | Some("no") => RestartPolicy::No,
         Some("on-success") => RestartPolicy::OnSuccess,
@@ -51,14 +71,21 @@ pub(super) fn read(o: &Options<'_>, service_type: ServiceType) -> Result<Policy,
         // No watchdog here, so a watchdog timeout never happens.
         Some("on-watchdog") => RestartPolicy::No,
         Some("always") => RestartPolicy::Always,
-        Some(other) => return Err(format!("{name}: unknown Restart={other}")),
+        Some(other) => return Err(unknown("Restart", other)),
     };
-    let span = |key: &str| -> Result<Option<Option<Duration>>, ConfigError> {
+    let bad_span = |option: &'static str, value: String, problem| ConfigError::Timespan {
+        unit: unit(),
+        option,
+        value,
+        problem,
+    };
+    let span = |key: &'static str| -> Result<Option<Option<Duration>>, ConfigError> {
         match o.last(key) {
             None => Ok(None),
-            Some(v) => parse_timespan(&v)
-                .map(Some)
-                .map_err(|e| format!("{name}: {key}={v}: {e}")),
+            Some(v) => match parse_timespan(&v) {
+                Ok(d) => Ok(Some(d)),
+                Err(problem) => Err(bad_span(key, v, problem)),
+            },
         }
     };
     // A zero timeout means "no timeout", as in systemd.
@@ -86,11 +113,11 @@ pub(super) fn read(o: &Options<'_>, service_type: ServiceType) -> Result<Policy,
         Some("process") => KillMode::Process,
         Some("mixed") => KillMode::Mixed,
         Some("none") => KillMode::None,
-        Some(other) => return Err(format!("{name}: unknown KillMode={other}")),
+        Some(other) => return Err(unknown("KillMode", other)),
     };
     let kill_signal = match o.last("KillSignal") {
         None => nix::sys::signal::Signal::SIGTERM,
-        Some(v) => parse_signal(&v).ok_or_else(|| format!("{name}: unknown KillSignal={v}"))?,
+        Some(v) => parse_signal(&v).ok_or_else(|| unknown("KillSignal", &v))?,
     };
     // systemd reads the start limit from [Unit]; older units set it in [Service].
     let start_limit_interval = match o
@@ -98,18 +125,21 @@ pub(super) fn read(o: &Options<'_>, service_type: ServiceType) -> Result<Policy,
         .or_else(|| o.last("StartLimitInterval"))
     {
         None => Duration::from_secs(10),
-        Some(v) => parse_timespan(&v)
-            .map_err(|e| format!("{name}: StartLimitIntervalSec={v}: {e}"))?
-            .unwrap_or(Duration::ZERO),
+        Some(v) => match parse_timespan(&v) {
+            Ok(d) => d.unwrap_or(Duration::ZERO),
+            Err(problem) => return Err(bad_span("StartLimitIntervalSec", v, problem)),
+        },
     };
     let start_limit_burst = match o
         .last_in_unit("StartLimitBurst")
         .or_else(|| o.last("StartLimitBurst"))
     {
         None => 5,
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("{name}: StartLimitBurst={v} is not a number"))?,
+        Some(v) => v.parse().map_err(|_| ConfigError::NotANumber {
+            unit: unit(),
+            option: "StartLimitBurst",
+            value: v,
+        })?,
     };
     Ok(Policy {
         restart,
@@ -140,13 +170,13 @@ pub fn parse_signal(v: &str) -> Option<nix::sys::signal::Signal> {
 
 /// systemd's time span: `5s`, `1min 30s`, `500ms`, `1.5h`, a bare number = seconds;
 /// `infinity` = `None`.
-pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
+pub fn parse_timespan(v: &str) -> Result<Option<Duration>, TimespanError> {
     let v = v.trim();
     if v == "infinity" {
         return Ok(None);
     }
     if v.is_empty() {
-        return Err("empty time span".into());
+        return Err(TimespanError::Empty);
     }
     let mut total = 0f64;
     let mut rest = v;
@@ -156,11 +186,11 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_len == 0 {
-            return Err(format!("expected a number at {rest:?}"));
+            return Err(TimespanError::ExpectedNumber(rest.into()));
         }
         let number: f64 = rest[..num_len]
             .parse()
-            .map_err(|_| format!("bad number {:?}", &rest[..num_len]))?;
+            .map_err(|_| TimespanError::BadNumber(rest[..num_len].into()))?;
         rest = rest[num_len..].trim_start();
         let unit_len = rest
             .find(|c: char| !c.is_alphabetic())
@@ -178,13 +208,13 @@ pub fn parse_timespan(v: &str) -> Result<Option<Duration>, String> {
             "M" | "month" | "months" => 30.44 * 86400.0,
             "y" | "year" | "years" => 365.25 * 86400.0,
             "ns" | "nsec" => 1e-9,
-            other => return Err(format!("unknown time unit {other:?}")),
+            other => return Err(TimespanError::UnknownUnit(other.into())),
         };
         total += number * seconds;
     }
     Duration::try_from_secs_f64(total)
         .map(Some)
-        .map_err(|_| format!("time span {v:?} out of range"))
+        .map_err(|_| TimespanError::OutOfRange(v.into()))
 }
 
 #[cfg(test)]

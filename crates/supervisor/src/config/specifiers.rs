@@ -1,5 +1,14 @@
 //! `%` specifiers (`%n`, `%i`, `%H`, ...) in option values.
 
+/// A `%` that does not start a specifier the supervisor knows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecifierError {
+    #[error("{text:?}: lone '%' at the end (write %% for a percent sign)")]
+    LonePercent { text: String },
+    #[error("{text:?}: unknown specifier %{specifier} (the process supervisor knows %n %N %p %P %i %I %f %H %l %m %b %u %U %h %t %T %V %S %C %L %E; write %% for a percent sign)")]
+    Unknown { text: String, specifier: char },
+}
+
 /// What `%` specifiers expand to for one unit.
 #[derive(Clone, Debug, Default)]
 pub struct Specifiers {
@@ -23,7 +32,7 @@ impl Specifiers {
     }
 
     /// systemd's specifier expansion; an unknown specifier is an error, as in systemd.
-    pub fn expand(&self, s: &str) -> Result<String, String> {
+    pub fn expand(&self, s: &str) -> Result<String, SpecifierError> {
         let (stem, prefix, instance) = self.parts();
         let mut out = String::with_capacity(s.len());
         let mut chars = s.chars();
@@ -33,9 +42,7 @@ impl Specifiers {
                 continue;
             }
             let Some(spec) = chars.next() else {
-                return Err(format!(
-                    "{s:?}: lone '%' at the end (write %% for a percent sign)"
-                ));
+                return Err(SpecifierError::LonePercent { text: s.into() });
             };
             match spec {
                 '%' => out.push('%'),
@@ -45,7 +52,11 @@ impl Specifiers {
                 'i' | 'I' => out.push_str(instance),
                 'f' => {
                     out.push('/');
-                    out.push_str(if instance.is_empty() { prefix } else { instance });
+                    out.push_str(if instance.is_empty() {
+                        prefix
+                    } else {
+                        instance
+                    });
                 }
                 'H' | 'l' => out.push_str(&self.hostname),
                 'm' => out.push_str(&self.machine_id),
@@ -61,9 +72,10 @@ impl Specifiers {
                 'L' => out.push_str("/var/log"),
                 'E' => out.push_str("/etc"),
                 other => {
-                    return Err(format!(
-                        "{s:?}: unknown specifier %{other} (the process supervisor knows %n %N %p %P %i %I %f %H %l %m %b %u %U %h %t %T %V %S %C %L %E; write %% for a percent sign)"
-                    ))
+                    return Err(SpecifierError::Unknown {
+                        text: s.into(),
+                        specifier: other,
+                    })
                 }
             }
         }
