@@ -1,7 +1,7 @@
 //! Our own process supervisor, for hosts without systemd.
 //!
 //! ```no_run
-//! # async fn example(file: unit::UnitFile) -> anyhow::Result<()> {
+//! # async fn example(file: unit::UnitFile) -> Result<(), supervisor::Error> {
 //! use supervisor::ProcessManager;
 //! let manager = ProcessManager::builder("/var/lib/fleet".into()).open()?;
 //! manager.load("web.service", &file).await?;
@@ -33,17 +33,19 @@
 //! as a failure. `reload` is a no-op: a load takes effect at once, for the next start.
 
 pub mod config;
+mod error;
 pub mod log;
 pub mod spawn;
 mod state;
 mod supervisor;
 pub mod sys;
 
+pub use config::ConfigError;
+pub use error::Error;
 pub use log::run_helper_if_requested;
 pub use state::{ActiveState, LoadState, StateChange, SubState, UnitStatus};
 
-use anyhow::Context;
-use config::{ConfigError, ServiceConfig, Specifiers};
+use config::{ServiceConfig, Specifiers};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,20 +144,46 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn write_record(&self, name: &str, rec: &RunRecord) -> anyhow::Result<()> {
+    pub(crate) async fn write_record(
+        &self,
+        name: &str,
+        rec: &RunRecord,
+    ) -> Result<(), RecordError> {
         let path = self.record_path(name);
         let tmp = path.with_extension("json.tmp");
         tokio::fs::write(&tmp, serde_json::to_vec(rec)?)
             .await
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .map_err(|source| RecordError::Write {
+                path: tmp.clone(),
+                source,
+            })?;
         tokio::fs::rename(&tmp, &path)
             .await
-            .with_context(|| format!("renaming to {}", path.display()))
+            .map_err(|source| RecordError::Rename { path, source })
     }
 
     pub(crate) async fn remove_record(&self, name: &str) {
         let _ = tokio::fs::remove_file(self.record_path(name)).await;
     }
+}
+
+/// Why a run record was not written (the unit runs on, but a new manager will not re-adopt it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("renaming to {}", path.display())]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs units as plain processes; see the module documentation.
@@ -165,9 +193,9 @@ pub struct ProcessManager {
 }
 
 /// A unit name must be usable as a file name.
-fn check_name(name: &str) -> anyhow::Result<()> {
+fn check_name(name: &str) -> Result<(), Error> {
     if name.is_empty() || name.len() > 256 || name.starts_with('.') || name.contains(['/', '\0']) {
-        anyhow::bail!("invalid unit name {name:?}: want a file name such as web.service");
+        return Err(Error::InvalidName(name.into()));
     }
     Ok(())
 }
@@ -253,13 +281,12 @@ impl Builder {
 
     /// Creates the directories and re-adopts the units a previous manager left running. Must
     /// be called inside a tokio runtime.
-    pub fn open(self) -> anyhow::Result<ProcessManager> {
+    pub fn open(self) -> Result<ProcessManager, Error> {
         let helper = match self.helper {
             Some(h) => h,
             None => match std::env::var_os("FLEET_PROCESS_HELPER") {
                 Some(h) => PathBuf::from(h),
-                None => std::env::current_exe()
-                    .context("finding fleetd's own executable (the log forwarder)")?,
+                None => std::env::current_exe().map_err(Error::OwnExecutable)?,
             },
         };
         let runtime_dir = self.runtime_dir.unwrap_or_else(|| self.state_dir.clone());
@@ -283,16 +310,16 @@ impl ProcessManager {
         runtime_dir: PathBuf,
         helper: PathBuf,
         on_change: Option<OnChange>,
-    ) -> anyhow::Result<ProcessManager> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .context("ProcessManager must be created inside a tokio runtime")?;
+    ) -> Result<ProcessManager, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
         probe_helper(&helper)?;
         for dir in [
             runtime_dir.join("units"),
             runtime_dir.join("run"),
             state_dir.join("logs"),
         ] {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| Error::CreateDir { path: dir, source })?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(());
         let shared = Arc::new(Shared {
@@ -305,8 +332,10 @@ impl ProcessManager {
             shutdown: shutdown_rx,
         });
         let units_dir = runtime_dir.join("units");
-        let entries = std::fs::read_dir(&units_dir)
-            .with_context(|| format!("reading {}", units_dir.display()))?;
+        let entries = std::fs::read_dir(&units_dir).map_err(|source| Error::ReadDir {
+            path: units_dir.clone(),
+            source,
+        })?;
         for entry in entries.flatten() {
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
@@ -436,7 +465,7 @@ impl ProcessManager {
     /// Writes the unit's normalized file and reads its service settings; takes effect at once,
     /// for the next start. A file the supervisor cannot run still loads (with load state
     /// `error` and the reason in [`ProcessManager::reason`]); starting it is refused.
-    pub async fn load(&self, name: &str, file: &UnitFile) -> anyhow::Result<()> {
+    pub async fn load(&self, name: &str, file: &UnitFile) -> Result<(), Error> {
         check_name(name)?;
         let text = file.serialize();
         let hash = UnitHash::of(text.as_bytes());
@@ -446,12 +475,17 @@ impl ProcessManager {
             .runtime_dir
             .join("units")
             .join(format!("{name}.tmp"));
+        let write_error = |path: &Path, source| Error::WriteUnitFile {
+            unit: name.into(),
+            path: path.into(),
+            source,
+        };
         tokio::fs::write(&tmp, &text)
             .await
-            .with_context(|| format!("{name}: writing {}", tmp.display()))?;
+            .map_err(|e| write_error(&tmp, e))?;
         tokio::fs::rename(&tmp, &path)
             .await
-            .with_context(|| format!("{name}: writing {}", path.display()))?;
+            .map_err(|e| write_error(&path, e))?;
         let (n, f, boot) = (name.to_string(), file.clone(), self.shared.boot_id.clone());
         let config = tokio::task::spawn_blocking(move || {
             config::service_config(&n, &f, &specifiers(&n, &f, &boot)).map(Arc::new)
@@ -522,11 +556,11 @@ impl ProcessManager {
     }
 
     /// Starts the unit; does not wait for it to be active.
-    pub fn start(&self, name: &str) -> anyhow::Result<()> {
+    pub fn start(&self, name: &str) -> Result<(), Error> {
         let units = self.shared.lock();
         let e = units
             .get(name)
-            .with_context(|| format!("{name}: not loaded; load it before starting it"))?;
+            .ok_or_else(|| Error::StartNotLoaded(name.into()))?;
         if let Err(reason) = &e.config {
             return Err(reason.clone().into());
         }
@@ -535,18 +569,18 @@ impl ProcessManager {
     }
 
     /// Stops the unit; does not wait for it to be stopped.
-    pub fn stop(&self, name: &str) -> anyhow::Result<()> {
+    pub fn stop(&self, name: &str) -> Result<(), Error> {
         let units = self.shared.lock();
         let e = units
             .get(name)
-            .with_context(|| format!("{name}: not loaded"))?;
+            .ok_or_else(|| Error::NotLoaded(name.into()))?;
         e.goal.send_replace(Goal::Stopped);
         Ok(())
     }
 
     /// Stops the unit, waits until it is stopped and forgets it. The file stays if the unit
     /// did not stop in time, so that it can still be stopped later.
-    pub async fn unload(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn unload(&self, name: &str) -> Result<(), Error> {
         let stop_timeout = {
             let units = self.shared.lock();
             let Some(e) = units.get(name) else {
@@ -564,14 +598,16 @@ impl ProcessManager {
         };
         let deadline = tokio::time::Instant::now() + stop_timeout;
         loop {
-            let st = self.status(name);
-            if st.is_none_or(|s| s.active().is_stopped()) {
-                break;
-            }
+            let status = match self.status(name) {
+                Some(s) if !s.active().is_stopped() => s,
+                _ => break,
+            };
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "{name}: did not stop within {stop_timeout:?} (state {st:?}); its file stays so that it can be stopped later"
-                );
+                return Err(Error::StopTimeout {
+                    unit: name.into(),
+                    timeout: stop_timeout,
+                    status,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -583,8 +619,12 @@ impl ProcessManager {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| format!("{name}: removing {}", path.display()))
+            Err(source) => {
+                return Err(Error::RemoveUnitFile {
+                    unit: name.into(),
+                    path,
+                    source,
+                })
             }
         }
         self.shared.remove_record(name).await;
@@ -593,23 +633,20 @@ impl ProcessManager {
     }
 }
 
-fn probe_helper(helper: &Path) -> anyhow::Result<()> {
+fn probe_helper(helper: &Path) -> Result<(), Error> {
     let out = std::process::Command::new(helper)
         .args([log::HELPER_ARG, "probe"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
-        .with_context(|| {
-            format!(
-                "running the process supervisor's helper {}",
-                helper.display()
-            )
+        .map_err(|source| Error::RunHelper {
+            path: helper.into(),
+            source,
         })?;
     if String::from_utf8_lossy(&out.stdout).trim() != log::PROBE_REPLY {
-        anyhow::bail!(
-            "{} does not act as the process supervisor's log forwarder: its main must call supervisor::run_helper_if_requested() first (or set FLEET_PROCESS_HELPER to fleet-process-helper)",
-            helper.display()
-        );
+        return Err(Error::NotAHelper {
+            path: helper.into(),
+        });
     }
     Ok(())
 }

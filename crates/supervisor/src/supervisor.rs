@@ -5,14 +5,16 @@
 use super::config::{
     expand_argv, parse_env_file, ExecCommand, KillMode, RestartPolicy, ServiceConfig, ServiceType,
 };
+use super::error::chain;
 use super::log::{note, HELPER_ARG, MAX_LOG_BYTES};
-use super::sys::{self, Credentials};
+use super::sys::{self, AccountError, Credentials, ExecutableError, SpawnError};
 use super::{RecordedState, RunRecord, Shared, SubState};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +159,35 @@ fn classify(exit: &Exit, main: bool) -> (RunResult, String) {
     }
 }
 
+/// Why a run could not prepare or start a command. With the unit's name in front (see
+/// [`Run::failure`]) it is the unit's failure reason.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error("EnvironmentFile={}", path.display())]
+    EnvironmentFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("WorkingDirectory={0} does not exist or is not a directory")]
+    WorkingDirectory(String),
+    #[error("the command line is empty after variable expansion")]
+    EmptyCommand,
+    #[error(transparent)]
+    Executable(#[from] ExecutableError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The blocking task doing `what` did not finish.
+    #[error("{what}")]
+    Task {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
 /// Why a phase of the run did not complete.
 enum Interrupt {
     /// The goal became `Stopped`.
@@ -280,6 +311,11 @@ impl Run {
         self.shared.set_state(&self.name, sub);
     }
 
+    /// `unit: what failed: why`.
+    fn failure(&self, e: &StartError) -> String {
+        format!("{}: {}", self.name, chain(e))
+    }
+
     async fn fail_note(&self, reason: String) {
         note(self.shared.log_path(&self.name), reason.clone()).await;
         self.shared.set_reason(&self.name, Some(reason));
@@ -304,17 +340,15 @@ impl Run {
             sub,
         };
         if let Err(e) = self.shared.write_record(&self.name, &rec).await {
-            tracing::warn!(unit = %self.name, "cannot record the running unit (it will not be re-adopted): {e:#}");
+            tracing::warn!(unit = %self.name, "cannot record the running unit (it will not be re-adopted): {}", chain(&e));
         }
     }
 
     /// Environment, account and working directory for this run, read at start as systemd does.
-    async fn prepare(&mut self) -> Result<(), String> {
+    async fn prepare(&mut self) -> Result<(), StartError> {
         let cfg = self.cfg.clone();
-        let name = self.name.clone();
-        let prepared = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let account = sys::account(cfg.context.user.as_deref(), cfg.context.group.as_deref())
-                .map_err(|e| format!("{name}: {e:#}"))?;
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+            let account = sys::account(cfg.context.user.as_deref(), cfg.context.group.as_deref())?;
             let mut env = BTreeMap::new();
             env.insert("PATH".to_string(), super::config::DEFAULT_PATH.to_string());
             if cfg.context.user.is_some() {
@@ -330,8 +364,11 @@ impl Run {
                 match std::fs::read_to_string(path) {
                     Ok(text) => env.extend(parse_env_file(&text)),
                     Err(_) if *optional => {}
-                    Err(e) => {
-                        return Err(format!("{name}: EnvironmentFile={}: {e}", path.display()))
+                    Err(source) => {
+                        return Err(StartError::EnvironmentFile {
+                            path: path.clone(),
+                            source,
+                        })
                     }
                 }
             }
@@ -349,16 +386,17 @@ impl Run {
                     } else if *optional {
                         Some(PathBuf::from("/"))
                     } else {
-                        return Err(format!(
-                            "{name}: WorkingDirectory={dir} does not exist or is not a directory"
-                        ));
+                        return Err(StartError::WorkingDirectory(dir));
                     }
                 }
             };
             Ok((env, cwd, account.credentials))
         })
         .await
-        .map_err(|e| format!("{}: preparing the environment: {e}", self.name))??;
+        .map_err(|source| StartError::Task {
+            what: "preparing the environment",
+            source,
+        })??;
         (self.env, self.cwd, self.credentials) = prepared;
         Ok(())
     }
@@ -370,7 +408,9 @@ impl Run {
             // Off the async workers: a spawn blocks its thread until the child has exec'd.
             match tokio::task::spawn_blocking(move || start_forwarder(&helper, &log)).await {
                 Ok(Ok(fd)) => self.output = Some(fd),
-                Ok(Err(e)) => tracing::warn!(unit = %self.name, "no log for this run: {e:#}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(unit = %self.name, "no log for this run: {}", chain(&e))
+                }
                 Err(e) => tracing::warn!(unit = %self.name, "no log for this run: {e}"),
             }
         }
@@ -381,7 +421,7 @@ impl Run {
         &mut self,
         cmd: &ExecCommand,
         extra: &[(&str, String)],
-    ) -> Result<(sys::Child, i32), String> {
+    ) -> Result<(sys::Child, i32), StartError> {
         let mut env = self.env.clone();
         for (k, v) in extra {
             env.insert(k.to_string(), v.clone());
@@ -392,14 +432,10 @@ impl Run {
             expand_argv(&cmd.words, &env)
         };
         let Some(program) = argv.first() else {
-            return Err(format!(
-                "{}: the command line is empty after variable expansion",
-                self.name
-            ));
+            return Err(StartError::EmptyCommand);
         };
         let path = env.get("PATH").cloned().unwrap_or_default();
-        let resolved =
-            sys::resolve_executable(program, &path).map_err(|e| format!("{}: {e:#}", self.name))?;
+        let resolved = sys::resolve_executable(program, &path)?;
         argv[0] = resolved.to_string_lossy().into_owned();
         let output = self.output().await.and_then(|fd| fd.try_clone().ok());
         let (cwd, credentials) = (self.cwd.clone(), self.credentials.clone());
@@ -414,8 +450,10 @@ impl Run {
             })
         })
         .await
-        .map_err(|e| format!("{}: starting the command: {e}", self.name))?
-        .map_err(|e| format!("{}: {e:#}", self.name))?;
+        .map_err(|source| StartError::Task {
+            what: "starting the command",
+            source,
+        })??;
         let pid = child.id();
         if pid > 0 {
             self.sessions.push(pid);
@@ -441,18 +479,18 @@ impl Run {
         let extra = self.main_env();
         let (mut child, pid) = match self.spawn(cmd, &extra).await {
             Ok(c) => c,
-            Err(reason) if cmd.ignore_failure => {
+            Err(e) if cmd.ignore_failure => {
                 note(
                     self.shared.log_path(&self.name),
-                    format!("{what} failed (ignored): {reason}"),
+                    format!("{what} failed (ignored): {}", self.failure(&e)),
                 )
                 .await;
                 return Ok(());
             }
-            Err(reason) => {
+            Err(e) => {
                 return Err(Interrupt::Failed(
                     RunResult::Resources,
-                    format!("{what}: {reason}"),
+                    format!("{what}: {}", self.failure(&e)),
                 ))
             }
         };
@@ -534,8 +572,8 @@ impl Run {
         self.shared.set_reason(&self.name, None);
         self.set(SubState::StartPre);
         let deadline = self.cfg.policy.timeout_start.map(|t| Instant::now() + t);
-        if let Err(reason) = self.prepare().await {
-            self.fail_note(reason).await;
+        if let Err(e) = self.prepare().await {
+            self.fail_note(self.failure(&e)).await;
             return self.stop(false, RunResult::Resources, false).await;
         }
         let cfg = self.cfg.clone();
@@ -559,8 +597,9 @@ impl Run {
                 };
                 match self.spawn(cmd, &[]).await {
                     Ok((child, pid)) => self.main = Some(MainProc::Child { child, pid }),
-                    Err(reason) => {
-                        self.fail_note(format!("ExecStart: {reason}")).await;
+                    Err(e) => {
+                        self.fail_note(format!("ExecStart: {}", self.failure(&e)))
+                            .await;
                         return self.stop(false, RunResult::Resources, false).await;
                     }
                 }
@@ -616,8 +655,8 @@ impl Run {
     /// A unit found running at start-up: watched, never restarted by the adoption itself.
     async fn resume(&mut self, adopted: Adopted) -> RunEnd {
         // Commands run while stopping need the unit's environment.
-        if let Err(reason) = self.prepare().await {
-            tracing::warn!(unit = %self.name, "{reason}");
+        if let Err(e) = self.prepare().await {
+            tracing::warn!(unit = %self.name, "{}", self.failure(&e));
         }
         match adopted {
             Adopted::Running {
@@ -869,11 +908,23 @@ impl Run {
     }
 }
 
+/// Why a run has no log.
+#[derive(Debug, thiserror::Error)]
+enum ForwarderError {
+    #[error("creating the log pipe")]
+    Pipe(#[source] nix::errno::Errno),
+    #[error("starting the log forwarder {}", helper.display())]
+    Start {
+        helper: PathBuf,
+        #[source]
+        source: SpawnError,
+    },
+}
+
 /// Starts the unit's log forwarder (see [`super::log`]) and returns the write end of its pipe.
-fn start_forwarder(helper: &std::path::Path, log: &std::path::Path) -> anyhow::Result<OwnedFd> {
-    use anyhow::Context;
+fn start_forwarder(helper: &Path, log: &Path) -> Result<OwnedFd, ForwarderError> {
     let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the log pipe")?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ForwarderError::Pipe)?;
     let argv = [
         helper.to_string_lossy().into_owned(),
         HELPER_ARG.to_string(),
@@ -889,13 +940,16 @@ fn start_forwarder(helper: &std::path::Path, log: &std::path::Path) -> anyhow::R
     let mut child = sys::spawn_in_session(
         &argv,
         &env,
-        Some(std::path::Path::new("/")),
+        Some(Path::new("/")),
         super::spawn::Stdio {
             stdin: Some(&read),
             output: None,
         },
     )
-    .with_context(|| format!("starting the log forwarder {}", helper.display()))?;
+    .map_err(|source| ForwarderError::Start {
+        helper: helper.into(),
+        source,
+    })?;
     // Reap it when it ends (if fleetd still runs by then).
     tokio::spawn(async move {
         let _ = child.wait().await;
