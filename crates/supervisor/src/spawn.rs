@@ -13,10 +13,9 @@
 //!
 //! Why this exists: the standard library only uses `posix_spawn` (a `vfork`-style clone that
 //! shares the parent's memory until exec) when no `pre_exec` closure is set, and it offers no
-//! stable way to ask for a new session. With `pre_exec(setsid)` every unit start was a real
-//! `fork` of fleetd: copying its page tables, then a copy-on-write fault for every page fleetd
-//! touched afterwards, and a TLB shoot-down across the runtime's threads. Profiling 1,000 unit
-//! starts showed fork and its page faults as the largest cost after file creation. glibc's
+//! stable way to ask for a new session. With `pre_exec(setsid)` every unit start would be a
+//! real `fork` of fleetd: copying its page tables, then a copy-on-write fault for every page
+//! fleetd touched afterwards, and a TLB shoot-down across the runtime's threads. glibc's
 //! `posix_spawn` supports `POSIX_SPAWN_SETSID` (glibc >= 2.26) and `addchdir_np`
 //! (glibc >= 2.29), which is all a unit without `User=`/`Group=` needs.
 //!
