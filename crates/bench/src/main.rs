@@ -36,7 +36,7 @@ struct Cli {
     /// became active (and moved after the machine loss).
     #[arg(long)]
     smoke: bool,
-    /// Real units through the process supervisor (`agent::process::ProcessManager`) instead of
+    /// Real units through the process supervisor (`supervisor::ProcessManager`) instead of
     /// hollow ones; no machine loss (the killed machines' processes would keep running).
     #[arg(long)]
     process: bool,
@@ -98,7 +98,7 @@ fn beside_me(name: &str) -> Option<PathBuf> {
 
 fn main() -> ExitCode {
     // With --process, this binary can serve as the supervisor's log forwarder.
-    agent::process::run_helper_if_requested();
+    supervisor::run_helper_if_requested();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -91,10 +91,10 @@ async fn start_machine(i: usize, registry: Registry, opts: &Options) -> anyhow::
         .with_context(|| format!("registering machine {id}"))?;
     let manager: Arc<dyn UnitManager> = match &opts.process_helper {
         Some(helper) => Arc::new(
-            agent::process::ProcessManager::with_dirs(
-                state_dir.join("process"),
-                opts.runtime_dir.join(&id).join("process"),
-                helper.clone(),
+            agent::process::ProcessUnitManager::open(
+                supervisor::ProcessManager::builder(state_dir.join("process"))
+                    .runtime_dir(opts.runtime_dir.join(&id).join("process"))
+                    .helper(helper.clone()),
             )
             .with_context(|| format!("starting the process supervisor of {id}"))?,
         ),

@@ -51,9 +51,9 @@ pub async fn open_manager(cfg: &Config) -> anyhow::Result<Arc<dyn UnitManager>> 
         }
         // Run records and unit files live beside systemd's unit files, in fleet's runtime
         // directory; logs stay under the state directory.
-        UnitManagerKind::Process => Arc::new(agent::process::ProcessManager::in_dirs(
-            cfg.state_dir.join("process"),
-            cfg.units_directory.join("process"),
+        UnitManagerKind::Process => Arc::new(agent::process::ProcessUnitManager::open(
+            supervisor::ProcessManager::builder(cfg.state_dir.join("process"))
+                .runtime_dir(cfg.units_directory.join("process")),
         )?),
     })
 }

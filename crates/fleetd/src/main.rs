@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // The process supervisor re-executes fleetd as each unit's log forwarder.
-    agent::process::run_helper_if_requested();
+    supervisor::run_helper_if_requested();
     let loaded = config::load(
         std::env::args_os(),
         &config::process_env,

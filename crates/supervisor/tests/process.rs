@@ -1,13 +1,54 @@
 //! The process supervisor with real processes, each test in its own state directory.
 
-use agent::process::ProcessManager;
-use agent::{StateChange, UnitManager};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use supervisor::{ProcessManager, StateChange, UnitStatus};
+use tokio::sync::broadcast;
 use unit::UnitFile;
 
 const HELPER: &str = env!("CARGO_BIN_EXE_fleet-process-helper");
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A manager whose state changes go to a channel, as the agent's adapter sets it up.
+struct Manager {
+    inner: ProcessManager,
+    changes: broadcast::Sender<StateChange>,
+}
+
+impl Manager {
+    fn open(state_dir: PathBuf) -> Manager {
+        let (changes, _) = broadcast::channel(1024);
+        let tx = changes.clone();
+        let inner = ProcessManager::builder(state_dir)
+            .helper(HELPER.into())
+            .on_change(move |change| {
+                let _ = tx.send(change);
+            })
+            .open()
+            .unwrap();
+        Manager { inner, changes }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StateChange> {
+        self.changes.subscribe()
+    }
+}
+
+impl std::ops::Deref for Manager {
+    type Target = ProcessManager;
+    fn deref(&self) -> &ProcessManager {
+        &self.inner
+    }
+}
+
+/// The load, active and sub state as systemd (and fleet) spell them.
+fn names(s: UnitStatus) -> (String, String, String) {
+    (
+        s.load.to_string(),
+        s.active().to_string(),
+        s.sub.to_string(),
+    )
+}
 
 /// A state directory whose units are killed when the test ends, even when it fails.
 struct Fixture {
@@ -26,8 +67,8 @@ impl Fixture {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-    fn manager(&self) -> ProcessManager {
-        ProcessManager::with_helper(self.state_dir(), HELPER.into()).unwrap()
+    fn manager(&self) -> Manager {
+        Manager::open(self.state_dir())
     }
     fn record(&self, name: &str) -> Option<serde_json::Value> {
         let text = std::fs::read(self.state_dir().join("run").join(format!("{name}.json"))).ok()?;
@@ -82,13 +123,8 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-async fn state(m: &ProcessManager, name: &str) -> Option<(String, String, String)> {
-    let states = m.states(&[name.to_string()]).await.unwrap();
-    states
-        .into_iter()
-        .next()
-        .and_then(|(_, s)| s)
-        .map(|s| (s.load, s.active, s.sub))
+fn state(m: &ProcessManager, name: &str) -> Option<(String, String, String)> {
+    m.status(name).map(names)
 }
 
 async fn wait_for<F: FnMut() -> bool>(what: &str, mut cond: F) {
@@ -105,7 +141,7 @@ async fn wait_for<F: FnMut() -> bool>(what: &str, mut cond: F) {
 async fn wait_state(m: &ProcessManager, name: &str, active: &str, sub: &str) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let st = state(m, name).await;
+        let st = state(m, name);
         if matches!(&st, Some((_, a, s)) if a == active && s == sub) {
             return;
         }
@@ -119,9 +155,9 @@ async fn wait_state(m: &ProcessManager, name: &str, active: &str, sub: &str) {
 }
 
 /// Starts the unit and waits until, after leaving its current state, it reaches active/sub.
-async fn start_and_wait(m: &ProcessManager, name: &str, active: &str, sub: &str) {
+async fn start_and_wait(m: &Manager, name: &str, active: &str, sub: &str) {
     let mut rx = m.subscribe();
-    m.start(name).await.unwrap();
+    m.start(name).unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut left = false;
     loop {
@@ -132,11 +168,11 @@ async fn start_and_wait(m: &ProcessManager, name: &str, active: &str, sub: &str)
                 m.reason(name)
             );
         };
-        let Some(st) = change.state.filter(|_| change.name == name) else {
+        let Some((_, a, s)) = change.status.filter(|_| change.name == name).map(names) else {
             continue;
         };
-        left |= st.active == "activating";
-        if left && st.active == active && st.sub == sub {
+        left |= a == "activating";
+        if left && a == active && s == sub {
             return;
         }
     }
@@ -155,8 +191,8 @@ fn collect(
         let mut seen = Vec::new();
         while let Ok(Ok(change)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
             if change.name == name {
-                if let Some(s) = change.state {
-                    seen.push((s.active, s.sub));
+                if let Some((_, a, s)) = change.status.map(names) {
+                    seen.push((a, s));
                 }
             }
         }
@@ -175,14 +211,13 @@ async fn start_stop_shell_loop_with_timestamped_logs() {
     )
     .await
     .unwrap();
-    m.reload().await.unwrap();
     assert_eq!(
-        state(&m, name).await,
+        state(&m, name),
         Some(("loaded".into(), "inactive".into(), "dead".into()))
     );
     let rx = m.subscribe();
     let seen = collect(rx, "loop.service");
-    m.start(name).await.unwrap();
+    m.start(name).unwrap();
     wait_state(&m, name, "active", "running").await;
     let pid = fx.main_pid(name).expect("run record with the main pid");
     assert!(alive(pid));
@@ -208,7 +243,7 @@ async fn start_stop_shell_loop_with_timestamped_logs() {
     );
     assert!(ts[..4].parse::<u32>().unwrap() >= 2024, "{line:?}");
 
-    m.stop(name).await.unwrap();
+    m.stop(name).unwrap();
     wait_state(&m, name, "inactive", "dead").await;
     wait_for("the main process to be gone", || !alive(pid)).await;
     assert!(
@@ -240,7 +275,7 @@ async fn stopping_kills_the_whole_tree() {
         gc.display()
     );
     m.load("tree.service", &service(&body)).await.unwrap();
-    m.start("tree.service").await.unwrap();
+    m.start("tree.service").unwrap();
     wait_state(&m, "tree.service", "active", "running").await;
     wait_for("the grandchild's pid", || {
         read(&gc).trim().parse::<i32>().is_ok()
@@ -248,7 +283,7 @@ async fn stopping_kills_the_whole_tree() {
     .await;
     let grandchild: i32 = read(&gc).trim().parse().unwrap();
     assert!(alive(grandchild));
-    m.stop("tree.service").await.unwrap();
+    m.stop("tree.service").unwrap();
     wait_state(&m, "tree.service", "inactive", "dead").await;
     wait_for("the grandchild to be killed", || !alive(grandchild)).await;
 }
@@ -264,7 +299,7 @@ async fn restart_on_failure_until_the_start_limit_and_always() {
     );
     let seen = collect(m.subscribe(), "failing.service");
     m.load("failing.service", &service(&body)).await.unwrap();
-    m.start("failing.service").await.unwrap();
+    m.start("failing.service").unwrap();
     // StartLimitBurst=5 starts within StartLimitIntervalSec=10s, then systemd's "start
     // request repeated too quickly".
     wait_state(&m, "failing.service", "failed", "failed").await;
@@ -284,12 +319,12 @@ async fn restart_on_failure_until_the_start_limit_and_always() {
         runs.display()
     );
     m.load("always.service", &service(&body)).await.unwrap();
-    m.start("always.service").await.unwrap();
+    m.start("always.service").unwrap();
     wait_for("three runs of the always-restarted unit", || {
         read(&runs).lines().count() >= 3
     })
     .await;
-    m.stop("always.service").await.unwrap();
+    m.stop("always.service").unwrap();
     wait_state(&m, "always.service", "inactive", "dead").await;
     let after = read(&runs).lines().count();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -311,7 +346,7 @@ async fn oneshot_with_and_without_remain_after_exit() {
         out.display()
     );
     m.load("once.service", &service(&body)).await.unwrap();
-    m.start("once.service").await.unwrap();
+    m.start("once.service").unwrap();
     wait_for("the oneshot's output", || read(&out) == "done\n").await;
     wait_state(&m, "once.service", "inactive", "dead").await;
     let seen = seen.await.unwrap();
@@ -326,9 +361,9 @@ async fn oneshot_with_and_without_remain_after_exit() {
 
     let body = "Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\nExecStart=/bin/true";
     m.load("remain.service", &service(body)).await.unwrap();
-    m.start("remain.service").await.unwrap();
+    m.start("remain.service").unwrap();
     wait_state(&m, "remain.service", "active", "exited").await;
-    m.stop("remain.service").await.unwrap();
+    m.stop("remain.service").unwrap();
     wait_state(&m, "remain.service", "inactive", "dead").await;
 }
 
@@ -348,9 +383,9 @@ async fn exec_start_pre_failure_and_ignored_failures() {
 
     let body = "ExecStartPre=-/bin/false\nExecStartPre=-/no/such/binary\nExecStart=/bin/sleep 1000\nExecStopPost=-/bin/sh -c 'exit 7'";
     m.load("ignored.service", &service(body)).await.unwrap();
-    m.start("ignored.service").await.unwrap();
+    m.start("ignored.service").unwrap();
     wait_state(&m, "ignored.service", "active", "running").await;
-    m.stop("ignored.service").await.unwrap();
+    m.stop("ignored.service").unwrap();
     wait_state(&m, "ignored.service", "inactive", "dead").await;
 }
 
@@ -397,10 +432,10 @@ async fn sigterm_ignored_means_sigkill_after_timeout_stop_sec() {
     let seen = collect(m.subscribe(), "stubborn.service");
     let body = "ExecStart=/bin/sh -c 'trap \"\" TERM; while true; do sleep 0.05; done'\nTimeoutStopSec=500ms";
     m.load("stubborn.service", &service(body)).await.unwrap();
-    m.start("stubborn.service").await.unwrap();
+    m.start("stubborn.service").unwrap();
     wait_state(&m, "stubborn.service", "active", "running").await;
     let pid = fx.main_pid("stubborn.service").unwrap();
-    m.stop("stubborn.service").await.unwrap();
+    m.stop("stubborn.service").unwrap();
     // systemd: "State 'stop-sigterm' timed out. Killing." then "Failed with result 'timeout'".
     wait_state(&m, "stubborn.service", "failed", "failed").await;
     assert!(!alive(pid));
@@ -423,7 +458,7 @@ async fn readoption_after_the_manager_goes_away() {
     let pid = {
         let m = fx.manager();
         m.load("keep.service", &file).await.unwrap();
-        m.start("keep.service").await.unwrap();
+        m.start("keep.service").unwrap();
         wait_state(&m, "keep.service", "active", "running").await;
         fx.main_pid("keep.service").unwrap()
     };
@@ -437,12 +472,9 @@ async fn readoption_after_the_manager_goes_away() {
     assert!(alive(pid));
 
     let m = fx.manager();
+    assert_eq!(m.units(), vec![("keep.service".to_string(), file.hash())]);
     assert_eq!(
-        m.units().await.unwrap(),
-        vec![("keep.service".to_string(), file.hash())]
-    );
-    assert_eq!(
-        state(&m, "keep.service").await,
+        state(&m, "keep.service"),
         Some(("loaded".into(), "active".into(), "running".into()))
     );
     assert_eq!(fx.main_pid("keep.service"), Some(pid));
@@ -452,13 +484,13 @@ async fn readoption_after_the_manager_goes_away() {
         "re-adoption restarts nothing"
     );
 
-    m.stop("keep.service").await.unwrap();
+    m.stop("keep.service").unwrap();
     wait_state(&m, "keep.service", "inactive", "dead").await;
     wait_for("the re-adopted process to be stopped", || !alive(pid)).await;
     m.unload("keep.service").await.unwrap();
-    assert!(m.units().await.unwrap().is_empty());
+    assert!(m.units().is_empty());
     assert!(!fx.state_dir().join("units/keep.service").exists());
-    assert_eq!(state(&m, "keep.service").await, None);
+    assert_eq!(state(&m, "keep.service"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +501,7 @@ async fn a_unit_that_dies_while_no_manager_runs_is_failed() {
         m.load("gone.service", &service("ExecStart=/bin/sleep 1000"))
             .await
             .unwrap();
-        m.start("gone.service").await.unwrap();
+        m.start("gone.service").unwrap();
         wait_state(&m, "gone.service", "active", "running").await;
     }
     let pid = fx.main_pid("gone.service").unwrap();
@@ -478,7 +510,7 @@ async fn a_unit_that_dies_while_no_manager_runs_is_failed() {
     wait_for("the unit's process to die", || !alive(pid)).await;
     let m = fx.manager();
     assert_eq!(
-        state(&m, "gone.service").await,
+        state(&m, "gone.service"),
         Some(("loaded".into(), "failed".into(), "failed".into()))
     );
 }
@@ -490,19 +522,16 @@ async fn other_unit_types_and_unsupported_settings_are_refused() {
     let socket = UnitFile::parse("[Socket]\nListenStream=8080\n").unwrap();
     m.load("web.socket", &socket).await.unwrap();
     assert_eq!(
-        state(&m, "web.socket").await,
+        state(&m, "web.socket"),
         Some(("error".into(), "failed".into(), "failed".into()))
     );
-    let err = m.start("web.socket").await.unwrap_err().to_string();
+    let err = m.start("web.socket").unwrap_err().to_string();
     assert!(err.contains("only runs .service units"), "{err}");
     assert!(m
         .reason("web.socket")
         .unwrap()
         .contains("only runs .service units"));
-    assert_eq!(
-        m.units().await.unwrap(),
-        vec![("web.socket".to_string(), socket.hash())]
-    );
+    assert_eq!(m.units(), vec![("web.socket".to_string(), socket.hash())]);
 
     for (body, expected) in [
         ("Type=notify\nExecStart=/bin/sleep 1", "Type=notify"),
@@ -510,15 +539,15 @@ async fn other_unit_types_and_unsupported_settings_are_refused() {
         ("ExecStart=+/bin/sleep 1", "'+' prefix"),
     ] {
         m.load("bad.service", &service(body)).await.unwrap();
-        assert_eq!(state(&m, "bad.service").await.unwrap().0, "error");
-        let err = m.start("bad.service").await.unwrap_err().to_string();
+        assert_eq!(state(&m, "bad.service").unwrap().0, "error");
+        let err = m.start("bad.service").unwrap_err().to_string();
         assert!(err.contains(expected), "{err}");
     }
     // Fixing the file makes it loadable and startable again.
     m.load("bad.service", &service("Type=oneshot\nExecStart=/bin/true"))
         .await
         .unwrap();
-    assert_eq!(state(&m, "bad.service").await.unwrap().0, "loaded");
+    assert_eq!(state(&m, "bad.service").unwrap().0, "loaded");
     start_and_wait(&m, "bad.service", "inactive", "dead").await;
     assert!(m.load("../escape.service", &socket).await.is_err());
 }
@@ -535,7 +564,11 @@ async fn missing_binary_fails_with_a_reason() {
     .unwrap();
     start_and_wait(&m, "missing.service", "failed", "failed").await;
     let reason = m.reason("missing.service").unwrap();
-    assert!(reason.contains("/no/such/binary"), "{reason}");
+    // The phase, the unit, what failed and the system's reason.
+    assert!(
+        reason.starts_with("ExecStart: missing.service: executing /no/such/binary: "),
+        "{reason}"
+    );
     assert!(read(&m.log_path("missing.service")).contains("/no/such/binary"));
 
     // Relative names are looked up in PATH, as newer systemd does.
@@ -566,11 +599,11 @@ async fn forking_service_with_pid_file_and_user() {
         pid_file.display()
     );
     m.load("daemon.service", &service(&body)).await.unwrap();
-    m.start("daemon.service").await.unwrap();
+    m.start("daemon.service").unwrap();
     wait_state(&m, "daemon.service", "active", "running").await;
     let pid: i32 = read(&pid_file).trim().parse().unwrap();
     assert_eq!(fx.main_pid("daemon.service"), Some(pid));
-    m.stop("daemon.service").await.unwrap();
+    m.stop("daemon.service").unwrap();
     wait_state(&m, "daemon.service", "inactive", "dead").await;
     assert!(!alive(pid));
 
@@ -603,10 +636,10 @@ async fn manager_process_for_sigkill_test() {
     let Some(dir) = std::env::var_os("FLEET_TEST_STATE_DIR") else {
         return;
     };
-    let m = ProcessManager::with_helper(dir.into(), HELPER.into()).unwrap();
+    let m = Manager::open(dir.into());
     let body = "ExecStart=/bin/sh -c 'while true; do echo tick; sleep 0.05; done'";
     m.load("survivor.service", &service(body)).await.unwrap();
-    m.start("survivor.service").await.unwrap();
+    m.start("survivor.service").unwrap();
     wait_state(&m, "survivor.service", "active", "running").await;
     // Wait to be killed.
     std::future::pending::<()>().await;
@@ -650,10 +683,10 @@ async fn units_survive_sigkill_of_their_manager() {
     assert!(alive(pid));
     let m = fx.manager();
     assert_eq!(
-        state(&m, "survivor.service").await,
+        state(&m, "survivor.service"),
         Some(("loaded".into(), "active".into(), "running".into()))
     );
-    m.stop("survivor.service").await.unwrap();
+    m.stop("survivor.service").unwrap();
     wait_state(&m, "survivor.service", "inactive", "dead").await;
     wait_for("the survivor to be stopped", || !alive(pid)).await;
 }

@@ -1,7 +1,7 @@
 //! The operating-system edge of the process supervisor: spawning a command in its own session,
 //! reading `/proc`, signalling a unit's processes.
 
-use anyhow::Context;
+use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-pub use super::spawn::{spawn_in_session, Child};
+pub use super::spawn::{spawn_in_session, Child, SpawnError};
 
 /// Credentials a command drops to before exec (only when fleetd runs as root).
 #[derive(Clone, Debug)]
@@ -34,7 +34,7 @@ pub struct Spawn<'a> {
 /// signalled through its session and process group, and so that it is not hit by signals aimed
 /// at fleetd's terminal or process group. Without credentials to drop this is a
 /// `posix_spawn` (see [`super::spawn`]); dropping to `User=`/`Group=` needs a real fork.
-pub fn spawn(s: Spawn<'_>) -> anyhow::Result<Child> {
+pub fn spawn(s: Spawn<'_>) -> Result<Child, SpawnError> {
     let Some(creds) = s.credentials.cloned() else {
         return spawn_in_session(
             s.argv,
@@ -47,18 +47,14 @@ pub fn spawn(s: Spawn<'_>) -> anyhow::Result<Child> {
         );
     };
     let Some((program, args)) = s.argv.split_first() else {
-        anyhow::bail!("empty command line");
+        return Err(SpawnError::EmptyCommand);
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).env_clear().envs(s.env).stdin(Stdio::null());
     match s.output {
         Some(fd) => {
-            cmd.stdout(Stdio::from(
-                fd.try_clone().context("duplicating the log pipe")?,
-            ));
-            cmd.stderr(Stdio::from(
-                fd.try_clone().context("duplicating the log pipe")?,
-            ));
+            cmd.stdout(Stdio::from(fd.try_clone().map_err(SpawnError::LogPipe)?));
+            cmd.stderr(Stdio::from(fd.try_clone().map_err(SpawnError::LogPipe)?));
         }
         None => {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -87,21 +83,31 @@ pub fn spawn(s: Spawn<'_>) -> anyhow::Result<Child> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("executing {program}"))?;
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: program.clone(),
+        source,
+    })?;
     // std's Child neither waits nor kills when dropped; from here on the pid is ours to reap.
     Ok(Child::own(child.id() as i32))
 }
 
+/// Why a command's executable was not found.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutableError {
+    #[error("executable path {0:?} is neither absolute nor a plain file name")]
+    Relative(String),
+    #[error("executable {name:?} not found in PATH {path}; give an absolute path")]
+    NotFound { name: String, path: String },
+}
+
 /// Resolves a relative executable through `path` (systemd >= 239 does the same with its fixed
 /// search path). Absolute names are returned as they are.
-pub fn resolve_executable(name: &str, path: &str) -> anyhow::Result<PathBuf> {
+pub fn resolve_executable(name: &str, path: &str) -> Result<PathBuf, ExecutableError> {
     if name.starts_with('/') {
         return Ok(PathBuf::from(name));
     }
     if name.contains('/') {
-        anyhow::bail!("executable path {name:?} is neither absolute nor a plain file name");
+        return Err(ExecutableError::Relative(name.into()));
     }
     for dir in path.split(':').filter(|d| d.starts_with('/')) {
         let candidate = Path::new(dir).join(name);
@@ -109,7 +115,10 @@ pub fn resolve_executable(name: &str, path: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    anyhow::bail!("executable {name:?} not found in PATH {path}; give an absolute path")
+    Err(ExecutableError::NotFound {
+        name: name.into(),
+        path: path.into(),
+    })
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -212,24 +221,56 @@ pub struct Account {
     pub credentials: Option<Credentials>,
 }
 
-pub fn account(user: Option<&str>, group: Option<&str>) -> anyhow::Result<Account> {
+/// Why the account a unit runs as cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("looking up user {user}")]
+    LookupUser {
+        user: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("User={0}: no such user")]
+    NoSuchUser(String),
+    #[error("looking up fleetd's own user")]
+    OwnUser,
+    #[error("looking up group {group}")]
+    LookupGroup {
+        group: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("Group={0}: no such group")]
+    NoSuchGroup(String),
+    #[error("user name contains NUL")]
+    Nul,
+    #[error(
+        "User=/Group= other than fleetd's own need fleetd to run as root (it runs as uid {0})"
+    )]
+    NotRoot(libc::uid_t),
+}
+
+pub fn account(user: Option<&str>, group: Option<&str>) -> Result<Account, AccountError> {
     use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
     let me = Uid::current();
-    let lookup = |u: &str| -> anyhow::Result<User> {
+    let lookup = |u: &str| -> Result<User, AccountError> {
         let found = match u.parse::<u32>() {
             Ok(n) => User::from_uid(Uid::from_raw(n)),
             Err(_) => User::from_name(u),
         };
         found
-            .with_context(|| format!("looking up user {u}"))?
-            .with_context(|| format!("User={u}: no such user"))
+            .map_err(|source| AccountError::LookupUser {
+                user: u.into(),
+                source,
+            })?
+            .ok_or_else(|| AccountError::NoSuchUser(u.into()))
     };
     let target = match user {
         Some(u) => lookup(u)?,
         None => User::from_uid(me)
             .ok()
             .flatten()
-            .context("looking up fleetd's own user")?,
+            .ok_or(AccountError::OwnUser)?,
     };
     let mut gid = target.gid;
     if let Some(g) = group {
@@ -238,14 +279,17 @@ pub fn account(user: Option<&str>, group: Option<&str>) -> anyhow::Result<Accoun
             Err(_) => Group::from_name(g),
         };
         gid = found
-            .with_context(|| format!("looking up group {g}"))?
-            .with_context(|| format!("Group={g}: no such group"))?
+            .map_err(|source| AccountError::LookupGroup {
+                group: g.into(),
+                source,
+            })?
+            .ok_or_else(|| AccountError::NoSuchGroup(g.into()))?
             .gid;
     }
     let credentials = if user.is_some() || group.is_some() {
         if me.is_root() {
             let cname =
-                std::ffi::CString::new(target.name.clone()).context("user name contains NUL")?;
+                std::ffi::CString::new(target.name.clone()).map_err(|_| AccountError::Nul)?;
             let groups = getgrouplist(&cname, gid).unwrap_or_else(|_| vec![gid]);
             Some(Credentials {
                 uid: target.uid.as_raw(),
@@ -255,9 +299,7 @@ pub fn account(user: Option<&str>, group: Option<&str>) -> anyhow::Result<Accoun
         } else if target.uid == me && gid == nix::unistd::Gid::current() {
             None
         } else {
-            anyhow::bail!(
-                "User=/Group= other than fleetd's own need fleetd to run as root (it runs as uid {me})"
-            );
+            return Err(AccountError::NotRoot(me.as_raw()));
         }
     } else {
         None

@@ -1,8 +1,8 @@
 //! Starting a unit's command without `fork`, and waiting for it without a reaper thread.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
-//! use agent::process::spawn::{spawn_in_session, Stdio};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use supervisor::spawn::{spawn_in_session, Stdio};
 //! let env = std::collections::BTreeMap::new();
 //! let argv = ["/bin/sleep".to_string(), "1".to_string()];
 //! let mut child = spawn_in_session(&argv, &env, Some(std::path::Path::new("/")), Stdio::null())?;
@@ -13,19 +13,17 @@
 //!
 //! Why this exists: the standard library only uses `posix_spawn` (a `vfork`-style clone that
 //! shares the parent's memory until exec) when no `pre_exec` closure is set, and it offers no
-//! stable way to ask for a new session. With `pre_exec(setsid)` every unit start was a real
-//! `fork` of fleetd: copying its page tables, then a copy-on-write fault for every page fleetd
-//! touched afterwards, and a TLB shoot-down across the runtime's threads. Profiling 1,000 unit
-//! starts showed fork and its page faults as the largest cost after file creation. glibc's
+//! stable way to ask for a new session. With `pre_exec(setsid)` every unit start would be a
+//! real `fork` of fleetd: copying its page tables, then a copy-on-write fault for every page
+//! fleetd touched afterwards, and a TLB shoot-down across the runtime's threads. glibc's
 //! `posix_spawn` supports `POSIX_SPAWN_SETSID` (glibc >= 2.26) and `addchdir_np`
 //! (glibc >= 2.29), which is all a unit without `User=`/`Group=` needs.
 //!
 //! Exits are observed through a pidfd (Linux >= 5.3) registered with tokio, so waiting costs
 //! no thread and no polling; on older kernels the wait falls back to polling `waitpid`.
 
-use anyhow::Context;
 use std::collections::BTreeMap;
-use std::ffi::CString;
+use std::ffi::{CString, NulError};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -149,15 +147,46 @@ impl Stdio<'_> {
     }
 }
 
-fn cstring(what: &str, s: &[u8]) -> anyhow::Result<CString> {
-    CString::new(s).with_context(|| format!("{what} contains a NUL byte"))
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("empty command line")]
+    EmptyCommand,
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        what: &'static str,
+        #[source]
+        source: NulError,
+    },
+    /// Preparing the new process (file actions, attributes) failed before it existed.
+    #[error("{step}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("executing {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("duplicating the log pipe")]
+    LogPipe(#[source] io::Error),
 }
 
-fn check(what: &str, rc: libc::c_int) -> anyhow::Result<()> {
+fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|source| SpawnError::Nul { what, source })
+}
+
+fn check(step: &'static str, rc: libc::c_int) -> Result<(), SpawnError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(io::Error::from_raw_os_error(rc)).with_context(|| what.to_string())
+        Err(SpawnError::Setup {
+            step,
+            source: io::Error::from_raw_os_error(rc),
+        })
     }
 }
 
@@ -189,19 +218,19 @@ pub fn spawn_in_session(
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
     stdio: Stdio<'_>,
-) -> anyhow::Result<Child> {
+) -> Result<Child, SpawnError> {
     let Some(program) = argv.first() else {
-        anyhow::bail!("empty command line");
+        return Err(SpawnError::EmptyCommand);
     };
     let c_program = cstring("the program path", program.as_bytes())?;
     let c_argv = argv
         .iter()
         .map(|a| cstring("an argument", a.as_bytes()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let c_env = env
         .iter()
         .map(|(k, v)| cstring("an environment variable", format!("{k}={v}").as_bytes()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let c_cwd = cwd
         .map(|d| cstring("the working directory", d.as_os_str().as_bytes()))
         .transpose()?;
@@ -309,8 +338,10 @@ pub fn spawn_in_session(
             env_ptrs.as_ptr(),
         );
         if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc))
-                .with_context(|| format!("executing {program}"));
+            return Err(SpawnError::Exec {
+                program: program.clone(),
+                source: io::Error::from_raw_os_error(rc),
+            });
         }
         Ok(Child::own(pid))
     }
@@ -407,7 +438,7 @@ mod tests {
         let err = spawn_in_session(&argv(&["/nonexistent/x"]), &env, None, Stdio::null())
             .err()
             .unwrap();
-        assert!(format!("{err:#}").contains("/nonexistent/x"), "{err:#}");
+        assert!(err.to_string().contains("/nonexistent/x"), "{err}");
         let err = spawn_in_session(
             &argv(&["/bin/true"]),
             &env,
@@ -416,6 +447,6 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(format!("{err:#}").contains("/bin/true"), "{err:#}");
+        assert!(err.to_string().contains("/bin/true"), "{err}");
     }
 }

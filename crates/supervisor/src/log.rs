@@ -9,7 +9,9 @@
 //! lose the timestamps and the rotation; a pipe read by fleetd would break (SIGPIPE) when
 //! fleetd dies.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,9 +23,6 @@ pub const PROBE_REPLY: &str = "fleet-process-helper 1";
 /// Rotation bound of a unit's log; one older file (`.log.1`) is kept.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 
-/// Runs the helper and exits if this process was started as the helper; returns otherwise.
-/// A binary that serves as the helper (fleetd, `fleet-process-helper`) calls this first thing
-/// in `main`.
 /// The forwarder lives exactly as long as its unit's output: signals meant for fleetd (a
 /// `pkill fleetd`, `systemctl kill fleet`, a SIGUSR2 upgrade) must not end it, or the unit's
 /// next write would meet a closed pipe.
@@ -42,6 +41,9 @@ fn ignore_control_signals() {
     }
 }
 
+/// Runs the helper and exits if this process was started as the helper; returns otherwise.
+/// A binary that serves as the helper (fleetd, `fleet-process-helper`) calls this first thing
+/// in `main`.
 pub fn run_helper_if_requested() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).map(|a| a == HELPER_ARG) != Some(true) {
@@ -234,6 +236,56 @@ pub async fn note(path: PathBuf, message: String) {
         LogFile::new(&path, MAX_LOG_BYTES).append(line.as_bytes())
     })
     .await;
+}
+
+/// Why a run has no log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ForwarderError {
+    #[error("creating the log pipe")]
+    Pipe(#[source] nix::errno::Errno),
+    #[error("starting the log forwarder {}", helper.display())]
+    Start {
+        helper: PathBuf,
+        #[source]
+        source: crate::spawn::SpawnError,
+    },
+}
+
+/// Starts a unit's log forwarder (`helper` run as [`run_helper_if_requested`] expects) and
+/// returns the write end of its pipe.
+pub(crate) fn start_forwarder(helper: &Path, log: &Path) -> Result<OwnedFd, ForwarderError> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ForwarderError::Pipe)?;
+    let argv = [
+        helper.to_string_lossy().into_owned(),
+        HELPER_ARG.to_string(),
+        "log-forward".to_string(),
+        log.to_string_lossy().into_owned(),
+        MAX_LOG_BYTES.to_string(),
+    ];
+    // Its own session, so that signals for fleetd's process group (Ctrl-C) or for the unit's
+    // sessions do not reach it.
+    let env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let mut child = crate::spawn::spawn_in_session(
+        &argv,
+        &env,
+        Some(Path::new("/")),
+        crate::spawn::Stdio {
+            stdin: Some(&read),
+            output: None,
+        },
+    )
+    .map_err(|source| ForwarderError::Start {
+        helper: helper.into(),
+        source,
+    })?;
+    // Reap it when it ends (if fleetd still runs by then).
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(write)
 }
 
 #[cfg(test)]
