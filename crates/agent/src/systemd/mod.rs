@@ -87,6 +87,26 @@ impl SystemdOptions {
     }
 }
 
+/// Links `target` as the runtime unit `name` (`/run/systemd/system/<name>`), as
+/// `LinkUnitFiles` with `runtime` and `force` does, without a call to systemd: in a burst of a
+/// thousand loads those calls took systemd about a third of a second it then lacked for the
+/// starts. The link is replaced atomically, so systemd never sees the name missing.
+fn link_runtime_unit(opts: &SystemdOptions, name: &str, target: &str) -> anyhow::Result<()> {
+    let dir = match &opts.systemd_root {
+        Some(root) => root.join("run/systemd/system"),
+        None => PathBuf::from("/run/systemd/system"),
+    };
+    let link = dir.join(name);
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(target)) {
+        return Ok(());
+    }
+    let temp = dir.join(format!(".#{name}.fleet-link"));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(target, &temp)
+        .and_then(|()| std::fs::rename(&temp, &link))
+        .with_context(|| format!("cannot link {} as {}", target, link.display()))
+}
+
 fn strip_root(path: &Path) -> &Path {
     path.strip_prefix("/").unwrap_or(path)
 }
@@ -470,10 +490,14 @@ impl UnitManager for SystemdManager {
         })?;
         let manager = self.manager().await?;
         let shared = &self.shared;
-        shared
-            .call(manager.link_unit_files(&[path], true, true))
-            .await
-            .map_err(|e| method_error("LinkUnitFiles", name, e))?;
+        if opts.user {
+            shared
+                .call(manager.link_unit_files(&[path], true, true))
+                .await
+                .map_err(|e| method_error("LinkUnitFiles", name, e))?;
+        } else {
+            link_runtime_unit(opts, name, path)?;
+        }
         if file.has_section("Install") {
             shared
                 .call(manager.enable_unit_files(&[path], true, true))
@@ -602,6 +626,42 @@ mod tests {
         );
         let plain = SystemdOptions::default();
         assert_eq!(plain.host_units_directory(), Path::new("/run/fleet/units/"));
+    }
+
+    #[test]
+    fn runtime_links_point_at_the_unit_file_and_replace_what_was_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run/systemd/system");
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = SystemdOptions {
+            systemd_root: Some(tmp.path().to_path_buf()),
+            ..SystemdOptions::default()
+        };
+        let target = "/run/fleet/units/a.service";
+        link_runtime_unit(&opts, "a.service", target).unwrap();
+        assert_eq!(
+            std::fs::read_link(dir.join("a.service")).unwrap(),
+            Path::new(target)
+        );
+        link_runtime_unit(&opts, "a.service", target).unwrap();
+        std::os::unix::fs::symlink("/elsewhere/b.service", dir.join("b.service")).unwrap();
+        link_runtime_unit(&opts, "b.service", "/run/fleet/units/b.service").unwrap();
+        assert_eq!(
+            std::fs::read_link(dir.join("b.service")).unwrap(),
+            Path::new("/run/fleet/units/b.service")
+        );
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.service", "b.service"]);
+        let missing = SystemdOptions {
+            systemd_root: Some(tmp.path().join("nowhere")),
+            ..SystemdOptions::default()
+        };
+        let err = link_runtime_unit(&missing, "c.service", target).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot link"), "{err:#}");
     }
 
     #[test]
