@@ -156,6 +156,7 @@ fn bus_log(c: &NspawnCluster, i: usize) -> Vec<String> {
         .filter(|l| {
             l.contains("D-Bus")
                 || l.contains("resynced")
+                || l.contains("on connecting")
                 || l.contains("came back on the bus")
                 || l.contains("jobs systemd no longer holds")
         })

@@ -148,6 +148,9 @@ async fn watch(
 
     // After (re)connecting everything is read again: changes while away were not signalled.
     let mut resync = true;
+    // The first full read on this connection is logged whatever it finds: after a reconnect
+    // the operator sees that the truth was read again.
+    let mut connected_resync = true;
     let mut resync_retry = FIRST_RETRY;
     let mut next_resync = Instant::now();
     let mut pending: BTreeSet<String> = BTreeSet::new();
@@ -185,7 +188,13 @@ async fn watch(
                         if full {
                             resync_retry = FIRST_RETRY;
                             next_resync = Instant::now() + RESYNC_INTERVAL;
-                            if changed > 0 {
+                            if std::mem::take(&mut connected_resync) {
+                                tracing::info!(
+                                    changed,
+                                    held_jobs = shared.jobs.in_flight(),
+                                    "read unit states and jobs from systemd on connecting"
+                                );
+                            } else if changed > 0 {
                                 tracing::info!(
                                     changed,
                                     "resynced unit states with systemd; published states follow"
