@@ -1,6 +1,6 @@
 //! `Registry` over the embedded store: records as agents and the API read them.
 
-use registry::{GlobalJob, Registry, Store, TargetState};
+use registry::{GlobalJob, Registry, Store, TargetState, Update};
 use std::sync::Arc;
 
 fn registry() -> (tempfile::TempDir, Registry) {
@@ -19,13 +19,9 @@ async fn global_records_carry_their_text_through_state_changes() {
         .await
         .unwrap();
     let read = |reg: Registry| async move {
-        let kv = reg
-            .store
-            .get(&reg.keys.global("mon.service"))
+        global_record(&reg, "mon.service")
             .await
-            .unwrap()
-            .expect("global record");
-        serde_json::from_slice::<GlobalJob>(&kv.value).unwrap()
+            .expect("global record")
     };
     let g = read(reg.clone()).await;
     assert_eq!(g.job.desired, TargetState::Loaded);
@@ -46,12 +42,16 @@ async fn global_records_carry_their_text_through_state_changes() {
     reg.create_unit("mon.service", &plain, TargetState::Launched)
         .await
         .unwrap();
-    assert!(reg
-        .store
-        .get(&reg.keys.global("mon.service"))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(global_record(&reg, "mon.service").await.is_none());
+    assert!(reg.global_jobs(None).await.unwrap().items.is_empty());
+}
+
+/// The global record of `name` as agents receive it (job and text), read by a follower.
+async fn global_record(reg: &Registry, name: &str) -> Option<GlobalJob> {
+    let Some(Update::Reset(records)) = reg.follow_globals().recv().await else {
+        panic!("a follower starts with everything it follows");
+    };
+    records.into_iter().find(|(n, _)| n == name).map(|(_, g)| g)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,15 +64,15 @@ async fn bodies_are_removed_with_their_last_unit() {
     reg.create_unit("b.service", &file, TargetState::Inactive)
         .await
         .unwrap();
-    let body = reg.keys.body(&file.hash());
+    let hash = file.hash();
     assert!(reg.destroy_unit("a.service").await.unwrap());
     assert!(
-        reg.store.get(&body).await.unwrap().is_some(),
+        reg.body(&hash, None).await.unwrap().is_some(),
         "b.service still uses the body"
     );
     assert!(reg.destroy_unit("b.service").await.unwrap());
     assert!(
-        reg.store.get(&body).await.unwrap().is_none(),
+        reg.body(&hash, None).await.unwrap().is_none(),
         "the last user took the body with it"
     );
     assert!(!reg.destroy_unit("b.service").await.unwrap());
@@ -92,8 +92,7 @@ async fn global_instance_states_live_apart_from_placed_states() {
         .await
         .unwrap();
     let lease = reg
-        .store
-        .grant_lease(std::time::Duration::from_secs(30))
+        .grant_machine_lease(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     let state = |name: &str, machine: &str, global: bool| registry::UnitState {
@@ -106,17 +105,17 @@ async fn global_instance_states_live_apart_from_placed_states() {
         global,
     };
     for m in ["m1", "m2"] {
-        reg.publish_states(
-            m,
-            lease,
-            &[
-                state("mon.service", m, true),
-                state("web.service", m, false),
-            ],
-            &[],
-        )
-        .await
-        .unwrap();
+        lease
+            .publish_states(
+                m,
+                &[
+                    state("mon.service", m, true),
+                    state("web.service", m, false),
+                ],
+                &[],
+            )
+            .await
+            .unwrap();
     }
     let names = |states: Vec<registry::UnitState>| -> Vec<(String, String)> {
         states.into_iter().map(|s| (s.name, s.machine_id)).collect()
@@ -141,26 +140,33 @@ async fn global_instance_states_live_apart_from_placed_states() {
     );
     // A unit that stops being global (replaced under the same name): the agent removes the old
     // state, then publishes the new one; nothing stays behind under the other prefix.
-    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+    lease
+        .publish_states("m1", &[], &["mon.service".to_string()])
         .await
         .unwrap();
-    reg.publish_states("m1", lease, &[state("mon.service", "m1", false)], &[])
+    lease
+        .publish_states("m1", &[state("mon.service", "m1", false)], &[])
         .await
         .unwrap();
     assert_eq!(
         names(reg.states_of_unit("mon.service").await.unwrap()),
         vec![pair("mon.service", "m1"), pair("mon.service", "m2")]
     );
-    assert!(reg
-        .store
-        .get(&reg.keys.global_state("mon.service", "m1"))
+    let on_m1: Vec<_> = reg
+        .states_of_unit("mon.service")
         .await
         .unwrap()
-        .is_none());
-    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+        .into_iter()
+        .filter(|s| s.machine_id == "m1")
+        .collect();
+    assert_eq!(on_m1.len(), 1);
+    assert!(!on_m1[0].global, "the global instance's state is gone");
+    lease
+        .publish_states("m1", &[], &["mon.service".to_string()])
         .await
         .unwrap();
-    reg.publish_states("m2", lease, &[], &["mon.service".to_string()])
+    lease
+        .publish_states("m2", &[], &["mon.service".to_string()])
         .await
         .unwrap();
     assert!(reg.states_of_unit("mon.service").await.unwrap().is_empty());
