@@ -1,5 +1,5 @@
 //! fleet-level registry figures, printed (never asserted): unit creations per second through
-//! `Registry::create_unit`, engine schedule writes per second through `Registry::apply_schedule`
+//! `Registry::create_unit`, engine schedule writes per second through `Leadership::apply_schedule`
 //! (batched, fenced transactions), on the embedded store and on a real one-member etcd started
 //! here.
 //!

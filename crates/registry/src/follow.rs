@@ -299,3 +299,70 @@ fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
     });
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_apply_as_the_copies_of_the_agents_and_the_engine_expect() {
+        let mut copy = BTreeMap::new();
+        Update::Reset(vec![("a".to_string(), 1), ("b".to_string(), 2)]).apply_to(&mut copy);
+        Update::Changes(vec![
+            Change::Put("c".to_string(), 3),
+            Change::Delete("a".to_string()),
+            Change::Put("b".to_string(), 20),
+        ])
+        .map(|v| v * 10)
+        .apply_to(&mut copy);
+        assert_eq!(
+            copy.into_iter().collect::<Vec<_>>(),
+            vec![("b".to_string(), 200), ("c".to_string(), 30)]
+        );
+        let mut copy = BTreeMap::from([("x".to_string(), 0)]);
+        Update::Reset(vec![]).apply_to(&mut copy);
+        assert!(copy.is_empty(), "a reset replaces the copy");
+    }
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn deliveries_are_decoded_by_key_shape_and_codec() {
+        let base = "/t/metadata/";
+        let reset = typed::<(String, String), String>(
+            base,
+            Raw::Reset(vec![
+                kv("/t/metadata/m1/zone", "a"),
+                kv("/t/metadata/m1", "x"),
+            ]),
+        );
+        assert_eq!(
+            reset,
+            Update::Reset(vec![(("m1".into(), "zone".into()), "a".into())])
+        );
+        let event = |kind, kv| Event { kind, kv };
+        let changes = typed::<String, Job>(
+            "/t/job/",
+            Raw::Events(vec![
+                event(EventKind::Put, kv("/t/job/a.service", "not json")),
+                event(EventKind::Delete, kv("/t/job/b.service", "")),
+            ]),
+        );
+        // A record that does not decode is dropped from copies, as a delete.
+        assert_eq!(
+            changes,
+            Update::Changes(vec![
+                Change::Delete("a.service".into()),
+                Change::Delete("b.service".into())
+            ])
+        );
+    }
+}

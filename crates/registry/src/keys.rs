@@ -172,3 +172,80 @@ impl KeyShape for () {
         rest.is_empty().then_some(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shape_reads_back_the_keys_built() {
+        let keys = Keys::new("/fleet");
+        assert_eq!(keys.prefix(), "/fleet/");
+        assert_eq!(
+            String::under(&keys.jobs(), &keys.job("a.service")),
+            Some("a.service".to_string())
+        );
+        assert_eq!(String::under(&keys.jobs(), &keys.reason("a.service")), None);
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(
+            <(String, String)>::under(&keys.schedules(), &keys.schedule("m1", "a.service")),
+            pair("m1", "a.service")
+        );
+        assert_eq!(
+            String::under(
+                &keys.machine_schedule("m1"),
+                &keys.schedule("m1", "a.service")
+            ),
+            Some("a.service".to_string())
+        );
+        assert_eq!(
+            <(String, String)>::under(&keys.all_metadata(), &keys.metadata("m1", "zone")),
+            pair("m1", "zone")
+        );
+        assert_eq!(
+            <(String, String)>::under(&keys.states(), &keys.state_of("a.service", "m1", false)),
+            pair("a.service", "m1")
+        );
+        assert_eq!(
+            <(String, String)>::under(
+                &keys.global_states(),
+                &keys.state_of("g.service", "m1", true)
+            ),
+            pair("g.service", "m1")
+        );
+        // A key of another shape under the prefix is not one of its records.
+        assert_eq!(
+            <(String, String)>::under(&keys.schedules(), "/fleet/schedule/m1"),
+            None
+        );
+        let hash: UnitHash = "1c6fb6f0d8d2ff5bea1ea31f6d8e1b8c8a3bb0f9".parse().unwrap();
+        assert_eq!(
+            UnitHash::under(&keys.bodies(), &keys.body(&hash)),
+            Some(hash)
+        );
+        assert_eq!(UnitHash::under(&keys.bodies(), "/fleet/unit/nothex"), None);
+        assert_eq!(<()>::under(&keys.leader(), &keys.leader()), Some(()));
+        assert_eq!(<()>::under(&keys.leader(), "/fleet/engine/leader2"), None);
+    }
+
+    /// The keyspace is shared with running clusters: the layout must not move.
+    #[test]
+    fn the_layout_stays_as_running_clusters_have_it() {
+        let keys = Keys::new("/_coreos.com/fleet/");
+        let hash: UnitHash = "1c6fb6f0d8d2ff5bea1ea31f6d8e1b8c8a3bb0f9".parse().unwrap();
+        let p = "/_coreos.com/fleet/";
+        assert_eq!(keys.job("a"), format!("{p}job/a"));
+        assert_eq!(keys.global("a"), format!("{p}global/a"));
+        assert_eq!(keys.body(&hash), format!("{p}unit/{hash}"));
+        assert_eq!(keys.body_ref(&hash, "a"), format!("{p}unitref/{hash}/a"));
+        assert_eq!(keys.schedule("m", "a"), format!("{p}schedule/m/a"));
+        assert_eq!(keys.placement("a"), format!("{p}placement/a"));
+        assert_eq!(keys.reason("a"), format!("{p}reason/a"));
+        assert_eq!(keys.machine("m"), format!("{p}machines/m"));
+        assert_eq!(keys.machine_metadata("m"), format!("{p}metadata/m/"));
+        assert_eq!(keys.metadata("m", "k"), format!("{p}metadata/m/k"));
+        assert_eq!(keys.state("a", "m"), format!("{p}states/a/m"));
+        assert_eq!(keys.global_state("a", "m"), format!("{p}gstates/a/m"));
+        assert_eq!(keys.leader(), format!("{p}engine/leader"));
+    }
+}

@@ -21,8 +21,11 @@ pub fn merge_metadata(metadata: &mut BTreeMap<String, String>, dynamic: &BTreeMa
 /// One change of dynamic machine metadata (`value: None` removes the key).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetadataChange {
+    /// The machine's id.
     pub machine: String,
+    /// The metadata key.
     pub key: String,
+    /// The new value; `None` removes the key.
     pub value: Option<String>,
 }
 

@@ -38,7 +38,9 @@ pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 /// (the API's pages), or to follow changes from there.
 #[derive(Clone, Debug, Default)]
 pub struct AtRevision<T> {
+    /// What was read.
     pub items: T,
+    /// The store revision it was read at.
     pub revision: Revision,
 }
 

@@ -312,3 +312,116 @@ async fn concurrent_target_state_changes_each_land() {
     assert_eq!(globals.len(), 1);
     assert_eq!(globals[0].desired, TargetState::Launched);
 }
+
+/// A follower delivers everything it follows first, then each change, decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_deliver_everything_then_each_change() {
+    use registry::Change;
+    let (_dir, reg) = registry();
+    let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    reg.create_unit("a.service", &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    let mut jobs = reg.follow_jobs();
+    let first = jobs.recv().await.unwrap();
+    let Update::Reset(all) = first else {
+        panic!("first delivery {first:?}");
+    };
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, "a.service");
+    assert_eq!(all[0].1.desired, TargetState::Loaded);
+    reg.set_target_state("a.service", TargetState::Launched)
+        .await
+        .unwrap();
+    assert!(reg.destroy_unit("a.service").await.unwrap());
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        match jobs.recv().await.unwrap() {
+            Update::Changes(c) => changes.extend(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(matches!(&changes[0], Change::Put(name, job)
+        if name == "a.service" && job.desired == TargetState::Launched));
+    assert_eq!(changes[1], Change::Delete("a.service".to_string()));
+}
+
+/// One engine leads at a time; a resigned leader's writes fail, and the others learn that the
+/// leadership is vacant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_exclusive_and_fences_writes() {
+    use registry::{Campaign, ScheduleChange};
+    use std::time::Duration;
+    let (_dir, reg) = registry();
+    let ttl = Duration::from_secs(30);
+    let Campaign::Won(a) = reg.campaign("a", ttl).await.unwrap() else {
+        panic!("a alone wins");
+    };
+    let Campaign::Lost(leader) = reg.campaign("b", ttl).await.unwrap() else {
+        panic!("b wins while a leads");
+    };
+    assert_eq!(leader.as_deref(), Some("a"));
+    assert!(a.hold().await.unwrap());
+    let reason = |r: &str| ScheduleChange::Reason {
+        unit: "x.service".into(),
+        reason: Some(r.into()),
+    };
+    assert!(a.apply_schedule(&[reason("first")]).await.unwrap());
+    assert_eq!(
+        reg.reasons(None).await.unwrap().items.get("x.service"),
+        Some(&"first".to_string())
+    );
+    let mut watch = reg.follow_leader();
+    a.resign().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.vacated())
+        .await
+        .expect("the vacancy is seen")
+        .expect("following goes on");
+    assert!(!a.hold().await.unwrap(), "a no longer leads");
+    assert!(!a.apply_schedule(&[reason("late")]).await.unwrap());
+    let Campaign::Won(b) = reg.campaign("b", ttl).await.unwrap() else {
+        panic!("b wins once a resigned");
+    };
+    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("b"));
+    assert!(b.apply_schedule(&[reason("second")]).await.unwrap());
+    assert_eq!(
+        reg.reasons(None).await.unwrap().items.get("x.service"),
+        Some(&"second".to_string())
+    );
+}
+
+/// A machine's record belongs to one live lease; a lease recorded earlier resumes only while
+/// it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_record_belongs_to_one_live_lease() {
+    use registry::{Announcement, MachineState};
+    use std::time::Duration;
+    let (_dir, reg) = registry();
+    let ttl = Duration::from_secs(30);
+    let m = MachineState {
+        id: "m1".into(),
+        ..Default::default()
+    };
+    let first = reg.grant_machine_lease(ttl).await.unwrap();
+    let second = reg.grant_machine_lease(ttl).await.unwrap();
+    assert_eq!(first.announce(&m).await.unwrap(), Announcement::Written);
+    assert_eq!(first.announce(&m).await.unwrap(), Announcement::Written);
+    assert_eq!(
+        second.announce(&m).await.unwrap(),
+        Announcement::TakenBy(first.id())
+    );
+    let resumed = reg.resume_machine_lease(first.id(), ttl).await.unwrap();
+    assert_eq!(resumed.map(|l| l.id()), Some(first.id()));
+    first.revoke().await.unwrap();
+    assert!(!first.alive().await.unwrap());
+    assert!(reg.machines(None).await.unwrap().items.is_empty());
+    assert!(reg
+        .resume_machine_lease(first.id(), ttl)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(second.announce(&m).await.unwrap(), Announcement::Written);
+    let machines = reg.machines(None).await.unwrap().items;
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0].id, "m1");
+}
