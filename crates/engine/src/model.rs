@@ -14,12 +14,12 @@ pub struct Model {
     pub machines: BTreeMap<String, MachineState>,
     /// machine -> key -> value set through the API.
     pub metadata: BTreeMap<String, BTreeMap<String, String>>,
-    /// unit -> (machine, entry) as written in `schedule/`.
+    /// unit -> (machine, entry) as the schedule has it.
     pub placed: BTreeMap<String, (String, ScheduleEntry)>,
     pub reasons: BTreeMap<String, String>,
     pub bodies: HashMap<UnitHash, UnitFile>,
-    /// Unit texts by hash, as stored under `unit/`: carried in the schedule entries the engine
-    /// writes, so agents need not read them.
+    /// Unit texts by hash, as the registry stores unit bodies: carried in the schedule entries
+    /// the engine writes, so agents need not read them.
     pub texts: BTreeMap<UnitHash, String>,
     /// unit -> the hash its requirements were read from, and those requirements: parsing
     /// `[X-Fleet]` of every unit on every pass would dominate a pass at 10,000 units.
@@ -27,14 +27,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// An empty model, filled by the followers' updates.
     pub fn new() -> Model {
         Model::default()
     }
 
+    /// Applies changes of the job records, named by unit.
     pub fn apply_jobs(&mut self, u: Update<String, Job>) {
         u.apply_to(&mut self.jobs);
     }
 
+    /// Applies changes of the machines present, named by machine id.
     pub fn apply_machines(&mut self, u: Update<String, MachineState>) {
         u.apply_to(&mut self.machines);
     }
@@ -101,6 +104,7 @@ impl Model {
         }
     }
 
+    /// Applies changes of the unit texts, named by hash.
     pub fn apply_texts(&mut self, u: Update<UnitHash, String>) {
         u.apply_to(&mut self.texts);
     }
@@ -114,13 +118,14 @@ impl Model {
         }
     }
 
+    /// Applies changes of the reasons units cannot be placed, named by unit.
     pub fn apply_reasons(&mut self, u: Update<String, String>) {
         u.apply_to(&mut self.reasons);
     }
 
     /// Brings the requirements of every job up to date: from the job record's `[X-Fleet]`
-    /// options where it carries them, otherwise from its body: the text the model follows under
-    /// `unit/`, or, if that has not arrived yet, read (side by side) from the registry.
+    /// options where it carries them, otherwise from its body: the text the model follows
+    /// (`texts`), or, if that has not arrived yet, read (side by side) from the registry.
     pub async fn update_requirements(&mut self, registry: &Registry) {
         let jobs = &self.jobs;
         self.requirements
