@@ -6,8 +6,7 @@ use crate::presence::Presence;
 use crate::reconcile::{self, Action, Candidate, Failure, Held};
 use crate::{Refused, StateChange, UnitManager};
 use futures::StreamExt;
-use registry::mirror::{apply, follow, json, text};
-use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState};
+use registry::{GlobalJob, Job, ScheduleEntry, SystemdState, TargetState, UnitState, Update};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,15 +193,11 @@ impl Agent {
         mut self,
         mut shutdown: watch::Receiver<Option<Shutdown>>,
     ) -> anyhow::Result<()> {
-        let keys = self.presence.registry.keys.clone();
-        let store = self.presence.registry.store.clone();
+        let registry = self.presence.registry.clone();
         let me = self.presence.machine.id.clone();
-        let schedule_base = keys.machine_schedule(&me);
-        let globals_base = keys.globals();
-        let metadata_base = format!("{}metadata/{me}/", keys.prefix());
-        let mut schedule_rx = follow(store.clone(), schedule_base.clone());
-        let mut globals_rx = follow(store.clone(), globals_base.clone());
-        let mut metadata_rx = follow(store.clone(), metadata_base.clone());
+        let mut schedule_rx = registry.follow_machine_schedule(&me);
+        let mut globals_rx = registry.follow_globals();
+        let mut metadata_rx = registry.follow_machine_metadata(&me);
         let mut changes = self.manager.subscribe();
         let mut machine_stopping = self.manager.machine_stopping();
         if let Err(e) = self.adopt().await {
@@ -220,15 +215,15 @@ impl Agent {
             let mut dirty = false;
             let mut state_changed = false;
             tokio::select! {
-                Some(u) = schedule_rx.recv() => { self.apply_schedule(&schedule_base, u); ready[0] = true; dirty = true; }
-                Some(u) = globals_rx.recv() => { self.apply_globals(&globals_base, u); ready[1] = true; dirty = true; }
+                Some(u) = schedule_rx.recv() => { self.apply_schedule(u); ready[0] = true; dirty = true; }
+                Some(u) = globals_rx.recv() => { self.apply_globals(u); ready[1] = true; dirty = true; }
                 Some(u) = metadata_rx.recv() => {
-                    apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| text(kv));
+                    u.apply_to(&mut self.dynamic_metadata);
                     ready[2] = true; dirty = true;
                 }
                 change = changes.recv() => state_changed = self.take_change(change, &mut changes).await,
                 Some(lease) = expired.recv() => {
-                    lapsed = lease == self.presence.lease;
+                    lapsed = lease == self.presence.lease.id();
                 }
                 _ = retry.tick() => {
                     // States a failed publication left behind.
@@ -264,27 +259,25 @@ impl Agent {
             if self.left_for_shutdown {
                 // Nothing is decided or published any more; the loop only waits for fleetd's
                 // own stop (queued changes are dropped as they come).
-                while schedule_rx.try_recv().is_ok() {}
-                while globals_rx.try_recv().is_ok() {}
-                while metadata_rx.try_recv().is_ok() {}
+                while schedule_rx.try_recv().is_some() {}
+                while globals_rx.try_recv().is_some() {}
+                while metadata_rx.try_recv().is_some() {}
                 while changes.try_recv().is_ok() {}
                 continue;
             }
             // Take whatever else is already queued, so a burst of changes costs one pass.
-            while let Ok(u) = schedule_rx.try_recv() {
-                self.apply_schedule(&schedule_base, u);
+            while let Some(u) = schedule_rx.try_recv() {
+                self.apply_schedule(u);
                 ready[0] = true;
                 dirty = true;
             }
-            while let Ok(u) = globals_rx.try_recv() {
-                self.apply_globals(&globals_base, u);
+            while let Some(u) = globals_rx.try_recv() {
+                self.apply_globals(u);
                 ready[1] = true;
                 dirty = true;
             }
-            while let Ok(u) = metadata_rx.try_recv() {
-                apply(&mut self.dynamic_metadata, &metadata_base, u, |_, kv| {
-                    text(kv)
-                });
+            while let Some(u) = metadata_rx.try_recv() {
+                u.apply_to(&mut self.dynamic_metadata);
                 ready[2] = true;
                 dirty = true;
             }
@@ -295,7 +288,7 @@ impl Agent {
                 match self.presence.renew().await {
                     Ok(()) => {
                         lapsed = false;
-                        keeper.follow(self.presence.lease);
+                        keeper.follow(&self.presence.lease);
                         self.published.clear();
                         self.all_stale = true;
                         state_changed = true;
@@ -318,27 +311,27 @@ impl Agent {
 
     /// Applies a schedule update, keeping the unit texts entries carry as parsed bodies (and
     /// not in the entries).
-    fn apply_schedule(&mut self, base: &str, u: registry::mirror::Update) {
+    fn apply_schedule(&mut self, u: Update<String, ScheduleEntry>) {
         let mut carried: Vec<(UnitHash, String)> = Vec::new();
-        apply(&mut self.schedule, base, u, |_, kv| {
-            let mut entry: ScheduleEntry = json(kv)?;
+        let u = u.map(|mut entry| {
             if let Some(raw) = entry.raw.take() {
                 carried.push((entry.hash, raw));
             }
-            Some(entry)
+            entry
         });
+        u.apply_to(&mut self.schedule);
         self.keep_carried(carried);
     }
 
     /// Applies an update of the global units, keeping the texts their records carry as parsed
     /// bodies (every machine needs every global unit's body).
-    fn apply_globals(&mut self, base: &str, u: registry::mirror::Update) {
+    fn apply_globals(&mut self, u: Update<String, GlobalJob>) {
         let mut carried: Vec<(UnitHash, String)> = Vec::new();
-        apply(&mut self.globals, base, u, |_, kv| {
-            let record: GlobalJob = json(kv)?;
+        let u = u.map(|record| {
             carried.push((record.job.hash, record.raw));
-            Some(record.job)
+            record.job
         });
+        u.apply_to(&mut self.globals);
         self.keep_carried(carried);
     }
 
@@ -753,14 +746,13 @@ impl Agent {
             })
             .map(|s| s.name.clone())
             .collect();
-        let registry = &self.presence.registry;
-        let lease = self.presence.lease;
+        let lease = &self.presence.lease;
         let mut result = Ok(());
         if !moved.is_empty() {
-            result = registry.publish_states(&me, lease, &[], &moved).await;
+            result = lease.publish_states(&me, &[], &moved).await;
         }
         if result.is_ok() {
-            result = registry.publish_states(&me, lease, &save, &remove).await;
+            result = lease.publish_states(&me, &save, &remove).await;
         }
         match result {
             Ok(()) => {

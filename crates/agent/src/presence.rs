@@ -4,7 +4,7 @@
 //! instead of waiting for its old record to expire as fleet did.
 
 use anyhow::{bail, Context};
-use registry::{Compare, LeaseId, MachineState, Op, Registry};
+use registry::{Announcement, LeaseId, LeaseKeeper, MachineLease, MachineState, Registry};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,10 +18,13 @@ pub fn lease_file(state_dir: &Path) -> PathBuf {
 pub struct Presence {
     pub registry: Registry,
     pub machine: MachineState,
-    pub lease: LeaseId,
+    pub lease: MachineLease,
     pub ttl: Duration,
     state_dir: PathBuf,
 }
+
+/// The task refreshing a machine lease (see [`Presence::keep_alive`]); stops it when dropped.
+pub type Keeper = LeaseKeeper;
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -49,13 +52,12 @@ impl Presence {
             if let Some((id, recorded)) = text.trim().split_once(' ') {
                 if id == machine.id {
                     if let Ok(recorded) = recorded.parse::<LeaseId>() {
-                        if registry.store.lease_ttl(recorded).await?.is_some() {
-                            registry.store.keep_alive(recorded).await?;
+                        lease = registry.resume_machine_lease(recorded, ttl).await?;
+                        if lease.is_some() {
                             tracing::info!(
                                 lease = format!("{recorded:x}"),
                                 "resumed the machine lease of the previous fleetd"
                             );
-                            lease = Some(recorded);
                         }
                     }
                 }
@@ -63,7 +65,7 @@ impl Presence {
         }
         let lease = match lease {
             Some(l) => l,
-            None => registry.store.grant_lease(ttl).await?,
+            None => registry.grant_machine_lease(ttl).await?,
         };
         let presence = Presence {
             registry,
@@ -77,7 +79,7 @@ impl Presence {
             .with_context(|| format!("creating state_dir {}", state_dir.display()))?;
         std::fs::write(
             &file,
-            format!("{} {}\n", presence.machine.id, presence.lease),
+            format!("{} {}\n", presence.machine.id, presence.lease.id()),
         )
         .with_context(|| format!("recording the machine lease in {}", file.display()))?;
         Ok(presence)
@@ -85,35 +87,14 @@ impl Presence {
 
     /// Writes the machine record under our lease, unless another lease holds it.
     pub async fn announce(&self) -> anyhow::Result<()> {
-        let key = self.registry.keys.machine(&self.machine.id);
-        let value = serde_json::to_vec(&self.machine)?;
-        for compare in [
-            Compare::Missing(key.clone()),
-            Compare::Lease(key.clone(), self.lease),
-        ] {
-            let put = vec![Op::put_leased(key.clone(), value.clone(), self.lease)];
-            if self
-                .registry
-                .store
-                .txn(vec![compare], put, vec![])
-                .await?
-                .succeeded
-            {
-                return Ok(());
+        match self.lease.announce(&self.machine).await? {
+            Announcement::Written => Ok(()),
+            Announcement::TakenBy(holder) => Err(DuplicateMachine {
+                id: self.machine.id.clone(),
+                lease: holder,
             }
+            .into()),
         }
-        let holder = self
-            .registry
-            .store
-            .get(&key)
-            .await?
-            .map(|kv| kv.lease)
-            .unwrap_or(0);
-        Err(DuplicateMachine {
-            id: self.machine.id.clone(),
-            lease: holder,
-        }
-        .into())
     }
 
     /// Registers again under a new lease after the old one expired (the registry was
@@ -121,10 +102,11 @@ impl Presence {
     /// lease (unit states) must then be written again.
     pub async fn renew(&mut self) -> anyhow::Result<()> {
         tracing::warn!("machine lease expired; registering again");
-        self.lease = self.registry.store.grant_lease(self.ttl).await?;
+        self.lease.renew().await?;
         self.announce().await?;
         let file = lease_file(&self.state_dir);
-        if let Err(e) = std::fs::write(&file, format!("{} {}\n", self.machine.id, self.lease)) {
+        let record = format!("{} {}\n", self.machine.id, self.lease.id());
+        if let Err(e) = std::fs::write(&file, record) {
             tracing::warn!(error = %e, file = %file.display(), "could not record the machine lease");
         }
         Ok(())
@@ -135,42 +117,12 @@ impl Presence {
     /// machine expire. A lease found expired is sent on the returned receiver, and refreshing
     /// stops until [`Keeper::follow`] names the next one. The task ends with the [`Keeper`].
     pub fn keep_alive(&self) -> (Keeper, tokio::sync::mpsc::Receiver<LeaseId>) {
-        let (lease_tx, mut lease_rx) = tokio::sync::watch::channel(self.lease);
-        let (expired_tx, expired_rx) = tokio::sync::mpsc::channel(1);
-        let store = self.registry.store.clone();
-        let period = self.ttl / 3;
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let lease = *lease_rx.borrow_and_update();
-                match store.keep_alive(lease).await {
-                    Ok(_) => {}
-                    Err(registry::StoreError::LeaseNotFound(_)) => {
-                        if expired_tx.send(lease).await.is_err()
-                            || lease_rx.changed().await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "refreshing the machine lease failed"),
-                }
-            }
-        });
-        (
-            Keeper {
-                lease: lease_tx,
-                task,
-            },
-            expired_rx,
-        )
+        self.lease.keep_alive()
     }
 
     /// The machine leaves the cluster: its record and every state tied to its lease go at once.
     pub async fn leave(&self) -> anyhow::Result<()> {
-        self.registry.store.revoke_lease(self.lease).await?;
+        self.lease.revoke().await?;
         let _ = std::fs::remove_file(lease_file(&self.state_dir));
         Ok(())
     }
@@ -197,23 +149,4 @@ pub fn detect_public_ip() -> Option<String> {
     sock.connect("192.0.2.1:9").ok()?;
     let ip = sock.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then(|| ip.to_string())
-}
-
-/// The task refreshing a machine lease (see [`Presence::keep_alive`]); stops it when dropped.
-pub struct Keeper {
-    lease: tokio::sync::watch::Sender<LeaseId>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Keeper {
-    /// Refreshes `lease` from now on.
-    pub fn follow(&self, lease: LeaseId) {
-        self.lease.send_replace(lease);
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

@@ -2,14 +2,14 @@
 //! so the agent can register again.
 
 use agent::presence::Presence;
-use registry::{MachineState, Registry, Store};
+use registry::{MachineLease, MachineState, Registry, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(1);
 
-async fn alive(reg: &Registry, lease: registry::LeaseId) -> bool {
-    reg.store.lease_ttl(lease).await.unwrap().is_some()
+async fn alive(lease: &MachineLease) -> bool {
+    lease.alive().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,27 +25,27 @@ async fn the_keeper_holds_the_lease_and_reports_expiry() {
     let mut presence = Presence::register(reg.clone(), machine, TTL, dir.path())
         .await
         .unwrap();
-    let first = presence.lease;
+    let first = presence.lease.clone();
     let (keeper, mut expired) = presence.keep_alive();
     // Nothing else refreshes it: alive after three TTLs means the keeper did.
     tokio::time::sleep(3 * TTL).await;
-    assert!(alive(&reg, first).await, "the lease outlived its TTL");
+    assert!(alive(&first).await, "the lease outlived its TTL");
 
     // Gone from under us (as when the registry could not be reached for a TTL): reported.
-    reg.store.revoke_lease(first).await.unwrap();
+    first.revoke().await.unwrap();
     let reported = tokio::time::timeout(3 * TTL, expired.recv())
         .await
         .expect("expiry reported within a refresh period")
         .unwrap();
-    assert_eq!(reported, first);
+    assert_eq!(reported, first.id());
 
     presence.renew().await.unwrap();
-    assert_ne!(presence.lease, first);
-    keeper.follow(presence.lease);
+    assert_ne!(presence.lease.id(), first.id());
+    keeper.follow(&presence.lease);
     let renewed = Instant::now();
     tokio::time::sleep(3 * TTL).await;
     assert!(
-        alive(&reg, presence.lease).await,
+        alive(&presence.lease).await,
         "the new lease was not kept alive ({:?} after renewing)",
         renewed.elapsed()
     );
@@ -61,9 +61,9 @@ async fn the_keeper_holds_the_lease_and_reports_expiry() {
 
     // Dropping the keeper stops refreshing: the lease then lapses.
     drop(keeper);
-    let lease = presence.lease;
+    let lease = presence.lease.clone();
     tokio::time::timeout(4 * TTL, async {
-        while alive(&reg, lease).await {
+        while alive(&lease).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -139,7 +139,7 @@ async fn round_trip(client: &Client, env: &Env) {
     assert_eq!(err.status(), Some(400));
 
     for u in ["u0.service", "u1.service", "u2.service"] {
-        env.publish("m1", lease, u, "active").await;
+        env.publish("m1", &lease, u, "active").await;
     }
     let states = client
         .unit_states(&StateFilter::default())

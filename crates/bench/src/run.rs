@@ -12,8 +12,7 @@ use agent::{Agent, Presence, Shutdown, UnitManager};
 use anyhow::Context;
 use futures::StreamExt;
 use registry::etcd::{EtcdOptions, EtcdStore};
-use registry::mirror::{follow, Update};
-use registry::{EventKind, KeyValue, MachineState, Registry, TargetState};
+use registry::{Change, MachineState, Registry, TargetState, Update};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -125,41 +124,27 @@ fn track_states(
     tracker: Arc<Mutex<Tracker>>,
     global: bool,
 ) -> tokio::task::JoinHandle<()> {
-    let base = if global {
-        registry.keys.global_states()
+    let mut states = if global {
+        registry.follow_global_states()
     } else {
-        registry.keys.states()
+        registry.follow_placed_states()
     };
-    let mut rx = follow(registry.store.clone(), base.clone());
     tokio::spawn(async move {
-        let split = |key: &str| -> Option<(String, String)> {
-            let (u, m) = key.strip_prefix(&base)?.split_once('/')?;
-            Some((u.to_string(), m.to_string()))
-        };
-        let active = |kv: &KeyValue| {
-            serde_json::from_slice::<registry::UnitState>(&kv.value)
-                .map(|s| s.systemd.active == "active")
-                .unwrap_or(false)
-        };
-        while let Some(update) = rx.recv().await {
+        let active = |s: &registry::UnitState| s.systemd.active == "active";
+        while let Some(update) = states.recv().await {
             let mut t = lock(&tracker);
             match update {
-                Update::Reset { kvs, .. } => {
+                Update::Reset(items) => {
                     t.clear(global);
-                    for kv in &kvs {
-                        if let Some((u, m)) = split(&kv.key) {
-                            t.apply(&u, &m, active(kv));
-                        }
+                    for ((u, m), s) in &items {
+                        t.apply(u, m, active(s));
                     }
                 }
-                Update::Events { events, .. } => {
-                    for ev in &events {
-                        let Some((u, m)) = split(&ev.kv.key) else {
-                            continue;
-                        };
-                        match ev.kind {
-                            EventKind::Put => t.apply(&u, &m, active(&ev.kv)),
-                            EventKind::Delete => t.remove(&u, &m),
+                Update::Changes(changes) => {
+                    for change in &changes {
+                        match change {
+                            Change::Put((u, m), s) => t.apply(u, m, active(s)),
+                            Change::Delete((u, m)) => t.remove(u, m),
                         }
                     }
                 }

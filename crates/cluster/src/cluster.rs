@@ -6,7 +6,7 @@ use crate::machine::{Launch, Machine, UnitManagerKind};
 use anyhow::{bail, Context, Result};
 use api::types::{Unit, UnitState};
 use registry::etcd::{EtcdOptions, EtcdStore};
-use registry::Store;
+use registry::Registry;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,7 +81,8 @@ pub type ActiveUnits = BTreeMap<String, Vec<String>>;
 pub struct Cluster {
     machines: Vec<Machine>,
     launch: Arc<Launch>,
-    store: Arc<EtcdStore>,
+    /// The harness's own view of the registry (what tests check beside the API).
+    registry: Registry,
     tag: String,
     // Dropped last: processes die before their directories go.
     etcd: EtcdCluster,
@@ -137,10 +138,11 @@ impl Cluster {
             unit_manager: spec.unit_manager,
             extra_args: spec.extra_args.clone(),
         });
+        let registry = Registry::new(Arc::new(store), &launch.key_prefix);
         let mut cluster = Cluster {
             machines: Vec::new(),
             launch,
-            store: Arc::new(store),
+            registry,
             tag,
             etcd,
             dir,
@@ -323,41 +325,35 @@ impl Cluster {
 
     /// Every key under the cluster's prefix with its value (lossy UTF-8), read from etcd.
     pub async fn registry_dump(&self) -> Result<Vec<(String, String)>> {
-        let page = registry::store::range_all(self.store.as_ref(), &self.launch.key_prefix, 1000)
-            .await
-            .context("reading the registry")?;
-        Ok(page
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
-            .collect())
+        self.registry.dump().await.context("reading the registry")
     }
 
-    /// The engine's schedule keys as (machine id, unit) pairs, sorted.
+    /// The engine's schedule as (machine id, unit) pairs, sorted.
     pub async fn schedule_entries(&self) -> Result<Vec<(String, String)>> {
-        let base = format!("{}schedule/", self.launch.key_prefix);
-        let page = registry::store::range_all(self.store.as_ref(), &base, 1000)
+        let schedule = self
+            .registry
+            .schedule(None)
             .await
             .context("reading the schedule")?;
-        Ok(page
-            .kvs
-            .iter()
-            .filter_map(|kv| {
-                let (machine, unit) = kv.key.strip_prefix(&base)?.split_once('/')?;
-                Some((machine.to_string(), unit.to_string()))
-            })
-            .collect())
+        Ok(schedule.items.into_keys().collect())
     }
 
-    /// The machine id in the `engine/leader` key.
-    pub async fn leader(&self) -> Result<Option<String>> {
-        let key = format!("{}engine/leader", self.launch.key_prefix);
-        Ok(self
-            .store
-            .get(&key)
+    /// unit -> machine id for every placed unit, as the engine wrote it.
+    pub async fn placements(&self) -> Result<BTreeMap<String, String>> {
+        let placements = self
+            .registry
+            .placements(None)
             .await
-            .context("reading the engine leader")?
-            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+            .context("reading the placements")?;
+        Ok(placements.items)
+    }
+
+    /// The machine id of the engine leader, if one leads.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        self.registry
+            .leader()
+            .await
+            .context("reading the engine leader")
     }
 
     /// Waits until a machine that serves leads the engine; returns its index.
@@ -390,24 +386,16 @@ impl Cluster {
             );
         }
         // The test's runtime may be the one panicking: read etcd from a thread of our own.
-        let store = self.store.clone();
-        let prefix = self.launch.key_prefix.clone();
+        let registry = self.registry.clone();
         let dump = std::thread::spawn(move || -> Result<Vec<(String, String)>> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let page = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    registry::store::range_all(store.as_ref(), &prefix, 1000),
-                )
-                .await
-                .context("etcd did not answer within 5 s")??;
-                Ok(page
-                    .kvs
-                    .into_iter()
-                    .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
-                    .collect())
+                let dump = tokio::time::timeout(Duration::from_secs(5), registry.dump())
+                    .await
+                    .context("etcd did not answer within 5 s")??;
+                Ok(dump)
             })
         })
         .join();

@@ -477,13 +477,12 @@ async fn leader_killed_mid_pass_places_each_unit_once() {
         let twice: Vec<_> = per_unit.iter().filter(|(_, ms)| ms.len() > 1).collect();
         ensure!(twice.is_empty(), "units scheduled twice: {twice:?}");
         // placement/<unit> agrees with the schedule, and each live agent loaded its share once.
-        let dump: BTreeMap<String, String> = c.registry_dump().await?.into_iter().collect();
+        let placements = c.placements().await?;
         for (u, ms) in &per_unit {
-            let key = format!("{}placement/{u}", c.key_prefix());
             ensure!(
-                dump.get(&key).map(String::as_str) == Some(ms[0]),
-                "{key} = {:?}, schedule says {}",
-                dump.get(&key),
+                placements.get(*u).map(String::as_str) == Some(ms[0]),
+                "{u} placed on {:?}, schedule says {}",
+                placements.get(*u),
                 ms[0]
             );
         }

@@ -8,8 +8,7 @@
 //! `agent_ttl`). Engines that do not lead follow only the leader key.
 
 use crate::model::Model;
-use registry::mirror::{follow, Update};
-use registry::{LeaseId, Registry, StoreError};
+use registry::{Campaign, Leadership, Registry};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -43,12 +42,12 @@ pub async fn run(
             return Ok(());
         }
         match campaign(&registry, &config, &mut stop).await {
-            Ok(Some(lease)) => {
+            Ok(Some(leadership)) => {
                 backoff = Duration::from_millis(100);
                 tracing::info!(machine = %config.machine_id, "this engine leads");
-                let outcome = lead(&registry, &config, lease, &mut stop).await;
+                let outcome = lead(&registry, &config, &leadership, &mut stop).await;
                 // Release at once so another engine can take over without waiting the TTL out.
-                let _ = registry.store.revoke_lease(lease).await;
+                let _ = leadership.resign().await;
                 match outcome {
                     Ok(()) if *stop.borrow() => return Ok(()),
                     Ok(()) => tracing::warn!("engine lost leadership"),
@@ -73,51 +72,22 @@ async fn campaign(
     registry: &Registry,
     config: &EngineConfig,
     stop: &mut watch::Receiver<bool>,
-) -> anyhow::Result<Option<LeaseId>> {
-    let leader_key = registry.keys.leader();
-    let mut leader_rx = follow(registry.store.clone(), leader_key.clone());
+) -> anyhow::Result<Option<Leadership>> {
+    let mut leader = registry.follow_leader();
     loop {
-        let lease = registry.store.grant_lease(config.leader_ttl()).await?;
-        match registry.campaign(&config.machine_id, lease).await? {
-            Some(ref id) if *id == config.machine_id => {
-                // The key could be ours from a previous lease (a restarted fleetd): make sure
-                // it is attached to this one.
-                let fenced = registry
-                    .store
-                    .txn(
-                        vec![registry::Compare::Lease(leader_key.clone(), lease)],
-                        vec![],
-                        vec![],
-                    )
-                    .await?
-                    .succeeded;
-                if fenced {
-                    return Ok(Some(lease));
-                }
-                registry
-                    .store
-                    .txn(
-                        vec![],
-                        vec![registry::Op::delete(leader_key.clone())],
-                        vec![],
-                    )
-                    .await?;
-                registry.store.revoke_lease(lease).await?;
-                continue;
-            }
-            other => {
-                registry.store.revoke_lease(lease).await?;
-                tracing::debug!(leader = ?other, "another engine leads");
-            }
+        match registry
+            .campaign(&config.machine_id, config.leader_ttl())
+            .await?
+        {
+            Campaign::Won(leadership) => return Ok(Some(leadership)),
+            Campaign::Lost(other) => tracing::debug!(leader = ?other, "another engine leads"),
         }
         // Wait for the leader key to go away.
         loop {
             tokio::select! {
                 _ = stop.changed() => if *stop.borrow() { return Ok(None) },
-                u = leader_rx.recv() => match u {
-                    Some(Update::Reset { kvs, .. }) if kvs.is_empty() => break,
-                    Some(Update::Events { events, .. }) if events.iter().any(|e| e.kind == registry::EventKind::Delete) => break,
-                    Some(_) => {}
+                vacated = leader.vacated() => match vacated {
+                    Some(()) => break,
                     None => return Err(anyhow::anyhow!("registry follower ended")),
                 },
             }
@@ -129,18 +99,16 @@ async fn campaign(
 async fn lead(
     registry: &Registry,
     config: &EngineConfig,
-    lease: LeaseId,
+    leadership: &Leadership,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let keys = &registry.keys;
-    let store = registry.store.clone();
-    let mut jobs = follow(store.clone(), keys.jobs());
-    let mut machines = follow(store.clone(), keys.machines());
-    let mut metadata = follow(store.clone(), keys.all_metadata());
-    let mut schedule = follow(store.clone(), keys.schedules());
-    let mut reasons = follow(store.clone(), keys.reasons());
-    let mut texts = follow(store.clone(), keys.bodies());
-    let mut model = Model::new(keys.clone());
+    let mut jobs = registry.follow_jobs();
+    let mut machines = registry.follow_machines();
+    let mut metadata = registry.follow_metadata();
+    let mut schedule = registry.follow_schedule();
+    let mut reasons = registry.follow_reasons();
+    let mut texts = registry.follow_bodies();
+    let mut model = Model::new();
     let mut keepalive = tokio::time::interval(config.leader_ttl() / 3);
     keepalive.tick().await;
     let mut tick = tokio::time::interval(config.interval);
@@ -155,9 +123,9 @@ async fn lead(
         tokio::select! {
             _ = stop.changed() => if *stop.borrow() { return Ok(()) },
             _ = tokio::time::sleep_until(next_pass), if pending => dirty = true,
-            _ = keepalive.tick() => match registry.store.keep_alive(lease).await {
-                Ok(_) => {}
-                Err(StoreError::LeaseNotFound(_)) => return Ok(()),
+            _ = keepalive.tick() => match leadership.hold().await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
                 Err(e) => tracing::warn!(error = %e, "refreshing the leader lease failed"),
             },
             _ = tick.tick() => dirty = true,
@@ -171,30 +139,30 @@ async fn lead(
         // Take whatever else is queued so that a burst of changes costs one pass.
         loop {
             let mut any = false;
-            while let Ok(u) = jobs.try_recv() {
+            while let Some(u) = jobs.try_recv() {
                 model.apply_jobs(u);
                 ready[0] = true;
                 any = true;
             }
-            while let Ok(u) = machines.try_recv() {
+            while let Some(u) = machines.try_recv() {
                 model.apply_machines(u);
                 ready[1] = true;
                 any = true;
             }
-            while let Ok(u) = metadata.try_recv() {
+            while let Some(u) = metadata.try_recv() {
                 model.apply_metadata(u);
                 ready[2] = true;
                 any = true;
             }
-            while let Ok(u) = schedule.try_recv() {
+            while let Some(u) = schedule.try_recv() {
                 model.apply_schedule(u);
                 ready[3] = true;
             }
-            while let Ok(u) = reasons.try_recv() {
+            while let Some(u) = reasons.try_recv() {
                 model.apply_reasons(u);
                 ready[4] = true;
             }
-            while let Ok(u) = texts.try_recv() {
+            while let Some(u) = texts.try_recv() {
                 model.apply_texts(u);
                 ready[5] = true;
             }
@@ -227,14 +195,14 @@ async fn lead(
             continue;
         }
         tracing::debug!(changes = changes.len(), "writing engine decisions");
-        match registry.apply_schedule(&changes, lease).await {
+        match leadership.apply_schedule(&changes).await {
             Ok(true) => model.applied(&changes),
             Ok(false) => return Ok(()),
             Err(e) => {
                 // Some batches may have been written: read the schedule afresh before deciding
                 // again, so that no unit is placed twice.
                 tracing::warn!(error = %e, "writing engine decisions failed; re-reading the schedule");
-                schedule = follow(store.clone(), keys.schedules());
+                schedule = registry.follow_schedule();
                 ready[3] = false;
             }
         }

@@ -1,10 +1,7 @@
 //! The leader's model of the cluster, kept current from registry watches, and the translation
 //! of the scheduler's plan into registry writes.
 
-use registry::keys::Keys;
-use registry::mirror::{apply, json, text, Update};
-use registry::EventKind;
-use registry::{Job, MachineState, Registry, ScheduleChange, ScheduleEntry};
+use registry::{Change, Job, MachineState, Registry, ScheduleChange, ScheduleEntry, Update};
 use std::collections::{BTreeMap, HashMap};
 
 /// Body reads (for records without their `[X-Fleet]` options) in flight at once.
@@ -13,104 +10,90 @@ use unit::{Requirements, UnitFile, UnitHash};
 
 #[derive(Default)]
 pub struct Model {
-    keys: Option<Keys>,
     pub jobs: BTreeMap<String, Job>,
     pub machines: BTreeMap<String, MachineState>,
     /// machine -> key -> value set through the API.
     pub metadata: BTreeMap<String, BTreeMap<String, String>>,
-    /// unit -> (machine, entry) as written in `schedule/`.
+    /// unit -> (machine, entry) as the schedule has it.
     pub placed: BTreeMap<String, (String, ScheduleEntry)>,
     pub reasons: BTreeMap<String, String>,
     pub bodies: HashMap<UnitHash, UnitFile>,
-    /// Unit texts by hash, as stored under `unit/`: carried in the schedule entries the engine
-    /// writes, so agents need not read them.
-    pub texts: BTreeMap<String, String>,
+    /// Unit texts by hash, as the registry stores unit bodies: carried in the schedule entries
+    /// the engine writes, so agents need not read them.
+    pub texts: BTreeMap<UnitHash, String>,
     /// unit -> the hash its requirements were read from, and those requirements: parsing
     /// `[X-Fleet]` of every unit on every pass would dominate a pass at 10,000 units.
     requirements: HashMap<String, (UnitHash, Requirements)>,
 }
 
 impl Model {
-    pub fn new(keys: Keys) -> Model {
-        Model {
-            keys: Some(keys),
-            ..Default::default()
-        }
+    /// An empty model, filled by the followers' updates.
+    pub fn new() -> Model {
+        Model::default()
     }
 
-    fn keys(&self) -> &Keys {
-        // Built with `new`; a default Model is only used in tests that set what they need.
-        self.keys.as_ref().expect("Model::new sets keys")
+    /// Applies changes of the job records, named by unit.
+    pub fn apply_jobs(&mut self, u: Update<String, Job>) {
+        u.apply_to(&mut self.jobs);
     }
 
-    pub fn apply_jobs(&mut self, u: Update) {
-        let base = self.keys().jobs();
-        apply(&mut self.jobs, &base, u, |_, kv| json(kv));
+    /// Applies changes of the machines present, named by machine id.
+    pub fn apply_machines(&mut self, u: Update<String, MachineState>) {
+        u.apply_to(&mut self.machines);
     }
 
-    pub fn apply_machines(&mut self, u: Update) {
-        let base = self.keys().machines();
-        apply(&mut self.machines, &base, u, |_, kv| json(kv));
-    }
-
-    pub fn apply_metadata(&mut self, u: Update) {
-        let base = self.keys().all_metadata();
-        // Keys are `<machine>/<key>`: keep a flat map, then regroup.
-        let mut flat: BTreeMap<String, String> = self
-            .metadata
-            .iter()
-            .flat_map(|(m, kv)| kv.iter().map(move |(k, v)| (format!("{m}/{k}"), v.clone())))
-            .collect();
-        apply(&mut flat, &base, u, |_, kv| text(kv));
-        self.metadata.clear();
-        for (mk, v) in flat {
-            if let Some((m, k)) = mk.split_once('/') {
-                self.metadata
-                    .entry(m.to_string())
-                    .or_default()
-                    .insert(k.to_string(), v);
-            }
-        }
-    }
-
-    /// Applies schedule changes in place (rebuilding the whole copy per update made a burst of
-    /// placements quadratic).
-    pub fn apply_schedule(&mut self, u: Update) {
-        let base = self.keys().schedules();
-        // Keys are `<machine>/<unit>`; the model is keyed by unit.
-        let split = |key: &str| -> Option<(String, String)> {
-            let (m, u) = key.strip_prefix(&base)?.split_once('/')?;
-            Some((m.to_string(), u.to_string()))
-        };
-        // The text an entry carries is for the agent; the model has it under `texts`.
-        let decode = |kv: &registry::KeyValue| {
-            json::<ScheduleEntry>(kv).map(|e| ScheduleEntry { raw: None, ..e })
+    /// Applies changes of dynamic metadata, named `(machine, key)`.
+    pub fn apply_metadata(&mut self, u: Update<(String, String), String>) {
+        let set = |metadata: &mut BTreeMap<String, BTreeMap<String, String>>, m: String, k, v| {
+            metadata.entry(m).or_default().insert(k, v);
         };
         match u {
-            Update::Reset { kvs, .. } => {
-                self.placed.clear();
-                for kv in &kvs {
-                    if let (Some((m, u)), Some(e)) = (split(&kv.key), decode(kv)) {
-                        self.placed.insert(u, (m, e));
+            Update::Reset(items) => {
+                self.metadata.clear();
+                for ((m, k), v) in items {
+                    set(&mut self.metadata, m, k, v);
+                }
+            }
+            Update::Changes(changes) => {
+                for change in changes {
+                    match change {
+                        Change::Put((m, k), v) => set(&mut self.metadata, m, k, v),
+                        Change::Delete((m, k)) => {
+                            if let Some(keys) = self.metadata.get_mut(&m) {
+                                keys.remove(&k);
+                                if keys.is_empty() {
+                                    self.metadata.remove(&m);
+                                }
+                            }
+                        }
                     }
                 }
             }
-            Update::Events { events, .. } => {
-                for ev in events {
-                    let Some((m, u)) = split(&ev.kv.key) else {
-                        continue;
-                    };
-                    let entry = match ev.kind {
-                        EventKind::Put => decode(&ev.kv),
-                        EventKind::Delete => None,
-                    };
-                    match entry {
-                        Some(e) => {
+        }
+    }
+
+    /// Applies schedule changes, named `(machine, unit)`, in place (rebuilding the whole copy
+    /// per update made a burst of placements quadratic).
+    pub fn apply_schedule(&mut self, u: Update<(String, String), ScheduleEntry>) {
+        // The model is keyed by unit. The text an entry carries is for the agent; the model
+        // has it under `texts`.
+        let u = u.map(|e| ScheduleEntry { raw: None, ..e });
+        match u {
+            Update::Reset(items) => {
+                self.placed.clear();
+                for ((m, u), e) in items {
+                    self.placed.insert(u, (m, e));
+                }
+            }
+            Update::Changes(changes) => {
+                for change in changes {
+                    match change {
+                        Change::Put((m, u), e) => {
                             self.placed.insert(u, (m, e));
                         }
                         // Only the entry on that machine goes (a move may deliver the new
                         // machine's put first).
-                        None => {
+                        Change::Delete((m, u)) => {
                             if self.placed.get(&u).is_some_and(|(pm, _)| *pm == m) {
                                 self.placed.remove(&u);
                             }
@@ -121,9 +104,9 @@ impl Model {
         }
     }
 
-    pub fn apply_texts(&mut self, u: Update) {
-        let base = self.keys().bodies();
-        apply(&mut self.texts, &base, u, |_, kv| text(kv));
+    /// Applies changes of the unit texts, named by hash.
+    pub fn apply_texts(&mut self, u: Update<UnitHash, String>) {
+        u.apply_to(&mut self.texts);
     }
 
     /// The entry that tells a machine about `job`, with its text if known.
@@ -131,18 +114,18 @@ impl Model {
         ScheduleEntry {
             hash: job.hash,
             desired: job.desired,
-            raw: self.texts.get(&job.hash.to_string()).cloned(),
+            raw: self.texts.get(&job.hash).cloned(),
         }
     }
 
-    pub fn apply_reasons(&mut self, u: Update) {
-        let base = self.keys().reasons();
-        apply(&mut self.reasons, &base, u, |_, kv| text(kv));
+    /// Applies changes of the reasons units cannot be placed, named by unit.
+    pub fn apply_reasons(&mut self, u: Update<String, String>) {
+        u.apply_to(&mut self.reasons);
     }
 
     /// Brings the requirements of every job up to date: from the job record's `[X-Fleet]`
-    /// options where it carries them, otherwise from its body: the text the model follows under
-    /// `unit/`, or, if that has not arrived yet, read (side by side) from the registry.
+    /// options where it carries them, otherwise from its body: the text the model follows
+    /// (`texts`), or, if that has not arrived yet, read (side by side) from the registry.
     pub async fn update_requirements(&mut self, registry: &Registry) {
         let jobs = &self.jobs;
         self.requirements
@@ -157,7 +140,7 @@ impl Model {
                     self.requirements.insert(job.name.clone(), (job.hash, req));
                 }
                 None if !self.bodies.contains_key(&job.hash) => {
-                    let followed = self.texts.get(&job.hash.to_string());
+                    let followed = self.texts.get(&job.hash);
                     match followed.and_then(|raw| UnitFile::parse(raw).ok()) {
                         Some(file) if file.hash() == job.hash => {
                             self.bodies.insert(job.hash, file);

@@ -2,7 +2,7 @@
 //! scheduling scenarios end to end, leader election and fencing.
 
 use engine::EngineConfig;
-use registry::{MachineState, Registry, Store, TargetState};
+use registry::{Announcement, MachineLease, MachineState, Registry, Store, TargetState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +21,9 @@ fn machine_id(i: usize) -> String {
 }
 
 /// Registers machine `i` under a fresh lease; returns the lease.
-async fn add_machine(reg: &Registry, i: usize, metadata: &[(&str, &str)]) -> registry::LeaseId {
+async fn add_machine(reg: &Registry, i: usize, metadata: &[(&str, &str)]) -> MachineLease {
     let lease = reg
-        .store
-        .grant_lease(Duration::from_secs(30))
+        .grant_machine_lease(Duration::from_secs(30))
         .await
         .unwrap();
     let m = MachineState {
@@ -35,7 +34,7 @@ async fn add_machine(reg: &Registry, i: usize, metadata: &[(&str, &str)]) -> reg
             .collect(),
         ..Default::default()
     };
-    reg.register_machine(&m, lease).await.unwrap();
+    assert_eq!(lease.announce(&m).await.unwrap(), Announcement::Written);
     lease
 }
 
@@ -179,7 +178,7 @@ async fn machine_of_pairs_move_together(reg: Registry) {
     let p = wait_placements(&reg, "ping/pong pairs", paired).await;
     let victim = p["ping.1.service"].clone();
     let victim_index = (0..3).find(|i| machine_id(*i) == victim).unwrap();
-    reg.store.revoke_lease(leases[victim_index]).await.unwrap();
+    leases[victim_index].revoke().await.unwrap();
     let p = wait_placements(&reg, "pairs moved off the lost machine", |p| {
         paired(p) && !p.values().any(|m| *m == victim)
     })
@@ -216,12 +215,9 @@ async fn leader_failover_is_fenced(reg: Registry) {
     create_plain(&reg, 20..30).await;
     wait_placements(&reg, "30 units placed", |p| p.len() == 30).await;
     // Every unit appears in exactly one machine's schedule.
-    let schedule = registry::store::range_all(reg.store.as_ref(), &reg.keys.schedules(), 1000)
-        .await
-        .unwrap();
+    let schedule = reg.schedule(None).await.unwrap().items;
     let mut seen = BTreeMap::new();
-    for kv in schedule.kvs {
-        let unit = kv.key.rsplit('/').next().unwrap().to_string();
+    for (_machine, unit) in schedule.into_keys() {
         *seen.entry(unit).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 30);
@@ -356,17 +352,13 @@ async fn schedule_entries_carry_unit_text(reg: Registry) {
         .await
         .unwrap();
     let (stop, handle) = start_engine(&reg, 0);
-    let key = reg.keys.schedule(&machine_id(0), "carried.service");
-    let entry = |reg: Registry, key: String| async move {
-        reg.store
-            .get(&key)
-            .await
-            .unwrap()
-            .map(|kv| serde_json::from_slice::<registry::ScheduleEntry>(&kv.value).unwrap())
+    let entry = |reg: Registry, unit: &'static str| async move {
+        let mine = reg.machine_schedule(&machine_id(0), None).await.unwrap();
+        mine.items.get(unit).cloned()
     };
     let placed = poll(
         "carried.service placed",
-        async || entry(reg.clone(), key.clone()).await,
+        async || entry(reg.clone(), "carried.service").await,
         |e| e.is_some(),
     )
     .await
@@ -378,7 +370,7 @@ async fn schedule_entries_carry_unit_text(reg: Registry) {
         .unwrap();
     let updated = poll(
         "carried.service launched",
-        async || entry(reg.clone(), key.clone()).await,
+        async || entry(reg.clone(), "carried.service").await,
         |e| {
             e.as_ref()
                 .is_some_and(|e| e.desired == TargetState::Launched)

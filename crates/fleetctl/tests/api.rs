@@ -5,7 +5,8 @@
 
 use registry::embedded::EmbeddedStore;
 use registry::{
-    MachineState, Registry, ScheduleChange, ScheduleEntry, SystemdState, TargetState, UnitState,
+    Announcement, Campaign, Leadership, MachineLease, MachineState, Registry, ScheduleChange,
+    ScheduleEntry, SystemdState, TargetState, UnitState,
 };
 use server::listen::{bind, serve, Listen};
 use std::path::Path;
@@ -19,8 +20,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     reg: Registry,
     endpoint: String,
-    /// The lease of the "engine" writing schedules (the registry fences them with it).
-    engine: registry::LeaseId,
+    /// The leadership of the "engine" writing schedules (the registry fences them with it).
+    engine: Leadership,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -45,18 +46,13 @@ impl Cluster {
         tokio::spawn(serve(listeners, server::router(state), async {
             let _ = stopped.await;
         }));
-        let engine = reg
-            .store
-            .grant_lease(Duration::from_secs(60))
+        let Campaign::Won(engine) = reg
+            .campaign("engine", Duration::from_secs(60))
             .await
-            .expect("lease");
-        assert_eq!(
-            reg.campaign("engine", engine)
-                .await
-                .expect("campaign")
-                .as_deref(),
-            Some("engine")
-        );
+            .expect("campaign")
+        else {
+            panic!("the test's engine did not win the leadership");
+        };
         Cluster {
             engine,
             endpoint: format!("unix://{}", sock.display()),
@@ -90,11 +86,10 @@ impl Cluster {
         tokio::task::spawn_blocking(move || cmd.output().expect("run fleetctl"))
     }
 
-    async fn machine(&self, id: &str, ip: &str, metadata: &[(&str, &str)]) -> registry::LeaseId {
+    async fn machine(&self, id: &str, ip: &str, metadata: &[(&str, &str)]) -> MachineLease {
         let lease = self
             .reg
-            .store
-            .grant_lease(Duration::from_secs(60))
+            .grant_machine_lease(Duration::from_secs(60))
             .await
             .expect("lease");
         let m = MachineState {
@@ -106,10 +101,10 @@ impl Cluster {
                 .collect(),
             ..MachineState::default()
         };
-        self.reg
-            .register_machine(&m, lease)
-            .await
-            .expect("register");
+        assert_eq!(
+            lease.announce(&m).await.expect("register"),
+            Announcement::Written
+        );
         lease
     }
 
@@ -129,8 +124,8 @@ impl Cluster {
     /// What the engine does: place `unit` on `machine` (or give a reason).
     async fn schedule(&self, change: ScheduleChange) {
         assert!(self
-            .reg
-            .apply_schedule(&[change], self.engine)
+            .engine
+            .apply_schedule(&[change])
             .await
             .expect("apply schedule"));
     }
@@ -160,7 +155,7 @@ impl Cluster {
     async fn publish(
         &self,
         machine: &str,
-        lease: registry::LeaseId,
+        lease: &MachineLease,
         unit: &str,
         agent: TargetState,
         active: &str,
@@ -185,8 +180,8 @@ impl Cluster {
             reason: None,
             global,
         };
-        self.reg
-            .publish_states(machine, lease, &[st], &[])
+        lease
+            .publish_states(machine, &[st], &[])
             .await
             .expect("publish");
     }
@@ -356,7 +351,7 @@ async fn start_waits_for_launched_and_active_and_reports_failure() {
     // Launched but still activating: fleetctl keeps waiting.
     c.publish(
         M1,
-        lease,
+        &lease,
         "web@1.service",
         TargetState::Launched,
         "activating",
@@ -367,7 +362,7 @@ async fn start_waits_for_launched_and_active_and_reports_failure() {
         !start.is_finished(),
         "start returned before systemd said active"
     );
-    c.publish(M1, lease, "web@1.service", TargetState::Launched, "active")
+    c.publish(M1, &lease, "web@1.service", TargetState::Launched, "active")
         .await;
     let o = start.await.expect("join");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -401,7 +396,7 @@ async fn start_waits_for_launched_and_active_and_reports_failure() {
     c.until_desired("web@2.service", TargetState::Launched)
         .await;
     c.place("web@2.service", M1, TargetState::Launched).await;
-    c.publish(M1, lease, "web@2.service", TargetState::Launched, "failed")
+    c.publish(M1, &lease, "web@2.service", TargetState::Launched, "failed")
         .await;
     let o = start.await.expect("join");
     assert_eq!(o.status.code(), Some(1));
@@ -417,7 +412,7 @@ async fn start_waits_for_launched_and_active_and_reports_failure() {
     let stop = c.spawn(&cwd, &["stop", "web@1.service"]);
     c.until_desired("web@1.service", TargetState::Loaded).await;
     c.place("web@1.service", M1, TargetState::Loaded).await;
-    c.publish(M1, lease, "web@1.service", TargetState::Loaded, "inactive")
+    c.publish(M1, &lease, "web@1.service", TargetState::Loaded, "inactive")
         .await;
     let o = stop.await.expect("join");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -499,18 +494,18 @@ async fn restart_stops_then_starts() {
     let o = c.run(&cwd, &["start", "--no-block", "hello"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     c.place("hello.service", M1, TargetState::Launched).await;
-    c.publish(M1, lease, "hello.service", TargetState::Launched, "active")
+    c.publish(M1, &lease, "hello.service", TargetState::Launched, "active")
         .await;
 
     let restart = c.spawn(&cwd, &["restart", "hello"]);
     c.until_desired("hello.service", TargetState::Loaded).await;
     c.place("hello.service", M1, TargetState::Loaded).await;
-    c.publish(M1, lease, "hello.service", TargetState::Loaded, "inactive")
+    c.publish(M1, &lease, "hello.service", TargetState::Loaded, "inactive")
         .await;
     c.until_desired("hello.service", TargetState::Launched)
         .await;
     c.place("hello.service", M1, TargetState::Launched).await;
-    c.publish(M1, lease, "hello.service", TargetState::Launched, "active")
+    c.publish(M1, &lease, "hello.service", TargetState::Launched, "active")
         .await;
     let o = restart.await.expect("join");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -535,7 +530,7 @@ async fn global_units_are_waited_for_on_their_machines() {
     );
     let start = c.spawn(&cwd, &["start", "g"]);
     c.until_desired("g.service", TargetState::Launched).await;
-    c.publish(M1, lease, "g.service", TargetState::Launched, "active")
+    c.publish(M1, &lease, "g.service", TargetState::Launched, "active")
         .await;
     let o = start.await.expect("join");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));

@@ -1,5 +1,5 @@
 //! fleet-level registry figures, printed (never asserted): unit creations per second through
-//! `Registry::create_unit`, engine schedule writes per second through `Registry::apply_schedule`
+//! `Registry::create_unit`, engine schedule writes per second through `Leadership::apply_schedule`
 //! (batched, fenced transactions), on the embedded store and on a real one-member etcd started
 //! here.
 //!
@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(backend: &str, store: Arc<dyn Store>, units: usize) -> anyhow::Result<()> {
-    let reg = Registry::new(store.clone(), "/bench/");
+    let reg = Registry::new(store, "/bench/");
     // Unit creations: 32 in flight, as the API serves concurrent fleetctl requests.
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -58,8 +58,12 @@ async fn bench(backend: &str, store: Arc<dyn Store>, units: usize) -> anyhow::Re
     }
     let create = started.elapsed();
     // Schedule writes: one engine pass placing every unit, fenced by a leader lease.
-    let lease = store.grant_lease(Duration::from_secs(30)).await?;
-    reg.campaign("bench-machine", lease).await?;
+    let registry::Campaign::Won(leadership) = reg
+        .campaign("bench-machine", Duration::from_secs(30))
+        .await?
+    else {
+        anyhow::bail!("another engine leads");
+    };
     let jobs = reg.jobs(None).await?.items;
     let changes: Vec<ScheduleChange> = jobs
         .iter()
@@ -75,7 +79,7 @@ async fn bench(backend: &str, store: Arc<dyn Store>, units: usize) -> anyhow::Re
         })
         .collect();
     let started = Instant::now();
-    anyhow::ensure!(reg.apply_schedule(&changes, lease).await?, "fence failed");
+    anyhow::ensure!(leadership.apply_schedule(&changes).await?, "fence failed");
     let schedule = started.elapsed();
     // One agent's first read of its schedule (what a steady agent never repeats).
     let started = Instant::now();

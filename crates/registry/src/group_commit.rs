@@ -75,6 +75,15 @@ impl GroupCommit {
     }
 }
 
+/// The key an operation writes (the prefix, for a prefix deletion): a transaction may write
+/// each key once only.
+pub(crate) fn op_key(op: &Op) -> &str {
+    match op {
+        Op::Put { key, .. } | Op::Delete { key } => key,
+        Op::DeletePrefix { prefix } => prefix,
+    }
+}
+
 fn lock(m: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
     // The queue is consistent between statements, so a panic elsewhere cannot leave it torn.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -111,12 +120,10 @@ impl Queue {
             let fresh: Vec<&Op> = p
                 .ops
                 .iter()
-                .filter(|op| written.get(crate::registry::op_key(op)) != Some(op))
+                .filter(|op| written.get(op_key(op)) != Some(op))
                 .collect();
-            let clash = names.contains(&p.name)
-                || fresh
-                    .iter()
-                    .any(|op| written.contains_key(crate::registry::op_key(op)));
+            let clash =
+                names.contains(&p.name) || fresh.iter().any(|op| written.contains_key(op_key(op)));
             if clash {
                 i += 1;
                 continue;
@@ -132,7 +139,7 @@ impl Queue {
             ops += fresh.len();
             compares += p.compares.len();
             for op in fresh {
-                written.insert(crate::registry::op_key(op).to_string(), op.clone());
+                written.insert(op_key(op).to_string(), op.clone());
             }
             names.insert(p.name.clone());
             if let Some(p) = self.waiting.remove(i) {
@@ -159,7 +166,7 @@ async fn write(store: &dyn Store, batch: Vec<Pending>) {
     let ops: Vec<Op> = batch
         .iter()
         .flat_map(|p| p.ops.iter())
-        .filter(|op| seen.insert(crate::registry::op_key(op)))
+        .filter(|op| seen.insert(op_key(op)))
         .cloned()
         .collect();
     match store.txn(compares, ops, vec![]).await {

@@ -15,10 +15,15 @@
 //! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON of a placed unit | the publishing machine's |
 //! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance | the publishing machine's |
 //! | `engine/leader` | the leader's machine id | the leader's |
+//!
+//! Keys are built by [`Keys`] and read back by [`KeyShape`]: one parser per shape of what
+//! follows a prefix (`<name>`, `<a>/<b>`, `<hash>`, or nothing for a single key).
+
+use unit::UnitHash;
 
 /// The keys of one fleet cluster under a prefix (normalized to end in `/`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
@@ -48,13 +53,13 @@ impl Keys {
     pub fn bodies(&self) -> String {
         format!("{}unit/", self.prefix)
     }
-    pub fn body(&self, hash: &unit::UnitHash) -> String {
+    pub fn body(&self, hash: &UnitHash) -> String {
         format!("{}unit/{hash}", self.prefix)
     }
-    pub fn body_refs(&self, hash: &unit::UnitHash) -> String {
+    pub fn body_refs(&self, hash: &UnitHash) -> String {
         format!("{}unitref/{hash}/", self.prefix)
     }
-    pub fn body_ref(&self, hash: &unit::UnitHash, unit: &str) -> String {
+    pub fn body_ref(&self, hash: &UnitHash, unit: &str) -> String {
         format!("{}unitref/{hash}/{unit}", self.prefix)
     }
     pub fn schedules(&self) -> String {
@@ -86,6 +91,9 @@ impl Keys {
     }
     pub fn all_metadata(&self) -> String {
         format!("{}metadata/", self.prefix)
+    }
+    pub fn machine_metadata(&self, id: &str) -> String {
+        format!("{}metadata/{id}/", self.prefix)
     }
     pub fn metadata(&self, id: &str, key: &str) -> String {
         format!("{}metadata/{id}/{key}", self.prefix)
@@ -120,8 +128,124 @@ impl Keys {
     pub fn leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
     }
-    /// The part of `key` after `base` (a prefix built by this type), if `key` is under it.
-    pub fn strip<'a>(&self, base: &str, key: &'a str) -> Option<&'a str> {
-        key.strip_prefix(base)
+}
+
+/// What follows a prefix in a key, parsed: the one place that knows how each shape of key
+/// reads back. A key that does not have the shape is not one of the records followed or read.
+pub(crate) trait KeyShape: Sized {
+    /// Parses `rest`, the part of a key after the prefix it was found under.
+    fn parse(rest: &str) -> Option<Self>;
+
+    /// Parses `key` if it lies under `base`.
+    fn under(base: &str, key: &str) -> Option<Self> {
+        Self::parse(key.strip_prefix(base)?)
+    }
+}
+
+/// `<name>`: a unit, machine or hash named by the rest of the key (`job/<unit>`,
+/// `machines/<id>`, `reason/<unit>`, `schedule/<machine>/<unit>` under one machine's prefix...).
+impl KeyShape for String {
+    fn parse(rest: &str) -> Option<String> {
+        Some(rest.to_string())
+    }
+}
+
+/// `<a>/<b>`: two names, split at the first `/` (`schedule/<machine>/<unit>`,
+/// `metadata/<machine>/<key>`, `states/<unit>/<machine>`).
+impl KeyShape for (String, String) {
+    fn parse(rest: &str) -> Option<(String, String)> {
+        let (a, b) = rest.split_once('/')?;
+        Some((a.to_string(), b.to_string()))
+    }
+}
+
+/// `<hash>`: a unit body's content address (`unit/<hash>`).
+impl KeyShape for UnitHash {
+    fn parse(rest: &str) -> Option<UnitHash> {
+        rest.parse().ok()
+    }
+}
+
+/// Nothing: the key itself (`engine/leader`).
+impl KeyShape for () {
+    fn parse(rest: &str) -> Option<()> {
+        rest.is_empty().then_some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shape_reads_back_the_keys_built() {
+        let keys = Keys::new("/fleet");
+        assert_eq!(keys.prefix(), "/fleet/");
+        assert_eq!(
+            String::under(&keys.jobs(), &keys.job("a.service")),
+            Some("a.service".to_string())
+        );
+        assert_eq!(String::under(&keys.jobs(), &keys.reason("a.service")), None);
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(
+            <(String, String)>::under(&keys.schedules(), &keys.schedule("m1", "a.service")),
+            pair("m1", "a.service")
+        );
+        assert_eq!(
+            String::under(
+                &keys.machine_schedule("m1"),
+                &keys.schedule("m1", "a.service")
+            ),
+            Some("a.service".to_string())
+        );
+        assert_eq!(
+            <(String, String)>::under(&keys.all_metadata(), &keys.metadata("m1", "zone")),
+            pair("m1", "zone")
+        );
+        assert_eq!(
+            <(String, String)>::under(&keys.states(), &keys.state_of("a.service", "m1", false)),
+            pair("a.service", "m1")
+        );
+        assert_eq!(
+            <(String, String)>::under(
+                &keys.global_states(),
+                &keys.state_of("g.service", "m1", true)
+            ),
+            pair("g.service", "m1")
+        );
+        // A key of another shape under the prefix is not one of its records.
+        assert_eq!(
+            <(String, String)>::under(&keys.schedules(), "/fleet/schedule/m1"),
+            None
+        );
+        let hash: UnitHash = "1c6fb6f0d8d2ff5bea1ea31f6d8e1b8c8a3bb0f9".parse().unwrap();
+        assert_eq!(
+            UnitHash::under(&keys.bodies(), &keys.body(&hash)),
+            Some(hash)
+        );
+        assert_eq!(UnitHash::under(&keys.bodies(), "/fleet/unit/nothex"), None);
+        assert_eq!(<()>::under(&keys.leader(), &keys.leader()), Some(()));
+        assert_eq!(<()>::under(&keys.leader(), "/fleet/engine/leader2"), None);
+    }
+
+    /// The keyspace is shared with running clusters: the layout must not move.
+    #[test]
+    fn the_layout_stays_as_running_clusters_have_it() {
+        let keys = Keys::new("/_coreos.com/fleet/");
+        let hash: UnitHash = "1c6fb6f0d8d2ff5bea1ea31f6d8e1b8c8a3bb0f9".parse().unwrap();
+        let p = "/_coreos.com/fleet/";
+        assert_eq!(keys.job("a"), format!("{p}job/a"));
+        assert_eq!(keys.global("a"), format!("{p}global/a"));
+        assert_eq!(keys.body(&hash), format!("{p}unit/{hash}"));
+        assert_eq!(keys.body_ref(&hash, "a"), format!("{p}unitref/{hash}/a"));
+        assert_eq!(keys.schedule("m", "a"), format!("{p}schedule/m/a"));
+        assert_eq!(keys.placement("a"), format!("{p}placement/a"));
+        assert_eq!(keys.reason("a"), format!("{p}reason/a"));
+        assert_eq!(keys.machine("m"), format!("{p}machines/m"));
+        assert_eq!(keys.machine_metadata("m"), format!("{p}metadata/m/"));
+        assert_eq!(keys.metadata("m", "k"), format!("{p}metadata/m/k"));
+        assert_eq!(keys.state("a", "m"), format!("{p}states/a/m"));
+        assert_eq!(keys.global_state("a", "m"), format!("{p}gstates/a/m"));
+        assert_eq!(keys.leader(), format!("{p}engine/leader"));
     }
 }

@@ -1,24 +1,59 @@
 //! fleet's registry: a small key-value [`Store`] interface with two backends (a real etcd v3
 //! cluster, or an embedded single-machine store) and [`Registry`], fleet's data model over it.
 //!
+//! [`Registry`] is the only code that knows keys, records and transactions. Everyone else uses
+//! its typed operations (units, schedule, machines, states), its typed followers
+//! ([`Follower`]: a copy of one part of the registry kept current by a watch), the engine's
+//! [`Leadership`] (election and fenced writes) and a machine's [`MachineLease`] (presence).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use registry::{embedded::EmbeddedStore, Registry, TargetState, Update};
+//! use std::sync::Arc;
+//! let store = EmbeddedStore::open(std::path::Path::new("/var/lib/fleet/registry"))?;
+//! let registry = Registry::new(Arc::new(store), "/_coreos.com/fleet/");
+//! let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 100\n")?;
+//! registry.create_unit("sleep.service", &file, TargetState::Launched).await?;
+//! for u in registry.units(None).await?.items {
+//!     println!("{} {}", u.job.name, u.job.desired);
+//! }
+//! // Follow the jobs: a first snapshot, then every change.
+//! let mut jobs = registry.follow_jobs();
+//! if let Some(Update::Reset(all)) = jobs.recv().await {
+//!     println!("{} jobs", all.len());
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Every reader watches only what concerns it, from a revision it read; every multi-key change
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
-mod api_support;
+mod codec;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod follow;
 mod group_commit;
-pub mod keys;
-pub mod mirror;
+mod keys;
+mod leadership;
+mod machines;
 pub mod model;
-pub mod registry;
+mod presence;
+mod registry;
+mod schedule;
+mod states;
 pub mod store;
+mod units;
+mod views;
 
+pub use follow::{Change, Follower, Update};
+pub use leadership::{Campaign, LeaderWatch, Leadership};
+pub use machines::{merge_metadata, MetadataChange};
 pub use model::*;
-pub use registry::{
-    merge_metadata, AtRevision, MetadataChange, Registry, RegistryError, ScheduleChange, UnitView,
-};
+pub use presence::{Announcement, LeaseKeeper, MachineLease};
+pub use registry::{AtRevision, Registry, RegistryError, Result};
+pub use schedule::ScheduleChange;
+pub use views::UnitView;
 
 /// Operations per transaction: etcd refuses more than 128 by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 100;

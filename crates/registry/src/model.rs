@@ -1,4 +1,5 @@
-//! fleet's records as the registry stores them (JSON values under the keys of [`crate::keys`]).
+//! fleet's records as the registry stores them (see the codec of each kind in the registry's
+//! `codec` module, and the keys in its `keys` module).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -8,9 +8,12 @@
 use async_trait::async_trait;
 use std::time::Duration;
 
+/// The store's global revision: every write transaction increments it once.
 pub type Revision = i64;
+/// A lease: keys put with it disappear when it expires or is revoked.
 pub type LeaseId = i64;
 
+/// One key with its value and revisions, as read or watched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
@@ -47,6 +50,7 @@ pub enum Compare {
     Lease(String, LeaseId),
 }
 
+/// A write of a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Put {
@@ -63,6 +67,7 @@ pub enum Op {
 }
 
 impl Op {
+    /// Puts `value` at `key`, with no lease.
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Op {
         Op::Put {
             key: key.into(),
@@ -70,6 +75,7 @@ impl Op {
             lease: 0,
         }
     }
+    /// Puts `value` at `key`, attached to `lease`.
     pub fn put_leased(key: impl Into<String>, value: impl Into<Vec<u8>>, lease: LeaseId) -> Op {
         Op::Put {
             key: key.into(),
@@ -77,9 +83,11 @@ impl Op {
             lease,
         }
     }
+    /// Deletes `key` (nothing if it is absent).
     pub fn delete(key: impl Into<String>) -> Op {
         Op::Delete { key: key.into() }
     }
+    /// Deletes every key under `prefix`.
     pub fn delete_prefix(prefix: impl Into<String>) -> Op {
         Op::DeletePrefix {
             prefix: prefix.into(),
@@ -87,6 +95,7 @@ impl Op {
     }
 }
 
+/// What a transaction did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnResult {
     /// Whether every compare held (and so the success ops ran; otherwise the failure ops ran).
@@ -95,12 +104,14 @@ pub struct TxnResult {
     pub revision: Revision,
 }
 
+/// Whether a watched key was put or deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Put,
     Delete,
 }
 
+/// One change delivered by a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub kind: EventKind,
@@ -108,6 +119,7 @@ pub struct Event {
     pub kv: KeyValue,
 }
 
+/// Why a store operation failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached; the message names the endpoints and the timeout.
@@ -125,6 +137,7 @@ pub enum StoreError {
     Other(String),
 }
 
+/// The result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A stream of watch batches: each item is the events of one or more revisions, in order.

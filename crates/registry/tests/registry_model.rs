@@ -1,6 +1,6 @@
 //! `Registry` over the embedded store: records as agents and the API read them.
 
-use registry::{GlobalJob, Registry, Store, TargetState};
+use registry::{GlobalJob, Registry, Store, TargetState, Update};
 use std::sync::Arc;
 
 fn registry() -> (tempfile::TempDir, Registry) {
@@ -19,13 +19,9 @@ async fn global_records_carry_their_text_through_state_changes() {
         .await
         .unwrap();
     let read = |reg: Registry| async move {
-        let kv = reg
-            .store
-            .get(&reg.keys.global("mon.service"))
+        global_record(&reg, "mon.service")
             .await
-            .unwrap()
-            .expect("global record");
-        serde_json::from_slice::<GlobalJob>(&kv.value).unwrap()
+            .expect("global record")
     };
     let g = read(reg.clone()).await;
     assert_eq!(g.job.desired, TargetState::Loaded);
@@ -46,12 +42,16 @@ async fn global_records_carry_their_text_through_state_changes() {
     reg.create_unit("mon.service", &plain, TargetState::Launched)
         .await
         .unwrap();
-    assert!(reg
-        .store
-        .get(&reg.keys.global("mon.service"))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(global_record(&reg, "mon.service").await.is_none());
+    assert!(reg.global_jobs(None).await.unwrap().items.is_empty());
+}
+
+/// The global record of `name` as agents receive it (job and text), read by a follower.
+async fn global_record(reg: &Registry, name: &str) -> Option<GlobalJob> {
+    let Some(Update::Reset(records)) = reg.follow_globals().recv().await else {
+        panic!("a follower starts with everything it follows");
+    };
+    records.into_iter().find(|(n, _)| n == name).map(|(_, g)| g)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,15 +64,15 @@ async fn bodies_are_removed_with_their_last_unit() {
     reg.create_unit("b.service", &file, TargetState::Inactive)
         .await
         .unwrap();
-    let body = reg.keys.body(&file.hash());
+    let hash = file.hash();
     assert!(reg.destroy_unit("a.service").await.unwrap());
     assert!(
-        reg.store.get(&body).await.unwrap().is_some(),
+        reg.body(&hash, None).await.unwrap().is_some(),
         "b.service still uses the body"
     );
     assert!(reg.destroy_unit("b.service").await.unwrap());
     assert!(
-        reg.store.get(&body).await.unwrap().is_none(),
+        reg.body(&hash, None).await.unwrap().is_none(),
         "the last user took the body with it"
     );
     assert!(!reg.destroy_unit("b.service").await.unwrap());
@@ -92,8 +92,7 @@ async fn global_instance_states_live_apart_from_placed_states() {
         .await
         .unwrap();
     let lease = reg
-        .store
-        .grant_lease(std::time::Duration::from_secs(30))
+        .grant_machine_lease(std::time::Duration::from_secs(30))
         .await
         .unwrap();
     let state = |name: &str, machine: &str, global: bool| registry::UnitState {
@@ -106,17 +105,17 @@ async fn global_instance_states_live_apart_from_placed_states() {
         global,
     };
     for m in ["m1", "m2"] {
-        reg.publish_states(
-            m,
-            lease,
-            &[
-                state("mon.service", m, true),
-                state("web.service", m, false),
-            ],
-            &[],
-        )
-        .await
-        .unwrap();
+        lease
+            .publish_states(
+                m,
+                &[
+                    state("mon.service", m, true),
+                    state("web.service", m, false),
+                ],
+                &[],
+            )
+            .await
+            .unwrap();
     }
     let names = |states: Vec<registry::UnitState>| -> Vec<(String, String)> {
         states.into_iter().map(|s| (s.name, s.machine_id)).collect()
@@ -141,26 +140,33 @@ async fn global_instance_states_live_apart_from_placed_states() {
     );
     // A unit that stops being global (replaced under the same name): the agent removes the old
     // state, then publishes the new one; nothing stays behind under the other prefix.
-    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+    lease
+        .publish_states("m1", &[], &["mon.service".to_string()])
         .await
         .unwrap();
-    reg.publish_states("m1", lease, &[state("mon.service", "m1", false)], &[])
+    lease
+        .publish_states("m1", &[state("mon.service", "m1", false)], &[])
         .await
         .unwrap();
     assert_eq!(
         names(reg.states_of_unit("mon.service").await.unwrap()),
         vec![pair("mon.service", "m1"), pair("mon.service", "m2")]
     );
-    assert!(reg
-        .store
-        .get(&reg.keys.global_state("mon.service", "m1"))
+    let on_m1: Vec<_> = reg
+        .states_of_unit("mon.service")
         .await
         .unwrap()
-        .is_none());
-    reg.publish_states("m1", lease, &[], &["mon.service".to_string()])
+        .into_iter()
+        .filter(|s| s.machine_id == "m1")
+        .collect();
+    assert_eq!(on_m1.len(), 1);
+    assert!(!on_m1[0].global, "the global instance's state is gone");
+    lease
+        .publish_states("m1", &[], &["mon.service".to_string()])
         .await
         .unwrap();
-    reg.publish_states("m2", lease, &[], &["mon.service".to_string()])
+    lease
+        .publish_states("m2", &[], &["mon.service".to_string()])
         .await
         .unwrap();
     assert!(reg.states_of_unit("mon.service").await.unwrap().is_empty());
@@ -305,4 +311,117 @@ async fn concurrent_target_state_changes_each_land() {
     let globals = reg.global_jobs(None).await.unwrap().items;
     assert_eq!(globals.len(), 1);
     assert_eq!(globals[0].desired, TargetState::Launched);
+}
+
+/// A follower delivers everything it follows first, then each change, decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_deliver_everything_then_each_change() {
+    use registry::Change;
+    let (_dir, reg) = registry();
+    let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    reg.create_unit("a.service", &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    let mut jobs = reg.follow_jobs();
+    let first = jobs.recv().await.unwrap();
+    let Update::Reset(all) = first else {
+        panic!("first delivery {first:?}");
+    };
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, "a.service");
+    assert_eq!(all[0].1.desired, TargetState::Loaded);
+    reg.set_target_state("a.service", TargetState::Launched)
+        .await
+        .unwrap();
+    assert!(reg.destroy_unit("a.service").await.unwrap());
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        match jobs.recv().await.unwrap() {
+            Update::Changes(c) => changes.extend(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(matches!(&changes[0], Change::Put(name, job)
+        if name == "a.service" && job.desired == TargetState::Launched));
+    assert_eq!(changes[1], Change::Delete("a.service".to_string()));
+}
+
+/// One engine leads at a time; a resigned leader's writes fail, and the others learn that the
+/// leadership is vacant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_exclusive_and_fences_writes() {
+    use registry::{Campaign, ScheduleChange};
+    use std::time::Duration;
+    let (_dir, reg) = registry();
+    let ttl = Duration::from_secs(30);
+    let Campaign::Won(a) = reg.campaign("a", ttl).await.unwrap() else {
+        panic!("a alone wins");
+    };
+    let Campaign::Lost(leader) = reg.campaign("b", ttl).await.unwrap() else {
+        panic!("b wins while a leads");
+    };
+    assert_eq!(leader.as_deref(), Some("a"));
+    assert!(a.hold().await.unwrap());
+    let reason = |r: &str| ScheduleChange::Reason {
+        unit: "x.service".into(),
+        reason: Some(r.into()),
+    };
+    assert!(a.apply_schedule(&[reason("first")]).await.unwrap());
+    assert_eq!(
+        reg.reasons(None).await.unwrap().items.get("x.service"),
+        Some(&"first".to_string())
+    );
+    let mut watch = reg.follow_leader();
+    a.resign().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), watch.vacated())
+        .await
+        .expect("the vacancy is seen")
+        .expect("following goes on");
+    assert!(!a.hold().await.unwrap(), "a no longer leads");
+    assert!(!a.apply_schedule(&[reason("late")]).await.unwrap());
+    let Campaign::Won(b) = reg.campaign("b", ttl).await.unwrap() else {
+        panic!("b wins once a resigned");
+    };
+    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("b"));
+    assert!(b.apply_schedule(&[reason("second")]).await.unwrap());
+    assert_eq!(
+        reg.reasons(None).await.unwrap().items.get("x.service"),
+        Some(&"second".to_string())
+    );
+}
+
+/// A machine's record belongs to one live lease; a lease recorded earlier resumes only while
+/// it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_record_belongs_to_one_live_lease() {
+    use registry::{Announcement, MachineState};
+    use std::time::Duration;
+    let (_dir, reg) = registry();
+    let ttl = Duration::from_secs(30);
+    let m = MachineState {
+        id: "m1".into(),
+        ..Default::default()
+    };
+    let first = reg.grant_machine_lease(ttl).await.unwrap();
+    let second = reg.grant_machine_lease(ttl).await.unwrap();
+    assert_eq!(first.announce(&m).await.unwrap(), Announcement::Written);
+    assert_eq!(first.announce(&m).await.unwrap(), Announcement::Written);
+    assert_eq!(
+        second.announce(&m).await.unwrap(),
+        Announcement::TakenBy(first.id())
+    );
+    let resumed = reg.resume_machine_lease(first.id(), ttl).await.unwrap();
+    assert_eq!(resumed.map(|l| l.id()), Some(first.id()));
+    first.revoke().await.unwrap();
+    assert!(!first.alive().await.unwrap());
+    assert!(reg.machines(None).await.unwrap().items.is_empty());
+    assert!(reg
+        .resume_machine_lease(first.id(), ttl)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(second.announce(&m).await.unwrap(), Announcement::Written);
+    let machines = reg.machines(None).await.unwrap().items;
+    assert_eq!(machines.len(), 1);
+    assert_eq!(machines[0].id, "m1");
 }

@@ -113,7 +113,7 @@ impl ApiState {
     pub(crate) async fn op<T>(
         &self,
         name: &'static str,
-        fut: impl Future<Output = registry::registry::Result<T>>,
+        fut: impl Future<Output = registry::Result<T>>,
     ) -> Result<T, ApiError> {
         let r = fut.await;
         self.metrics.count_registry_op(name, r.is_ok());
@@ -130,7 +130,7 @@ impl ApiState {
     ) -> Result<AtRevision<T>, ApiError>
     where
         F: Fn(Option<Revision>) -> Fut,
-        Fut: Future<Output = registry::registry::Result<AtRevision<T>>>,
+        Fut: Future<Output = registry::Result<AtRevision<T>>>,
     {
         let first = read(token.revision).await;
         let result = match first {

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::Env;
 use registry::embedded::HistoryLimits;
-use registry::{ScheduleChange, ScheduleEntry, TargetState};
+use registry::{Campaign, ScheduleChange, ScheduleEntry, TargetState};
 use serde_json::json;
 
 const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -329,11 +329,14 @@ async fn unit_listing_shows_placement_state_and_reason() {
         env.create(n, "launched").await;
     }
     let lease = env.machine("m1", "10.0.0.1", &[]).await;
-    let leader = env.lease().await;
-    assert_eq!(
-        env.reg.campaign("m1", leader).await.unwrap().as_deref(),
-        Some("m1")
-    );
+    let Campaign::Won(leader) = env
+        .reg
+        .campaign("m1", std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+    else {
+        panic!("the test's engine did not win the leadership");
+    };
     let hash = env.reg.unit("a.service").await.unwrap().unwrap().job.hash;
     let changes = vec![
         ScheduleChange::Place {
@@ -350,8 +353,8 @@ async fn unit_listing_shows_placement_state_and_reason() {
             reason: Some("no machine matches MachineMetadata".into()),
         },
     ];
-    assert!(env.reg.apply_schedule(&changes, leader).await.unwrap());
-    env.publish("m1", lease, "a.service", "active").await;
+    assert!(leader.apply_schedule(&changes).await.unwrap());
+    env.publish("m1", &lease, "a.service", "active").await;
 
     let page = env.get("/fleet/v1/units").await.json();
     assert_eq!(
@@ -568,9 +571,9 @@ async fn state_list_filters_and_get() {
     env.create("b.service", "launched").await;
     let l1 = env.machine("m1", "10.0.0.1", &[]).await;
     let l2 = env.machine("m2", "10.0.0.2", &[]).await;
-    env.publish("m2", l2, "a.service", "active").await;
-    env.publish("m1", l1, "a.service", "failed").await;
-    env.publish("m1", l1, "b.service", "active").await;
+    env.publish("m2", &l2, "a.service", "active").await;
+    env.publish("m1", &l1, "a.service", "failed").await;
+    env.publish("m1", &l1, "b.service", "active").await;
 
     let p1 = env.get("/fleet/v1/state").await.json();
     let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {

@@ -6,7 +6,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use registry::embedded::{EmbeddedStore, HistoryLimits};
-use registry::{MachineState, Registry, SystemdState, TargetState, UnitState};
+use registry::{
+    Announcement, MachineLease, MachineState, Registry, SystemdState, TargetState, UnitState,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
@@ -137,20 +139,14 @@ impl Env {
         );
     }
 
-    pub async fn lease(&self) -> registry::LeaseId {
+    pub async fn lease(&self) -> MachineLease {
         self.reg
-            .store
-            .grant_lease(Duration::from_secs(60))
+            .grant_machine_lease(Duration::from_secs(60))
             .await
             .expect("lease")
     }
 
-    pub async fn machine(
-        &self,
-        id: &str,
-        ip: &str,
-        metadata: &[(&str, &str)],
-    ) -> registry::LeaseId {
+    pub async fn machine(&self, id: &str, ip: &str, metadata: &[(&str, &str)]) -> MachineLease {
         let lease = self.lease().await;
         let m = MachineState {
             id: id.to_string(),
@@ -161,14 +157,14 @@ impl Env {
                 .collect(),
             ..MachineState::default()
         };
-        self.reg
-            .register_machine(&m, lease)
-            .await
-            .expect("register");
+        assert_eq!(
+            lease.announce(&m).await.expect("register"),
+            Announcement::Written
+        );
         lease
     }
 
-    pub async fn publish(&self, machine: &str, lease: registry::LeaseId, unit: &str, active: &str) {
+    pub async fn publish(&self, machine: &str, lease: &MachineLease, unit: &str, active: &str) {
         let u = self
             .reg
             .unit(unit)
@@ -192,8 +188,8 @@ impl Env {
             reason: None,
             global: u.job.global,
         };
-        self.reg
-            .publish_states(machine, lease, &[st], &[])
+        lease
+            .publish_states(machine, &[st], &[])
             .await
             .expect("publish");
     }

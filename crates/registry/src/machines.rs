@@ -1,0 +1,87 @@
+//! Machines: their presence records (written under their leases, see [`crate::MachineLease`])
+//! and the dynamic metadata set through the API.
+
+use crate::model::MachineState;
+use crate::registry::{AtRevision, Registry, Result};
+use crate::store::{Op, Revision};
+use std::collections::BTreeMap;
+
+/// Merges dynamic metadata over configured metadata as fleet did: dynamic values win, and an
+/// empty dynamic value removes the key.
+pub fn merge_metadata(metadata: &mut BTreeMap<String, String>, dynamic: &BTreeMap<String, String>) {
+    for (k, v) in dynamic {
+        if v.is_empty() {
+            metadata.remove(k);
+        } else {
+            metadata.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// One change of dynamic machine metadata (`value: None` removes the key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataChange {
+    /// The machine's id.
+    pub machine: String,
+    /// The metadata key.
+    pub key: String,
+    /// The new value; `None` removes the key.
+    pub value: Option<String>,
+}
+
+impl Registry {
+    /// Every present machine, sorted by id, with dynamic metadata merged over its configured
+    /// metadata (dynamic wins).
+    pub async fn machines(&self, at: Option<Revision>) -> Result<AtRevision<Vec<MachineState>>> {
+        let AtRevision {
+            items: mut machines,
+            revision,
+        } = self
+            .records::<MachineState>(&self.keys.machines(), at)
+            .await?;
+        let dynamic = self.dynamic_metadata(Some(revision)).await?;
+        for m in &mut machines {
+            if let Some(d) = dynamic.get(&m.id) {
+                m.metadata
+                    .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        Ok(AtRevision {
+            items: machines,
+            revision,
+        })
+    }
+
+    /// machine -> key -> value of metadata set through the API.
+    pub async fn dynamic_metadata(
+        &self,
+        at: Option<Revision>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let flat = self
+            .record_map::<(String, String), String>(&self.keys.all_metadata(), at)
+            .await?;
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for ((machine, key), value) in flat.items {
+            out.entry(machine).or_default().insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Applies metadata changes in one transaction.
+    pub async fn set_metadata(&self, changes: &[MetadataChange]) -> Result<()> {
+        // Later changes of one key win: etcd refuses a transaction that writes a key twice.
+        let mut last: BTreeMap<String, Op> = BTreeMap::new();
+        for c in changes {
+            let key = self.keys.metadata(&c.machine, &c.key);
+            let op = match &c.value {
+                Some(v) => Op::put(key.clone(), v.clone()),
+                None => Op::delete(key.clone()),
+            };
+            last.insert(key, op);
+        }
+        self.store
+            .txn(vec![], last.into_values().collect(), vec![])
+            .await?;
+        Ok(())
+    }
+}
