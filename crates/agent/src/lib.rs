@@ -2,6 +2,7 @@
 //! [`UnitManager`], and publishes their states.
 
 pub mod agent;
+pub mod core;
 pub mod manager;
 pub mod presence;
 pub mod process;

@@ -1,0 +1,1210 @@
+//! The agent's decisions as one state machine, in the shape of etcd's raft `Ready` hand-off:
+//! the driver ([`crate::Agent`]) feeds it typed inputs with [`Core::on`] (registry changes,
+//! the unit manager's reports, the outcomes of the effects it carried out), then asks
+//! [`Core::ready`] what to do now. No clock, no runtime, no I/O: time comes in as an argument.
+//!
+//! ```
+//! use agent::core::{Core, Effect, Input};
+//! use registry::{MachineState, ScheduleEntry, TargetState, Update};
+//! use tokio::time::Instant;
+//!
+//! let machine = MachineState { id: "m1".into(), ..MachineState::default() };
+//! let mut core = Core::new(machine, Vec::new());
+//! let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 1d\n").unwrap();
+//! let entry = ScheduleEntry { hash: file.hash(), desired: TargetState::Launched, raw: Some(file.serialize()) };
+//! let now = Instant::now();
+//! core.on(now, Input::Schedule(Update::Reset(vec![("hello.service".into(), entry)])));
+//! core.on(now, Input::Globals(Update::Reset(vec![])));
+//! core.on(now, Input::Metadata(Update::Reset(vec![])));
+//! let ready = core.ready(now);
+//! assert!(matches!(&ready.effects[0], Effect::Run(phase) if phase.len() == 1));
+//! ```
+
+use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
+use crate::StateChange;
+use registry::{
+    merge_metadata, GlobalJob, Job, MachineState, ScheduleEntry, SystemdState, TargetState,
+    UnitState, Update,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use unit::{Requirements, UnitFile, UnitHash};
+
+/// Publications of unit states at most this often (changes in between wait and go together).
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Reconciliations at most this often: each looks at every unit of the machine, and a burst of
+/// changes (a global unit is a change on every machine) would otherwise cost one pass each.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a failed publication or registration waits before it is tried again (failed unit
+/// actions wait for their own retry time, see [`reconcile::retry_delay`]).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What happened: the driver's news for the core.
+#[derive(Debug)]
+pub enum Input {
+    /// This machine's schedule changed.
+    Schedule(Update<String, ScheduleEntry>),
+    /// The global units changed.
+    Globals(Update<String, GlobalJob>),
+    /// This machine's dynamic metadata changed.
+    Metadata(Update<String, String>),
+    /// Bodies asked for with [`Effect::FetchBodies`]: `None` where the registry has none, an
+    /// error text where reading failed.
+    Bodies(Vec<(UnitHash, Result<Option<UnitFile>, String>)>),
+    /// The unit manager reported a unit's state, with why it failed when the manager knows
+    /// more than the state's names say (our process supervisor does).
+    Reported(StateChange, Option<String>),
+    /// Reports were lost (the subscriber fell behind): every state must be read again.
+    ReportsLost,
+    /// States read with [`Effect::ReadStates`], each with the manager's reason as in
+    /// [`Input::Reported`].
+    States(Result<Vec<ReadState>, String>),
+    /// One action of the phase in flight is done.
+    Done(Action, Result<(), ActionError>),
+    /// The publication in flight is done.
+    Published(Result<(), String>),
+    /// The machine's lease was found expired.
+    LeaseLapsed,
+    /// Registering again ([`Effect::Renew`]) is done.
+    Renewed(Result<(), String>),
+    /// The machine is shutting down.
+    MachineStopping,
+    /// A new machine record (metadata, IP) from a configuration reload.
+    MachineRecord(MachineState),
+    /// Nothing but time passed (the wake-up [`Ready::wake_at`] asked for).
+    Tick,
+}
+
+/// A unit's state as read from the unit manager, with the manager's reason if it failed.
+pub type ReadState = (String, Option<SystemdState>, Option<String>);
+
+/// Why an action failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionError {
+    pub reason: String,
+    /// The unit manager refused it in a way that retrying cannot change.
+    pub refused: bool,
+}
+
+/// What to do: the core's orders for the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Read these unit bodies from the registry; answer with [`Input::Bodies`].
+    FetchBodies(Vec<UnitHash>),
+    /// Carry out one phase of a plan, its actions side by side (each names another unit);
+    /// answer each with [`Input::Done`]. `Load` actions carry their file.
+    Run(Vec<(Action, Option<UnitFile>)>),
+    /// Read these units' states from the unit manager; answer with [`Input::States`].
+    ReadStates(Vec<String>),
+    /// Publish unit states: first remove `moved` (states changing between the placed and the
+    /// global prefixes), then write `save` and remove `remove`, in one batch. Answer with
+    /// [`Input::Published`].
+    Publish {
+        moved: Vec<String>,
+        save: Vec<UnitState>,
+        remove: Vec<String>,
+    },
+    /// Register the machine again under a new lease; answer with [`Input::Renewed`].
+    Renew,
+    /// Leave the cluster at once (the machine shuts down): revoke the lease.
+    Leave,
+    /// Write this machine record.
+    Announce(MachineState),
+}
+
+/// What [`Core::ready`] hands over.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub effects: Vec<Effect>,
+    /// When to call [`Core::ready`] again if no input comes first.
+    pub wake_at: Option<Instant>,
+}
+
+/// At most once per `interval`; a request in between is due at the end of the interval.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    last: Option<Instant>,
+    due: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(interval: Duration) -> Pacer {
+        Pacer {
+            interval,
+            last: None,
+            due: None,
+        }
+    }
+
+    /// True if the paced action is to run now (counted as run); otherwise it is due later.
+    fn now(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(last) if now < last + self.interval => {
+                self.due.get_or_insert(last + self.interval);
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                self.due = None;
+                true
+            }
+        }
+    }
+}
+
+/// A plan being carried out, phase by phase.
+#[derive(Debug)]
+struct Run {
+    wanted: BTreeMap<String, Wanted>,
+    /// Phases not started yet.
+    phases: std::collections::VecDeque<Vec<Action>>,
+    /// Whether states may be published while the current phase runs (not between loads and
+    /// the reload: a unit whose file was just written has no state from the manager yet).
+    publishes: bool,
+    in_flight: usize,
+    failed: BTreeMap<String, Failure>,
+    /// Units whose start or stop the manager took: it reports their outcome itself
+    /// (systemd's watcher reads a unit when its job is removed; the supervisor reports every
+    /// change), and the periodic resync catches a report that got lost.
+    reported: BTreeSet<String>,
+    touched: BTreeSet<String>,
+}
+
+/// The agent's state and decisions.
+#[derive(Debug)]
+pub struct Core {
+    machine: MachineState,
+    schedule: BTreeMap<String, ScheduleEntry>,
+    globals: BTreeMap<String, Job>,
+    dynamic_metadata: BTreeMap<String, String>,
+    /// Nothing is decided until the schedule, the global units and the metadata have each been
+    /// read once.
+    ready: [bool; 3],
+    bodies: HashMap<UnitHash, UnitFile>,
+    /// unit -> the hash its requirements were read from, and those requirements (specifiers
+    /// depend on the unit's name, so one body can give several).
+    requirements: HashMap<String, (UnitHash, Arc<Requirements>)>,
+    /// Bodies asked for and not answered yet.
+    fetching: bool,
+    /// Bodies fetched and found missing since the schedule last changed: not asked for again
+    /// until it changes.
+    not_found: HashSet<UnitHash>,
+    held: BTreeMap<String, Held>,
+    /// The last failed action on a unit and when to try it again, until one succeeds.
+    failures: BTreeMap<String, Failure>,
+    systemd: BTreeMap<String, SystemdState>,
+    published: BTreeMap<String, UnitState>,
+    /// Units whose published state may be out of date.
+    stale: HashSet<String>,
+    /// Every unit's published state may be out of date (a new lease, lost reports).
+    all_stale: bool,
+    /// The schedule, the global units or the metadata changed since the last plan.
+    dirty: bool,
+    reconciling: Pacer,
+    publishing: Pacer,
+    run: Option<Run>,
+    /// The publication in flight.
+    publication: Option<Publication>,
+    /// A failed publication is tried again then.
+    publish_retry_at: Option<Instant>,
+    lease: LeaseStatus,
+    /// The machine is shutting down and this agent has left the cluster: it acts no more.
+    left: bool,
+    /// Effects decided on input, handed over by the next [`Core::ready`].
+    queued: Vec<Effect>,
+    /// Why the unit manager says units failed, as it reported.
+    reasons: BTreeMap<String, String>,
+}
+
+/// A publication in flight: the names looked at, and what was sent.
+#[derive(Debug)]
+struct Publication {
+    names: Vec<String>,
+    save: Vec<UnitState>,
+    remove: Vec<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum LeaseStatus {
+    Held,
+    Lapsed { retry_at: Option<Instant> },
+    Renewing,
+}
+
+impl Core {
+    /// A core for `machine`, holding what the unit manager already runs: `(name, hash, state)`
+    /// (after a restart of fleetd, nothing is restarted; active units count as launched).
+    pub fn new(
+        machine: MachineState,
+        adopted: Vec<(String, UnitHash, Option<SystemdState>)>,
+    ) -> Core {
+        let mut core = Core {
+            machine,
+            schedule: BTreeMap::new(),
+            globals: BTreeMap::new(),
+            dynamic_metadata: BTreeMap::new(),
+            ready: [false; 3],
+            bodies: HashMap::new(),
+            requirements: HashMap::new(),
+            fetching: false,
+            not_found: HashSet::new(),
+            held: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            systemd: BTreeMap::new(),
+            published: BTreeMap::new(),
+            stale: HashSet::new(),
+            all_stale: true,
+            dirty: false,
+            reconciling: Pacer::new(RECONCILE_INTERVAL),
+            publishing: Pacer::new(PUBLISH_INTERVAL),
+            run: None,
+            publication: None,
+            publish_retry_at: None,
+            lease: LeaseStatus::Held,
+            left: false,
+            queued: Vec::new(),
+            reasons: BTreeMap::new(),
+        };
+        for (name, hash, state) in adopted {
+            let launched = state.as_ref().is_some_and(|s| {
+                matches!(s.active.as_str(), "active" | "activating" | "reloading")
+            });
+            if let Some(s) = state {
+                core.systemd.insert(name.clone(), s);
+            }
+            let state = if launched {
+                TargetState::Launched
+            } else {
+                TargetState::Loaded
+            };
+            tracing::info!(unit = %name, state = %state, "re-adopted unit");
+            core.held.insert(name, Held { hash, state });
+        }
+        core
+    }
+
+    /// The units this machine holds.
+    pub fn held(&self) -> impl Iterator<Item = &str> {
+        self.held.keys().map(String::as_str)
+    }
+
+    /// Whether the machine left the cluster for its shutdown.
+    pub fn left(&self) -> bool {
+        self.left
+    }
+
+    /// The machine record this agent announces.
+    pub fn machine(&self) -> &MachineState {
+        &self.machine
+    }
+
+    /// Takes in one input. Effects it calls for come out of the next [`Core::ready`].
+    pub fn on(&mut self, now: Instant, input: Input) {
+        if self.left {
+            // Nothing is decided or published any more; fleetd's own stop ends the agent.
+            return;
+        }
+        match input {
+            Input::Schedule(update) => {
+                let mut carried = Vec::new();
+                update
+                    .map(|mut entry| {
+                        if let Some(raw) = entry.raw.take() {
+                            carried.push((entry.hash, raw));
+                        }
+                        entry
+                    })
+                    .apply_to(&mut self.schedule);
+                self.keep_carried(carried);
+                self.not_found.clear();
+                self.ready[0] = true;
+                self.dirty = true;
+            }
+            Input::Globals(update) => {
+                let mut carried = Vec::new();
+                update
+                    .map(|record| {
+                        carried.push((record.job.hash, record.raw));
+                        record.job
+                    })
+                    .apply_to(&mut self.globals);
+                self.keep_carried(carried);
+                self.ready[1] = true;
+                self.dirty = true;
+            }
+            Input::Metadata(update) => {
+                update.apply_to(&mut self.dynamic_metadata);
+                self.ready[2] = true;
+                self.dirty = true;
+            }
+            Input::Bodies(fetched) => {
+                self.fetching = false;
+                for (hash, read) in fetched {
+                    match read {
+                        Ok(Some(file)) => {
+                            self.bodies.insert(hash, file);
+                        }
+                        Ok(None) => {
+                            tracing::warn!(hash = %hash, "unit body not in the registry");
+                            self.not_found.insert(hash);
+                        }
+                        Err(e) => {
+                            tracing::warn!(hash = %hash, error = %e, "reading unit body failed");
+                            self.not_found.insert(hash);
+                        }
+                    }
+                }
+                // Decided again with what came: a body still missing holds the plan back
+                // until the next change.
+                self.dirty = true;
+            }
+            Input::Reported(change, reason) => self.take_state(change.name, change.state, reason),
+            Input::ReportsLost => {
+                self.queued
+                    .push(Effect::ReadStates(self.held.keys().cloned().collect()));
+                self.all_stale = true;
+            }
+            Input::States(Ok(states)) => {
+                for (name, state, reason) in states {
+                    self.take_state(name, state, reason);
+                }
+            }
+            Input::States(Err(e)) => tracing::warn!(error = %e, "reading unit states failed"),
+            Input::Done(action, result) => self.settle(now, action, result),
+            Input::Published(result) => {
+                let Some(sent) = self.publication.take() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        self.publish_retry_at = None;
+                        for name in &sent.remove {
+                            self.published.remove(name);
+                        }
+                        for state in sent.save {
+                            self.published.insert(state.name.clone(), state);
+                        }
+                    }
+                    Err(e) => {
+                        // Looked at again on the next change or at the retry time.
+                        if !self.all_stale {
+                            self.stale.extend(sent.names);
+                        }
+                        self.publish_retry_at = Some(now + RETRY_INTERVAL);
+                        tracing::warn!(error = %e, "publishing unit states failed; will retry");
+                    }
+                }
+            }
+            Input::LeaseLapsed => {
+                if self.lease == LeaseStatus::Held {
+                    self.lease = LeaseStatus::Lapsed { retry_at: None };
+                }
+            }
+            Input::Renewed(Ok(())) => {
+                self.lease = LeaseStatus::Held;
+                // The old lease took every published state with it.
+                self.published.clear();
+                self.all_stale = true;
+            }
+            Input::Renewed(Err(e)) => {
+                tracing::warn!(error = %e, "registering again failed");
+                self.lease = LeaseStatus::Lapsed {
+                    retry_at: Some(now + RETRY_INTERVAL),
+                };
+            }
+            Input::MachineStopping => {
+                self.left = true;
+                // Nothing is retried any more (a retry time left behind would wake the loop
+                // for ever).
+                self.failures.clear();
+                tracing::warn!(
+                    units = self.held.len(),
+                    "the machine is shutting down: leaving the cluster now; the system stops the units"
+                );
+                self.queued.push(Effect::Leave);
+            }
+            Input::MachineRecord(machine) => {
+                self.machine = machine.clone();
+                self.queued.push(Effect::Announce(machine));
+                self.dirty = true;
+            }
+            Input::Tick => {}
+        }
+    }
+
+    /// What to do now that the inputs so far are taken in.
+    pub fn ready(&mut self, now: Instant) -> Ready {
+        let mut effects = std::mem::take(&mut self.queued);
+        if self.left {
+            return Ready {
+                effects,
+                wake_at: None,
+            };
+        }
+        match self.lease {
+            LeaseStatus::Lapsed { retry_at } if retry_at.is_none_or(|at| at <= now) => {
+                self.lease = LeaseStatus::Renewing;
+                effects.push(Effect::Renew);
+            }
+            _ => {}
+        }
+        if reconcile::next_retry(&self.failures).is_some_and(|at| at <= now) && self.run.is_none() {
+            self.dirty = true;
+        }
+        if self.dirty
+            && self.run.is_none()
+            && !self.fetching
+            && self.ready.iter().all(|r| *r)
+            && self.reconciling.now(now)
+        {
+            self.dirty = false;
+            self.plan(now, &mut effects);
+        }
+        let may_publish = self.run.as_ref().is_none_or(|r| r.publishes);
+        if may_publish
+            && self.publication.is_none()
+            && self.lease == LeaseStatus::Held
+            && (self.all_stale || !self.stale.is_empty())
+            && self.publish_retry_at.is_none_or(|at| at <= now)
+            && self.publishing.now(now)
+        {
+            self.publish(&mut effects);
+        }
+        let wake_at = [
+            (self.dirty && self.run.is_none())
+                .then_some(self.reconciling.due)
+                .flatten(),
+            self.publishing.due,
+            self.publish_retry_at,
+            match self.lease {
+                LeaseStatus::Lapsed { retry_at } => retry_at,
+                _ => None,
+            },
+            self.run
+                .is_none()
+                .then(|| reconcile::next_retry(&self.failures))
+                .flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        Ready { effects, wake_at }
+    }
+
+    fn take_state(&mut self, name: String, state: Option<SystemdState>, reason: Option<String>) {
+        self.stale.insert(name.clone());
+        match reason {
+            Some(r) => self.reasons.insert(name.clone(), r),
+            None => self.reasons.remove(&name),
+        };
+        match state {
+            Some(s) => self.systemd.insert(name, s),
+            None => self.systemd.remove(&name),
+        };
+    }
+
+    /// Parses unit texts that records carried into bodies. A text that does not parse or hash
+    /// as its record says is ignored; that body is then read from the registry as for records
+    /// without one.
+    fn keep_carried(&mut self, carried: Vec<(UnitHash, String)>) {
+        for (hash, raw) in carried {
+            if self.bodies.contains_key(&hash) {
+                continue;
+            }
+            if let Ok(file) = UnitFile::parse(&raw) {
+                if file.hash() == hash {
+                    self.bodies.insert(hash, file);
+                }
+            }
+        }
+    }
+
+    fn requirements(&mut self, name: &str, hash: &UnitHash) -> Option<Arc<Requirements>> {
+        if let Some((h, req)) = self.requirements.get(name) {
+            if h == hash {
+                return Some(req.clone());
+            }
+        }
+        let req = Arc::new(Requirements::from_unit(self.bodies.get(hash)?, name));
+        self.requirements
+            .insert(name.to_string(), (*hash, req.clone()));
+        Some(req)
+    }
+
+    /// Plans the actions for the schedule as it stands and starts the first phase. Bodies not
+    /// seen yet are fetched first, all in one effect (one registry round trip after another
+    /// would make a burst of new units slow).
+    fn plan(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let missing: BTreeSet<UnitHash> = self
+            .schedule
+            .values()
+            .map(|e| e.hash)
+            .filter(|h| !self.bodies.contains_key(h))
+            .collect();
+        if !missing.is_empty() {
+            let ask: Vec<UnitHash> = missing
+                .iter()
+                .filter(|h| !self.not_found.contains(h))
+                .copied()
+                .collect();
+            if !ask.is_empty() {
+                self.fetching = true;
+                effects.push(Effect::FetchBodies(ask));
+            }
+            // Without a unit's body nothing can be decided for it; what runs stays as it is
+            // until the body comes or the schedule changes.
+            return;
+        }
+        let mut candidates = Vec::new();
+        let scheduled: Vec<(String, UnitHash, TargetState)> = self
+            .schedule
+            .iter()
+            .map(|(name, e)| (name.clone(), e.hash, e.desired))
+            .collect();
+        for (name, hash, desired) in scheduled {
+            let Some(requirements) = self.requirements(&name, &hash) else {
+                return;
+            };
+            candidates.push(Candidate {
+                name,
+                hash,
+                desired,
+                global: false,
+                requirements,
+            });
+        }
+        let globals: Vec<(String, UnitHash, TargetState)> = self
+            .globals
+            .values()
+            .map(|g| (g.name.clone(), g.hash, g.desired))
+            .collect();
+        for (name, hash, desired) in globals {
+            if let Some(requirements) = self.requirements(&name, &hash) {
+                candidates.push(Candidate {
+                    name,
+                    hash,
+                    desired,
+                    global: true,
+                    requirements,
+                });
+            }
+        }
+        let mut machine = self.machine.clone();
+        merge_metadata(&mut machine.metadata, &self.dynamic_metadata);
+        let (wanted, refused) = reconcile::wanted_units(&machine, &candidates);
+        for r in &refused {
+            tracing::debug!(unit = %r.unit, reason = %r.reason, "not running unit here");
+        }
+        let actions = reconcile::plan(&wanted, &self.held);
+        let (actions, _waiting) = reconcile::defer(actions, &self.failures, now);
+        let touched = actions
+            .iter()
+            .filter_map(|a| a.unit().map(str::to_string))
+            .collect();
+        // Each phase of the plan (unloads, loads, the reload, stops, starts) names a unit at
+        // most once, so its actions run side by side; the phases stay in order.
+        let mut phases: VecDeque<Vec<Action>> = VecDeque::new();
+        for action in actions {
+            match phases.back_mut() {
+                Some(phase)
+                    if phase.first().map(std::mem::discriminant)
+                        == Some(std::mem::discriminant(&action)) =>
+                {
+                    phase.push(action)
+                }
+                _ => phases.push_back(vec![action]),
+            }
+        }
+        self.run = Some(Run {
+            wanted,
+            phases,
+            publishes: false,
+            in_flight: 0,
+            failed: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            touched,
+        });
+        self.next_phase(effects);
+    }
+
+    /// Starts the next phase of the run, or finishes the run if none is left.
+    fn next_phase(&mut self, effects: &mut Vec<Effect>) {
+        let Some(run) = self.run.as_mut() else { return };
+        while let Some(phase) = run.phases.pop_front() {
+            // A unit whose action failed in an earlier phase is not taken further.
+            let phase: Vec<(Action, Option<UnitFile>)> = phase
+                .into_iter()
+                .filter(|a| a.unit().is_none_or(|u| !run.failed.contains_key(u)))
+                .map(|action| {
+                    let file = match &action {
+                        Action::Load(name) => run
+                            .wanted
+                            .get(name)
+                            .and_then(|w| self.bodies.get(&w.hash))
+                            .cloned(),
+                        _ => None,
+                    };
+                    (action, file)
+                })
+                .collect();
+            if phase.is_empty() {
+                continue;
+            }
+            run.publishes = !matches!(phase[0].0, Action::Load(_) | Action::Reload);
+            run.in_flight = phase.len();
+            effects.push(Effect::Run(phase));
+            return;
+        }
+        self.finish(effects);
+    }
+
+    /// Takes in the outcome of one action.
+    fn settle(&mut self, now: Instant, action: Action, result: Result<(), ActionError>) {
+        let Some(run) = self.run.as_mut() else {
+            tracing::warn!(action = ?action, "an action ended with no run in flight");
+            return;
+        };
+        run.in_flight = run.in_flight.saturating_sub(1);
+        if result.is_ok() {
+            match &action {
+                Action::Unload(name) => {
+                    self.held.remove(name);
+                    self.systemd.remove(name);
+                }
+                Action::Load(name) => {
+                    if let Some(w) = run.wanted.get(name) {
+                        self.held.insert(
+                            name.clone(),
+                            Held {
+                                hash: w.hash,
+                                state: TargetState::Loaded,
+                            },
+                        );
+                    }
+                }
+                Action::Reload => {}
+                Action::Stop(name) => {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Loaded;
+                    }
+                    run.reported.insert(name.clone());
+                }
+                Action::Start(name) => {
+                    if let Some(h) = self.held.get_mut(name) {
+                        h.state = TargetState::Launched;
+                    }
+                    run.reported.insert(name.clone());
+                }
+            }
+        }
+        match (result, action.unit()) {
+            (Ok(()), Some(u)) => {
+                self.failures.remove(u);
+                self.stale.insert(u.to_string());
+            }
+            (Ok(()), None) => {}
+            (Err(e), Some(u)) => {
+                let failure = reconcile::record_failure(
+                    self.failures.get(u),
+                    &action,
+                    e.reason,
+                    e.refused,
+                    now,
+                    jitter(u),
+                );
+                match failure.retry_at {
+                    Some(at) => tracing::warn!(unit = %u, action = ?action,
+                        error = %failure.reason, attempts = failure.attempts,
+                        retry_in = ?at.saturating_duration_since(now),
+                        "unit action failed"),
+                    None => tracing::warn!(unit = %u, action = ?action,
+                        error = %failure.reason, "unit action refused; not retrying it"),
+                }
+                run.failed.insert(u.to_string(), failure);
+            }
+            (Err(e), None) => {
+                tracing::warn!(error = %e.reason, "reloading the unit manager failed")
+            }
+        }
+        if run.in_flight == 0 {
+            let mut effects = std::mem::take(&mut self.queued);
+            self.next_phase(&mut effects);
+            self.queued = effects;
+        }
+    }
+
+    /// The run is done: failures are kept for their retries, and the units acted on whose
+    /// outcome the manager does not report on its own are read again.
+    fn finish(&mut self, effects: &mut Vec<Effect>) {
+        let Some(run) = self.run.take() else { return };
+        self.failures.extend(run.failed);
+        let wanted = &run.wanted;
+        let held = &self.held;
+        self.failures
+            .retain(|u, _| wanted.contains_key(u) || held.contains_key(u));
+        self.stale.extend(run.touched.iter().cloned());
+        let read: Vec<String> = run
+            .touched
+            .into_iter()
+            .filter(|u| self.held.contains_key(u) && !run.reported.contains(u))
+            .collect();
+        if !read.is_empty() {
+            effects.push(Effect::ReadStates(read));
+        }
+        self.prune_bodies();
+    }
+
+    /// Forgets bodies and requirements no unit of this machine's view uses any more.
+    fn prune_bodies(&mut self) {
+        let mut used: HashSet<UnitHash> = self.schedule.values().map(|e| e.hash).collect();
+        used.extend(self.globals.values().map(|g| g.hash));
+        used.extend(self.held.values().map(|h| h.hash));
+        self.bodies.retain(|h, _| used.contains(h));
+        self.requirements.retain(|_, (h, _)| used.contains(h));
+    }
+
+    /// The state this machine would publish for a unit it holds.
+    fn state_of(&self, name: &str, held: &Held) -> UnitState {
+        UnitState {
+            name: name.to_string(),
+            machine_id: self.machine.id.clone(),
+            hash: held.hash,
+            systemd: self.systemd.get(name).cloned().unwrap_or_default(),
+            agent_state: held.state,
+            reason: self
+                .failures
+                .get(name)
+                .map(|f| f.reason.clone())
+                .or_else(|| self.reasons.get(name).cloned()),
+            global: self.globals.contains_key(name),
+        }
+    }
+
+    /// Publishes what changed since the last publication, in one batch.
+    fn publish(&mut self, effects: &mut Vec<Effect>) {
+        let names: Vec<String> = if self.all_stale {
+            let mut all: BTreeSet<String> = self.held.keys().cloned().collect();
+            all.extend(self.published.keys().cloned());
+            self.stale.clear();
+            all.into_iter().collect()
+        } else {
+            self.stale.drain().collect()
+        };
+        let mut save: Vec<UnitState> = Vec::new();
+        let mut remove: Vec<String> = Vec::new();
+        for name in &names {
+            match self.held.get(name) {
+                Some(held) => {
+                    let state = self.state_of(name, held);
+                    if self.published.get(name) != Some(&state) {
+                        save.push(state);
+                    }
+                }
+                None if self.published.contains_key(name) => remove.push(name.clone()),
+                None => {}
+            }
+        }
+        self.all_stale = false;
+        if save.is_empty() && remove.is_empty() {
+            return;
+        }
+        // A state moving between the placed and global prefixes leaves nothing behind.
+        let moved: Vec<String> = save
+            .iter()
+            .filter(|s| {
+                self.published
+                    .get(&s.name)
+                    .is_some_and(|p| p.global != s.global)
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        effects.push(Effect::Publish {
+            moved,
+            save: save.clone(),
+            remove: remove.clone(),
+        });
+        self.publication = Some(Publication {
+            names,
+            save,
+            remove,
+        });
+    }
+}
+
+/// A number for spreading the retries of `unit` (std's hasher keys are random).
+fn jitter(unit: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u32) -> UnitFile {
+        UnitFile::parse(&format!("[Service]\nExecStart=/bin/sleep {n}\n")).expect("a unit file")
+    }
+
+    fn entry(n: u32, desired: TargetState) -> ScheduleEntry {
+        let f = file(n);
+        ScheduleEntry {
+            hash: f.hash(),
+            desired,
+            raw: Some(f.serialize()),
+        }
+    }
+
+    fn active() -> SystemdState {
+        SystemdState {
+            load: "loaded".into(),
+            active: "active".into(),
+            sub: "running".into(),
+        }
+    }
+
+    fn machine() -> MachineState {
+        MachineState {
+            id: "m1".into(),
+            ..MachineState::default()
+        }
+    }
+
+    /// A core that has read everything once, with `units` scheduled on it.
+    fn started(t: Instant, units: &[(&str, u32)]) -> Core {
+        let mut core = Core::new(machine(), Vec::new());
+        let schedule = units
+            .iter()
+            .map(|(name, n)| (name.to_string(), entry(*n, TargetState::Launched)))
+            .collect();
+        core.on(t, Input::Schedule(Update::Reset(schedule)));
+        core.on(t, Input::Globals(Update::Reset(vec![])));
+        core.on(t, Input::Metadata(Update::Reset(vec![])));
+        core
+    }
+
+    /// The actions of the `Run` effects in `effects`.
+    fn runs(effects: &[Effect]) -> Vec<Vec<Action>> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Run(phase) => Some(phase.iter().map(|(a, _)| a.clone()).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn published(effects: &[Effect]) -> Vec<(String, TargetState, String)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish { save, .. } => Some(save),
+                _ => None,
+            })
+            .flatten()
+            .map(|s| (s.name.clone(), s.agent_state, s.systemd.active.clone()))
+            .collect()
+    }
+
+    fn done(t: Instant, core: &mut Core, actions: &[Action]) {
+        for a in actions {
+            core.on(t, Input::Done(a.clone(), Ok(())));
+        }
+    }
+
+    fn a(name: &str) -> String {
+        name.to_string()
+    }
+
+    #[test]
+    fn nothing_is_decided_before_everything_was_read_once() {
+        let t = Instant::now();
+        let mut core = Core::new(machine(), Vec::new());
+        core.on(
+            t,
+            Input::Schedule(Update::Reset(vec![(
+                a("a.service"),
+                entry(1, TargetState::Launched),
+            )])),
+        );
+        core.on(t, Input::Globals(Update::Reset(vec![])));
+        assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
+        core.on(t, Input::Metadata(Update::Reset(vec![])));
+        assert_eq!(
+            runs(&core.ready(t).effects),
+            vec![vec![Action::Load(a("a.service"))]]
+        );
+    }
+
+    #[test]
+    fn a_plan_runs_phase_by_phase_and_states_go_out_while_units_start() {
+        let t = Instant::now();
+        let mut core = started(t, &[("a.service", 1), ("b.service", 2)]);
+        let loads = vec![Action::Load(a("a.service")), Action::Load(a("b.service"))];
+        let ready = core.ready(t);
+        assert_eq!(runs(&ready.effects), vec![loads.clone()]);
+        match &ready.effects[0] {
+            Effect::Run(phase) => {
+                assert!(phase.iter().all(|(_, f)| f.is_some()), "loads carry files")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A report during the loads is not published: the loaded units have no state yet.
+        core.on(
+            t,
+            Input::Reported(
+                StateChange {
+                    name: a("x.service"),
+                    state: None,
+                },
+                None,
+            ),
+        );
+        done(t, &mut core, &loads);
+        assert_eq!(runs(&core.ready(t).effects), vec![vec![Action::Reload]]);
+        done(t, &mut core, &[Action::Reload]);
+        let starts = vec![Action::Start(a("a.service")), Action::Start(a("b.service"))];
+        let ready = core.ready(t);
+        assert_eq!(runs(&ready.effects), vec![starts.clone()]);
+        // The starts may publish: what is known goes out as they begin.
+        assert_eq!(
+            published(&ready.effects),
+            vec![
+                (a("a.service"), TargetState::Loaded, a("")),
+                (a("b.service"), TargetState::Loaded, a(""))
+            ]
+        );
+        core.on(t, Input::Published(Ok(())));
+        // One start done and reported: published at the next interval while the other is
+        // still in flight.
+        core.on(t, Input::Done(starts[0].clone(), Ok(())));
+        core.on(
+            t,
+            Input::Reported(
+                StateChange {
+                    name: a("a.service"),
+                    state: Some(active()),
+                },
+                None,
+            ),
+        );
+        let ready = core.ready(t);
+        assert_eq!(published(&ready.effects), vec![]);
+        assert_eq!(ready.wake_at, Some(t + PUBLISH_INTERVAL));
+        let t2 = t + PUBLISH_INTERVAL;
+        core.on(t2, Input::Tick);
+        assert_eq!(
+            published(&core.ready(t2).effects),
+            vec![(a("a.service"), TargetState::Launched, a("active"))]
+        );
+        core.on(t2, Input::Published(Ok(())));
+        // The last start ends the run; the manager reports starts itself, so nothing is read.
+        core.on(t2, Input::Done(starts[1].clone(), Ok(())));
+        let ready = core.ready(t2);
+        assert!(
+            ready
+                .effects
+                .iter()
+                .all(|e| !matches!(e, Effect::ReadStates(_))),
+            "{ready:?}"
+        );
+        assert_eq!(published(&ready.effects), vec![]);
+        let t3 = t2 + PUBLISH_INTERVAL;
+        core.on(t3, Input::Tick);
+        assert_eq!(
+            published(&core.ready(t3).effects),
+            vec![(a("b.service"), TargetState::Launched, a(""))]
+        );
+        // Nothing changed: nothing to do, nothing to wake for.
+        assert_eq!(core.ready(t3 + PUBLISH_INTERVAL), Ready::default());
+    }
+
+    #[test]
+    fn missing_bodies_are_fetched_together_once() {
+        let t = Instant::now();
+        let mut core = Core::new(machine(), Vec::new());
+        let mut e1 = entry(1, TargetState::Launched);
+        let mut e2 = entry(2, TargetState::Launched);
+        e1.raw = None;
+        e2.raw = None;
+        core.on(
+            t,
+            Input::Schedule(Update::Reset(vec![
+                (a("a.service"), e1.clone()),
+                (a("b.service"), e2.clone()),
+            ])),
+        );
+        core.on(t, Input::Globals(Update::Reset(vec![])));
+        core.on(t, Input::Metadata(Update::Reset(vec![])));
+        let ready = core.ready(t);
+        assert_eq!(
+            ready.effects,
+            vec![Effect::FetchBodies(
+                vec![e1.hash, e2.hash]
+                    .into_iter()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            )]
+        );
+        // One found, one not: nothing is decided, and the missing one is not asked for again.
+        let t2 = t + RECONCILE_INTERVAL;
+        core.on(
+            t2,
+            Input::Bodies(vec![(e1.hash, Ok(Some(file(1)))), (e2.hash, Ok(None))]),
+        );
+        assert_eq!(core.ready(t2).effects, vec![]);
+        // The schedule changes (b's body is now carried): both are loaded.
+        let t3 = t2 + RECONCILE_INTERVAL;
+        core.on(
+            t3,
+            Input::Schedule(Update::Changes(vec![registry::Change::Put(
+                a("b.service"),
+                entry(2, TargetState::Launched),
+            )])),
+        );
+        assert_eq!(
+            runs(&core.ready(t3).effects),
+            vec![vec![
+                Action::Load(a("a.service")),
+                Action::Load(a("b.service"))
+            ]]
+        );
+    }
+
+    #[test]
+    fn failed_actions_wait_for_their_retry_and_refused_ones_for_a_change() {
+        let t = Instant::now();
+        let mut core = started(t, &[("a.service", 1), ("b.service", 2)]);
+        let loads = runs(&core.ready(t).effects).remove(0);
+        done(t, &mut core, &loads);
+        core.ready(t);
+        done(t, &mut core, &[Action::Reload]);
+        core.ready(t);
+        let fail = |reason: &str, refused| ActionError {
+            reason: reason.into(),
+            refused,
+        };
+        core.on(
+            t,
+            Input::Done(Action::Start(a("a.service")), Err(fail("NoReply", false))),
+        );
+        core.on(
+            t,
+            Input::Done(
+                Action::Start(a("b.service")),
+                Err(fail("destructive", true)),
+            ),
+        );
+        let ready = core.ready(t);
+        let retry = ready.wake_at.expect("a retry time");
+        assert!(
+            retry >= t + Duration::from_millis(750) && retry <= t + Duration::from_millis(1250),
+            "{:?}",
+            retry - t
+        );
+        assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
+        core.on(retry, Input::Tick);
+        assert_eq!(
+            runs(&core.ready(retry).effects),
+            vec![vec![Action::Start(a("a.service"))]]
+        );
+        core.on(retry, Input::Done(Action::Start(a("a.service")), Ok(())));
+        let ready = core.ready(retry);
+        assert_eq!(
+            ready.wake_at.filter(|w| *w > retry + PUBLISH_INTERVAL),
+            None,
+            "b is not retried"
+        );
+    }
+
+    #[test]
+    fn a_failed_publication_is_tried_again() {
+        let t = Instant::now();
+        let mut core = started(t, &[]);
+        core.held.insert(
+            a("a.service"),
+            Held {
+                hash: file(1).hash(),
+                state: TargetState::Launched,
+            },
+        );
+        let first = published(&core.ready(t).effects);
+        assert_eq!(first.len(), 1);
+        core.on(t, Input::Published(Err("etcd unreachable".into())));
+        let ready = core.ready(t);
+        assert_eq!(published(&ready.effects), vec![]);
+        assert_eq!(ready.wake_at, Some(t + RETRY_INTERVAL));
+        let later = t + RETRY_INTERVAL;
+        core.on(later, Input::Tick);
+        assert_eq!(published(&core.ready(later).effects), first);
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_renewed_and_every_state_published_again() {
+        let t = Instant::now();
+        let mut core = started(t, &[]);
+        core.held.insert(
+            a("a.service"),
+            Held {
+                hash: file(1).hash(),
+                state: TargetState::Launched,
+            },
+        );
+        assert_eq!(published(&core.ready(t).effects).len(), 1);
+        core.on(t, Input::Published(Ok(())));
+        core.on(t, Input::LeaseLapsed);
+        assert_eq!(core.ready(t).effects, vec![Effect::Renew]);
+        core.on(t, Input::Renewed(Err("etcd unreachable".into())));
+        let ready = core.ready(t);
+        assert_eq!(ready.effects, vec![]);
+        let later = ready.wake_at.expect("a retry");
+        core.on(later, Input::Tick);
+        assert_eq!(core.ready(later).effects, vec![Effect::Renew]);
+        core.on(later, Input::Renewed(Ok(())));
+        assert_eq!(published(&core.ready(later).effects).len(), 1);
+    }
+
+    #[test]
+    fn a_machine_shutting_down_leaves_and_then_does_nothing() {
+        let t = Instant::now();
+        let mut core = started(t, &[("a.service", 1)]);
+        core.on(t, Input::MachineStopping);
+        assert_eq!(core.ready(t).effects, vec![Effect::Leave]);
+        core.on(
+            t,
+            Input::Schedule(Update::Reset(vec![(
+                a("b.service"),
+                entry(2, TargetState::Launched),
+            )])),
+        );
+        assert_eq!(core.ready(t + Duration::from_secs(1)), Ready::default());
+        assert!(core.left());
+    }
+
+    #[test]
+    fn adopted_units_are_not_started_again() {
+        let t = Instant::now();
+        let f = file(1);
+        let mut core = Core::new(machine(), vec![(a("a.service"), f.hash(), Some(active()))]);
+        core.on(
+            t,
+            Input::Schedule(Update::Reset(vec![(
+                a("a.service"),
+                entry(1, TargetState::Launched),
+            )])),
+        );
+        core.on(t, Input::Globals(Update::Reset(vec![])));
+        core.on(t, Input::Metadata(Update::Reset(vec![])));
+        let ready = core.ready(t);
+        assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
+        assert_eq!(
+            published(&ready.effects),
+            vec![(a("a.service"), TargetState::Launched, a("active"))]
+        );
+    }
+}
