@@ -95,7 +95,7 @@ async fn wait_truthful(
     wait_for(what, SETTLE, || truthful(c, i, prefix, n)).await
 }
 
-/// Waits until all `n` units are published active on machine `i`.
+/// Waits until at least `n` units are published active on machine `i`.
 async fn wait_listed_active(
     c: &NspawnCluster,
     i: usize,
@@ -111,7 +111,7 @@ async fn wait_listed_active(
             .filter(|s| s.machine_id == me && s.name.starts_with(prefix))
             .filter(|s| s.systemd_active_state == "active")
             .count();
-        if active == n {
+        if active >= n {
             Ok(())
         } else {
             Err(format!("{active} of {n} published active"))
@@ -289,8 +289,9 @@ async fn a_bus_connection_cut_mid_start_leaves_no_state_behind() {
     let result = async {
         let t0 = Instant::now();
         c.submit(&units(&c, "cut-", 0..n)).await?;
-        wait_running(&c, 0, "cut-", n / 5).await?;
-        let before = tokio::task::block_in_place(|| c.systemd_units(0, "cut-"))?;
+        // Watched through the API (cheap), not through systemd (a `systemctl show` of a
+        // thousand units takes long enough under a burst for the burst to end meanwhile).
+        wait_listed_active(&c, 0, "cut-", n / 5, "a fifth of the units listed active").await?;
         let cut = proxy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -299,13 +300,16 @@ async fn a_bus_connection_cut_mid_start_leaves_no_state_behind() {
             .cut();
         ensure!(cut > 0, "fleetd had no connection through the proxy");
         let at = t0.elapsed();
+        // Main pids right after the cut: a unit the agent restarted while recovering shows
+        // as a changed pid.
+        let before = tokio::task::block_in_place(|| c.systemd_units(0, "cut-"))?;
         let running_at_cut = before.values().filter(|u| u.sub == "running").count();
         let after = wait_truthful(&c, 0, "cut-", n, "every unit listed as systemd runs it").await?;
         let restarted = restarted(&before, &after);
         ensure!(restarted.is_empty(), "restarted: {restarted:?}");
         println!(
             "FIGURE real systemd: bus connection cut {:.2} s into a {n}-unit start \
-             ({running_at_cut} running); all {n} listed active as systemd has them {:.2} s \
+             ({running_at_cut} running just after); all {n} listed active as systemd has them {:.2} s \
              after the cut, none restarted",
             at.as_secs_f64(),
             (t0.elapsed() - at).as_secs_f64()
