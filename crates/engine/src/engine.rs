@@ -7,10 +7,11 @@
 //! the time the dead machine's units need moving (fleet's 10 s engine lease came on top of
 //! `agent_ttl`). Engines that do not lead follow only the leader key.
 
-use crate::model::Model;
+use crate::core::{Core, Effect, Input};
 use registry::{Campaign, Leadership, Registry};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
@@ -95,7 +96,8 @@ async fn campaign(
     }
 }
 
-/// Leads until leadership is lost or `stop` turns true.
+/// Leads until leadership is lost or `stop` turns true: merges the followers' deliveries,
+/// the outcomes of effects and timers into inputs for [`Core`], and carries its effects out.
 async fn lead(
     registry: &Registry,
     config: &EngineConfig,
@@ -108,103 +110,101 @@ async fn lead(
     let mut schedule = registry.follow_schedule();
     let mut reasons = registry.follow_reasons();
     let mut texts = registry.follow_bodies();
-    let mut model = Model::new();
+    let mut core = Core::new(config.interval, Instant::now());
     let mut keepalive = tokio::time::interval(config.leader_ttl() / 3);
     keepalive.tick().await;
-    let mut tick = tokio::time::interval(config.interval);
-    let mut ready = [false; 6];
-    // A pass looks at every unit and machine, so while units pour in passes are paced: the
-    // next waits at least as long as the last one took (the engine takes at most half a core,
-    // and each pass places a bigger batch) instead of running once per watch delivery.
-    let mut pending = false;
-    let mut next_pass = tokio::time::Instant::now();
+    let mut wake_at: Option<Instant> = None;
     loop {
-        let mut dirty = false;
-        tokio::select! {
-            _ = stop.changed() => if *stop.borrow() { return Ok(()) },
-            _ = tokio::time::sleep_until(next_pass), if pending => dirty = true,
-            _ = keepalive.tick() => match leadership.hold().await {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) => tracing::warn!(error = %e, "refreshing the leader lease failed"),
-            },
-            _ = tick.tick() => dirty = true,
-            Some(u) = jobs.recv() => { model.apply_jobs(u); ready[0] = true; dirty = true; }
-            Some(u) = machines.recv() => { model.apply_machines(u); ready[1] = true; dirty = true; }
-            Some(u) = metadata.recv() => { model.apply_metadata(u); ready[2] = true; dirty = true; }
-            Some(u) = schedule.recv() => { model.apply_schedule(u); ready[3] = true; }
-            Some(u) = reasons.recv() => { model.apply_reasons(u); ready[4] = true; }
-            Some(u) = texts.recv() => { model.apply_texts(u); ready[5] = true; }
-        }
+        let input = tokio::select! {
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                continue;
+            }
+            _ = keepalive.tick() => {
+                match leadership.hold().await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => tracing::warn!(error = %e, "refreshing the leader lease failed"),
+                }
+                continue;
+            }
+            _ = sleep_until(wake_at) => Input::Tick,
+            Some(u) = jobs.recv() => Input::Jobs(u),
+            Some(u) = machines.recv() => Input::Machines(u),
+            Some(u) = metadata.recv() => Input::Metadata(u),
+            Some(u) = schedule.recv() => Input::Schedule(u),
+            Some(u) = reasons.recv() => Input::Reasons(u),
+            Some(u) = texts.recv() => Input::Texts(u),
+        };
+        core.on(input);
         // Take whatever else is queued so that a burst of changes costs one pass.
+        while let Some(u) = jobs.try_recv() {
+            core.on(Input::Jobs(u));
+        }
+        while let Some(u) = machines.try_recv() {
+            core.on(Input::Machines(u));
+        }
+        while let Some(u) = metadata.try_recv() {
+            core.on(Input::Metadata(u));
+        }
+        while let Some(u) = schedule.try_recv() {
+            core.on(Input::Schedule(u));
+        }
+        while let Some(u) = reasons.try_recv() {
+            core.on(Input::Reasons(u));
+        }
+        while let Some(u) = texts.try_recv() {
+            core.on(Input::Texts(u));
+        }
+        // Effects are carried out here, one after another: a pass's reads and writes finish
+        // before the next input is taken, as the fenced writes require.
         loop {
-            let mut any = false;
-            while let Some(u) = jobs.try_recv() {
-                model.apply_jobs(u);
-                ready[0] = true;
-                any = true;
+            let began = Instant::now();
+            let ready = core.ready(began);
+            if ready.passed {
+                core.pass_took(began, began.elapsed());
             }
-            while let Some(u) = machines.try_recv() {
-                model.apply_machines(u);
-                ready[1] = true;
-                any = true;
-            }
-            while let Some(u) = metadata.try_recv() {
-                model.apply_metadata(u);
-                ready[2] = true;
-                any = true;
-            }
-            while let Some(u) = schedule.try_recv() {
-                model.apply_schedule(u);
-                ready[3] = true;
-            }
-            while let Some(u) = reasons.try_recv() {
-                model.apply_reasons(u);
-                ready[4] = true;
-            }
-            while let Some(u) = texts.try_recv() {
-                model.apply_texts(u);
-                ready[5] = true;
-            }
-            if !any {
+            wake_at = ready.wake_at;
+            if ready.effects.is_empty() {
                 break;
             }
-            dirty = true;
-        }
-        if !dirty || !ready.iter().all(|r| *r) {
-            tracing::trace!(dirty, ?ready, "engine waiting");
-            continue;
-        }
-        let started = tokio::time::Instant::now();
-        if started < next_pass {
-            pending = true;
-            continue;
-        }
-        pending = false;
-        model.update_requirements(registry).await;
-        let decided = tokio::time::Instant::now();
-        let changes = model.decide();
-        next_pass = tokio::time::Instant::now() + decided.elapsed();
-        tracing::debug!(
-            jobs = model.jobs.len(),
-            machines = model.machines.len(),
-            changes = changes.len(),
-            "engine pass"
-        );
-        if changes.is_empty() {
-            continue;
-        }
-        tracing::debug!(changes = changes.len(), "writing engine decisions");
-        match leadership.apply_schedule(&changes).await {
-            Ok(true) => model.applied(&changes),
-            Ok(false) => return Ok(()),
-            Err(e) => {
-                // Some batches may have been written: read the schedule afresh before deciding
-                // again, so that no unit is placed twice.
-                tracing::warn!(error = %e, "writing engine decisions failed; re-reading the schedule");
-                schedule = registry.follow_schedule();
-                ready[3] = false;
+            for effect in ready.effects {
+                let outcome = match effect {
+                    Effect::FetchBodies(hashes) => {
+                        let read = registry
+                            .bodies(hashes, CONCURRENT_READS)
+                            .await
+                            .into_iter()
+                            .map(|(hash, r)| (hash, r.map_err(|e| format!("{e:#}"))))
+                            .collect();
+                        Input::Bodies(read)
+                    }
+                    Effect::Write(changes) => {
+                        tracing::debug!(changes = changes.len(), "writing engine decisions");
+                        let written = leadership.apply_schedule(&changes).await;
+                        Input::Written(written.map_err(|e| format!("{e:#}")))
+                    }
+                    Effect::RereadSchedule => {
+                        schedule = registry.follow_schedule();
+                        continue;
+                    }
+                    Effect::Resign => return Ok(()),
+                };
+                core.on(outcome);
             }
         }
+    }
+}
+
+/// Body reads (for records without their `[X-Fleet]` options) in flight at once.
+const CONCURRENT_READS: usize = 32;
+
+/// Sleeps until `at`, or for ever if there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,11 +1,8 @@
 //! The leader's model of the cluster, kept current from registry watches, and the translation
 //! of the scheduler's plan into registry writes.
 
-use registry::{Change, Job, MachineState, Registry, ScheduleChange, ScheduleEntry, Update};
+use registry::{Change, Job, MachineState, ScheduleChange, ScheduleEntry, Update};
 use std::collections::{BTreeMap, HashMap};
-
-/// Body reads (for records without their `[X-Fleet]` options) in flight at once.
-const CONCURRENT_READS: usize = 32;
 use unit::{Requirements, UnitFile, UnitHash};
 
 #[derive(Default)]
@@ -123,10 +120,11 @@ impl Model {
         u.apply_to(&mut self.reasons);
     }
 
-    /// Brings the requirements of every job up to date: from the job record's `[X-Fleet]`
-    /// options where it carries them, otherwise from its body: the text the model follows
-    /// (`texts`), or, if that has not arrived yet, read (side by side) from the registry.
-    pub async fn update_requirements(&mut self, registry: &Registry) {
+    /// Brings the requirements of every job up to date from what the model holds: the job
+    /// record's `[X-Fleet]` options where it carries them, otherwise its body (the text the
+    /// model follows). Returns the hashes of bodies still unknown, to be read from the
+    /// registry and handed to [`Model::take_bodies`].
+    pub fn missing_bodies(&mut self) -> Vec<UnitHash> {
         let jobs = &self.jobs;
         self.requirements
             .retain(|name, (hash, _)| jobs.get(name).is_some_and(|j| j.hash == *hash));
@@ -153,7 +151,14 @@ impl Model {
         }
         missing.sort();
         missing.dedup();
-        for (hash, read) in registry.bodies(missing, CONCURRENT_READS).await {
+        missing
+    }
+
+    /// Takes in bodies read from the registry (`None` where it has none, an error text where
+    /// reading failed) and derives the requirements still missing. Bodies no job needs any
+    /// more are dropped.
+    pub fn take_bodies(&mut self, read: Vec<(UnitHash, Result<Option<UnitFile>, String>)>) {
+        for (hash, read) in read {
             match read {
                 Ok(Some(file)) => {
                     self.bodies.insert(hash, file);
