@@ -37,14 +37,14 @@ pub async fn run(
     config: EngineConfig,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = registry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         match campaign(&registry, &config, &mut stop).await {
             Ok(Some(leadership)) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 tracing::info!(machine = %config.machine_id, "this engine leads");
                 let outcome = lead(&registry, &config, &leadership, &mut stop).await;
                 // Release at once so another engine can take over without waiting the TTL out.
@@ -59,10 +59,9 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "engine election failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.wait()) => {}
                     _ = stop.changed() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -174,7 +174,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let machine = machine_state(&cfg, &machine_id);
     let presence = {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff =
+            registry::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let attempt = Presence::register(
                 registry.clone(),
@@ -188,8 +189,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     Err(e) if e.downcast_ref::<agent::presence::DuplicateMachine>().is_some() => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "registering this machine failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        tokio::time::sleep(backoff.wait()).await;
                     }
                 },
                 _ = sigterm.recv() => return Ok(()),

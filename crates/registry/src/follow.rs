@@ -241,14 +241,13 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut backoff = RETRY_MIN;
+        let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
         'outer: loop {
             let page = match range_all(store.as_ref(), &prefix, RANGE_PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(prefix = %prefix, error = %e, "reading registry failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tokio::time::sleep(backoff.wait()).await;
                     if tx.is_closed() {
                         return;
                     }
@@ -265,15 +264,14 @@ fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
                     Err(StoreError::Compacted { .. }) => continue 'outer,
                     Err(e) => {
                         tracing::warn!(prefix = %prefix, error = %e, "watching registry failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(RETRY_MAX);
+                        tokio::time::sleep(backoff.wait()).await;
                         if tx.is_closed() {
                             return;
                         }
                         continue;
                     }
                 };
-                backoff = RETRY_MIN;
+                backoff.reset();
                 loop {
                     tokio::select! {
                         _ = tx.closed() => return,

@@ -28,6 +28,7 @@
 //! Every reader watches only what concerns it, from a revision it read; every multi-key change
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
+mod backoff;
 mod codec;
 pub mod conformance;
 pub mod embedded;
@@ -46,6 +47,7 @@ pub mod store;
 mod units;
 mod views;
 
+pub use backoff::Backoff;
 pub use follow::{Change, Follower, Update};
 pub use leadership::{Campaign, LeaderWatch, Leadership};
 pub use machines::{merge_metadata, MetadataChange};

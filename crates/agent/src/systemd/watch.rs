@@ -43,7 +43,7 @@ pub(super) async fn run(
     ready: oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
-    let mut retry = FIRST_RETRY;
+    let mut retry = registry::Backoff::new(FIRST_RETRY, LAST_RETRY);
     loop {
         match watch(&shared, &mut asks, &mut ready, &mut retry).await {
             Ok(Stop::ManagerGone) => return,
@@ -60,14 +60,14 @@ pub(super) async fn run(
                 continue;
             }
             Err(e) => tracing::warn!(
-                "watching systemd's unit states failed: {e:#}; trying again in {retry:?}"
+                "watching systemd's unit states failed: {e:#}; trying again in {:?}",
+                retry.peek()
             ),
         }
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(LAST_RETRY);
+        tokio::time::sleep(retry.wait()).await;
     }
 }
 
@@ -97,7 +97,7 @@ async fn watch(
     shared: &Shared,
     asks: &mut mpsc::UnboundedReceiver<Ask>,
     ready: &mut Option<oneshot::Sender<()>>,
-    retry: &mut Duration,
+    retry: &mut registry::Backoff,
 ) -> anyhow::Result<Stop> {
     let bus = shared.bus().await?;
     let queue = NonZeroUsize::new(QUEUE);
@@ -141,7 +141,7 @@ async fn watch(
             ))
         }
     }
-    *retry = FIRST_RETRY;
+    retry.reset();
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -151,7 +151,7 @@ async fn watch(
     // The first full read on this connection is logged whatever it finds: after a reconnect
     // the operator sees that the truth was read again.
     let mut connected_resync = true;
-    let mut resync_retry = FIRST_RETRY;
+    let mut resync_retry = registry::Backoff::new(FIRST_RETRY, LAST_RETRY);
     let mut next_resync = Instant::now();
     let mut pending: BTreeSet<String> = BTreeSet::new();
     // One read of systemd's state at a time, while signals keep being taken: a job's removal
@@ -186,7 +186,7 @@ async fn watch(
                 match result {
                     Ok(changed) => {
                         if full {
-                            resync_retry = FIRST_RETRY;
+                            resync_retry.reset();
                             next_resync = Instant::now() + RESYNC_INTERVAL;
                             if std::mem::take(&mut connected_resync) {
                                 tracing::info!(
@@ -206,13 +206,13 @@ async fn watch(
                         if bus.conn.is_closed() {
                             return Ok(Stop::ConnectionClosed);
                         }
+                        let wait = resync_retry.wait();
                         tracing::warn!(
                             "reading systemd's state failed: {e:#}; reading it all again in \
-                             {resync_retry:?}"
+                             {wait:?}"
                         );
                         resync = true;
-                        next_resync = Instant::now() + resync_retry;
-                        resync_retry = (resync_retry * 2).min(LAST_RETRY);
+                        next_resync = Instant::now() + wait;
                     }
                 }
             }
