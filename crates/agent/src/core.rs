@@ -887,6 +887,19 @@ mod tests {
         core
     }
 
+    /// A core that has read everything once and holds one launched unit, `a.service`.
+    fn holding_one(t: Instant) -> Core {
+        let mut core = started(t, &[]);
+        core.held.insert(
+            a("a.service"),
+            Held {
+                hash: file(1).hash(),
+                state: TargetState::Launched,
+            },
+        );
+        core
+    }
+
     /// The actions of the `Run` effects in `effects`.
     fn runs(effects: &[Effect]) -> Vec<Vec<Action>> {
         effects
@@ -1125,14 +1138,7 @@ mod tests {
     #[test]
     fn a_failed_publication_is_tried_again() {
         let t = Instant::now();
-        let mut core = started(t, &[]);
-        core.held.insert(
-            a("a.service"),
-            Held {
-                hash: file(1).hash(),
-                state: TargetState::Launched,
-            },
-        );
+        let mut core = holding_one(t);
         let first = published(&core.ready(t).effects);
         assert_eq!(first.len(), 1);
         core.on(t, Input::Published(Err("etcd unreachable".into())));
@@ -1147,14 +1153,7 @@ mod tests {
     #[test]
     fn a_lapsed_lease_is_renewed_and_every_state_published_again() {
         let t = Instant::now();
-        let mut core = started(t, &[]);
-        core.held.insert(
-            a("a.service"),
-            Held {
-                hash: file(1).hash(),
-                state: TargetState::Launched,
-            },
-        );
+        let mut core = holding_one(t);
         assert_eq!(published(&core.ready(t).effects).len(), 1);
         core.on(t, Input::Published(Ok(())));
         core.on(t, Input::LeaseLapsed);
