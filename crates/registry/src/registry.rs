@@ -10,9 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use unit::UnitFile;
 
-/// Keys read per range request when listing: 110,000 states in pages of 1,000 took 3 s (one
-/// round trip after another) and made `fleetctl list-units` time out; pages of 10,000 (a few
-/// MB each) take 1.1 s.
+/// Keys read per range request when listing: pages are read one after another, so a listing of
+/// a large cluster costs one round trip per page; a page of 10,000 states is a few MB.
 const PAGE: usize = 10000;
 /// How often a read-modify-write retries when another writer got there first.
 pub(crate) const CAS_RETRIES: usize = 20;

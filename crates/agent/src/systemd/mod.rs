@@ -88,9 +88,9 @@ impl SystemdOptions {
 }
 
 /// Links `target` as the runtime unit `name` (`/run/systemd/system/<name>`), as
-/// `LinkUnitFiles` with `runtime` and `force` does, without a call to systemd: in a burst of a
-/// thousand loads those calls took systemd about a third of a second it then lacked for the
-/// starts. The link is replaced atomically, so systemd never sees the name missing.
+/// `LinkUnitFiles` with `runtime` and `force` does, without a call to systemd: in a burst of
+/// loads, every such call is time systemd then lacks for the starts. The link is replaced
+/// atomically, so systemd never sees the name missing.
 fn link_runtime_unit(opts: &SystemdOptions, name: &str, target: &str) -> anyhow::Result<()> {
     let dir = match &opts.systemd_root {
         Some(root) => root.join("run/systemd/system"),
@@ -505,8 +505,8 @@ impl UnitManager for SystemdManager {
                 .map_err(|e| method_error("EnableUnitFiles", name, e))?;
         }
         // No state read here: asking systemd about a unit before the batch's reload makes it
-        // load that unit on its own, rebuilding its map of unit files each time (measured: the
-        // cost per load grew with the number of units). `reload` reads them all at once.
+        // load that unit on its own, rebuilding its map of unit files each time, so the cost
+        // of a load grows with the number of units. `reload` reads them all at once.
         Ok(())
     }
 
