@@ -5,6 +5,7 @@
 //! is one transaction; what dies with a machine is attached to that machine's lease.
 
 mod api_support;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
