@@ -138,7 +138,8 @@ pub fn wanted_units(
     let mut accepted_with_patterns: Vec<&Candidate> = Vec::new();
     let mut refused = Vec::new();
     for c in sorted {
-        if c.global && !metadata_matches(machine, &c.requirements) {
+        if c.global && !unit::metadata_matches(&c.requirements.machine_metadata, &machine.metadata)
+        {
             continue;
         }
         let against = if c.requirements.conflicts.is_empty() {
@@ -171,16 +172,6 @@ pub fn wanted_units(
         })
         .collect();
     (wanted, refused)
-}
-
-/// Every required metadata key present with one of its allowed values.
-pub fn metadata_matches(machine: &MachineState, req: &Requirements) -> bool {
-    req.machine_metadata.iter().all(|(key, allowed)| {
-        machine
-            .metadata
-            .get(key)
-            .is_some_and(|v| allowed.contains(v))
-    })
 }
 
 fn conflicts(a: &Candidate, b: &Candidate) -> bool {

@@ -6,6 +6,7 @@ use registry::MachineState;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
+use unit::metadata_matches;
 
 type Metadata = BTreeMap<String, BTreeSet<String>>;
 /// Machines as a sorted index list and a membership table.
@@ -139,8 +140,8 @@ impl<'a> Pass<'a> {
             let c = &rel.conflicts;
             for m in 0..self.machines.len() as u32 {
                 if !metadata_matches(
-                    self.machines[m as usize],
                     &rel.units[g as usize].requirements.machine_metadata,
+                    &self.machines[m as usize].metadata,
                 ) {
                     continue;
                 }
@@ -175,7 +176,7 @@ impl<'a> Pass<'a> {
                 .machine_id
                 .as_deref()
                 .is_none_or(|id| machine.matches_id(id))
-            && metadata_matches(machine, &req.machine_metadata)
+            && metadata_matches(&req.machine_metadata, &machine.metadata)
             && rel.global_targets[u as usize]
                 .iter()
                 .all(|&g| self.runs_global(g, m))
@@ -414,7 +415,7 @@ impl<'a> Pass<'a> {
             req.machine_id
                 .as_deref()
                 .is_none_or(|id| machine.matches_id(id))
-                && metadata_matches(machine, metadata)
+                && metadata_matches(metadata, &machine.metadata)
                 && rel.global_targets[ui].iter().all(|&g| p.runs_global(g, m))
         };
 
@@ -536,7 +537,7 @@ impl<'a> Pass<'a> {
         let (list, table) = self.metadata_pools.entry(metadata).or_insert_with(|| {
             let table: Vec<bool> = machines
                 .iter()
-                .map(|m| metadata_matches(m, metadata))
+                .map(|m| metadata_matches(metadata, &m.metadata))
                 .collect();
             let list: Vec<u32> = (0..machines.len() as u32)
                 .filter(|&m| table[m as usize])
@@ -558,7 +559,7 @@ impl<'a> Pass<'a> {
         {
             return format!("MachineID is {id}");
         }
-        if !metadata_matches(machine, &req.machine_metadata) {
+        if !metadata_matches(&req.machine_metadata, &machine.metadata) {
             return format!(
                 "MachineMetadata {} does not match",
                 show_metadata(&req.machine_metadata)
@@ -710,16 +711,6 @@ impl<'a> Pass<'a> {
         }
         plan
     }
-}
-
-/// fleet's `HasMetadata`: every required key present with one of its allowed values.
-fn metadata_matches(machine: &MachineState, required: &Metadata) -> bool {
-    required.iter().all(|(key, allowed)| {
-        machine
-            .metadata
-            .get(key)
-            .is_some_and(|v| allowed.contains(v))
-    })
 }
 
 /// `region=east|west, disk=ssd`

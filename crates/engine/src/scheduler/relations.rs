@@ -3,7 +3,7 @@
 //! Units are numbered in name order, so every list here is sorted by name and every loop over
 //! units is deterministic.
 
-use super::{is_template, ClusterUnit};
+use super::ClusterUnit;
 use registry::TargetState;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -57,7 +57,7 @@ impl<'a> Relations<'a> {
         let kind: Vec<Kind> = units
             .iter()
             .map(|u| {
-                if u.desired == TargetState::Inactive || is_template(&u.name) {
+                if u.desired == TargetState::Inactive || unit::is_template(&u.name) {
                     Kind::Inert
                 } else if u.is_global() {
                     Kind::Global
