@@ -36,6 +36,7 @@
 //! Units are processed in an order fixed by their names, never by hash-map order, so the same
 //! snapshot always gives the same plan.
 
+mod ix;
 mod pass;
 mod relations;
 
