@@ -11,7 +11,7 @@
 //! assert_eq!(actions, vec![Action::Load("a.service".into()), Action::Reload, Action::Start("a.service".into())]);
 //! ```
 
-use registry::{MachineState, ScheduleEntry, TargetState};
+use registry::{MachineState, TargetState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -177,22 +177,6 @@ pub fn wanted_units(
 fn conflicts(a: &Candidate, b: &Candidate) -> bool {
     a.name != b.name
         && (a.requirements.conflicts_with(&b.name) || b.requirements.conflicts_with(&a.name))
-}
-
-/// The candidates from this machine's schedule (requirements looked up by hash).
-pub fn scheduled_candidates<'a>(
-    schedule: &'a BTreeMap<String, ScheduleEntry>,
-    requirements: impl Fn(&str, &UnitHash) -> Option<std::sync::Arc<Requirements>> + 'a,
-) -> impl Iterator<Item = Candidate> + 'a {
-    schedule.iter().filter_map(move |(name, e)| {
-        Some(Candidate {
-            name: name.clone(),
-            hash: e.hash,
-            desired: e.desired,
-            global: false,
-            requirements: requirements(name, &e.hash)?,
-        })
-    })
 }
 
 /// The last failed action on a unit, and when it may be tried again.
