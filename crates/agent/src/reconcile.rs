@@ -11,7 +11,7 @@
 //! assert_eq!(actions, vec![Action::Load("a.service".into()), Action::Reload, Action::Start("a.service".into())]);
 //! ```
 
-use registry::{MachineState, ScheduleEntry, TargetState};
+use registry::{MachineState, TargetState};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -138,7 +138,8 @@ pub fn wanted_units(
     let mut accepted_with_patterns: Vec<&Candidate> = Vec::new();
     let mut refused = Vec::new();
     for c in sorted {
-        if c.global && !metadata_matches(machine, &c.requirements) {
+        if c.global && !unit::metadata_matches(&c.requirements.machine_metadata, &machine.metadata)
+        {
             continue;
         }
         let against = if c.requirements.conflicts.is_empty() {
@@ -173,35 +174,9 @@ pub fn wanted_units(
     (wanted, refused)
 }
 
-/// Every required metadata key present with one of its allowed values.
-pub fn metadata_matches(machine: &MachineState, req: &Requirements) -> bool {
-    req.machine_metadata.iter().all(|(key, allowed)| {
-        machine
-            .metadata
-            .get(key)
-            .is_some_and(|v| allowed.contains(v))
-    })
-}
-
 fn conflicts(a: &Candidate, b: &Candidate) -> bool {
     a.name != b.name
         && (a.requirements.conflicts_with(&b.name) || b.requirements.conflicts_with(&a.name))
-}
-
-/// The candidates from this machine's schedule (requirements looked up by hash).
-pub fn scheduled_candidates<'a>(
-    schedule: &'a BTreeMap<String, ScheduleEntry>,
-    requirements: impl Fn(&str, &UnitHash) -> Option<std::sync::Arc<Requirements>> + 'a,
-) -> impl Iterator<Item = Candidate> + 'a {
-    schedule.iter().filter_map(move |(name, e)| {
-        Some(Candidate {
-            name: name.clone(),
-            hash: e.hash,
-            desired: e.desired,
-            global: false,
-            requirements: requirements(name, &e.hash)?,
-        })
-    })
 }
 
 /// The last failed action on a unit, and when it may be tried again.

@@ -411,13 +411,6 @@ impl Machine {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
-
-    /// Whether the log contains `needle` (for example "this engine leads").
-    pub fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(self.log_path())
-            .map(|t| t.contains(needle))
-            .unwrap_or(false)
-    }
 }
 
 impl Drop for Machine {

@@ -2,7 +2,7 @@
 //! rule, the same snapshot gives the same plan whatever the input order, a second pass changes
 //! nothing, and losing a machine moves only what must move.
 
-use engine::scheduler::{is_template, plan, Cluster, ClusterUnit, Plan};
+use engine::scheduler::{plan, Cluster, ClusterUnit, Plan};
 use proptest::prelude::*;
 use registry::{MachineState, TargetState};
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,7 +168,7 @@ fn machines(c: &Cluster) -> BTreeMap<&str, &MachineState> {
 }
 
 fn runs(u: &ClusterUnit) -> bool {
-    u.desired != TargetState::Inactive && !is_template(&u.name)
+    u.desired != TargetState::Inactive && !unit::is_template(&u.name)
 }
 
 fn schedulable(u: &ClusterUnit) -> bool {

@@ -179,11 +179,7 @@ pub fn global_targets(unit: &Unit, machines: &Machines) -> BTreeSet<String> {
     machines
         .0
         .values()
-        .filter(|m| {
-            req.machine_metadata
-                .iter()
-                .all(|(key, allowed)| m.metadata.get(key).is_some_and(|v| allowed.contains(v)))
-        })
+        .filter(|m| unit::metadata_matches(&req.machine_metadata, &m.metadata))
         .map(|m| m.id.clone())
         .collect()
 }

@@ -30,6 +30,7 @@
 
 mod backoff;
 mod codec;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;

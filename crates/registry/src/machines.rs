@@ -42,8 +42,7 @@ impl Registry {
         let dynamic = self.dynamic_metadata(Some(revision)).await?;
         for m in &mut machines {
             if let Some(d) = dynamic.get(&m.id) {
-                m.metadata
-                    .extend(d.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merge_metadata(&mut m.metadata, d);
             }
         }
         Ok(AtRevision {

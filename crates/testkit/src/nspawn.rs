@@ -182,7 +182,7 @@ impl NspawnBuilder {
             child: None,
             pid1: None,
             log_path,
-            dir,
+            _dir: dir,
         };
         for h in &hierarchies {
             let cg = h.join(&machine.name);
@@ -297,8 +297,8 @@ pub struct NspawnMachine {
     child: Option<Child>,
     pid1: Option<u32>,
     log_path: PathBuf,
-    // Dropped after `Drop::drop` has stopped the machine.
-    dir: tempfile::TempDir,
+    // Held only to be removed on drop, after `Drop::drop` has stopped the machine.
+    _dir: tempfile::TempDir,
 }
 
 impl NspawnMachine {
@@ -377,11 +377,6 @@ impl NspawnMachine {
     /// What nspawn and the container's console printed so far.
     pub fn console_log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The machine's scratch directory on the host (removed on drop).
-    pub fn scratch_dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// SIGKILLs the container's PID 1, which takes the whole machine down at once: a machine

@@ -132,6 +132,17 @@ pub fn expand_specifiers(value: &str, unit_name: &str) -> String {
         .replace("%i", instance)
 }
 
+/// fleet's `HasMetadata`: whether a machine's `metadata` has every key `required` names (a
+/// unit's `MachineMetadata=`), each with one of the values allowed for it.
+pub fn metadata_matches(
+    required: &BTreeMap<String, BTreeSet<String>>,
+    metadata: &BTreeMap<String, String>,
+) -> bool {
+    required
+        .iter()
+        .all(|(key, allowed)| metadata.get(key).is_some_and(|v| allowed.contains(v)))
+}
+
 /// fleet's `isTruthyValue`.
 pub fn is_truthy(value: &str) -> bool {
     matches!(

@@ -17,9 +17,9 @@ pub mod state;
 
 pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
 pub use fleet::{
-    expand_specifiers, is_truthy, parse_multivalue, validate_unit, InvalidUnit, Requirements,
-    RequirementsError, RequirementsWarning,
+    expand_specifiers, is_truthy, metadata_matches, parse_multivalue, validate_unit, InvalidUnit,
+    Requirements, RequirementsError, RequirementsWarning,
 };
 pub use hash::UnitHash;
-pub use name::{is_recognized_type, mangle, NameError, UnitName};
+pub use name::{is_recognized_type, is_template, mangle, NameError, UnitName};
 pub use state::{TargetState, TargetStateError};

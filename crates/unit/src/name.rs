@@ -65,6 +65,15 @@ pub fn is_recognized_type(suffix: &str) -> bool {
     RECOGNIZED_UNIT_TYPES.contains(&suffix)
 }
 
+/// Whether `name` is a template (`foo@.service`: an `@` with nothing after it before the type
+/// suffix), valid or not: templates are never placed or started, only their instances are, and
+/// the scheduler decides this for every name in the registry without validating it again.
+pub fn is_template(name: &str) -> bool {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    stem.split_once('@')
+        .is_some_and(|(_, instance)| instance.is_empty())
+}
+
 fn valid_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')
 }
@@ -127,7 +136,7 @@ impl UnitName {
     }
     /// `foo@.service`
     pub fn is_template(&self) -> bool {
-        self.instance.as_deref() == Some("")
+        is_template(&self.full)
     }
     /// `foo@bar.service`
     pub fn is_instance(&self) -> bool {

@@ -1,6 +1,6 @@
 //! Unit names: fleet's `ValidateName`, `NewUnitNameInfo` and fleetctl's `unitNameMangle`.
 
-use unit::{is_recognized_type, mangle, UnitName};
+use unit::{is_recognized_type, is_template, mangle, UnitName};
 
 /// (name, prefix, instance, suffix, is_template, is_instance, template)
 type NameRow = (
@@ -219,4 +219,13 @@ fn recognized_types() {
     assert!(!UnitName::parse("a.target")
         .expect("valid")
         .is_recognized_type());
+}
+
+#[test]
+fn templates_are_told_by_name_alone() {
+    assert!(is_template("foo@.service"));
+    assert!(!is_template("foo@1.service"));
+    assert!(!is_template("foo.service"));
+    // The scheduler asks of names it does not validate again.
+    assert!(is_template("foo@"));
 }

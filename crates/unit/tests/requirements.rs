@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use unit::{
-    expand_specifiers, is_truthy, parse_multivalue, validate_unit, InvalidUnit, Requirements,
-    RequirementsWarning, UnitFile,
+    expand_specifiers, is_truthy, metadata_matches, parse_multivalue, validate_unit, InvalidUnit,
+    Requirements, RequirementsWarning, UnitFile,
 };
 
 fn fleet(body: &str) -> UnitFile {
@@ -203,6 +203,30 @@ fn machine_metadata_sets_and_malformed_values() {
     );
     assert!(warnings[1].to_string().contains("\"k=v=w\""));
     assert_eq!(r, Requirements::from_unit(&file, "metadata@host1.service"));
+}
+
+#[test]
+fn machine_metadata_is_or_within_a_key_and_across_keys() {
+    let machine: BTreeMap<String, String> = [("region", "east"), ("disk", "ssd")]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+    type Required = &'static [(&'static str, &'static [&'static str])];
+    let table: &[(Required, bool)] = &[
+        (&[], true),
+        (&[("region", &["east"])], true),
+        (&[("region", &["west", "east"])], true),
+        (&[("region", &["west"])], false),
+        (&[("region", &["east"]), ("disk", &["ssd"])], true),
+        (&[("region", &["east"]), ("disk", &["hdd"])], false),
+        (&[("rack", &["1"])], false),
+    ];
+    for &(required, matches) in table {
+        assert_eq!(
+            metadata_matches(&metadata(required), &machine),
+            matches,
+            "{required:?}"
+        );
+    }
 }
 
 #[test]

@@ -36,6 +36,7 @@
 //! Units are processed in an order fixed by their names, never by hash-map order, so the same
 //! snapshot always gives the same plan.
 
+mod ix;
 mod pass;
 mod relations;
 
@@ -139,24 +140,4 @@ impl Cluster {
 /// Decides which units go where. Pure and deterministic.
 pub fn plan(cluster: &Cluster) -> Plan {
     pass::run(cluster)
-}
-
-/// `foo@.service`: a template is never placed, only its instances are.
-pub fn is_template(name: &str) -> bool {
-    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-    stem.split_once('@')
-        .is_some_and(|(_, instance)| instance.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates() {
-        assert!(is_template("foo@.service"));
-        assert!(!is_template("foo@1.service"));
-        assert!(!is_template("foo.service"));
-        assert!(is_template("foo@"));
-    }
 }

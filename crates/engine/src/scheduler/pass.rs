@@ -1,15 +1,19 @@
 //! One scheduling pass: keep what still fits, then place what is not placed.
 
+use super::ix::{GlobIx, Ix, IxVec, MachineIx, UnitIx};
 use super::relations::{Kind, Relations};
 use super::{Cluster, Placement, Plan};
 use registry::MachineState;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
+use unit::metadata_matches;
 
 type Metadata = BTreeMap<String, BTreeSet<String>>;
+/// Per machine, whether it is in a set.
+type Membership = IxVec<MachineIx, bool>;
 /// Machines as a sorted index list and a membership table.
-type MachineSet = (Rc<Vec<u32>>, Rc<Vec<bool>>);
+type MachineSet = (Rc<Vec<MachineIx>>, Rc<Membership>);
 
 pub(super) fn run(cluster: &Cluster) -> Plan {
     let mut machines: Vec<&MachineState> = cluster.machines.iter().collect();
@@ -18,7 +22,7 @@ pub(super) fn run(cluster: &Cluster) -> Plan {
     }
     machines.dedup_by(|later, first| later.id == first.id);
     let rel = Relations::build(&cluster.units);
-    let mut pass = Pass::new(machines, &rel);
+    let mut pass = Pass::new(IxVec::from_vec(machines), &rel);
     pass.place_globals();
     pass.keep(&cluster.placements);
     pass.place_all();
@@ -33,35 +37,35 @@ const SHORT_LIST: usize = 4;
 enum Pool {
     All,
     /// Sorted machine indices, and a membership table when the list is long.
-    Listed(Rc<Vec<u32>>, Option<Rc<Vec<bool>>>),
+    Listed(Rc<Vec<MachineIx>>, Option<Rc<Membership>>),
 }
 
 /// Why a machine is not fit for a unit right now.
 enum Block {
     /// A unit there conflicts with this one.
-    Conflict(u32),
+    Conflict(UnitIx),
     /// A unit there replaces this one.
-    ReplacedBy(u32),
+    ReplacedBy(UnitIx),
     /// Pushing off the units this one replaces there would take its own MachineOf target along.
-    WouldEvictTarget(u32),
+    WouldEvictTarget(UnitIx),
     /// This pass has moved replaced units as often as it allows.
     EvictionBudget,
 }
 
 struct Pass<'a> {
-    machines: Vec<&'a MachineState>,
+    machines: IxVec<MachineIx, &'a MachineState>,
     rel: &'a Relations<'a>,
     /// Machine of each placed schedulable unit.
-    at: Vec<Option<u32>>,
+    at: IxVec<UnitIx, Option<MachineIx>>,
     /// Schedulable units on each machine.
-    on: Vec<Vec<u32>>,
+    on: IxVec<MachineIx, Vec<UnitIx>>,
     /// Global units running on each machine, by name.
-    globals_on: Vec<Vec<u32>>,
+    globals_on: IxVec<MachineIx, Vec<UnitIx>>,
     /// Machines each global unit runs on, sorted.
-    global_machines: Vec<Vec<u32>>,
+    global_machines: IxVec<UnitIx, Vec<MachineIx>>,
     /// (load, machine): the least loaded machine first, ties by id.
-    loads: BTreeSet<(u32, u32)>,
-    reasons: Vec<Option<String>>,
+    loads: BTreeSet<(u32, MachineIx)>,
+    reasons: IxVec<UnitIx, Option<String>>,
     metadata_pools: HashMap<&'a Metadata, MachineSet>,
     /// Replaced units this pass may still move; a safety net against Replaces and MachineOf
     /// combinations that would otherwise push units around without end.
@@ -73,26 +77,26 @@ struct Pass<'a> {
 
 #[derive(PartialEq, Eq, Hash)]
 struct FailureKey<'a> {
-    own: &'a [u32],
-    matched_by: &'a [u32],
+    own: &'a [GlobIx],
+    matched_by: &'a [GlobIx],
     machine_id: Option<&'a str>,
     metadata: &'a Metadata,
-    global_targets: &'a [u32],
+    global_targets: &'a [UnitIx],
 }
 
 impl<'a> Pass<'a> {
-    fn new(machines: Vec<&'a MachineState>, rel: &'a Relations<'a>) -> Pass<'a> {
+    fn new(machines: IxVec<MachineIx, &'a MachineState>, rel: &'a Relations<'a>) -> Pass<'a> {
         let n = rel.units.len();
         let m = machines.len();
         Pass {
+            loads: machines.indices().map(|i| (0, i)).collect(),
             machines,
             rel,
-            at: vec![None; n],
-            on: vec![Vec::new(); m],
-            globals_on: vec![Vec::new(); m],
-            global_machines: vec![Vec::new(); n],
-            loads: (0..m as u32).map(|i| (0, i)).collect(),
-            reasons: vec![None; n],
+            at: IxVec::filled(n, None),
+            on: IxVec::filled(m, Vec::new()),
+            globals_on: IxVec::filled(m, Vec::new()),
+            global_machines: IxVec::filled(n, Vec::new()),
+            reasons: IxVec::filled(n, None),
             metadata_pools: HashMap::new(),
             evictions_left: 4 * n + 16,
             evicted_in_round: false,
@@ -100,55 +104,55 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn load(&self, m: u32) -> u32 {
-        (self.on[m as usize].len() + self.globals_on[m as usize].len()) as u32
+    fn load(&self, m: MachineIx) -> u32 {
+        (self.on[m].len() + self.globals_on[m].len()) as u32
     }
 
-    fn set_placed(&mut self, u: u32, m: u32) {
+    fn set_placed(&mut self, u: UnitIx, m: MachineIx) {
         let load = self.load(m);
         self.loads.remove(&(load, m));
-        self.on[m as usize].push(u);
+        self.on[m].push(u);
         self.loads.insert((load + 1, m));
-        self.at[u as usize] = Some(m);
+        self.at[u] = Some(m);
     }
 
-    fn set_unplaced(&mut self, u: u32) {
-        let Some(m) = self.at[u as usize].take() else {
+    fn set_unplaced(&mut self, u: UnitIx) {
+        let Some(m) = self.at[u].take() else {
             return;
         };
         let load = self.load(m);
         self.loads.remove(&(load, m));
-        self.on[m as usize].retain(|&v| v != u);
+        self.on[m].retain(|&v| v != u);
         // Room was made: earlier failures prove nothing any more.
         self.failures.clear();
         self.loads.insert((load - 1, m));
     }
 
-    fn runs_global(&self, g: u32, m: u32) -> bool {
-        self.global_machines[g as usize].binary_search(&m).is_ok()
+    fn runs_global(&self, g: UnitIx, m: MachineIx) -> bool {
+        self.global_machines[g].binary_search(&m).is_ok()
     }
 
     /// fleet 6.5: a global unit runs on every machine its metadata matches, unless a global unit
     /// whose name sorts earlier and that already runs there conflicts with it.
     fn place_globals(&mut self) {
         let rel = self.rel;
-        for g in 0..rel.units.len() as u32 {
-            if rel.kind[g as usize] != Kind::Global {
+        for g in rel.units.indices() {
+            if rel.kind[g] != Kind::Global {
                 continue;
             }
             let c = &rel.conflicts;
-            for m in 0..self.machines.len() as u32 {
+            for m in self.machines.indices() {
                 if !metadata_matches(
-                    self.machines[m as usize],
-                    &rel.units[g as usize].requirements.machine_metadata,
+                    &rel.units[g].requirements.machine_metadata,
+                    &self.machines[m].metadata,
                 ) {
                     continue;
                 }
-                let here = &self.globals_on[m as usize];
+                let here = &self.globals_on[m];
                 let blocked = c.involved(g)
                     && if c.peer_bound(g) < here.len() {
                         c.peers(g)
-                            .any(|h| rel.kind[h as usize] == Kind::Global && self.runs_global(h, m))
+                            .any(|h| rel.kind[h] == Kind::Global && self.runs_global(h, m))
                     } else {
                         here.iter().any(|&h| c.conflict(g, h))
                     };
@@ -157,30 +161,30 @@ impl<'a> Pass<'a> {
                 }
                 let load = self.load(m);
                 self.loads.remove(&(load, m));
-                self.globals_on[m as usize].push(g);
+                self.globals_on[m].push(g);
                 self.loads.insert((load + 1, m));
-                self.global_machines[g as usize].push(m);
+                self.global_machines[g].push(m);
             }
         }
     }
 
     /// Whether `u` may stay on `m` judged by `m` and the global units alone.
-    fn static_fit(&self, u: u32, m: u32) -> bool {
+    fn static_fit(&self, u: UnitIx, m: MachineIx) -> bool {
         let rel = self.rel;
-        let req = &rel.units[u as usize].requirements;
-        let machine = self.machines[m as usize];
-        rel.cycle[u as usize].is_none()
-            && rel.dead_targets[u as usize].is_empty()
+        let req = &rel.units[u].requirements;
+        let machine = self.machines[m];
+        rel.cycle[u].is_none()
+            && rel.dead_targets[u].is_empty()
             && req
                 .machine_id
                 .as_deref()
                 .is_none_or(|id| machine.matches_id(id))
-            && metadata_matches(machine, &req.machine_metadata)
-            && rel.global_targets[u as usize]
+            && metadata_matches(&req.machine_metadata, &machine.metadata)
+            && rel.global_targets[u]
                 .iter()
                 .all(|&g| self.runs_global(g, m))
             && !(rel.conflicts.involved(u)
-                && self.globals_on[m as usize]
+                && self.globals_on[m]
                     .iter()
                     .any(|&g| rel.conflicts.conflict(u, g)))
     }
@@ -191,17 +195,17 @@ impl<'a> Pass<'a> {
     fn keep(&mut self, placements: &BTreeMap<String, String>) {
         let rel = self.rel;
         let n = rel.units.len();
-        let mut cand_at: Vec<Option<u32>> = vec![None; n];
-        let mut by_machine: Vec<Vec<u32>> = vec![Vec::new(); self.machines.len()];
-        let machine_index: HashMap<&str, u32> = self
+        let mut cand_at: IxVec<UnitIx, Option<MachineIx>> = IxVec::filled(n, None);
+        let mut by_machine: IxVec<MachineIx, Vec<UnitIx>> =
+            IxVec::filled(self.machines.len(), Vec::new());
+        let machine_index: HashMap<&str, MachineIx> = self
             .machines
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.id.as_str(), i as u32))
+            .iter_enumerated()
+            .map(|(i, m)| (m.id.as_str(), i))
             .collect();
         // Units and placements are both sorted by name: walk them side by side.
         let mut placed = placements.iter().peekable();
-        for (u, unit) in rel.units.iter().enumerate() {
+        for (u, unit) in rel.units.iter_enumerated() {
             while placed
                 .next_if(|(name, _)| name.as_str() < unit.name.as_str())
                 .is_some()
@@ -215,51 +219,45 @@ impl<'a> Pass<'a> {
             let Some(&m) = machine_index.get(id.as_str()) else {
                 continue;
             };
-            let m = m as usize;
-            if self.static_fit(u as u32, m as u32) {
-                cand_at[u] = Some(m as u32);
-                by_machine[m].push(u as u32);
+            if self.static_fit(u, m) {
+                cand_at[u] = Some(m);
+                by_machine[m].push(u);
             }
         }
         // Dropping a unit for its MachineOf can undo the conflict that displaced another unit,
         // so conflicts are settled again from scratch until MachineOf drops nothing more.
-        let mut kept = vec![false; n];
+        let mut kept: IxVec<UnitIx, bool> = IxVec::filled(n, false);
         loop {
             kept.iter_mut().for_each(|k| *k = false);
-            for (m, here) in by_machine.iter().enumerate() {
-                let mut stays: Vec<u32> = Vec::new();
+            for (m, here) in by_machine.iter_enumerated() {
+                let mut stays: Vec<UnitIx> = Vec::new();
                 for &u in here {
-                    let ui = u as usize;
-                    if cand_at[ui].is_none() {
+                    if cand_at[u].is_none() {
                         continue;
                     }
-                    let replaced = rel.replaced_by[ui]
-                        .iter()
-                        .any(|&j| cand_at[j as usize] == Some(m as u32));
+                    let replaced = rel.replaced_by[u].iter().any(|&j| cand_at[j] == Some(m));
                     let c = &rel.conflicts;
                     let conflicted = c.involved(u)
                         && if c.peer_bound(u) < stays.len() {
-                            c.peers(u)
-                                .any(|v| kept[v as usize] && cand_at[v as usize] == Some(m as u32))
+                            c.peers(u).any(|v| kept[v] && cand_at[v] == Some(m))
                         } else {
                             stays.iter().any(|&v| c.conflict(u, v))
                         };
                     if !replaced && !conflicted {
                         stays.push(u);
-                        kept[ui] = true;
+                        kept[u] = true;
                     }
                 }
             }
             let mut dropped = false;
             for &u in &rel.order {
-                let ui = u as usize;
-                if kept[ui]
-                    && rel.targets[ui]
+                if kept[u]
+                    && rel.targets[u]
                         .iter()
-                        .any(|&t| !kept[t as usize] || cand_at[t as usize] != cand_at[ui])
+                        .any(|&t| !kept[t] || cand_at[t] != cand_at[u])
                 {
-                    kept[ui] = false;
-                    cand_at[ui] = None;
+                    kept[u] = false;
+                    cand_at[u] = None;
                     dropped = true;
                 }
             }
@@ -267,9 +265,9 @@ impl<'a> Pass<'a> {
                 break;
             }
         }
-        for u in 0..n {
+        for u in kept.indices() {
             if let (true, Some(m)) = (kept[u], cand_at[u]) {
-                self.set_placed(u as u32, m);
+                self.set_placed(u, m);
             }
         }
     }
@@ -277,26 +275,26 @@ impl<'a> Pass<'a> {
     /// Places every schedulable unit that is not placed, targets before followers.
     fn place_all(&mut self) {
         let rel = self.rel;
-        let mut queue: BinaryHeap<Reverse<(u32, u32)>> = rel
+        let mut queue: BinaryHeap<Reverse<(u32, UnitIx)>> = rel
             .order
             .iter()
-            .filter(|&&u| self.at[u as usize].is_none())
-            .map(|&u| Reverse((rel.rank[u as usize], u)))
+            .filter(|&&u| self.at[u].is_none())
+            .map(|&u| Reverse((rel.rank[u], u)))
             .collect();
         loop {
             self.evicted_in_round = false;
             while let Some(Reverse((_, u))) = queue.pop() {
-                if self.at[u as usize].is_some() {
+                if self.at[u].is_some() {
                     continue;
                 }
                 match self.place_one(u) {
                     Ok(evicted) => {
-                        self.reasons[u as usize] = None;
+                        self.reasons[u] = None;
                         for v in evicted {
-                            queue.push(Reverse((rel.rank[v as usize], v)));
+                            queue.push(Reverse((rel.rank[v], v)));
                         }
                     }
-                    Err(reason) => self.reasons[u as usize] = Some(reason),
+                    Err(reason) => self.reasons[u] = Some(reason),
                 }
             }
             // Moving a replaced unit can free room a unit found no room in earlier.
@@ -306,25 +304,25 @@ impl<'a> Pass<'a> {
             queue.extend(
                 rel.order
                     .iter()
-                    .filter(|&&u| self.at[u as usize].is_none())
-                    .map(|&u| Reverse((rel.rank[u as usize], u))),
+                    .filter(|&&u| self.at[u].is_none())
+                    .map(|&u| Reverse((rel.rank[u], u))),
             );
         }
     }
 
     /// Places `u`; returns the units it pushed off (now unplaced) or why it can't be placed.
-    fn place_one(&mut self, u: u32) -> Result<Vec<u32>, String> {
+    fn place_one(&mut self, u: UnitIx) -> Result<Vec<UnitIx>, String> {
         let rel = self.rel;
-        let ui = u as usize;
         if self.machines.is_empty() {
             return Err("no machines".to_string());
         }
-        if let Some(cycle) = &rel.cycle[ui] {
+        if let Some(cycle) = &rel.cycle[u] {
             return Err(cycle.clone());
         }
-        if let Some(dead) = rel.dead_targets[ui].first() {
+        if let Some(dead) = rel.dead_targets[u].first() {
             let known = rel
                 .units
+                .as_slice()
                 .binary_search_by(|x| x.name.as_str().cmp(dead))
                 .is_ok();
             return Err(if known {
@@ -341,10 +339,10 @@ impl<'a> Pass<'a> {
         let chosen = match &pool {
             Pool::All => self.first_fit(u, |_| true),
             Pool::Listed(list, Some(member)) if list.len() * SHORT_LIST > self.machines.len() => {
-                self.first_fit(u, |m| member[m as usize])
+                self.first_fit(u, |m| member[m])
             }
             Pool::Listed(list, _) => {
-                let mut by_load: Vec<(u32, u32)> =
+                let mut by_load: Vec<(u32, MachineIx)> =
                     list.iter().map(|&m| (self.load(m), m)).collect();
                 by_load.sort_unstable();
                 by_load
@@ -375,27 +373,30 @@ impl<'a> Pass<'a> {
     /// since: searching all machines again for each of them would make a large group of
     /// mutually conflicting units quadratic. Units with Replaces or MachineOf on a
     /// non-global unit have no key (they see more than conflicts).
-    fn failure_key(&self, u: u32) -> Option<FailureKey<'a>> {
+    fn failure_key(&self, u: UnitIx) -> Option<FailureKey<'a>> {
         let rel = self.rel;
-        let ui = u as usize;
         let simple = rel.conflicts.involved(u)
-            && rel.targets[ui].is_empty()
-            && rel.replaces[ui].is_empty()
-            && rel.replaced_by[ui].is_empty();
+            && rel.targets[u].is_empty()
+            && rel.replaces[u].is_empty()
+            && rel.replaced_by[u].is_empty();
         simple.then(|| {
             let (own, matched_by) = rel.conflicts.signature(u);
-            let req = &rel.units[ui].requirements;
+            let req = &rel.units[u].requirements;
             FailureKey {
                 own,
                 matched_by,
                 machine_id: req.machine_id.as_deref(),
                 metadata: &req.machine_metadata,
-                global_targets: &rel.global_targets[ui],
+                global_targets: &rel.global_targets[u],
             }
         })
     }
 
-    fn first_fit(&self, u: u32, member: impl Fn(u32) -> bool) -> Option<(u32, Vec<u32>)> {
+    fn first_fit(
+        &self,
+        u: UnitIx,
+        member: impl Fn(MachineIx) -> bool,
+    ) -> Option<(MachineIx, Vec<UnitIx>)> {
         self.loads
             .iter()
             .filter(|&&(_, m)| member(m))
@@ -404,29 +405,28 @@ impl<'a> Pass<'a> {
 
     /// The machines `u` may go to by its MachineOf, MachineID and MachineMetadata, and how to
     /// name them in a reason.
-    fn pool(&mut self, u: u32) -> Result<(Pool, String), String> {
+    fn pool(&mut self, u: UnitIx) -> Result<(Pool, String), String> {
         let rel = self.rel;
-        let ui = u as usize;
-        let req = &rel.units[ui].requirements;
+        let req = &rel.units[u].requirements;
         let metadata = &req.machine_metadata;
-        let fits_statically = |p: &Pass, m: u32| {
-            let machine = p.machines[m as usize];
+        let fits_statically = |p: &Pass, m: MachineIx| {
+            let machine = p.machines[m];
             req.machine_id
                 .as_deref()
                 .is_none_or(|id| machine.matches_id(id))
-                && metadata_matches(machine, metadata)
-                && rel.global_targets[ui].iter().all(|&g| p.runs_global(g, m))
+                && metadata_matches(metadata, &machine.metadata)
+                && rel.global_targets[u].iter().all(|&g| p.runs_global(g, m))
         };
 
-        if let Some((&first, rest)) = rel.targets[ui].split_first() {
-            let Some(m) = self.at[first as usize] else {
+        if let Some((&first, rest)) = rel.targets[u].split_first() {
+            let Some(m) = self.at[first] else {
                 return Err(format!(
                     "MachineOf target {} is not scheduled",
                     rel.name(first)
                 ));
             };
             for &t in rest {
-                match self.at[t as usize] {
+                match self.at[t] {
                     None => {
                         return Err(format!("MachineOf target {} is not scheduled", rel.name(t)))
                     }
@@ -440,7 +440,7 @@ impl<'a> Pass<'a> {
                     Some(_) => {}
                 }
             }
-            let id = &self.machines[m as usize].id;
+            let id = &self.machines[m].id;
             if !fits_statically(self, m) {
                 return Err(format!(
                     "machine {id} of MachineOf target {} does not fit: {}",
@@ -454,7 +454,7 @@ impl<'a> Pass<'a> {
             ));
         }
 
-        let mut list: Option<Vec<u32>> = None;
+        let mut list: Option<Vec<MachineIx>> = None;
         if let Some(id) = &req.machine_id {
             let found = self.machines_matching_id(id);
             if found.is_empty() {
@@ -466,7 +466,7 @@ impl<'a> Pass<'a> {
         if !metadata.is_empty() {
             let (with_metadata, table) = self.metadata_pool(metadata);
             match &mut list {
-                Some(l) => l.retain(|&m| table[m as usize]),
+                Some(l) => l.retain(|&m| table[m]),
                 None => {
                     list = Some(with_metadata.to_vec());
                     member = Some(table);
@@ -485,8 +485,8 @@ impl<'a> Pass<'a> {
                 });
             }
         }
-        for &g in &rel.global_targets[ui] {
-            let runs = &self.global_machines[g as usize];
+        for &g in &rel.global_targets[u] {
+            let runs = &self.global_machines[g];
             let l = list.get_or_insert_with(|| runs.clone());
             l.retain(|m| runs.binary_search(m).is_ok());
             member = None;
@@ -500,13 +500,13 @@ impl<'a> Pass<'a> {
         Ok(match list {
             None => (Pool::All, "on every machine".to_string()),
             Some(l) if l.len() == 1 => {
-                let scope = format!("on machine {}", self.machines[l[0] as usize].id);
+                let scope = format!("on machine {}", self.machines[l[0]].id);
                 (Pool::Listed(Rc::new(l), None), scope)
             }
             Some(l) => {
                 if member.is_none() && l.len() * SHORT_LIST > self.machines.len() {
-                    let mut table = vec![false; self.machines.len()];
-                    l.iter().for_each(|&m| table[m as usize] = true);
+                    let mut table: Membership = IxVec::filled(self.machines.len(), false);
+                    l.iter().for_each(|&m| table[m] = true);
                     member = Some(Rc::new(table));
                 }
                 (
@@ -518,14 +518,15 @@ impl<'a> Pass<'a> {
     }
 
     /// fleet's `MatchID` over the sorted ids: the full id, or every id an 8-character id starts.
-    fn machines_matching_id(&self, id: &str) -> Vec<u32> {
-        let start = self.machines.partition_point(|m| m.id.as_str() < id);
-        self.machines[start..]
+    fn machines_matching_id(&self, id: &str) -> Vec<MachineIx> {
+        let machines = self.machines.as_slice();
+        let start = machines.partition_point(|m| m.id.as_str() < id);
+        machines[start..]
             .iter()
             .take_while(|m| m.id.starts_with(id))
             .enumerate()
             .filter(|(_, m)| m.matches_id(id))
-            .map(|(i, _)| (start + i) as u32)
+            .map(|(i, _)| MachineIx::new(start + i))
             .collect()
     }
 
@@ -534,23 +535,21 @@ impl<'a> Pass<'a> {
     fn metadata_pool(&mut self, metadata: &'a Metadata) -> MachineSet {
         let machines = &self.machines;
         let (list, table) = self.metadata_pools.entry(metadata).or_insert_with(|| {
-            let table: Vec<bool> = machines
+            let table: Membership = machines
                 .iter()
-                .map(|m| metadata_matches(m, metadata))
+                .map(|m| metadata_matches(metadata, &m.metadata))
                 .collect();
-            let list: Vec<u32> = (0..machines.len() as u32)
-                .filter(|&m| table[m as usize])
-                .collect();
+            let list: Vec<MachineIx> = machines.indices().filter(|&m| table[m]).collect();
             (Rc::new(list), Rc::new(table))
         });
         (Rc::clone(list), Rc::clone(table))
     }
 
     /// What of its own requirements `u` misses on `m`.
-    fn static_misfit(&self, u: u32, m: u32) -> String {
+    fn static_misfit(&self, u: UnitIx, m: MachineIx) -> String {
         let rel = self.rel;
-        let req = &rel.units[u as usize].requirements;
-        let machine = self.machines[m as usize];
+        let req = &rel.units[u].requirements;
+        let machine = self.machines[m];
         if let Some(id) = req
             .machine_id
             .as_deref()
@@ -558,13 +557,13 @@ impl<'a> Pass<'a> {
         {
             return format!("MachineID is {id}");
         }
-        if !metadata_matches(machine, &req.machine_metadata) {
+        if !metadata_matches(&req.machine_metadata, &machine.metadata) {
             return format!(
                 "MachineMetadata {} does not match",
                 show_metadata(&req.machine_metadata)
             );
         }
-        match rel.global_targets[u as usize]
+        match rel.global_targets[u]
             .iter()
             .find(|&&g| !self.runs_global(g, m))
         {
@@ -574,23 +573,21 @@ impl<'a> Pass<'a> {
     }
 
     /// Whether `u` can go on `m` now, given who is there; Ok holds the units it would push off.
-    fn fit(&self, u: u32, m: u32) -> Result<Vec<u32>, Block> {
+    fn fit(&self, u: UnitIx, m: MachineIx) -> Result<Vec<UnitIx>, Block> {
         let rel = self.rel;
-        let ui = u as usize;
-        let mi = m as usize;
         let c = &rel.conflicts;
         if c.involved(u) {
-            let here = self.on[mi].len() + self.globals_on[mi].len();
+            let here = self.on[m].len() + self.globals_on[m].len();
             let found = if c.peer_bound(u) < here {
-                c.peers(u).find(|&v| match rel.kind[v as usize] {
+                c.peers(u).find(|&v| match rel.kind[v] {
                     Kind::Global => self.runs_global(v, m),
-                    Kind::Schedulable => self.at[v as usize] == Some(m),
+                    Kind::Schedulable => self.at[v] == Some(m),
                     Kind::Inert => false,
                 })
             } else {
-                self.on[mi]
+                self.on[m]
                     .iter()
-                    .chain(&self.globals_on[mi])
+                    .chain(&self.globals_on[m])
                     .copied()
                     .find(|&v| c.conflict(u, v))
             };
@@ -598,16 +595,13 @@ impl<'a> Pass<'a> {
                 return Err(Block::Conflict(v));
             }
         }
-        if let Some(&j) = rel.replaced_by[ui]
-            .iter()
-            .find(|&&j| self.at[j as usize] == Some(m))
-        {
+        if let Some(&j) = rel.replaced_by[u].iter().find(|&&j| self.at[j] == Some(m)) {
             return Err(Block::ReplacedBy(j));
         }
-        let mut evict: Vec<u32> = rel.replaces[ui]
+        let mut evict: Vec<UnitIx> = rel.replaces[u]
             .iter()
             .copied()
-            .filter(|&r| self.at[r as usize] == Some(m))
+            .filter(|&r| self.at[r] == Some(m))
             .collect();
         if evict.is_empty() {
             return Ok(evict);
@@ -618,24 +612,24 @@ impl<'a> Pass<'a> {
         // Followers of a pushed-off unit go with it.
         let mut i = 0;
         while i < evict.len() {
-            for &f in &rel.followers[evict[i] as usize] {
-                if self.at[f as usize] == Some(m) && !evict.contains(&f) {
+            for &f in &rel.followers[evict[i]] {
+                if self.at[f] == Some(m) && !evict.contains(&f) {
                     evict.push(f);
                 }
             }
             i += 1;
         }
-        if let Some(&t) = rel.targets[ui].iter().find(|t| evict.contains(t)) {
+        if let Some(&t) = rel.targets[u].iter().find(|t| evict.contains(t)) {
             return Err(Block::WouldEvictTarget(t));
         }
         Ok(evict)
     }
 
     /// The reason for a unit no machine of its pool takes.
-    fn explain(&self, u: u32, pool: &Pool, scope: &str) -> String {
+    fn explain(&self, u: UnitIx, pool: &Pool, scope: &str) -> String {
         let rel = self.rel;
-        let machines: Vec<u32> = match pool {
-            Pool::All => (0..self.machines.len() as u32).collect(),
+        let machines: Vec<MachineIx> = match pool {
+            Pool::All => self.machines.indices().collect(),
             Pool::Listed(list, _) => list.to_vec(),
         };
         let mut conflicts = BTreeSet::new();
@@ -681,15 +675,15 @@ impl<'a> Pass<'a> {
         let mut plan = Plan::default();
         // Units and placements are both sorted by name: walk them side by side.
         let mut placed = placements.iter().peekable();
-        for (u, at) in self.at.iter().enumerate() {
-            let name = rel.name(u as u32);
+        for (u, at) in self.at.iter_enumerated() {
+            let name = rel.name(u);
             while let Some((gone, m)) = placed.next_if(|(n, _)| n.as_str() < name) {
                 plan.remove.push(Placement::new(gone, m));
             }
             let before = placed
                 .next_if(|(n, _)| n.as_str() == name)
                 .map(|(_, m)| m.as_str());
-            let after = at.map(|m| self.machines[m as usize].id.as_str());
+            let after = at.map(|m| self.machines[m].id.as_str());
             if before != after {
                 if let Some(m) = before {
                     plan.remove.push(Placement::new(name, m));
@@ -702,24 +696,13 @@ impl<'a> Pass<'a> {
         for (gone, m) in placed {
             plan.remove.push(Placement::new(gone, m));
         }
-        for (u, reason) in self.reasons.into_iter().enumerate() {
+        for (u, reason) in self.reasons.into_iter_enumerated() {
             if let (Some(reason), None) = (reason, self.at[u]) {
-                plan.unplaceable
-                    .insert(rel.name(u as u32).to_string(), reason);
+                plan.unplaceable.insert(rel.name(u).to_string(), reason);
             }
         }
         plan
     }
-}
-
-/// fleet's `HasMetadata`: every required key present with one of its allowed values.
-fn metadata_matches(machine: &MachineState, required: &Metadata) -> bool {
-    required.iter().all(|(key, allowed)| {
-        machine
-            .metadata
-            .get(key)
-            .is_some_and(|v| allowed.contains(v))
-    })
 }
 
 /// `region=east|west, disk=ssd`

@@ -3,7 +3,8 @@
 //! Units are numbered in name order, so every list here is sorted by name and every loop over
 //! units is deterministic.
 
-use super::{is_template, ClusterUnit};
+use super::ix::{GlobIx, Ix, IxVec, UnitIx};
+use super::ClusterUnit;
 use registry::TargetState;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -19,45 +20,49 @@ pub(super) enum Kind {
     Inert,
 }
 
+/// Per unit, a list of units.
+pub(super) type UnitLists = IxVec<UnitIx, Vec<UnitIx>>;
+
 pub(super) struct Relations<'a> {
-    pub units: Vec<&'a ClusterUnit>,
-    pub kind: Vec<Kind>,
+    pub units: IxVec<UnitIx, &'a ClusterUnit>,
+    pub kind: IxVec<UnitIx, Kind>,
     /// Which live units may not share a machine (either side's Conflicts matches the other).
     pub conflicts: ConflictIndex,
     /// Schedulable units this one pushes off its machine (Replaces, circular ones dropped).
-    pub replaces: Vec<Vec<u32>>,
+    pub replaces: UnitLists,
     /// Schedulable units that push this one off their machine. Sorted.
-    pub replaced_by: Vec<Vec<u32>>,
+    pub replaced_by: UnitLists,
     /// MachineOf peers that are schedulable units.
-    pub targets: Vec<Vec<u32>>,
+    pub targets: UnitLists,
     /// MachineOf peers that are global units.
-    pub global_targets: Vec<Vec<u32>>,
+    pub global_targets: UnitLists,
     /// MachineOf peers that run nowhere (unknown, template, inactive): unit can't be placed.
-    pub dead_targets: Vec<Vec<&'a str>>,
+    pub dead_targets: IxVec<UnitIx, Vec<&'a str>>,
     /// Schedulable units that have this one as a MachineOf target.
-    pub followers: Vec<Vec<u32>>,
+    pub followers: UnitLists,
     /// Why a unit in a MachineOf cycle can't be placed.
-    pub cycle: Vec<Option<String>>,
+    pub cycle: IxVec<UnitIx, Option<String>>,
     /// Schedulable units, targets before their followers, otherwise by name.
-    pub order: Vec<u32>,
+    pub order: Vec<UnitIx>,
     /// Position in `order`.
-    pub rank: Vec<u32>,
+    pub rank: IxVec<UnitIx, u32>,
 }
 
 impl<'a> Relations<'a> {
     pub fn build(all: &'a [ClusterUnit]) -> Relations<'a> {
-        let mut units: Vec<&ClusterUnit> = all.iter().collect();
+        let mut sorted: Vec<&ClusterUnit> = all.iter().collect();
         // The registry hands units over sorted already; a stable sort keeps the first of a
         // repeated name first.
-        if !units.is_sorted_by(|a, b| a.name <= b.name) {
-            units.sort_by(|a, b| a.name.cmp(&b.name));
+        if !sorted.is_sorted_by(|a, b| a.name <= b.name) {
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        units.dedup_by(|later, first| later.name == first.name);
+        sorted.dedup_by(|later, first| later.name == first.name);
+        let units: IxVec<UnitIx, &ClusterUnit> = IxVec::from_vec(sorted);
         let n = units.len();
-        let kind: Vec<Kind> = units
+        let kind: IxVec<UnitIx, Kind> = units
             .iter()
             .map(|u| {
-                if u.desired == TargetState::Inactive || is_template(&u.name) {
+                if u.desired == TargetState::Inactive || unit::is_template(&u.name) {
                     Kind::Inert
                 } else if u.is_global() {
                     Kind::Global
@@ -66,16 +71,16 @@ impl<'a> Relations<'a> {
                 }
             })
             .collect();
-        let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+        let names: IxVec<UnitIx, &str> = units.iter().map(|u| u.name.as_str()).collect();
         let mut globs = GlobIndex {
             names: &names,
             ids: HashMap::new(),
-            sets: Vec::new(),
+            sets: IxVec::new(),
         };
 
-        let mut own = vec![Vec::new(); n];
-        let mut replace_edges = vec![Vec::new(); n];
-        for u in 0..n {
+        let mut own: IxVec<UnitIx, Vec<GlobIx>> = IxVec::filled(n, Vec::new());
+        let mut replace_edges: UnitLists = IxVec::filled(n, Vec::new());
+        for u in units.indices() {
             if kind[u] == Kind::Inert {
                 continue;
             }
@@ -92,8 +97,8 @@ impl<'a> Relations<'a> {
             if kind[u] == Kind::Schedulable {
                 for pattern in &units[u].requirements.replaces {
                     let id = globs.id(pattern);
-                    for &v in &globs.sets[id as usize] {
-                        if v as usize != u && kind[v as usize] == Kind::Schedulable {
+                    for &v in &globs.sets[id] {
+                        if v != u && kind[v] == Kind::Schedulable {
                             replace_edges[u].push(v);
                         }
                     }
@@ -107,29 +112,33 @@ impl<'a> Relations<'a> {
         // Units replacing each other (directly or round a longer loop) would push each other
         // around forever: fleet ignored such pairs, and so do we.
         let replace_scc = strongly_connected(&replace_edges);
-        let mut replaces = vec![Vec::new(); n];
-        let mut replaced_by = vec![Vec::new(); n];
-        for (j, edges) in replace_edges.iter().enumerate() {
+        let mut replaces: UnitLists = IxVec::filled(n, Vec::new());
+        let mut replaced_by: UnitLists = IxVec::filled(n, Vec::new());
+        for (j, edges) in replace_edges.iter_enumerated() {
             for &r in edges {
-                if replace_scc[j] != replace_scc[r as usize] {
+                if replace_scc[j] != replace_scc[r] {
                     replaces[j].push(r);
-                    replaced_by[r as usize].push(j as u32);
+                    replaced_by[r].push(j);
                 }
             }
         }
 
-        let mut targets = vec![Vec::new(); n];
-        let mut global_targets = vec![Vec::new(); n];
-        let mut dead_targets = vec![Vec::new(); n];
-        let mut followers = vec![Vec::new(); n];
-        for u in 0..n {
+        let mut targets: UnitLists = IxVec::filled(n, Vec::new());
+        let mut global_targets: UnitLists = IxVec::filled(n, Vec::new());
+        let mut dead_targets = IxVec::filled(n, Vec::new());
+        let mut followers: UnitLists = IxVec::filled(n, Vec::new());
+        for u in units.indices() {
             if kind[u] != Kind::Schedulable {
                 continue;
             }
             for peer in &units[u].requirements.machine_of {
-                match names.binary_search(&peer.as_str()) {
-                    Ok(t) if kind[t] == Kind::Schedulable => targets[u].push(t as u32),
-                    Ok(t) if kind[t] == Kind::Global => global_targets[u].push(t as u32),
+                match names
+                    .as_slice()
+                    .binary_search(&peer.as_str())
+                    .map(UnitIx::new)
+                {
+                    Ok(t) if kind[t] == Kind::Schedulable => targets[u].push(t),
+                    Ok(t) if kind[t] == Kind::Global => global_targets[u].push(t),
                     _ => dead_targets[u].push(peer.as_str()),
                 }
             }
@@ -138,7 +147,7 @@ impl<'a> Relations<'a> {
                 list.dedup();
             }
             for &t in &targets[u] {
-                followers[t as usize].push(u as u32);
+                followers[t].push(u);
             }
         }
 
@@ -160,8 +169,8 @@ impl<'a> Relations<'a> {
         }
     }
 
-    pub fn name(&self, u: u32) -> &'a str {
-        &self.units[u as usize].name
+    pub fn name(&self, u: UnitIx) -> &'a str {
+        &self.units[u].name
     }
 }
 
@@ -169,34 +178,35 @@ impl<'a> Relations<'a> {
 /// test to one range, and each distinct glob is expanded once (instances of one template
 /// usually share their `Conflicts=` line).
 struct GlobIndex<'n> {
-    names: &'n [&'n str],
-    ids: HashMap<String, u32>,
-    /// Per glob id: the units whose names it matches, sorted.
-    sets: Vec<Vec<u32>>,
+    names: &'n IxVec<UnitIx, &'n str>,
+    ids: HashMap<String, GlobIx>,
+    /// Per glob: the units whose names it matches, sorted.
+    sets: IxVec<GlobIx, Vec<UnitIx>>,
 }
 
 impl GlobIndex<'_> {
-    fn id(&mut self, pattern: &str) -> u32 {
+    fn id(&mut self, pattern: &str) -> GlobIx {
         if let Some(&id) = self.ids.get(pattern) {
             return id;
         }
+        let names = self.names.as_slice();
         let found = if is_literal(pattern) {
-            self.names
+            names
                 .binary_search(&pattern)
-                .map(|i| vec![i as u32])
+                .map(|i| vec![UnitIx::new(i)])
                 .unwrap_or_default()
         } else {
             let prefix = literal_prefix(pattern);
-            let start = self.names.partition_point(|n| *n < prefix);
-            self.names[start..]
+            let start = names.partition_point(|n| *n < prefix);
+            names[start..]
                 .iter()
                 .take_while(|n| n.starts_with(prefix))
                 .enumerate()
                 .filter(|(_, n)| path_match(pattern, n))
-                .map(|(i, _)| (start + i) as u32)
+                .map(|(i, _)| UnitIx::new(start + i))
                 .collect()
         };
-        let id = self.sets.len() as u32;
+        let id = self.sets.next_index();
         self.sets.push(found);
         self.ids.insert(pattern.to_string(), id);
         id
@@ -206,44 +216,42 @@ impl GlobIndex<'_> {
 /// Conflicts by glob, without listing every conflicting pair: k instances sharing
 /// `Conflicts=web@*` would make k² pairs, while here they share one matched set.
 pub(super) struct ConflictIndex {
-    /// Per glob id: units whose names it matches, sorted.
-    sets: Vec<Vec<u32>>,
-    /// Per glob id: units with that glob in their Conflicts.
-    owners: Vec<Vec<u32>>,
-    /// Per unit: its Conflicts glob ids.
-    own: Vec<Vec<u32>>,
-    /// Per unit: Conflicts glob ids that match its name.
-    matched_by: Vec<Vec<u32>>,
+    /// Per glob: units whose names it matches, sorted.
+    sets: IxVec<GlobIx, Vec<UnitIx>>,
+    /// Per glob: units with that glob in their Conflicts.
+    owners: IxVec<GlobIx, Vec<UnitIx>>,
+    /// Per unit: its Conflicts globs.
+    own: IxVec<UnitIx, Vec<GlobIx>>,
+    /// Per unit: Conflicts globs that match its name.
+    matched_by: IxVec<UnitIx, Vec<GlobIx>>,
     /// Per unit: how many entries `peers` yields.
-    bound: Vec<usize>,
+    bound: IxVec<UnitIx, usize>,
 }
 
 impl ConflictIndex {
-    fn new(sets: Vec<Vec<u32>>, own: Vec<Vec<u32>>) -> ConflictIndex {
+    fn new(sets: IxVec<GlobIx, Vec<UnitIx>>, own: IxVec<UnitIx, Vec<GlobIx>>) -> ConflictIndex {
         let n = own.len();
-        let mut owners = vec![Vec::new(); sets.len()];
-        for (u, globs) in own.iter().enumerate() {
+        let mut owners: IxVec<GlobIx, Vec<UnitIx>> = IxVec::filled(sets.len(), Vec::new());
+        for (u, globs) in own.iter_enumerated() {
             for &g in globs {
-                owners[g as usize].push(u as u32);
+                owners[g].push(u);
             }
         }
-        let mut matched_by = vec![Vec::new(); n];
-        for (g, set) in sets.iter().enumerate() {
+        let mut matched_by: IxVec<UnitIx, Vec<GlobIx>> = IxVec::filled(n, Vec::new());
+        for (g, set) in sets.iter_enumerated() {
             if !owners[g].is_empty() {
                 for &v in set {
-                    matched_by[v as usize].push(g as u32);
+                    matched_by[v].push(g);
                 }
             }
         }
-        let bound = (0..n)
+        let bound = own
+            .indices()
             .map(|u| {
-                own[u]
-                    .iter()
-                    .map(|&g| sets[g as usize].len())
-                    .sum::<usize>()
+                own[u].iter().map(|&g| sets[g].len()).sum::<usize>()
                     + matched_by[u]
                         .iter()
-                        .map(|&g| owners[g as usize].len())
+                        .map(|&g| owners[g].len())
                         .sum::<usize>()
             })
             .collect();
@@ -257,92 +265,90 @@ impl ConflictIndex {
     }
 
     /// Whether `u` has anything to do with Conflicts (most units don't: then no check is needed).
-    pub fn involved(&self, u: u32) -> bool {
-        self.bound[u as usize] > 0
+    pub fn involved(&self, u: UnitIx) -> bool {
+        self.bound[u] > 0
     }
 
     /// Whether `u` and `v` may not share a machine. A unit never conflicts with itself.
-    pub fn conflict(&self, u: u32, v: u32) -> bool {
-        let matches = |a: u32, b: u32| {
-            self.own[a as usize]
+    pub fn conflict(&self, u: UnitIx, v: UnitIx) -> bool {
+        let matches = |a: UnitIx, b: UnitIx| {
+            self.own[a]
                 .iter()
-                .any(|&g| self.sets[g as usize].binary_search(&b).is_ok())
+                .any(|&g| self.sets[g].binary_search(&b).is_ok())
         };
         u != v && (matches(u, v) || matches(v, u))
     }
 
     /// Every unit that conflicts with `u` (possibly `u` itself, repeated, or ones that don't
     /// run); `peer_bound` long.
-    pub fn peers(&self, u: u32) -> impl Iterator<Item = u32> + '_ {
-        let mine = self.own[u as usize]
+    pub fn peers(&self, u: UnitIx) -> impl Iterator<Item = UnitIx> + '_ {
+        let mine = self.own[u]
             .iter()
-            .flat_map(|&g| self.sets[g as usize].iter().copied());
-        let theirs = self.matched_by[u as usize]
+            .flat_map(|&g| self.sets[g].iter().copied());
+        let theirs = self.matched_by[u]
             .iter()
-            .flat_map(|&g| self.owners[g as usize].iter().copied());
+            .flat_map(|&g| self.owners[g].iter().copied());
         mine.chain(theirs).filter(move |&v| v != u)
     }
 
-    pub fn peer_bound(&self, u: u32) -> usize {
-        self.bound[u as usize]
+    pub fn peer_bound(&self, u: UnitIx) -> usize {
+        self.bound[u]
     }
 
     /// Units with the same signature conflict with exactly the same other units.
-    pub fn signature(&self, u: u32) -> (&[u32], &[u32]) {
-        (&self.own[u as usize], &self.matched_by[u as usize])
+    pub fn signature(&self, u: UnitIx) -> (&[GlobIx], &[GlobIx]) {
+        (&self.own[u], &self.matched_by[u])
     }
 }
 
 /// Tarjan's strongly connected components, iterative (chains of 50,000 units must not overflow
 /// the stack). Returns a component number per node. Hand-written: the one graph crate that does
 /// this (petgraph) would need the unit graph rebuilt in its types for ~40 lines of algorithm.
-pub(super) fn strongly_connected(edges: &[Vec<u32>]) -> Vec<u32> {
+pub(super) fn strongly_connected(edges: &UnitLists) -> IxVec<UnitIx, u32> {
     const UNSEEN: u32 = u32::MAX;
     let n = edges.len();
-    let mut index = vec![UNSEEN; n];
-    let mut low = vec![0u32; n];
-    let mut on_stack = vec![false; n];
-    let mut comp = vec![UNSEEN; n];
-    let mut stack: Vec<u32> = Vec::new();
-    let mut calls: Vec<(u32, usize)> = Vec::new();
+    let mut index: IxVec<UnitIx, u32> = IxVec::filled(n, UNSEEN);
+    let mut low: IxVec<UnitIx, u32> = IxVec::filled(n, 0);
+    let mut on_stack: IxVec<UnitIx, bool> = IxVec::filled(n, false);
+    let mut comp: IxVec<UnitIx, u32> = IxVec::filled(n, UNSEEN);
+    let mut stack: Vec<UnitIx> = Vec::new();
+    let mut calls: Vec<(UnitIx, usize)> = Vec::new();
     let (mut next_index, mut next_comp) = (0u32, 0u32);
-    for root in 0..n {
+    for root in edges.indices() {
         if index[root] != UNSEEN {
             continue;
         }
         index[root] = next_index;
         low[root] = next_index;
         next_index += 1;
-        stack.push(root as u32);
+        stack.push(root);
         on_stack[root] = true;
-        calls.push((root as u32, 0));
+        calls.push((root, 0));
         while let Some(top) = calls.last_mut() {
-            let v = top.0 as usize;
+            let v = top.0;
             if let Some(&w) = edges[v].get(top.1) {
                 top.1 += 1;
-                let w = w as usize;
                 if index[w] == UNSEEN {
                     index[w] = next_index;
                     low[w] = next_index;
                     next_index += 1;
-                    stack.push(w as u32);
+                    stack.push(w);
                     on_stack[w] = true;
-                    calls.push((w as u32, 0));
+                    calls.push((w, 0));
                 } else if on_stack[w] {
                     low[v] = low[v].min(index[w]);
                 }
                 continue;
             }
             calls.pop();
-            if let Some(parent) = calls.last() {
-                let p = parent.0 as usize;
+            if let Some(&(p, _)) = calls.last() {
                 low[p] = low[p].min(low[v]);
             }
             if low[v] == index[v] {
                 while let Some(w) = stack.pop() {
-                    on_stack[w as usize] = false;
-                    comp[w as usize] = next_comp;
-                    if w as usize == v {
+                    on_stack[w] = false;
+                    comp[w] = next_comp;
+                    if w == v {
                         break;
                     }
                 }
@@ -355,38 +361,41 @@ pub(super) fn strongly_connected(edges: &[Vec<u32>]) -> Vec<u32> {
 
 /// For every unit on a MachineOf cycle: `MachineOf cycle: a.service -> b.service -> a.service`
 /// (the shortest cycle through that unit, following MachineOf from it).
-fn machine_of_cycles(targets: &[Vec<u32>], names: &[&str]) -> Vec<Option<String>> {
+fn machine_of_cycles(
+    targets: &UnitLists,
+    names: &IxVec<UnitIx, &str>,
+) -> IxVec<UnitIx, Option<String>> {
     let comp = strongly_connected(targets);
     let mut size = vec![0u32; targets.len()];
-    for &c in &comp {
+    for &c in comp.iter() {
         size[c as usize] += 1;
     }
-    let mut cycle = vec![None; targets.len()];
-    for u in 0..targets.len() {
-        let self_loop = targets[u].contains(&(u as u32));
+    let mut cycle = IxVec::filled(targets.len(), None);
+    for u in targets.indices() {
+        let self_loop = targets[u].contains(&u);
         if !self_loop && size[comp[u] as usize] < 2 {
             continue;
         }
         // Breadth-first within the component back to u.
-        let mut parent: HashMap<u32, u32> = HashMap::new();
-        let mut queue = VecDeque::from([u as u32]);
+        let mut parent: HashMap<UnitIx, UnitIx> = HashMap::new();
+        let mut queue = VecDeque::from([u]);
         let mut last = None;
         'search: while let Some(v) = queue.pop_front() {
-            for &w in &targets[v as usize] {
-                if w as usize == u {
+            for &w in &targets[v] {
+                if w == u {
                     last = Some(v);
                     break 'search;
                 }
-                if comp[w as usize] == comp[u] && !parent.contains_key(&w) {
+                if comp[w] == comp[u] && !parent.contains_key(&w) {
                     parent.insert(w, v);
                     queue.push_back(w);
                 }
             }
         }
-        let mut path = vec![u as u32];
+        let mut path = vec![u];
         let mut at = last;
         while let Some(v) = at {
-            if v as usize == u {
+            if v == u {
                 break;
             }
             path.push(v);
@@ -394,8 +403,8 @@ fn machine_of_cycles(targets: &[Vec<u32>], names: &[&str]) -> Vec<Option<String>
         }
         // path is u, then the cycle backwards; print it forwards.
         path[1..].reverse();
-        path.push(u as u32);
-        let text: Vec<&str> = path.iter().map(|&v| names[v as usize]).collect();
+        path.push(u);
+        let text: Vec<&str> = path.iter().map(|&v| names[v]).collect();
         cycle[u] = Some(format!("MachineOf cycle: {}", text.join(" -> ")));
     }
     cycle
@@ -404,32 +413,33 @@ fn machine_of_cycles(targets: &[Vec<u32>], names: &[&str]) -> Vec<Option<String>
 /// Kahn's algorithm over MachineOf (target before follower), smallest name first among the
 /// ready units; units that never become ready (on or behind a cycle) come last, by name.
 fn placement_order(
-    kind: &[Kind],
-    targets: &[Vec<u32>],
-    followers: &[Vec<u32>],
-) -> (Vec<u32>, Vec<u32>) {
+    kind: &IxVec<UnitIx, Kind>,
+    targets: &UnitLists,
+    followers: &UnitLists,
+) -> (Vec<UnitIx>, IxVec<UnitIx, u32>) {
     let n = kind.len();
-    let mut waiting: Vec<usize> = targets.iter().map(Vec::len).collect();
-    let mut ready: BinaryHeap<Reverse<u32>> = (0..n)
+    let mut waiting: IxVec<UnitIx, usize> = targets.iter().map(Vec::len).collect();
+    let mut ready: BinaryHeap<Reverse<UnitIx>> = kind
+        .indices()
         .filter(|&u| kind[u] == Kind::Schedulable && waiting[u] == 0)
-        .map(|u| Reverse(u as u32))
+        .map(Reverse)
         .collect();
     let mut order = Vec::with_capacity(n);
-    let mut rank = vec![u32::MAX; n];
+    let mut rank = IxVec::filled(n, u32::MAX);
     while let Some(Reverse(u)) = ready.pop() {
-        rank[u as usize] = order.len() as u32;
+        rank[u] = order.len() as u32;
         order.push(u);
-        for &f in &followers[u as usize] {
-            waiting[f as usize] -= 1;
-            if waiting[f as usize] == 0 {
+        for &f in &followers[u] {
+            waiting[f] -= 1;
+            if waiting[f] == 0 {
                 ready.push(Reverse(f));
             }
         }
     }
-    for u in 0..n {
+    for u in kind.indices() {
         if kind[u] == Kind::Schedulable && rank[u] == u32::MAX {
             rank[u] = order.len() as u32;
-            order.push(u as u32);
+            order.push(u);
         }
     }
     (order, rank)
@@ -439,42 +449,55 @@ fn placement_order(
 mod tests {
     use super::*;
 
+    fn graph(edges: Vec<Vec<u32>>) -> UnitLists {
+        edges
+            .into_iter()
+            .map(|e| e.into_iter().map(|v| UnitIx::new(v as usize)).collect())
+            .collect()
+    }
+
+    fn at<T: Clone>(v: &IxVec<UnitIx, T>, i: usize) -> T {
+        v[UnitIx::new(i)].clone()
+    }
+
     #[test]
     fn scc_finds_cycles_and_singletons() {
         // 0 -> 1 -> 2 -> 0, 3 -> 0, 4 alone
-        let edges = vec![vec![1], vec![2], vec![0], vec![0], vec![]];
+        let edges = graph(vec![vec![1], vec![2], vec![0], vec![0], vec![]]);
         let comp = strongly_connected(&edges);
-        assert_eq!(comp[0], comp[1]);
-        assert_eq!(comp[1], comp[2]);
-        assert_ne!(comp[3], comp[0]);
-        assert_ne!(comp[4], comp[0]);
-        assert_ne!(comp[4], comp[3]);
+        assert_eq!(at(&comp, 0), at(&comp, 1));
+        assert_eq!(at(&comp, 1), at(&comp, 2));
+        assert_ne!(at(&comp, 3), at(&comp, 0));
+        assert_ne!(at(&comp, 4), at(&comp, 0));
+        assert_ne!(at(&comp, 4), at(&comp, 3));
     }
 
     #[test]
     fn scc_long_chain_does_not_overflow() {
         let n = 200_000u32;
-        let edges: Vec<Vec<u32>> = (0..n)
-            .map(|i| if i + 1 < n { vec![i + 1] } else { vec![0] })
-            .collect();
+        let edges = graph(
+            (0..n)
+                .map(|i| if i + 1 < n { vec![i + 1] } else { vec![0] })
+                .collect(),
+        );
         let comp = strongly_connected(&edges);
-        assert!(comp.iter().all(|&c| c == comp[0]));
+        assert!(comp.iter().all(|&c| c == at(&comp, 0)));
     }
 
     #[test]
     fn cycle_text_follows_machine_of() {
-        let names = ["a", "b", "c", "d"];
+        let names = IxVec::from_vec(vec!["a", "b", "c", "d"]);
         // a MachineOf b, b MachineOf c, c MachineOf a; d MachineOf d
-        let targets = vec![vec![1], vec![2], vec![0], vec![3]];
+        let targets = graph(vec![vec![1], vec![2], vec![0], vec![3]]);
         let cycles = machine_of_cycles(&targets, &names);
         assert_eq!(
-            cycles[0].as_deref(),
+            at(&cycles, 0).as_deref(),
             Some("MachineOf cycle: a -> b -> c -> a")
         );
         assert_eq!(
-            cycles[1].as_deref(),
+            at(&cycles, 1).as_deref(),
             Some("MachineOf cycle: b -> c -> a -> b")
         );
-        assert_eq!(cycles[3].as_deref(), Some("MachineOf cycle: d -> d"));
+        assert_eq!(at(&cycles, 3).as_deref(), Some("MachineOf cycle: d -> d"));
     }
 }

@@ -5,7 +5,7 @@
 //! History (past revisions) is not stored: it lives in memory only, so after a reopen the past
 //! before the open reads as compacted.
 
-use super::state::Batch;
+use super::batch::Batch;
 use crate::store::{KeyValue, LeaseId, Result, Revision, StoreError};
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;

@@ -38,6 +38,7 @@
 //!   on a leader change), so a restarted fleetd can resume its lease. Lease ids are random
 //!   positive numbers, so an id from a wiped store is not silently reused.
 
+mod batch;
 mod disk;
 mod state;
 
@@ -49,8 +50,9 @@ use crate::store::{
     WatchStream,
 };
 use async_trait::async_trait;
+use batch::Batch;
 use disk::Disk;
-use state::{lease_ttl_secs, Batch, State};
+use state::{lease_ttl_secs, State};
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
