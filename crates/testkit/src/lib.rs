@@ -1,5 +1,12 @@
 //! Test support shared by the workspace's tests: real etcd and systemd (nspawn) processes,
 //! started on free loopback ports in their own temp dirs and killed by PID when dropped.
+//!
+//! ```no_run
+//! let etcd = testkit::etcd::EtcdCluster::single()?;
+//! println!("etcd at {}", etcd.endpoints().join(","));
+//! // dropped: the etcd process is killed and its data dir removed
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod etcd;
 pub mod nspawn;
