@@ -75,6 +75,30 @@ where
 /// Units active per machine: unit name -> machine ids where systemd says `active`.
 pub type ActiveUnits = BTreeMap<String, Vec<String>>;
 
+/// Polls `read` until `pred` holds for the active units it gives, or fails after `deadline`
+/// saying what was active last (the count, and the first few units).
+pub(crate) async fn wait_until_active<F, Fut>(
+    what: &str,
+    deadline: Duration,
+    read: F,
+    pred: impl Fn(&ActiveUnits) -> bool,
+) -> Result<ActiveUnits>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<ActiveUnits>>,
+{
+    wait_for(what, deadline, || async {
+        let active = read().await.map_err(|e| format!("{e:#}"))?;
+        if pred(&active) {
+            Ok(active)
+        } else {
+            let first: Vec<_> = active.iter().take(8).collect();
+            Err(format!("{} units active, first: {first:?}", active.len()))
+        }
+    })
+    .await
+}
+
 /// A running cluster: etcd, fleetds, their dirs. Dropping it kills every fleetd and every unit
 /// process they started and removes the dirs, also when the test panics (then it first prints
 /// each machine's log tail and the registry's keys).
@@ -312,15 +336,7 @@ impl Cluster {
         deadline: Duration,
         pred: impl Fn(&ActiveUnits) -> bool,
     ) -> Result<ActiveUnits> {
-        wait_for(what, deadline, || async {
-            let active = self.active_units().await.map_err(|e| format!("{e:#}"))?;
-            if pred(&active) {
-                Ok(active)
-            } else {
-                Err(format!("{active:?}"))
-            }
-        })
-        .await
+        wait_until_active(what, deadline, || self.active_units(), pred).await
     }
 
     /// Every key under the cluster's prefix with its value (lossy UTF-8), read from etcd.

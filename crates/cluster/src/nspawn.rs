@@ -218,15 +218,7 @@ impl NspawnCluster {
         deadline: Duration,
         pred: impl Fn(&ActiveUnits) -> bool,
     ) -> Result<ActiveUnits> {
-        wait_for(what, deadline, || async {
-            let a = self.active_units().await.map_err(|e| format!("{e:#}"))?;
-            if pred(&a) {
-                Ok(a)
-            } else {
-                Err(format!("{} units active", a.len()))
-            }
-        })
-        .await
+        crate::cluster::wait_until_active(what, deadline, || self.active_units(), pred).await
     }
 
     /// Submits the units, 32 requests at a time, each retried until the deadline.
