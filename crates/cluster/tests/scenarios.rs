@@ -519,7 +519,19 @@ fn all_pids(c: &Cluster) -> Vec<BTreeMap<String, i32>> {
 
 /// Submits a new unit and waits until it runs: the cluster still places and starts units.
 async fn probe(c: &Cluster, name: &str) -> Result<()> {
-    c.submit(&[c.service(name, &[])]).await?;
+    // Retried: a request in flight when the registry loses a member may fail (503), as it
+    // would for fleetctl; the question is whether the cluster takes units again.
+    let unit = c.service(name, &[]);
+    cluster::wait_for(
+        &format!("{name} submitted"),
+        cluster::DEFAULT_DEADLINE,
+        || async {
+            c.submit(std::slice::from_ref(&unit))
+                .await
+                .map_err(|e| format!("{e:#}"))
+        },
+    )
+    .await?;
     c.wait_for_active_units(&format!("{name} active"), |a| a.contains_key(name))
         .await?;
     Ok(())
