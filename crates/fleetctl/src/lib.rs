@@ -43,6 +43,7 @@ where
     if args.len() <= 1 {
         return print_help();
     }
+    let args = goflags::single_dash_long(&Cli::command(), args);
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {

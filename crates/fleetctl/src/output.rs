@@ -1,6 +1,8 @@
 //! What fleetctl prints while it waits: permanent lines (stdout, stderr) and, on a terminal, one
 //! live line per unit still being waited for, redrawn in place. When stdout is not a terminal
-//! the live lines are not shown at all, so scripts see only fleet's messages.
+//! (a pipe, `tee`, a CI log) or the terminal cannot move its cursor (`TERM=dumb`, as in Emacs
+//! shells and some CI runners), the live lines are not shown at all, so those see only fleet's
+//! messages as plain lines. fleetctl prints no colours, so `NO_COLOR` has nothing to turn off.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -19,9 +21,10 @@ struct Inner {
 }
 
 impl Output {
-    /// Live lines if stdout is a terminal.
+    /// Live lines if stdout is a terminal that can move its cursor.
     pub fn new() -> Output {
-        Output::with_live(std::io::stdout().is_terminal())
+        let term = std::env::var("TERM").ok();
+        Output::with_live(redraws(std::io::stdout().is_terminal(), term.as_deref()))
     }
 
     pub fn with_live(live: bool) -> Output {
@@ -121,6 +124,11 @@ impl Inner {
     }
 }
 
+/// Whether to redraw live lines in place, given whether stdout is a terminal and `TERM`.
+fn redraws(stdout_is_terminal: bool, term: Option<&str>) -> bool {
+    stdout_is_terminal && term != Some("dumb")
+}
+
 /// Columns of the terminal on stdout; 80 when unknown.
 fn terminal_width() -> usize {
     let mut ws = libc::winsize {
@@ -137,5 +145,21 @@ fn terminal_width() -> usize {
         usize::from(ws.ws_col)
     } else {
         80
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn live_lines_only_on_a_terminal_that_moves_its_cursor() {
+        for (terminal, term, want) in [
+            (true, Some("xterm-256color"), true),
+            (true, None, true),
+            (true, Some("dumb"), false),
+            (false, Some("xterm-256color"), false),
+            (false, None, false),
+        ] {
+            assert_eq!(super::redraws(terminal, term), want, "{terminal} {term:?}");
+        }
     }
 }

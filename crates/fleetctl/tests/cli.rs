@@ -90,6 +90,8 @@ fn version_forms() {
         &["--version"],
         &["-v"],
         &["--version", "list-units"],
+        // Go's flag spelling, as fleet's older fleetctl took it.
+        &["-version"],
     ] {
         let o = fleetctl(args);
         assert_eq!(o.status.code(), Some(0), "{args:?}");
@@ -139,6 +141,9 @@ fn cannot_connect_names_the_endpoint_and_suggests_fleetd() {
     let o = fleetctl(&["list-units", "--endpoint", "unix:///nonexistent/other.sock"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("unix:///nonexistent/other.sock"));
+    let o = fleetctl(&["-endpoint=unix:///nonexistent/go.sock", "list-units"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("unix:///nonexistent/go.sock"));
 
     // A TCP endpoint nobody listens on: a free port just released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -223,6 +228,15 @@ fn accepted_flags_in_fleets_spellings() {
         &["journal", "-f", "--lines=5", "a"],
         &["journal", "--f", "a"],
         &["cat", "a"],
+        // Go's flag spellings: one dash before a long option.
+        &[
+            "-strict-host-key-checking=false",
+            "-ssh-timeout",
+            "2.5",
+            "list-units",
+        ],
+        &["list-units", "-full", "-no-legend", "-fields=unit,hash"],
+        &["-etcd-cafile=/x", "list-m", "-full"],
     ] {
         let o = fleetctl(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o.stderr));

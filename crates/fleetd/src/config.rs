@@ -445,7 +445,9 @@ fn load_invocation(
 ) -> Result<Loaded, ConfigError> {
     use clap::error::ErrorKind;
 
-    let matches = match cli::command().try_get_matches_from(invocation.args.iter()) {
+    let command = cli::command();
+    let args = goflags::single_dash_long(&command, invocation.args.iter());
+    let matches = match command.try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp) => {
             return Ok(Loaded::Help(e.render().to_string()))

@@ -398,6 +398,28 @@ fn config_file_rules() {
 }
 
 #[test]
+fn go_flag_spellings_mean_what_they_meant_to_fleet() {
+    let f = Fixture::new();
+    let conf = f.dir.path().join("fleet.conf");
+    std::fs::write(&conf, "agent_ttl = 7s\n").unwrap();
+    let single = f.config(&[&format!("-config={}", conf.display()), "-verbosity=2"]);
+    assert_eq!(single.config_file.as_deref(), Some(conf.as_path()));
+    assert_eq!(single.agent_ttl, Duration::from_secs(7));
+    assert_eq!(single.verbosity, 2);
+    // `-name value`, as Go's flag package also took it.
+    let spaced = f.config(&["-config", conf.to_str().unwrap(), "-agent-ttl", "9s"]);
+    assert_eq!(spaced.agent_ttl, Duration::from_secs(9));
+    let version = format!("fleetd version {}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(f.load(&["-version"]), Ok(Loaded::Version(version)));
+    // A single dash before something that is not a long option is still clap's error.
+    assert!(
+        f.error(&["-nosuch=1"]).contains("-n"),
+        "{}",
+        f.error(&["-nosuch=1"])
+    );
+}
+
+#[test]
 fn syntax_error_names_file_and_line() {
     let f = Fixture::new();
     let path = f.write_default("verbosity = 1\nagent_ttl: 3s\n");

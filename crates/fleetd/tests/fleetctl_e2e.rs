@@ -109,6 +109,8 @@ fn fleetctl_drives_a_real_fleetd() {
         started.contains("Unit hello.service launched on"),
         "{started}"
     );
+    // Into a pipe the waits print plain lines: no cursor movement for logs and `| cat`.
+    assert!(!started.contains('\u{1b}'), "{started:?}");
     assert_eq!(
         ctl.active_units(),
         vec![("hello.service".into(), "active".into(), "running".into())]
