@@ -241,6 +241,30 @@ pub enum Command {
         socket: String,
     },
 
+    /// Copy the units of a Go fleet (its etcd v2 keyspace) into this cluster
+    #[command(
+        name = "import-v2",
+        long_about = "Copy the units of a Go fleet (its etcd v2 keyspace) into this cluster.\n\n\
+        Reads job/ and unit/ under --etcd-key-prefix through etcd's v2 API at ETCD_URL and creates\n\
+        each unit here with the same name, body (so the same hash) and desired state. A unit\n\
+        already here with the same hash is skipped; one with another body is reported and left\n\
+        alone unless --replace. Exits 1 when any unit did not come over as it is in fleet.\n\n\
+        Move a cluster: stop the Go fleetds (the units keep running under systemd), run\n\
+        \tfleetctl import-v2 http://127.0.0.1:2379\n\
+        against one fleetd of ours, then start ours on every machine: they adopt the running units."
+    )]
+    ImportV2 {
+        /// Print what would be imported, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace units here whose body differs from the Go fleet's
+        #[arg(long)]
+        replace: bool,
+        /// etcd's client URL, http://HOST:PORT (the v2 API must be on: --enable-v2=true)
+        #[arg(value_name = "ETCD_URL")]
+        etcd_url: String,
+    },
+
     /// Print the journal of a unit in the cluster to stdout (not supported yet)
     Journal {
         /// Number of recent log lines to return

@@ -18,6 +18,7 @@ pub mod commands;
 pub mod create;
 pub mod fdforward;
 pub mod fields;
+pub mod importv2;
 pub mod output;
 pub mod plan;
 pub mod tabwriter;
@@ -101,6 +102,15 @@ where
             return 1;
         }
     };
+    if let Command::ImportV2 {
+        dry_run,
+        replace,
+        etcd_url,
+    } = &command
+    {
+        let prefix = &cli.global.etcd_key_prefix;
+        return runtime.block_on(importv2::run(&fleet, etcd_url, prefix, *dry_run, *replace));
+    }
     runtime.block_on(dispatch(&fleet, command))
 }
 
@@ -234,6 +244,7 @@ async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
         | Command::FdForward { .. }
         | Command::Completion { .. }
         | Command::Man { .. }
+        | Command::ImportV2 { .. }
         | Command::Ssh { .. } => unreachable_command(),
     }
 }

@@ -236,21 +236,7 @@ fn etcd_args(node: &Node, endpoints: &str) -> Vec<String> {
 }
 
 fn etcd_cluster() -> Option<testkit::etcd::EtcdCluster> {
-    match testkit::etcd::EtcdCluster::single() {
-        Ok(c) => Some(c),
-        Err(e)
-            if Command::new(testkit::etcd::etcd_binary())
-                .arg("--version")
-                .output()
-                .is_err() =>
-        {
-            testkit::skip(&format!(
-                "no etcd binary ({e:#}); install Debian's etcd-server"
-            ));
-            None
-        }
-        Err(e) => panic!("starting etcd: {e:#}"),
-    }
+    common::etcd_with_args(&[])
 }
 
 #[test]
