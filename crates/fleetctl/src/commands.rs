@@ -10,6 +10,7 @@ use crate::plan::{self, Goal, Step};
 use crate::wait::{self, Limits};
 use api::types::Unit;
 use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -46,9 +47,17 @@ fn names(args: &[String]) -> Vec<String> {
 /// API requests one command has in flight at once (fleet's fleetctl sent one at a time).
 const CONCURRENT_REQUESTS: usize = 64;
 
+/// What [`lazy_create`] leaves: every unit named, and the ones it created in the command's
+/// final desired state, as they were PUT (so they need not be read back).
+pub struct Created {
+    pub names: Vec<String>,
+    pub direct: Vec<Unit>,
+}
+
 /// fleet's lazy creation for `submit`, `load` and `start`: every argument ends up in the
-/// registry (or the command fails at the first that cannot), then the units created are waited
-/// for until `inactive`. Returns the unit names.
+/// registry (or the command fails at the first that cannot). A new unit is created in the
+/// command's final desired state ([`Purpose::creation_state`]); a replaced one is created
+/// `inactive` and waited for until it is.
 pub async fn lazy_create(
     fleet: &Fleet,
     args: &[String],
@@ -56,7 +65,7 @@ pub async fn lazy_create(
     replace: &Replace,
     block: &Block,
     out: &Arc<Output>,
-) -> Result<Vec<String>, ()> {
+) -> Result<Created, ()> {
     if replace.sign {
         out.eprintln(SIGN_WARNING);
     }
@@ -67,20 +76,24 @@ pub async fn lazy_create(
         .buffered(CONCURRENT_REQUESTS)
         .collect()
         .await;
-    let mut to_create: Vec<(String, unit::UnitFile)> = Vec::new();
+    let mut to_create: Vec<Unit> = Vec::new();
+    let mut replaced: HashSet<String> = HashSet::new();
     let mut names: Vec<String> = Vec::new();
     for lookup in lookups {
         let lookup = lookup.map_err(|e| out.eprintln(&e))?;
         let decision =
             create::decide(purpose, replace.replace, &lookup).map_err(|e| out.eprintln(&e))?;
         decision.messages.iter().for_each(|m| say(out, m));
-        if let Action::Create { file, .. } = decision.action {
+        if let Action::Create { file, replace } = decision.action {
             // The same unit named twice is created once.
-            if !to_create.iter().any(|(n, _)| *n == lookup.name) {
+            if !to_create.iter().any(|u| u.name == lookup.name) {
                 let warnings =
                     create::validate(&lookup.name, &file).map_err(|e| out.eprintln(&e))?;
                 warnings.iter().for_each(|m| say(out, m));
-                to_create.push((lookup.name.clone(), file));
+                to_create.push(create::new_unit(&lookup.name, &file, purpose, replace));
+                if replace {
+                    replaced.insert(lookup.name.clone());
+                }
             }
         }
         if !names.contains(&lookup.name) {
@@ -88,11 +101,11 @@ pub async fn lazy_create(
         }
     }
     let results: Vec<Result<(), String>> = futures::stream::iter(&to_create)
-        .map(|(name, file)| async move {
+        .map(|unit| async move {
             fleet
-                .create_unit(&create::new_unit(name, file))
+                .create_unit(unit)
                 .await
-                .map_err(|e| format!("failed creating unit {name}: {e}"))
+                .map_err(|e| format!("failed creating unit {}: {e}", unit.name))
         })
         .buffered(CONCURRENT_REQUESTS)
         .collect()
@@ -100,18 +113,25 @@ pub async fn lazy_create(
     for result in results {
         result.map_err(|e| out.eprintln(&e))?;
     }
-    let created: Vec<String> = to_create.into_iter().map(|(n, _)| n).collect();
-    // A new unit is inactive at once; a replaced one is taken down before it is started again
-    // with its new content (even with --no-block: the new content must not race the old).
-    let plans = created
+    let (waited, direct): (Vec<Unit>, Vec<Unit>) = to_create
         .into_iter()
-        .map(|n| (n, vec![Step::Wait(Goal::Inactive)]))
+        .partition(|u| replaced.contains(&u.name));
+    // fleet's line for a created unit: a unit just created is inactive everywhere, whatever
+    // its desired state (no machine has it yet).
+    for u in &direct {
+        out.println(&format!("Unit {} inactive", u.name));
+    }
+    // A replaced unit is taken down before it is started again with its new content (even
+    // with --no-block: the new content must not race the old).
+    let plans = waited
+        .into_iter()
+        .map(|u| (u.name, vec![Step::Wait(Goal::Inactive)]))
         .collect();
     if !wait::run_all(fleet, plans, limits(block), out.clone()).await {
         out.eprintln("Error creating units: one or more units did not become inactive");
         return Err(());
     }
-    Ok(names)
+    Ok(Created { names, direct })
 }
 
 /// The units of `args` that are in the registry, in argument order; the missing ones are
@@ -234,13 +254,32 @@ pub async fn load_or_start(
     }
     let limits = limits(block);
     let purpose = if start { Purpose::Start } else { Purpose::Load };
-    let Ok(names) = lazy_create(fleet, args, purpose, replace, block, &out).await else {
+    let Ok(created) = lazy_create(fleet, args, purpose, replace, block, &out).await else {
         return 1;
     };
-    let units = match fetch(fleet, &names, &out).await {
-        Ok(u) => u,
+    // Units created just now are as they were PUT; the others are read again, since lazy
+    // creation may have replaced or kept them.
+    let mut direct: HashMap<String, Unit> = created
+        .direct
+        .into_iter()
+        .map(|u| (u.name.clone(), u))
+        .collect();
+    let others: Vec<String> = created
+        .names
+        .iter()
+        .filter(|n| !direct.contains_key(*n))
+        .cloned()
+        .collect();
+    let mut read = match fetch(fleet, &others, &out).await {
+        Ok(u) => u.into_iter(),
         Err(code) => return code,
     };
+    // In argument order: `fetch` returns `others` in theirs.
+    let units: Vec<Unit> = created
+        .names
+        .iter()
+        .filter_map(|n| direct.remove(n).or_else(|| read.next()))
+        .collect();
     if start {
         execute(fleet, &units, plan::start, "start", block, limits, &out).await
     } else {

@@ -42,6 +42,18 @@ impl Purpose {
         };
         allowed.contains(&desired)
     }
+
+    /// The desired state a unit the command creates is created in. `load` and `start` create
+    /// a new unit in their final state in one request; fleet created it `inactive`, waited, and
+    /// changed it, three more requests a unit. `restart` does not start a unit it had to create
+    /// (fleet's rule), so that one stays `inactive`.
+    pub fn creation_state(self) -> TargetState {
+        match self {
+            Purpose::Submit | Purpose::Restart => TargetState::Inactive,
+            Purpose::Load => TargetState::Loaded,
+            Purpose::Start => TargetState::Launched,
+        }
+    }
 }
 
 /// A local unit file found for an argument: the file itself or, for an instance, its template
@@ -307,9 +319,16 @@ pub async fn gather(fleet: &crate::client::Fleet, arg: &str) -> Result<Lookup, S
     Ok(lookup)
 }
 
-/// The unit to PUT for a creation: desired state `inactive`, as fleet created units.
-pub fn new_unit(name: &str, file: &UnitFile) -> Unit {
-    Unit::new(name, file, TargetState::Inactive)
+/// The unit to PUT for a creation: a replacement is created `inactive`, so that the old
+/// content is taken down before the new one starts; a new unit in `purpose`'s
+/// [`Purpose::creation_state`].
+pub fn new_unit(name: &str, file: &UnitFile, purpose: Purpose, replace: bool) -> Unit {
+    let state = if replace {
+        TargetState::Inactive
+    } else {
+        purpose.creation_state()
+    };
+    Unit::new(name, file, state)
 }
 
 #[cfg(test)]
@@ -459,6 +478,23 @@ mod tests {
                 "WARNING: Unit web@1.service in registry differs from local template unit file web@.service. Add --replace to override.".into()
             )]
         );
+    }
+
+    #[test]
+    fn new_units_start_in_the_commands_final_state_and_replacements_inactive() {
+        let f = file("/bin/true");
+        for (purpose, replace, want) in [
+            (Purpose::Submit, false, "inactive"),
+            (Purpose::Load, false, "loaded"),
+            (Purpose::Start, false, "launched"),
+            (Purpose::Restart, false, "inactive"),
+            (Purpose::Load, true, "inactive"),
+            (Purpose::Start, true, "inactive"),
+        ] {
+            let u = new_unit("a.service", &f, purpose, replace);
+            assert_eq!(u.desired_state, want, "{purpose:?} replace={replace}");
+            assert_eq!(u.file(), f);
+        }
     }
 
     #[test]
