@@ -23,6 +23,7 @@ use hyper::http::{header, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use transport::Connector;
@@ -86,20 +87,41 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The API prefix the client uses.
 const PREFIX: &str = "/fleet/v1";
 
-/// A client of one fleetd. Cheap to clone.
+/// A client of fleetd. Cheap to clone.
+///
+/// It may know several endpoints of the same cluster (fleet's comma-separated `--endpoint`):
+/// a request goes to the one that answered last, and to the others in order when that one
+/// cannot be reached.
 #[derive(Clone)]
 pub struct Client {
-    http: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
-    /// `http://authority` for request URIs.
-    base: String,
-    /// What the user named, for error messages.
-    endpoint: String,
+    targets: Arc<[Target]>,
+    /// Index in `targets` of the endpoint that answered last.
+    current: Arc<AtomicUsize>,
     timeout: Duration,
 }
 
-impl Client {
-    /// A client of `endpoint`: `unix:///path` (or `file:///path`) or `http://host:port`.
-    pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+/// One endpoint.
+struct Target {
+    http: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
+    /// `http://authority` and the endpoint's path prefix (a reverse proxy's), for request URIs.
+    base: String,
+    /// What the user named, for error messages.
+    endpoint: String,
+}
+
+impl Target {
+    fn new(transport: Arc<dyn Transport>, authority: &str, prefix: &str, endpoint: &str) -> Self {
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(Connector(transport));
+        Target {
+            http,
+            base: format!("http://{authority}{prefix}"),
+            endpoint: endpoint.to_string(),
+        }
+    }
+
+    /// `unix:///path` (or `file:///path`) or `http://host[:port][/prefix]`.
+    fn parse(endpoint: &str) -> Result<Target, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidEndpoint {
             endpoint: endpoint.to_string(),
             reason: reason.to_string(),
@@ -112,17 +134,24 @@ impl Client {
                 return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
             }
             // fleet showed the host of unix-socket requests as `domain-sock`.
-            return Ok(Client::with_transport(
-                Arc::new(UnixTransport(PathBuf::from(path))),
-                "domain-sock",
-                endpoint,
-                opts,
-            ));
+            let transport = Arc::new(UnixTransport(PathBuf::from(path)));
+            return Ok(Target::new(transport, "domain-sock", "", endpoint));
         }
         if let Some(rest) = endpoint.strip_prefix("http://") {
-            let authority = rest.trim_end_matches('/');
-            if authority.is_empty() || authority.contains('/') {
-                return Err(invalid("want http://HOST:PORT"));
+            // A path after the authority is a prefix, as behind a reverse proxy
+            // (`http://host/fleet-proxy` asks for `/fleet-proxy/fleet/v1/units`).
+            let (authority, prefix) = match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+                None => (rest, ""),
+            };
+            if authority.is_empty() || authority.parse::<Uri>().is_err() {
+                return Err(invalid("want http://HOST:PORT[/PATH]"));
+            }
+            if !prefix.is_empty() && (prefix.contains(['?', '#']) || prefix.parse::<Uri>().is_err())
+            {
+                return Err(invalid(
+                    "the path after HOST:PORT must be a plain path prefix",
+                ));
             }
             let addr = if authority
                 .rsplit_once(':')
@@ -132,20 +161,34 @@ impl Client {
             } else {
                 format!("{authority}:80")
             };
-            if authority.parse::<Uri>().is_err() {
-                return Err(invalid("want http://HOST:PORT"));
-            }
-            return Ok(Client::with_transport(
-                Arc::new(TcpTransport(addr)),
-                authority,
-                endpoint,
-                opts,
-            ));
+            let transport = Arc::new(TcpTransport(addr));
+            return Ok(Target::new(transport, authority, prefix, endpoint));
         }
         if endpoint.starts_with("https://") {
             return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
         }
         Err(invalid("want unix:///PATH or http://HOST:PORT"))
+    }
+}
+
+impl Client {
+    /// A client of `endpoint`: `unix:///path` (or `file:///path`) or `http://host:port`, with
+    /// an optional path prefix (`http://host:port/fleet-proxy`); several, comma-separated, are
+    /// tried in order.
+    pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let targets = endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(Target::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if targets.is_empty() {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: endpoint.to_string(),
+                reason: "no endpoint given (want unix:///PATH or http://HOST:PORT)".into(),
+            });
+        }
+        Ok(Client::with_targets(targets, opts))
     }
 
     /// A client over any transport. `authority` is the `Host` sent; `endpoint` names the
@@ -156,45 +199,88 @@ impl Client {
         endpoint: &str,
         opts: ClientOptions,
     ) -> Client {
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build(Connector(transport));
+        Client::with_targets(vec![Target::new(transport, authority, "", endpoint)], opts)
+    }
+
+    fn with_targets(targets: Vec<Target>, opts: ClientOptions) -> Client {
         Client {
-            http,
-            base: format!("http://{authority}"),
-            endpoint: endpoint.to_string(),
+            targets: targets.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             timeout: opts.request_timeout,
         }
     }
 
+    /// The endpoint requests go to now (the one that answered last).
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.target().endpoint
     }
 
-    /// One HTTP exchange within the request timeout: status and body.
+    fn target(&self) -> &Target {
+        &self.targets[self.current.load(Ordering::Relaxed) % self.targets.len()]
+    }
+
+    /// One HTTP exchange within the request timeout: status and body. With several endpoints,
+    /// one that cannot be reached is passed over for the next; a timeout is not, since the
+    /// request may have been carried out.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let uri = format!("{}{PREFIX}{path}", self.base);
+        let body = body.map(Bytes::from);
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for k in 0..self.targets.len() {
+            let i = (first + k) % self.targets.len();
+            let target = &self.targets[i];
+            match self
+                .call_one(target, method.clone(), path, body.clone())
+                .await
+            {
+                Err(ClientError::Connect { message, .. }) if self.targets.len() > 1 => {
+                    unreachable.push(format!("{}: {message}", target.endpoint));
+                }
+                Ok(answer) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let all: Vec<&str> = self.targets.iter().map(|t| t.endpoint.as_str()).collect();
+        Err(ClientError::Connect {
+            endpoint: all.join(","),
+            message: unreachable.join("; "),
+        })
+    }
+
+    async fn call_one(
+        &self,
+        target: &Target,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let endpoint = || target.endpoint.clone();
+        let uri = format!("{}{PREFIX}{path}", target.base);
         let mut builder = Request::builder().method(method).uri(&uri);
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
         let req = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ClientError::Protocol {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint(),
                 message: format!("cannot build request for {uri}: {e}"),
             })?;
         let exchange = async {
-            let resp = self
+            let resp = target
                 .http
                 .request(req)
                 .await
                 .map_err(|e| ClientError::Connect {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: endpoint(),
                     message: chain(&e),
                 })?;
             let status = resp.status();
@@ -203,7 +289,7 @@ impl Client {
                 .collect()
                 .await
                 .map_err(|e| ClientError::Connect {
-                    endpoint: self.endpoint.clone(),
+                    endpoint: endpoint(),
                     message: format!("reading the answer: {}", chain(&e)),
                 })?
                 .to_bytes();
@@ -212,7 +298,7 @@ impl Client {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
-                endpoint: self.endpoint.clone(),
+                endpoint: endpoint(),
                 timeout: self.timeout,
             }),
         }
@@ -250,7 +336,7 @@ impl Client {
 
     fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ClientError> {
         serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_string(),
             message: format!("cannot decode the answer: {e}"),
         })
     }
@@ -334,7 +420,7 @@ impl Client {
     /// Creates a unit, replaces it (different options), or changes its desired state.
     pub async fn create_or_update_unit(&self, unit: &Unit) -> Result<(), ClientError> {
         let body = serde_json::to_vec(unit).map_err(|e| ClientError::Protocol {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_string(),
             message: e.to_string(),
         })?;
         self.expect(
@@ -386,7 +472,7 @@ impl Client {
     /// Changes dynamic machine metadata; all operations apply together or none does.
     pub async fn patch_machines(&self, ops: &[MachineMetadataOp]) -> Result<(), ClientError> {
         let body = serde_json::to_vec(ops).map_err(|e| ClientError::Protocol {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint().to_string(),
             message: e.to_string(),
         })?;
         self.expect(
@@ -457,25 +543,27 @@ mod tests {
     #[test]
     fn endpoints() {
         let o = ClientOptions::default;
+        let bases = |e: &str| -> Vec<String> {
+            let c = Client::new(e, o()).unwrap();
+            c.targets.iter().map(|t| t.base.clone()).collect()
+        };
+        assert_eq!(bases("unix:///var/run/fleet.sock"), ["http://domain-sock"]);
+        assert_eq!(bases("file:///var/run/fleet.sock"), ["http://domain-sock"]);
+        assert_eq!(bases("http://127.0.0.1:49153/"), ["http://127.0.0.1:49153"]);
+        assert_eq!(bases("http://h:1/fleet-proxy/"), ["http://h:1/fleet-proxy"]);
         assert_eq!(
-            Client::new("unix:///var/run/fleet.sock", o()).unwrap().base,
-            "http://domain-sock"
-        );
-        assert_eq!(
-            Client::new("file:///var/run/fleet.sock", o()).unwrap().base,
-            "http://domain-sock"
-        );
-        assert_eq!(
-            Client::new("http://127.0.0.1:49153/", o()).unwrap().base,
-            "http://127.0.0.1:49153"
+            bases("unix:///a.sock, http://h:1/p"),
+            ["http://domain-sock", "http://h:1/p"]
         );
         for bad in [
             "",
             "unix://",
             "127.0.0.1:49153",
             "http://",
-            "http://h:1/path",
+            "http:///path",
+            "http://h:1/a b",
             "ftp://x",
+            "unix:///a.sock,ftp://x",
         ] {
             let err = Client::new(bad, o())
                 .err()

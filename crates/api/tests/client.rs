@@ -245,3 +245,67 @@ async fn unavailable_server_errors_are_typed_503() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn several_endpoints_are_tried_in_order_and_the_one_that_answers_is_kept() {
+    let s = served(100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("unix://{}", dir.path().join("none.sock").display());
+    let client = Client::new(&format!("{missing}, {}", s.tcp), opts()).expect("client");
+    assert_eq!(client.endpoint(), missing);
+    assert!(client.units().await.expect("units").is_empty());
+    assert_eq!(
+        client.endpoint(),
+        s.tcp,
+        "the endpoint that answered is used from now on"
+    );
+    client
+        .create_or_update_unit(&Unit::new(
+            "a.service",
+            &file("/bin/true"),
+            TargetState::Inactive,
+        ))
+        .await
+        .expect("create through the second endpoint");
+
+    // None answers: one error naming each endpoint and why.
+    let other = format!("unix://{}", dir.path().join("other.sock").display());
+    let err = Client::new(&format!("{missing},{other}"), opts())
+        .unwrap()
+        .units()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("{missing}: ")) && msg.contains(&format!("{other}: ")),
+        "{msg}"
+    );
+    assert!(Client::new(" , ", opts()).is_err());
+}
+
+#[tokio::test]
+async fn a_path_prefix_reaches_fleetd_behind_a_reverse_proxy() {
+    // What a reverse proxy that serves fleet under /fleet-proxy does: strip the prefix.
+    let env = Env::new(100).await;
+    let listeners = bind(&[Listen::Tcp("127.0.0.1:0".into())])
+        .await
+        .expect("bind");
+    let addr = listeners[0].local_addr().expect("tcp addr");
+    let proxied =
+        axum::Router::new().nest_service("/fleet-proxy", server::router(env.state.clone()));
+    let served = tokio::spawn(serve(listeners, proxied, std::future::pending()));
+    let client = Client::new(&format!("http://{addr}/fleet-proxy/"), opts()).expect("client");
+    round_trip(&client, &env).await;
+    // Without the prefix the proxy has nothing there.
+    let err = Client::new(&format!("http://{addr}"), opts())
+        .unwrap()
+        .units()
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    served.abort();
+    for bad in ["http://h:1/p?q=1", "http://h:1/p#f", "http:///p"] {
+        assert!(Client::new(bad, opts()).is_err(), "{bad}");
+    }
+}

@@ -171,17 +171,19 @@ pub fn connect(global: &Global) -> Result<client::Fleet, String> {
     if !global.experimental_api {
         eprintln!("WARNING: --experimental-api is deprecated and ignored; fleetctl always uses fleetd's API");
     }
-    let endpoints: Vec<&str> = global.endpoint.split(',').collect();
-    let endpoint = endpoints[0].trim();
-    if endpoints.len() > 1 {
-        eprintln!("WARNING: multiple endpoints provided but only the first ({endpoint}) is used");
-    }
-    if endpoint.starts_with("https://") {
+    // Several endpoints are tried in order (fleet used only the first); TLS is refused for
+    // any of them.
+    let endpoint = global.endpoint.trim();
+    if let Some(tls) = endpoint
+        .split(',')
+        .map(str::trim)
+        .find(|e| e.starts_with("https://"))
+    {
         let tls_flags = [&global.ca_file, &global.cert_file, &global.key_file]
             .iter()
             .any(|f| f.is_some());
         return Err(format!(
-            "{endpoint}: TLS to fleetd's API is not supported yet{}; use unix:// or http:// (through an SSH tunnel for remote access)",
+            "{tls}: TLS to fleetd's API is not supported yet{}; use unix:// or http:// (through an SSH tunnel for remote access)",
             if tls_flags { " (--ca-file/--cert-file/--key-file are accepted but cannot be used)" } else { "" }
         ));
     }

@@ -141,6 +141,18 @@ fn cannot_connect_names_the_endpoint_and_suggests_fleetd() {
     let o = fleetctl(&["list-units", "--endpoint", "unix:///nonexistent/other.sock"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("unix:///nonexistent/other.sock"));
+    // Several endpoints, as fleet took them: each is tried, and the error names each.
+    let o = fleetctl(&[
+        "--endpoint=unix:///nonexistent/a.sock,http://127.0.0.1:9/fleet-proxy",
+        "list-units",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("unix:///nonexistent/a.sock: ")
+            && err.contains("http://127.0.0.1:9/fleet-proxy: "),
+        "{err}"
+    );
     let o = fleetctl(&["-endpoint=unix:///nonexistent/go.sock", "list-units"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("unix:///nonexistent/go.sock"));
