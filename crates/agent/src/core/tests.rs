@@ -387,7 +387,12 @@ fn the_dump_lists_scheduled_and_held_units_with_their_states() {
     );
     let dump = core.dump();
     assert_eq!(dump.machine.id, "m1");
-    type Seen<'a> = (&'a str, Option<TargetState>, Option<TargetState>, Option<&'a str>);
+    type Seen<'a> = (
+        &'a str,
+        Option<TargetState>,
+        Option<TargetState>,
+        Option<&'a str>,
+    );
     let units: Vec<Seen> = dump
         .units
         .iter()
