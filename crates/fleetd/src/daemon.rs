@@ -137,6 +137,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let machine_id = cfg.resolve_machine_id(Path::new(config::MACHINE_ID_FILE))?;
     tracing::info!(machine = %machine_id, version = VERSION, registry = ?cfg.registry, "starting fleetd");
+    // Taken at once, before anything slow: by default these signals end a process, and a dump
+    // or a reload asked for while fleetd starts must wait for it instead (SIGTERM and SIGINT
+    // keep their default until the registry is open, so a fleetd stuck connecting can still be
+    // stopped).
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
     let store = open_store(&cfg).await?;
     let registry = Registry::new(store, &cfg.etcd_key_prefix);
@@ -184,8 +190,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
 
     let machine = machine_state(&cfg, &machine_id);
