@@ -10,7 +10,7 @@ use crate::{Refused, UnitManager};
 use futures::StreamExt;
 use registry::SystemdState;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use unit::{UnitFile, UnitHash};
 
@@ -34,7 +34,13 @@ pub struct Agent {
     manager: Arc<dyn UnitManager>,
     /// New machine records (metadata, IP) from a configuration reload.
     machine_updates: Option<watch::Receiver<registry::MachineState>>,
+    /// Requests for a readable account of the agent's state (SIGUSR1).
+    dumps: Option<mpsc::Receiver<DumpRequest>>,
 }
+
+/// A request for a readable account of the agent's state, answered on the sender with
+/// [`crate::core::AgentDump`]'s text.
+pub type DumpRequest = oneshot::Sender<String>;
 
 impl Agent {
     pub fn new(presence: Presence, manager: Arc<dyn UnitManager>) -> Agent {
@@ -42,7 +48,14 @@ impl Agent {
             presence,
             manager,
             machine_updates: None,
+            dumps: None,
         }
+    }
+
+    /// Answers each request sent here with an account of the agent's state (SIGUSR1).
+    pub fn with_dump_requests(mut self, requests: mpsc::Receiver<DumpRequest>) -> Agent {
+        self.dumps = Some(requests);
+        self
     }
 
     /// Re-announces the machine with each record sent here (SIGHUP: new metadata or IP).
@@ -108,6 +121,11 @@ impl Agent {
                 }
                 Some(()) = stopping(&mut machine_stopping) => Input::MachineStopping,
                 Some(machine) = next_machine(&mut self.machine_updates) => Input::MachineRecord(machine),
+                Some(reply) = next_request(&mut self.dumps) => {
+                    // The requester may have given up waiting; nothing to do then.
+                    let _ = reply.send(core.dump().to_string());
+                    continue;
+                }
                 _ = sleep_until(wake_at) => Input::Tick,
                 _ = shutdown.changed() => {
                     let mode = *shutdown.borrow();
@@ -379,6 +397,20 @@ async fn stopping(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
         Some(())
     } else {
         std::future::pending().await
+    }
+}
+
+/// The next request, or never if there is no requester (any more).
+async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *requests = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

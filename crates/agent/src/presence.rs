@@ -6,7 +6,9 @@
 use anyhow::{bail, Context};
 use registry::{Announcement, LeaseId, LeaseKeeper, MachineLease, MachineState, Registry};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The lease file under `state_dir`.
 pub fn lease_file(state_dir: &Path) -> PathBuf {
@@ -149,4 +151,96 @@ pub fn detect_public_ip() -> Option<String> {
     sock.connect("192.0.2.1:9").ok()?;
     let ip = sock.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
+/// Finds this machine's public IP ([`detect_public_ip`] in fleetd); a parameter so that tests
+/// can change what is found.
+pub type DetectIp = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// When `public_ip` is not configured (`configured` false; a reload may change it), detects the
+/// address again every `every` (fleet did on each heartbeat: DHCP may move it) and sends the
+/// machine record on `records` with the new address when it changes, logging the change; the
+/// agent announces it. A detection that finds nothing keeps the last address. Ends when no one
+/// receives the records any more.
+pub async fn redetect_public_ip(
+    records: watch::Sender<MachineState>,
+    detect: DetectIp,
+    every: Duration,
+    configured: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = records.closed() => return,
+            _ = ticks.tick() => {}
+        }
+        if *configured.borrow() {
+            continue;
+        }
+        let Some(found) = detect() else {
+            continue;
+        };
+        records.send_if_modified(|machine| {
+            if machine.public_ip == found {
+                return false;
+            }
+            tracing::info!(old = %machine.public_ip, new = %found, "public IP changed; announcing it");
+            machine.public_ip = found.clone();
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The detector's answers change under the watcher; the clock is paused, so the test waits
+    /// for no real interval.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_public_ip_is_sent_once_and_a_configured_one_is_left_alone() {
+        let found = Arc::new(Mutex::new(Some("10.0.0.1".to_string())));
+        let detect: DetectIp = {
+            let found = found.clone();
+            Arc::new(move || found.lock().ok().and_then(|f| f.clone()))
+        };
+        let machine = MachineState {
+            id: "m1".into(),
+            public_ip: "10.0.0.1".into(),
+            ..MachineState::default()
+        };
+        let (records, mut rx) = watch::channel(machine);
+        let (configured_tx, configured) = watch::channel(false);
+        let every = Duration::from_secs(10);
+        tokio::spawn(redetect_public_ip(records, detect, every, configured));
+
+        // The same address: nothing is sent.
+        tokio::time::sleep(every * 3).await;
+        assert!(!rx.has_changed().unwrap());
+
+        *found.lock().unwrap() = Some("10.0.0.2".into());
+        rx.changed().await.unwrap();
+        let sent = rx.borrow_and_update().clone();
+        assert_eq!(sent.public_ip, "10.0.0.2");
+        assert_eq!(sent.id, "m1", "the rest of the record is kept");
+
+        // Nothing found: the last address stays.
+        *found.lock().unwrap() = None;
+        tokio::time::sleep(every * 3).await;
+        assert!(!rx.has_changed().unwrap());
+
+        // Configured (after a reload): detection stops.
+        configured_tx.send(true).unwrap();
+        *found.lock().unwrap() = Some("10.0.0.3".into());
+        tokio::time::sleep(every * 3).await;
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().public_ip, "10.0.0.2");
+
+        // Unset again: the new address goes out.
+        configured_tx.send(false).unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow().public_ip, "10.0.0.3");
+    }
 }

@@ -848,3 +848,51 @@ async fn destroyed_units_stop_everywhere() {
     .await
     .unwrap();
 }
+
+/// fleet's `disable_watches`: every agent and engine reads the registry each engine interval
+/// instead of watching it; a unit still starts, and moves to another machine when its machine
+/// leaves (SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_watches_a_unit_starts_and_moves_when_its_machine_leaves() {
+    let c = start(ClusterSpec {
+        extra_args: vec!["--disable-watches=true".into()],
+        ..spec(2)
+    })
+    .await;
+    async {
+        for m in c.machines() {
+            let log = std::fs::read_to_string(m.log_path())?;
+            ensure!(
+                log.contains("disable_watches: the agent and the engine read the registry"),
+                "machine {} does not say it polls; its log:\n{log}",
+                m.index
+            );
+        }
+        let (names, active) = run_plain(&c, "nowatch", 1).await?;
+        let holder = active
+            .get(&names[0])
+            .and_then(|ms| ms.first())
+            .and_then(|id| c.index_of(id))
+            .context("the unit's machine")?;
+        let t0 = Instant::now();
+        let status = c.machine(holder).stop().await?;
+        ensure!(status.success(), "fleetd exited with {status} on SIGTERM");
+        let other = c.machine(1 - holder).id.clone();
+        c.wait_for_active_units("the unit active on the other machine", |a| {
+            a.get(&names[0])
+                .is_some_and(|ms| ms.len() == 1 && ms[0] == other)
+        })
+        .await?;
+        println!(
+            "FIGURE without watches: unit active on the other machine {:.2} s after its machine left \
+             (engine interval {INTERVAL:?})",
+            t0.elapsed().as_secs_f64()
+        );
+        Ok::<(), anyhow::Error>(())
+    }
+    .await
+    .unwrap_or_else(|e| {
+        c.print_diagnostics();
+        panic!("{e:#}")
+    });
+}

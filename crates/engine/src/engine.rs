@@ -8,10 +8,18 @@
 //! `agent_ttl`). Engines that do not lead follow only the leader key.
 
 use crate::core::{Core, Effect, Input};
-use registry::{Campaign, Leadership, Registry};
+use registry::{Campaign, Leadership, Registry, ScheduleChange};
+use std::fmt::Write as _;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// A request for a readable account of the engine's state (fleetd's SIGUSR1: whether it leads,
+/// its model of the cluster, its last plan), answered on the sender.
+pub type DumpRequest = oneshot::Sender<String>;
+
+/// At most this many changes of the last plan are listed in a dump; the rest are counted.
+const DUMPED_CHANGES: usize = 200;
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
@@ -35,18 +43,28 @@ impl EngineConfig {
 pub async fn run(
     registry: Registry,
     config: EngineConfig,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    run_answering(registry, config, stop, None).await
+}
+
+/// [`run`], answering each request sent on `dumps` with an account of the engine's state.
+pub async fn run_answering(
+    registry: Registry,
+    config: EngineConfig,
     mut stop: watch::Receiver<bool>,
+    mut dumps: Option<mpsc::Receiver<DumpRequest>>,
 ) -> anyhow::Result<()> {
     let mut backoff = registry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        match campaign(&registry, &config, &mut stop).await {
+        match campaign(&registry, &config, &mut stop, &mut dumps).await {
             Ok(Some(leadership)) => {
                 backoff.reset();
                 tracing::info!(machine = %config.machine_id, "this engine leads");
-                let outcome = lead(&registry, &config, &leadership, &mut stop).await;
+                let outcome = lead(&registry, &config, &leadership, &mut stop, &mut dumps).await;
                 // Release at once so another engine can take over without waiting the TTL out.
                 let _ = leadership.resign().await;
                 match outcome {
@@ -58,9 +76,16 @@ pub async fn run(
             Ok(None) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "engine election failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.wait()) => {}
-                    _ = stop.changed() => {}
+                let retry = tokio::time::sleep(backoff.wait());
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut retry => break,
+                        _ = stop.changed() => break,
+                        Some(reply) = next_request(&mut dumps) => {
+                            let _ = reply.send(format!("engine: not leading (election failed: {e:#}; retrying)\n"));
+                        }
+                    }
                 }
             }
         }
@@ -72,20 +97,28 @@ async fn campaign(
     registry: &Registry,
     config: &EngineConfig,
     stop: &mut watch::Receiver<bool>,
+    dumps: &mut Option<mpsc::Receiver<DumpRequest>>,
 ) -> anyhow::Result<Option<Leadership>> {
     let mut leader = registry.follow_leader();
     loop {
-        match registry
+        let other = match registry
             .campaign(&config.machine_id, config.leader_ttl())
             .await?
         {
             Campaign::Won(leadership) => return Ok(Some(leadership)),
-            Campaign::Lost(other) => tracing::debug!(leader = ?other, "another engine leads"),
-        }
+            Campaign::Lost(other) => {
+                tracing::debug!(leader = ?other, "another engine leads");
+                other
+            }
+        };
         // Wait for the leader key to go away.
         loop {
             tokio::select! {
                 _ = stop.changed() => if *stop.borrow() { return Ok(None) },
+                Some(reply) = next_request(dumps) => {
+                    let other = other.as_deref().unwrap_or("unknown");
+                    let _ = reply.send(format!("engine: not leading (the engine of machine {other} leads)\n"));
+                }
                 vacated = leader.vacated() => match vacated {
                     Some(()) => break,
                     None => return Err(anyhow::anyhow!("registry follower ended")),
@@ -102,7 +135,9 @@ async fn lead(
     config: &EngineConfig,
     leadership: &Leadership,
     stop: &mut watch::Receiver<bool>,
+    dumps: &mut Option<mpsc::Receiver<DumpRequest>>,
 ) -> anyhow::Result<()> {
+    let mut last_plan: Option<LastPlan> = None;
     let mut jobs = registry.follow_jobs();
     let mut machines = registry.follow_machines();
     let mut metadata = registry.follow_metadata();
@@ -127,6 +162,10 @@ async fn lead(
                     Ok(false) => return Ok(()),
                     Err(e) => tracing::warn!(error = %e, "refreshing the leader lease failed"),
                 }
+                continue;
+            }
+            Some(reply) = next_request(dumps) => {
+                let _ = reply.send(leading_dump(&config.machine_id, &core, last_plan.as_ref()));
                 continue;
             }
             _ = sleep_until(wake_at) => Input::Tick,
@@ -182,7 +221,14 @@ async fn lead(
                     }
                     Effect::Write(changes) => {
                         tracing::debug!(changes = changes.len(), "writing engine decisions");
+                        let mut plan = LastPlan::of(&changes);
                         let written = leadership.apply_schedule(&changes).await;
+                        plan.outcome = match &written {
+                            Ok(true) => "written".to_string(),
+                            Ok(false) => "refused: leadership lost".to_string(),
+                            Err(e) => format!("failed: {e:#}"),
+                        };
+                        last_plan = Some(plan);
                         Input::Written(written.map_err(|e| format!("{e:#}")))
                     }
                     Effect::RereadSchedule => {
@@ -194,6 +240,103 @@ async fn lead(
                 core.on(outcome);
             }
         }
+    }
+}
+
+/// The last plan the leader wrote, as a dump shows it.
+struct LastPlan {
+    at: std::time::SystemTime,
+    /// The first [`DUMPED_CHANGES`] changes, described.
+    changes: Vec<String>,
+    total: usize,
+    outcome: String,
+}
+
+impl LastPlan {
+    fn of(changes: &[ScheduleChange]) -> LastPlan {
+        let described = changes
+            .iter()
+            .take(DUMPED_CHANGES)
+            .map(|c| match c {
+                ScheduleChange::Place {
+                    unit,
+                    machine,
+                    entry,
+                } => format!("place {unit} on {machine} ({})", entry.desired),
+                ScheduleChange::Update {
+                    unit,
+                    machine,
+                    entry,
+                } => format!("update {unit} on {machine} ({})", entry.desired),
+                ScheduleChange::Unplace { unit, machine } => {
+                    format!("unplace {unit} from {machine}")
+                }
+                ScheduleChange::Reason {
+                    unit,
+                    reason: Some(reason),
+                } => format!("{unit} cannot be placed: {reason}"),
+                ScheduleChange::Reason { unit, reason: None } => {
+                    format!("{unit}: reason cleared")
+                }
+            })
+            .collect();
+        LastPlan {
+            at: std::time::SystemTime::now(),
+            changes: described,
+            total: changes.len(),
+            outcome: "being written".to_string(),
+        }
+    }
+}
+
+/// The account of a leading engine: its model of the cluster and its last plan.
+fn leading_dump(machine: &str, core: &Core, last: Option<&LastPlan>) -> String {
+    let model = core.model();
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        text,
+        "engine of machine {machine}: leads; its model holds {} machines, {} units ({} placed, {} that cannot be placed)",
+        model.machines.len(),
+        model.jobs.len(),
+        model.placed.len(),
+        model.reasons.len(),
+    );
+    match last {
+        None => {
+            let _ = writeln!(text, "  no plan written since it leads");
+        }
+        Some(plan) => {
+            let ago = plan.at.elapsed().unwrap_or_default();
+            let _ = writeln!(
+                text,
+                "  last plan, {:.1} s ago, {}: {} changes",
+                ago.as_secs_f64(),
+                plan.outcome,
+                plan.total
+            );
+            for change in &plan.changes {
+                let _ = writeln!(text, "    {change}");
+            }
+            if plan.total > plan.changes.len() {
+                let _ = writeln!(text, "    ... and {} more", plan.total - plan.changes.len());
+            }
+        }
+    }
+    text
+}
+
+/// The next request, or never if there is no requester (any more).
+async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *requests = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

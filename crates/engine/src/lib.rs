@@ -25,4 +25,4 @@ pub mod engine;
 pub mod model;
 pub mod scheduler;
 
-pub use engine::{run, EngineConfig};
+pub use engine::{run, run_answering, DumpRequest, EngineConfig};

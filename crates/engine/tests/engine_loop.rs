@@ -432,3 +432,93 @@ on_both!(machine_of_pairs_move_together);
 on_both!(leader_failover_is_fenced);
 on_both!(metadata_change_moves_unit);
 on_both!(one_way_conflict_machine_id_and_replaces);
+
+/// Asks an engine for its dump (SIGUSR1's account); panics if it does not answer within 20 s.
+async fn dump_of(requests: &tokio::sync::mpsc::Sender<engine::DumpRequest>) -> String {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    requests.send(reply).await.expect("engine takes requests");
+    tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("engine answered within 20 s")
+        .expect("engine answered")
+}
+
+/// SIGUSR1's account: the leader tells its model and the plan it wrote last; the other engine
+/// names the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dumps_tell_who_leads_and_the_last_plan() {
+    let (_dir, reg) = embedded();
+    let _m0 = add_machine(&reg, 0, &[]).await;
+    let mut engines = Vec::new();
+    for i in 0..2 {
+        let (stop, stop_rx) = watch::channel(false);
+        let (requests, dumps) = tokio::sync::mpsc::channel(1);
+        let cfg = EngineConfig {
+            machine_id: machine_id(i),
+            interval: Duration::from_millis(500),
+            agent_ttl: TTL,
+        };
+        let handle = tokio::spawn(engine::run_answering(
+            reg.clone(),
+            cfg,
+            stop_rx,
+            Some(dumps),
+        ));
+        engines.push((stop, requests, handle));
+    }
+    create_plain(&reg, 0..1).await;
+    wait_placements(&reg, "u0 placed", |p| p.len() == 1).await;
+    let leader = reg.leader().await.unwrap().expect("an engine leads");
+    let mut texts = Vec::new();
+    for (_, requests, _) in &engines {
+        texts.push(dump_of(requests).await);
+    }
+    let (leading, other): (Vec<&String>, Vec<&String>) =
+        texts.iter().partition(|t| t.contains(": leads;"));
+    assert_eq!((leading.len(), other.len()), (1, 1), "{texts:#?}");
+    assert!(
+        leading[0].starts_with(&format!(
+            "engine of machine {leader}: leads; its model holds 1 machines, 1 units (1 placed"
+        )),
+        "{}",
+        leading[0]
+    );
+    assert!(
+        leading[0].contains(&format!(
+            "    place u0.service on {} (launched)",
+            machine_id(0)
+        )),
+        "{}",
+        leading[0]
+    );
+    assert_eq!(
+        other[0].as_str(),
+        format!("engine: not leading (the engine of machine {leader} leads)\n")
+    );
+    for (stop, _, handle) in engines {
+        stop.send(true).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+}
+
+/// fleet's `disable_watches`: an engine whose registry is read every interval instead of
+/// watched places a unit, and moves it when its machine leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_engine_places_and_moves_units() {
+    let (_dir, reg) = embedded();
+    let m0 = add_machine(&reg, 0, &[]).await;
+    let (stop, handle) = start_engine(&reg.clone().polling(Duration::from_millis(200)), 0);
+    create_plain(&reg, 0..1).await;
+    wait_placements(&reg, "u0 placed on machine 0", |p| {
+        p.get("u0.service") == Some(&machine_id(0))
+    })
+    .await;
+    let _m1 = add_machine(&reg, 1, &[]).await;
+    m0.revoke().await.unwrap();
+    wait_placements(&reg, "u0 moved to machine 1", |p| {
+        p.get("u0.service") == Some(&machine_id(1))
+    })
+    .await;
+    stop.send(true).unwrap();
+    handle.await.unwrap().unwrap();
+}

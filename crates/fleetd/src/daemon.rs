@@ -1,5 +1,5 @@
 //! Wiring: registry, unit manager, API server, machine presence, agent and engine, and the
-//! signals that stop or reload them.
+//! signals that stop, reload or dump them.
 
 use crate::config::{self, Config, ListenAddr, RegistryKind, UnitManagerKind};
 use agent::{Agent, Presence, Shutdown, UnitManager};
@@ -9,7 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+/// The options a SIGHUP applies at once (the machine record); every other changed option is
+/// named in the log as waiting for the next start of fleetd.
+const RELOADABLE: [&str; 2] = ["metadata", "public_ip"];
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -133,9 +137,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let machine_id = cfg.resolve_machine_id(Path::new(config::MACHINE_ID_FILE))?;
     tracing::info!(machine = %machine_id, version = VERSION, registry = ?cfg.registry, "starting fleetd");
+    // Taken at once, before anything slow: by default these signals end a process, and a dump
+    // or a reload asked for while fleetd starts must wait for it instead (SIGTERM and SIGINT
+    // keep their default until the registry is open, so a fleetd stuck connecting can still be
+    // stopped).
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
     let store = open_store(&cfg).await?;
     let registry = Registry::new(store, &cfg.etcd_key_prefix);
+    // What the agent and the engine follow: read every engine_reconcile_interval instead of
+    // watched with disable_watches, as fleet did.
+    let followed = if cfg.disable_watches {
+        tracing::info!(
+            interval = ?cfg.engine_reconcile_interval,
+            "disable_watches: the agent and the engine read the registry every engine_reconcile_interval instead of watching it"
+        );
+        registry.clone().polling(cfg.engine_reconcile_interval)
+    } else {
+        registry.clone()
+    };
     let manager = open_manager(&cfg).await?;
 
     // The API answers 503 until this machine is registered, as fleet's did.
@@ -169,7 +190,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
 
     let machine = machine_state(&cfg, &machine_id);
@@ -178,7 +198,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             registry::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let attempt = Presence::register(
-                registry.clone(),
+                followed.clone(),
                 machine.clone(),
                 cfg.agent_ttl,
                 &cfg.state_dir,
@@ -202,12 +222,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (agent_stop_tx, agent_stop_rx) = watch::channel(None);
     let (machine_tx, machine_rx) = watch::channel(machine.clone());
+    let (agent_dumps_tx, agent_dumps) = mpsc::channel(1);
     let agent_task = tokio::spawn(
         Agent::new(presence, manager)
             .with_machine_updates(machine_rx)
+            .with_dump_requests(agent_dumps)
             .run(agent_stop_rx),
     );
+    // Without a configured public_ip, the address is found again on each heartbeat (a third of
+    // agent_ttl, as the lease is refreshed), as fleet did: DHCP may move it.
+    let (ip_configured_tx, ip_configured) = watch::channel(cfg.public_ip.is_some());
+    tokio::spawn(agent::presence::redetect_public_ip(
+        machine_tx.clone(),
+        std::sync::Arc::new(agent::presence::detect_public_ip),
+        (cfg.agent_ttl / 3).max(Duration::from_millis(100)),
+        ip_configured,
+    ));
     let (engine_stop_tx, engine_stop_rx) = watch::channel(false);
+    let (engine_dumps_tx, engine_dumps) = mpsc::channel(1);
     let engine_task = if cfg.disable_engine {
         None
     } else {
@@ -216,11 +248,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             interval: cfg.engine_reconcile_interval,
             agent_ttl: cfg.agent_ttl,
         };
-        Some(tokio::spawn(engine::run(
-            registry.clone(),
+        Some(tokio::spawn(engine::run_answering(
+            followed.clone(),
             ecfg,
             engine_stop_rx,
+            Some(engine_dumps),
         )))
+    };
+    let dumpers = crate::dump::Dumpers {
+        agent: agent_dumps_tx,
+        engine: engine_task.as_ref().map(|_| engine_dumps_tx),
     };
     notify_ready();
 
@@ -230,6 +267,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => break Shutdown::Leave,
             _ = sigint.recv() => break Shutdown::Leave,
             _ = sigusr2.recv() => break Shutdown::Upgrade,
+            _ = sigusr1.recv() => {
+                // In a task of its own: a slow registry must not hold up the other signals.
+                let registry = registry.clone();
+                let machine_id = machine_id.clone();
+                let dumpers = dumpers.clone();
+                tokio::spawn(async move {
+                    let text = crate::dump::dump(&registry, &machine_id, &dumpers).await;
+                    tracing::info!("SIGUSR1: {}", text.trim_end());
+                });
+            }
             _ = sighup.recv() => {
                 tracing::info!("Reloading configuration");
                 match cfg.reload(&config::process_env) {
@@ -239,6 +286,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         let updated = machine_state(&newer, &machine_id);
                         if updated != *machine_tx.borrow() {
                             let _ = machine_tx.send(updated);
+                        }
+                        let _ = ip_configured_tx.send(newer.public_ip.is_some());
+                        for option in changed.iter().filter(|o| !RELOADABLE.contains(o)) {
+                            tracing::warn!(option = %option, "{option} changed, but cannot change while fleetd runs: it applies at the next start of fleetd");
                         }
                         tracing::info!(changed = ?changed, "configuration reloaded; metadata and public_ip apply now, other options at the next start of fleetd");
                         cfg = newer;

@@ -13,4 +13,5 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dump;
 pub mod logging;

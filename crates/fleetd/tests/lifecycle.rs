@@ -212,6 +212,91 @@ fn sighup_reloads_the_configuration_and_touches_no_unit() {
     );
 }
 
+/// fleet's SIGUSR1: the state goes to the log (machines, units with their desired and current
+/// states, the agent's view, the leading engine's last plan) and fleetd goes on serving.
+#[test]
+fn sigusr1_dumps_the_state_to_the_log_and_fleetd_goes_on() {
+    let node = Node::new("sigusr1");
+    let mut fleetd = node.start(&["--public-ip", "10.1.2.3", "--metadata", "role=web"]);
+    let api = fleetd.wait_registered();
+    api.submit("hello.service", HELLO, "launched");
+    api.wait_running("hello.service");
+    let id = &node.machine_id;
+
+    fleetd.signal(Signal::SIGUSR1);
+    fleetd.wait_log("state dump of fleetd");
+    // The dump is one log event: wait for its last part, then read it whole.
+    fleetd.wait_log(&format!("engine of machine {id}: leads"));
+    let log = fleetd.log();
+    let dump = &log[log.find("state dump of fleetd").expect("dump in log")..];
+    for line in [
+        format!("cluster: 1 machines
+  {id} public IP 10.1.2.3, metadata role=web, version "),
+        format!(
+            "cluster: 1 units
+  hello.service: desired launched, current launched, machine {id}, on {id}: loaded/active/running
+"
+        ),
+        format!("agent of machine {id} (public IP 10.1.2.3, metadata role=web): lease held, 1 units
+"),
+        "  hello.service: desired launched, here launched (".to_string(),
+        format!("engine of machine {id}: leads; its model holds 1 machines, 1 units (1 placed, 0 that cannot be placed)
+"),
+        "  last plan, ".to_string(),
+        format!("    place hello.service on {id} (launched)
+"),
+    ] {
+        assert!(dump.contains(&line), "{line:?} not in the dump:
+{dump}");
+    }
+    assert!(
+        fleetd.running(),
+        "fleetd exited on SIGUSR1:
+{}",
+        fleetd.log()
+    );
+    assert_eq!(api.machines().expect("API after SIGUSR1").len(), 1);
+    api.submit("forker.service", FORKER, "launched");
+    api.wait_running("forker.service");
+
+    fleetd.signal(Signal::SIGTERM);
+    let status = fleetd.wait_exit();
+    assert!(status.success(), "{status}\n{}", fleetd.log());
+}
+
+/// SIGHUP applies metadata at once and names each other changed option, which waits for the
+/// next start.
+#[test]
+fn sighup_names_the_options_that_wait_for_a_restart() {
+    let node = Node::new("sighup-names");
+    let conf = node.dir().join("fleet.conf");
+    std::fs::write(
+        &conf,
+        "metadata = \"role=web\"\nengine_reconcile_interval = 1\n",
+    )
+    .unwrap();
+    let mut fleetd = node.start(&["--config", conf.to_str().unwrap()]);
+    let api = fleetd.wait_registered();
+    std::fs::write(
+        &conf,
+        "metadata = \"role=db\"\nengine_reconcile_interval = 5\n",
+    )
+    .unwrap();
+    fleetd.signal(Signal::SIGHUP);
+    fleetd.wait_log("configuration reloaded");
+    let log = fleetd.log();
+    assert!(
+        log.contains("engine_reconcile_interval changed, but cannot change while fleetd runs: it applies at the next start of fleetd"),
+        "{log}"
+    );
+    assert!(!log.contains("metadata changed, but"), "{log}");
+    wait_for("metadata role=db announced", DEADLINE, || {
+        let machines = api.machines().ok()?;
+        (machines.first()?.metadata.get("role").map(String::as_str) == Some("db")).then_some(())
+    });
+    assert!(fleetd.running(), "{}", fleetd.log());
+}
+
 /// A port on loopback that nothing listens on (bound, then released).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");

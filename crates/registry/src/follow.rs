@@ -122,10 +122,16 @@ impl<K, T> Follower<K, T> {
     }
 }
 
-/// Follows the records under `base`, named by `K`, decoded as `T`.
-fn follower<K: KeyShape, T: Record>(store: &Arc<dyn Store>, base: String) -> Follower<K, T> {
+/// Follows the records under `base`, named by `K`, decoded as `T`: by a watch, or by reads
+/// every so often if the registry polls.
+fn follower<K: KeyShape, T: Record>(registry: &Registry, base: String) -> Follower<K, T> {
+    let store = registry.store.clone();
+    let raw = match registry.poll {
+        None => follow(store, base.clone()),
+        Some(every) => poll(store, base.clone(), every),
+    };
     Follower {
-        raw: follow(store.clone(), base.clone()),
+        raw,
         base,
         decode: typed::<K, T>,
     }
@@ -162,63 +168,63 @@ fn typed<K: KeyShape, T: Record>(base: &str, raw: Raw) -> Update<K, T> {
 impl Registry {
     /// Every job record, by unit name (what the engine schedules).
     pub fn follow_jobs(&self) -> Follower<String, Job> {
-        follower(&self.store, self.keys.jobs())
+        follower(self, self.keys.jobs())
     }
 
     /// Every global unit's record with its text, by unit name (what every agent runs).
     pub fn follow_globals(&self) -> Follower<String, GlobalJob> {
-        follower(&self.store, self.keys.globals())
+        follower(self, self.keys.globals())
     }
 
     /// Every unit body's text, by hash (carried by the engine in the entries it writes).
     pub fn follow_bodies(&self) -> Follower<UnitHash, String> {
-        follower(&self.store, self.keys.bodies())
+        follower(self, self.keys.bodies())
     }
 
     /// Every present machine's record as the machine announced it, by machine id (dynamic
     /// metadata is followed apart, see [`Registry::follow_metadata`]).
     pub fn follow_machines(&self) -> Follower<String, MachineState> {
-        follower(&self.store, self.keys.machines())
+        follower(self, self.keys.machines())
     }
 
     /// Every machine's dynamic metadata, by (machine, key).
     pub fn follow_metadata(&self) -> Follower<(String, String), String> {
-        follower(&self.store, self.keys.all_metadata())
+        follower(self, self.keys.all_metadata())
     }
 
     /// One machine's dynamic metadata, by key (what its agent merges into its record).
     pub fn follow_machine_metadata(&self, machine: &str) -> Follower<String, String> {
-        follower(&self.store, self.keys.machine_metadata(machine))
+        follower(self, self.keys.machine_metadata(machine))
     }
 
     /// The whole schedule, by (machine, unit) (what the engine decided so far).
     pub fn follow_schedule(&self) -> Follower<(String, String), ScheduleEntry> {
-        follower(&self.store, self.keys.schedules())
+        follower(self, self.keys.schedules())
     }
 
     /// One machine's schedule, by unit (all its agent needs to act).
     pub fn follow_machine_schedule(&self, machine: &str) -> Follower<String, ScheduleEntry> {
-        follower(&self.store, self.keys.machine_schedule(machine))
+        follower(self, self.keys.machine_schedule(machine))
     }
 
     /// Why units cannot be placed, by unit.
     pub fn follow_reasons(&self) -> Follower<String, String> {
-        follower(&self.store, self.keys.reasons())
+        follower(self, self.keys.reasons())
     }
 
     /// The published states of placed units, by (unit, machine).
     pub fn follow_placed_states(&self) -> Follower<(String, String), UnitState> {
-        follower(&self.store, self.keys.states())
+        follower(self, self.keys.states())
     }
 
     /// The published states of global units' instances, by (unit, machine).
     pub fn follow_global_states(&self) -> Follower<(String, String), UnitState> {
-        follower(&self.store, self.keys.global_states())
+        follower(self, self.keys.global_states())
     }
 
     /// The engine leader key: its machine id while some engine leads.
     pub(crate) fn follow_leader_key(&self) -> Follower<(), String> {
-        follower(&self.store, self.keys.leader())
+        follower(self, self.keys.leader())
     }
 }
 
@@ -296,6 +302,94 @@ fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
         }
     });
     rx
+}
+
+/// Follows `prefix` by reading it every `every` until the receiver is dropped: a `Reset` after
+/// the first read (and after a failed one, logged), then the differences between one read and
+/// the next as events, so that readers cannot tell it from [`follow`] but by the delay.
+fn poll(store: Arc<dyn Store>, prefix: String, every: Duration) -> mpsc::Receiver<Raw> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
+        // What the last read found, by key; `None` until a read has been delivered whole.
+        let mut last: Option<BTreeMap<String, KeyValue>> = None;
+        loop {
+            let read = tokio::select! {
+                _ = tx.closed() => return,
+                read = range_all(store.as_ref(), &prefix, RANGE_PAGE) => read,
+            };
+            let wait = match read {
+                Ok(page) => {
+                    backoff.reset();
+                    let now: BTreeMap<String, KeyValue> = page
+                        .kvs
+                        .into_iter()
+                        .map(|kv| (kv.key.clone(), kv))
+                        .collect();
+                    let raw = match &last {
+                        None => Some(Raw::Reset(now.values().cloned().collect())),
+                        Some(before) => {
+                            let events = differences(before, &now);
+                            (!events.is_empty()).then_some(Raw::Events(events))
+                        }
+                    };
+                    if let Some(raw) = raw {
+                        if tx.send(raw).await.is_err() {
+                            return;
+                        }
+                    }
+                    last = Some(now);
+                    every
+                }
+                Err(e) => {
+                    tracing::warn!(prefix = %prefix, error = %e, "reading registry failed; retrying");
+                    backoff.wait().min(every.max(RETRY_MIN))
+                }
+            };
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    });
+    rx
+}
+
+/// The events that turn the read `before` into the read `now`: puts of new or rewritten keys
+/// in revision order, then deletes of the keys gone.
+fn differences(
+    before: &BTreeMap<String, KeyValue>,
+    now: &BTreeMap<String, KeyValue>,
+) -> Vec<Event> {
+    let mut puts: Vec<&KeyValue> = now
+        .values()
+        .filter(|kv| {
+            before
+                .get(&kv.key)
+                .is_none_or(|old| old.mod_revision != kv.mod_revision)
+        })
+        .collect();
+    puts.sort_by_key(|kv| kv.mod_revision);
+    let mut events: Vec<Event> = puts
+        .into_iter()
+        .map(|kv| Event {
+            kind: EventKind::Put,
+            kv: kv.clone(),
+        })
+        .collect();
+    events.extend(
+        before
+            .values()
+            .filter(|kv| !now.contains_key(&kv.key))
+            .map(|kv| Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    value: Vec::new(),
+                    ..kv.clone()
+                },
+            }),
+    );
+    events
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub struct Registry {
     pub(crate) parsed: Arc<std::sync::Mutex<HashMap<String, UnitFile>>>,
     /// Creations and target-state changes written together (see [`crate::group_commit`]).
     pub(crate) writes: Arc<GroupCommit>,
+    /// Followers read their part this often instead of watching it (fleet's
+    /// `disable_watches`); `None`: they watch.
+    pub(crate) poll: Option<std::time::Duration>,
 }
 
 impl Registry {
@@ -65,7 +68,17 @@ impl Registry {
             keys: Keys::new(prefix),
             parsed: Arc::default(),
             writes: Arc::default(),
+            poll: None,
         }
+    }
+
+    /// The same registry, whose followers find changes by reading their part every `every`
+    /// instead of watching it (fleet's `disable_watches`, for stores or proxies where watches
+    /// are costly or broken). They deliver the same updates: a `Reset` first, then `Changes`
+    /// found by comparing each read with the one before.
+    pub fn polling(mut self, every: std::time::Duration) -> Registry {
+        self.poll = Some(every);
+        self
     }
 
     /// Every key under `prefix`, read at `at` (`None`: the latest revision).

@@ -425,3 +425,125 @@ async fn a_machine_record_belongs_to_one_live_lease() {
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].id, "m1");
 }
+
+/// A store whose watches always fail: only followers that read instead of watching see changes.
+struct NoWatches(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl Store for NoWatches {
+    async fn get(&self, key: &str) -> registry::store::Result<Option<registry::KeyValue>> {
+        self.0.get(key).await
+    }
+    async fn range(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        limit: usize,
+        revision: Option<registry::Revision>,
+    ) -> registry::store::Result<registry::RangePage> {
+        self.0.range(prefix, start, limit, revision).await
+    }
+    async fn txn(
+        &self,
+        compares: Vec<registry::Compare>,
+        success: Vec<registry::Op>,
+        failure: Vec<registry::Op>,
+    ) -> registry::store::Result<registry::TxnResult> {
+        self.0.txn(compares, success, failure).await
+    }
+    async fn grant_lease(
+        &self,
+        ttl: std::time::Duration,
+    ) -> registry::store::Result<registry::LeaseId> {
+        self.0.grant_lease(ttl).await
+    }
+    async fn keep_alive(
+        &self,
+        lease: registry::LeaseId,
+    ) -> registry::store::Result<std::time::Duration> {
+        self.0.keep_alive(lease).await
+    }
+    async fn lease_ttl(
+        &self,
+        lease: registry::LeaseId,
+    ) -> registry::store::Result<Option<std::time::Duration>> {
+        self.0.lease_ttl(lease).await
+    }
+    async fn revoke_lease(&self, lease: registry::LeaseId) -> registry::store::Result<()> {
+        self.0.revoke_lease(lease).await
+    }
+    async fn watch(
+        &self,
+        _prefix: &str,
+        _from: registry::Revision,
+    ) -> registry::store::Result<registry::WatchStream> {
+        Err(registry::StoreError::Unavailable(
+            "watches are disabled in this test".into(),
+        ))
+    }
+}
+
+/// fleet's `disable_watches`: followers of a polling registry deliver what watching ones do (a
+/// reset, then each change as a put or a delete) without a single watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_followers_deliver_changes_without_watches() {
+    use registry::Change;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let embedded: Arc<dyn Store> =
+        Arc::new(registry::embedded::EmbeddedStore::open(dir.path()).expect("embedded store"));
+    let reg = Registry::new(Arc::new(NoWatches(embedded)), "/t/")
+        .polling(std::time::Duration::from_millis(20));
+    let file = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    reg.create_unit("a.service", &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    let mut jobs = reg.follow_jobs();
+    let first = jobs.recv().await.unwrap();
+    let Update::Reset(all) = first else {
+        panic!("first delivery {first:?}");
+    };
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1.desired, TargetState::Loaded);
+
+    // One change at a time: two changes between reads come as their sum.
+    reg.set_target_state("a.service", TargetState::Launched)
+        .await
+        .unwrap();
+    let changes = next_changes(&mut jobs).await;
+    assert!(
+        matches!(&changes[..], [Change::Put(name, job)]
+            if name == "a.service" && job.desired == TargetState::Launched),
+        "{changes:?}"
+    );
+    reg.create_unit("b.service", &file, TargetState::Launched)
+        .await
+        .unwrap();
+    assert!(reg.destroy_unit("a.service").await.unwrap());
+    let mut changes = next_changes(&mut jobs).await;
+    while changes.len() < 2 {
+        changes.extend(next_changes(&mut jobs).await);
+    }
+    assert!(
+        changes.contains(&Change::Delete("a.service".to_string())),
+        "{changes:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Put(name, _) if name == "b.service")),
+        "{changes:?}"
+    );
+    // Reads that find nothing new deliver nothing.
+    assert_eq!(jobs.try_recv(), None);
+}
+
+async fn next_changes(
+    jobs: &mut registry::Follower<String, registry::Job>,
+) -> Vec<registry::Change<String, registry::Job>> {
+    // A deadline, not a measure: without polling no change would ever come.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(30), jobs.recv()).await;
+    match next.expect("no change delivered within 30 s").unwrap() {
+        Update::Changes(c) => c,
+        other => panic!("unexpected {other:?}"),
+    }
+}

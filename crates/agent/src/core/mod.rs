@@ -20,6 +20,9 @@
 //! assert!(matches!(&ready.effects[0], Effect::Run(phase) if phase.len() == 1));
 //! ```
 
+mod dump;
+pub use dump::{AgentDump, UnitDump};
+
 use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
 use crate::StateChange;
 use registry::{

@@ -361,3 +361,72 @@ fn adopted_units_are_not_started_again() {
         vec![(a("a.service"), TargetState::Launched, a("active"))]
     );
 }
+
+/// SIGUSR1's account: every unit scheduled here or still held, with what is wanted, what the
+/// agent holds and what the unit manager said.
+#[test]
+fn the_dump_lists_scheduled_and_held_units_with_their_states() {
+    let t = Instant::now();
+    let mut core = holding_one(t);
+    core.on(
+        t,
+        Input::Schedule(Update::Reset(vec![(
+            "b.service".into(),
+            entry(2, TargetState::Loaded),
+        )])),
+    );
+    core.on(
+        t,
+        Input::Reported(
+            StateChange {
+                name: "a.service".into(),
+                state: Some(active()),
+            },
+            None,
+        ),
+    );
+    let dump = core.dump();
+    assert_eq!(dump.machine.id, "m1");
+    type Seen<'a> = (
+        &'a str,
+        Option<TargetState>,
+        Option<TargetState>,
+        Option<&'a str>,
+    );
+    let units: Vec<Seen> = dump
+        .units
+        .iter()
+        .map(|u| {
+            (
+                u.name.as_str(),
+                u.desired,
+                u.held.map(|(s, _)| s),
+                u.current.as_ref().map(|s| s.active.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        units,
+        vec![
+            // No longer scheduled here, still held: the next plan unloads it.
+            (
+                "a.service",
+                None,
+                Some(TargetState::Launched),
+                Some("active")
+            ),
+            ("b.service", Some(TargetState::Loaded), None, None),
+        ]
+    );
+    let text = dump.to_string();
+    assert!(text.starts_with("agent of machine m1 "), "{text}");
+    assert!(
+        text.contains("  a.service: desired -, here launched (")
+            && text.contains("current loaded/active/running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  b.service: desired loaded, here -, current -"),
+        "{text}"
+    );
+}

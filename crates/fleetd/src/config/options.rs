@@ -280,7 +280,7 @@ pub(crate) static OPTIONS: &[OptionSpec] = &[
         name: "disable_watches",
         flag: "disable-watches",
         default: "false",
-        help: "Do not watch the registry; rely on periodic reconciliation only",
+        help: "Do not watch the registry: the agent and the engine read it every engine_reconcile_interval instead",
         kind: FlagKind::Bool,
         apply: |c, v, _| {
             c.disable_watches = parse_bool(v)?;
