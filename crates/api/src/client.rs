@@ -19,7 +19,7 @@ pub use transport::{BoxStream, ConnectFuture, Stream, TcpTransport, Transport, U
 use crate::types::{self, Machine, MachineMetadataOp, TargetState, Unit, UnitState};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::http::{header, Method, Request, StatusCode, Uri};
+use hyper::http::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::path::PathBuf;
@@ -86,6 +86,60 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The API prefix the client uses.
 const PREFIX: &str = "/fleet/v1";
 
+/// Where fleetd listens, as `--endpoint` names it. A transport other than the direct ones
+/// (an SSH tunnel) reaches the same place from elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix:///path` or `file:///path`.
+    Unix(PathBuf),
+    /// `http://host[:port]` (port 80 when none is given).
+    Tcp { host: String, port: u16 },
+}
+
+impl Endpoint {
+    pub fn parse(endpoint: &str) -> Result<Endpoint, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = endpoint
+            .strip_prefix("unix://")
+            .or_else(|| endpoint.strip_prefix("file://"))
+        {
+            if path.is_empty() {
+                return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = endpoint.strip_prefix("http://") {
+            let authority = rest.trim_end_matches('/');
+            let parsed = match authority.parse::<hyper::http::uri::Authority>() {
+                Ok(a) if !authority.contains('/') && !a.host().is_empty() => a,
+                _ => return Err(invalid("want http://HOST:PORT")),
+            };
+            let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+            let port = parsed.port_u16().unwrap_or(80);
+            return Ok(Endpoint::Tcp {
+                host: host.to_string(),
+                port,
+            });
+        }
+        if endpoint.starts_with("https://") {
+            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
+        }
+        Err(invalid("want unix:///PATH or http://HOST:PORT"))
+    }
+
+    /// The `Host` of requests: fleet showed unix-socket requests as `domain-sock`.
+    pub fn authority(&self) -> String {
+        match self {
+            Endpoint::Unix(_) => "domain-sock".into(),
+            Endpoint::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => format!("{host}:{port}"),
+        }
+    }
+}
+
 /// A client of one fleetd. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -100,52 +154,17 @@ pub struct Client {
 impl Client {
     /// A client of `endpoint`: `unix:///path` (or `file:///path`) or `http://host:port`.
     pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-            reason: reason.to_string(),
+        let parsed = Endpoint::parse(endpoint)?;
+        let transport: Arc<dyn Transport> = match &parsed {
+            Endpoint::Unix(path) => Arc::new(UnixTransport(path.clone())),
+            Endpoint::Tcp { host, port } => Arc::new(TcpTransport(format!("{host}:{port}"))),
         };
-        if let Some(path) = endpoint
-            .strip_prefix("unix://")
-            .or_else(|| endpoint.strip_prefix("file://"))
-        {
-            if path.is_empty() {
-                return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
-            }
-            // fleet showed the host of unix-socket requests as `domain-sock`.
-            return Ok(Client::with_transport(
-                Arc::new(UnixTransport(PathBuf::from(path))),
-                "domain-sock",
-                endpoint,
-                opts,
-            ));
-        }
-        if let Some(rest) = endpoint.strip_prefix("http://") {
-            let authority = rest.trim_end_matches('/');
-            if authority.is_empty() || authority.contains('/') {
-                return Err(invalid("want http://HOST:PORT"));
-            }
-            let addr = if authority
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            {
-                authority.to_string()
-            } else {
-                format!("{authority}:80")
-            };
-            if authority.parse::<Uri>().is_err() {
-                return Err(invalid("want http://HOST:PORT"));
-            }
-            return Ok(Client::with_transport(
-                Arc::new(TcpTransport(addr)),
-                authority,
-                endpoint,
-                opts,
-            ));
-        }
-        if endpoint.starts_with("https://") {
-            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
-        }
-        Err(invalid("want unix:///PATH or http://HOST:PORT"))
+        Ok(Client::with_transport(
+            transport,
+            &parsed.authority(),
+            endpoint,
+            opts,
+        ))
     }
 
     /// A client over any transport. `authority` is the `Host` sent; `endpoint` names the
@@ -468,6 +487,21 @@ mod tests {
         assert_eq!(
             Client::new("http://127.0.0.1:49153/", o()).unwrap().base,
             "http://127.0.0.1:49153"
+        );
+        assert_eq!(
+            Endpoint::parse("http://fleet.example").unwrap(),
+            Endpoint::Tcp {
+                host: "fleet.example".into(),
+                port: 80
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:49153").unwrap().authority(),
+            "[::1]:49153"
+        );
+        assert_eq!(
+            Endpoint::parse("file:///run/fleet.sock").unwrap(),
+            Endpoint::Unix("/run/fleet.sock".into())
         );
         for bad in [
             "",

@@ -40,7 +40,7 @@ pub enum SshError {
     Agent { socket: PathBuf, message: String },
     #[error("the ssh-agent at {} holds no keys: add yours with ssh-add", socket.display())]
     NoKeys { socket: PathBuf },
-    #[error("{user}@{host} refused every key of the ssh-agent ({keys}): add your public key to ~{user}/.ssh/authorized_keys there, or choose the user with --ssh-username")]
+    #[error("{user}@{host} refused every key of the ssh-agent ({keys} tried): add your public key to ~{user}/.ssh/authorized_keys there, or choose the user with --ssh-username")]
     Denied {
         user: String,
         host: String,

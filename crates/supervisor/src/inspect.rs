@@ -107,8 +107,10 @@ impl Dirs {
         lines.split_off(skip)
     }
 
-    /// Prints the last `n` lines in `mode`, then, with `follow`, every line appended until the
-    /// process is interrupted (also across a rotation of the file).
+    /// Prints the last `n` lines in `mode`, then, with `follow`, every line appended (also
+    /// across a rotation of the file) until the process is interrupted or `reader_gone` says
+    /// nobody reads `out` any more (checked between polls: a quiet log never writes, so a
+    /// closed pipe alone would not end the follow).
     pub fn print_log(
         &self,
         name: &str,
@@ -116,6 +118,7 @@ impl Dirs {
         mode: OutputMode,
         follow: bool,
         out: &mut impl std::io::Write,
+        reader_gone: &dyn Fn() -> bool,
     ) -> std::io::Result<()> {
         for line in self.log_tail(name, n) {
             writeln!(out, "{}", mode.format(&line))?;
@@ -133,6 +136,9 @@ impl Dirs {
         let mut partial = String::new();
         loop {
             use std::os::unix::fs::MetadataExt;
+            if reader_gone() {
+                return Ok(());
+            }
             let current = std::fs::metadata(&path).ok();
             let ours = file.as_ref().and_then(|f| f.metadata().ok());
             let same = matches!((&current, &ours), (Some(c), Some(o)) if c.ino() == o.ino());
@@ -343,7 +349,7 @@ mod tests {
         assert_eq!(d.log_tail("a.service", 2), vec!["t2 two", "t3 three"]);
         assert_eq!(d.log_tail("a.service", 10).len(), 3);
         let mut out = Vec::new();
-        d.print_log("a.service", 2, OutputMode::Cat, false, &mut out)
+        d.print_log("a.service", 2, OutputMode::Cat, false, &mut out, &|| false)
             .expect("print");
         assert_eq!(String::from_utf8_lossy(&out), "two\nthree\n");
     }
