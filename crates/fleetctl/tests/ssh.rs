@@ -73,6 +73,8 @@ struct Fleetd {
     child: Child,
     machine_id: String,
     log: PathBuf,
+    /// fleetd's API also listens here (`http://127.0.0.1:PORT`), for the direct-tcpip tunnel.
+    tcp_port: u16,
 }
 
 impl Fleetd {
@@ -81,6 +83,10 @@ impl Fleetd {
         // Unique on this host, and never this host's /etc/machine-id: the unit's machine is
         // reached over SSH.
         let machine_id = format!("{:032x}", u128::from(std::process::id()) << 64 | 0x55);
+        let tcp_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
         let d = dir.path();
         let log = d.join("fleetd.log");
         let out = std::fs::File::create(&log).expect("fleetd log");
@@ -92,7 +98,10 @@ impl Fleetd {
             .arg(d.join("units"))
             .args(["--machine-id", &machine_id, "--public-ip", "127.0.0.1"])
             .arg("--api-listen")
-            .arg(format!("unix://{}", dir.socket().display()))
+            .arg(format!(
+                "unix://{},tcp://127.0.0.1:{tcp_port}",
+                dir.socket().display()
+            ))
             .args(["--agent-ttl", "3s", "--unit-manager", "process"])
             .stdin(Stdio::null())
             .stdout(out)
@@ -107,6 +116,7 @@ impl Fleetd {
             child,
             machine_id,
             log,
+            tcp_port,
         }
     }
 }
@@ -265,6 +275,15 @@ fn tunnel_ssh_status_and_journal_on_a_machine_without_systemd() {
         "{known}"
     );
 
+    // A TCP endpoint through the tunnel: a direct-tcpip channel to it from the tunnel host.
+    let mut over_tcp = Ctl::new(&dir, &sshd);
+    over_tcp.set(
+        "FLEETCTL_ENDPOINT",
+        &format!("http://127.0.0.1:{}", fleetd.tcp_port),
+    );
+    let listed = over_tcp.ok(&["list-machines", "--full", "--no-legend"]);
+    assert!(listed.contains(&fleetd.machine_id), "{listed}");
+
     // start through the tunnel: submitted, scheduled, run by the supervisor, seen active.
     let more = dir.path().join("more");
     std::fs::write(
@@ -301,6 +320,21 @@ fn tunnel_ssh_status_and_journal_on_a_machine_without_systemd() {
     ]);
     assert_eq!(text(&out.stdout), "a b\n", "{}", text(&out.stderr));
     ctl.fails(&["ssh", "--ssh-port", &port, "nosuch"]);
+    // -A: the remote side uses this agent (and sees its one key); without it, no agent there.
+    let keys = ctl.ok(&["ssh", "-A", "--ssh-port", &port, prefix, "ssh-add", "-l"]);
+    assert!(keys.contains("ED25519"), "{keys}");
+    let out = ctl.run(&["ssh", "--ssh-port", &port, prefix, "ssh-add", "-l"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // No command: a shell on a terminal, which runs what is typed (util-linux `script` gives
+    // this fleetctl a terminal).
+    if let Some((code, shown)) = on_a_terminal(
+        &ctl,
+        &format!("ssh --ssh-port {port} {prefix}"),
+        "tty >/dev/null && echo on-a-tty $((40+2)); exit 7\n",
+    ) {
+        assert!(shown.contains("on-a-tty 42"), "{shown}");
+        assert_eq!(code, Some(7), "{shown}");
+    }
 
     // status: the supervisor's state on the unit's machine, over SSH.
     let status = ctl.ok(&["status", "--ssh-port", &port, "hello.service"]);
@@ -390,8 +424,8 @@ fn known_hosts_and_errors_are_one_clear_line() {
     assert!(!dir.known_hosts().exists());
 
     // First contact on a terminal, answered yes (`script` gives fleetctl a terminal).
-    let answered = first_contact_answered_yes(&ctl);
-    if let Some(out) = answered {
+    let answered = on_a_terminal(&ctl, "list-machines", "yes\n");
+    if let Some((_, out)) = answered {
         assert!(
             out.contains("Are you sure you want to continue connecting"),
             "{out}"
@@ -503,18 +537,18 @@ fn known_hosts_and_errors_are_one_clear_line() {
     );
 }
 
-/// Runs `fleetctl list-machines` on a terminal (util-linux `script`) and answers "yes" to the
-/// host-key question; its output, or `None` where `script` is missing.
-fn first_contact_answered_yes(ctl: &Ctl) -> Option<String> {
+/// Runs `fleetctl ARGS` on a terminal (util-linux `script`) with `typed` as its input; the
+/// exit code and what the terminal showed, or `None` where `script` is missing.
+fn on_a_terminal(ctl: &Ctl, args: &str, typed: &str) -> Option<(Option<i32>, String)> {
     if !Path::new("/usr/bin/script").exists() {
-        println!("no /usr/bin/script: first contact is accepted with accept-new instead");
+        println!("no /usr/bin/script: the terminal case is not run");
         return None;
     }
     let mut line = String::new();
     for (k, v) in &ctl.env {
         line.push_str(&format!("{k}='{v}' "));
     }
-    line.push_str(&format!("{FLEETCTL} list-machines"));
+    line.push_str(&format!("{FLEETCTL} {args}"));
     let mut child = Command::new("/usr/bin/script")
         .args(["-q", "-e", "-c", &line, "/dev/null"])
         .current_dir(ctl.dir.path())
@@ -525,14 +559,14 @@ fn first_contact_answered_yes(ctl: &Ctl) -> Option<String> {
         .expect("script");
     use std::io::Write;
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"yes\n").expect("answer");
+    stdin.write_all(typed.as_bytes()).expect("type");
     // Kept open until fleetctl is done: `script` ends the session at the end of its input.
     let out = child.wait_with_output().expect("wait for script");
     drop(stdin);
     println!(
-        "on a terminal -> {:?}\n{}",
+        "$ fleetctl {args} (on a terminal) -> {:?}\n{}",
         out.status.code(),
         text(&out.stdout)
     );
-    Some(text(&out.stdout))
+    Some((out.status.code(), text(&out.stdout)))
 }
