@@ -89,9 +89,11 @@ impl Sshd {
 
     /// The user sessions run as: whoever runs the test (sshd runs as that user).
     pub fn user(&self) -> String {
-        std::env::var("USER")
+        nix::unistd::User::from_uid(nix::unistd::getuid())
             .ok()
-            .filter(|u| !u.is_empty())
+            .flatten()
+            .map(|u| u.name)
+            .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "root".into())
     }
 
