@@ -301,6 +301,37 @@ fn tunnel_ssh_status_and_journal_on_a_machine_without_systemd() {
         "{units}"
     );
 
+    // Many requests side by side (fleetctl sends up to 64) share the tunnel's connection,
+    // a few channels at a time (sshd refuses sessions past MaxSessions).
+    std::fs::write(
+        dir.path().join("tick@.service"),
+        "[Service]\nExecStart=/bin/sh -c 'echo tick %i; exec sleep 100000'\n",
+    )
+    .expect("template");
+    let instances: Vec<String> = (1..=16).map(|i| format!("tick@{i}.service")).collect();
+    let mut args = vec!["start"];
+    args.extend(instances.iter().map(String::as_str));
+    let started = Instant::now();
+    ctl.ok(&args);
+    println!(
+        "FIGURE fleetctl start of 16 units through the SSH tunnel: {} ms",
+        started.elapsed().as_millis()
+    );
+    let started = Instant::now();
+    let units = ctl.ok(&["list-units", "--no-legend"]);
+    println!(
+        "FIGURE fleetctl list-units through the SSH tunnel: {} ms",
+        started.elapsed().as_millis()
+    );
+    for name in &instances {
+        assert!(
+            units
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}\t")) && l.contains("active")),
+            "{name} not active:\n{units}"
+        );
+    }
+
     // ssh: a unit's machine, a command, its output and exit code; a machine by id prefix.
     let hi = ctl.ok(&["ssh", "--ssh-port", &port, "hello.service", "echo", "hi"]);
     assert_eq!(hi, "hi\n");
