@@ -525,6 +525,16 @@ fn known_hosts_and_errors_are_one_clear_line() {
     ctl.set("FLEETCTL_STRICT_HOST_KEY_CHECKING", "true");
     ctl.ok(&["list-machines"]);
 
+    // No fleetctl on the tunnel host to run fd-forward: its own error, in one line.
+    let mut no_remote = Ctl::new(&dir, &sshd);
+    no_remote.env = ctl.env.clone();
+    no_remote.set("FLEETCTL_REMOTE_FLEETCTL", "/nonexistent/fleetctl");
+    let err = no_remote.fails(&["list-units"]);
+    assert!(
+        err.contains("exited with status 127") && err.contains("/nonexistent/fleetctl"),
+        "{err}"
+    );
+
     // No agent.
     let mut no_agent = Ctl::new(&dir, &sshd);
     no_agent.env = ctl.env.clone();

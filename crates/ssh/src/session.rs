@@ -214,13 +214,15 @@ impl Session {
             .await
             .map_err(|e| self.channel_error(&format!("forwarding to {host}:{port}"), e))?;
         Ok(ChannelIo {
-            stream: channel.into_stream(),
+            inner: Inner::Stream(channel.into_stream()),
             _permit: permit,
         })
     }
 
     /// A remote command's stdin and stdout as one byte stream (fleet's tunnel to a unix
-    /// socket runs `fleetctl fd-forward SOCKET` this way).
+    /// socket runs `fleetctl fd-forward SOCKET` this way). When the command fails (not
+    /// installed there, no socket), reading ends with an error that carries its exit status
+    /// and stderr, not just a closed stream.
     pub async fn exec_stream(&self, command: &str) -> Result<ChannelIo, SshError> {
         let permit = self.slot().await?;
         let channel = self
@@ -232,8 +234,54 @@ impl Session {
             .exec(false, command)
             .await
             .map_err(|e| self.channel_error(&format!("running {command}"), e))?;
+        let (mut read_half, write_half) = channel.split();
+        let writer = Box::pin(write_half.make_writer());
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+        let what = format!("`{command}` on {}", self.name);
+        tokio::spawn(async move {
+            let mut stderr: Vec<u8> = Vec::new();
+            let mut status = None;
+            loop {
+                tokio::select! {
+                    // The stream was dropped: close the channel, so the command ends too.
+                    _ = tx.closed() => {
+                        let _ = write_half.close().await;
+                        return;
+                    }
+                    msg = read_half.wait() => match msg {
+                        Some(ChannelMsg::Data { data }) => {
+                            if tx.send(Ok(data)).await.is_err() {
+                                let _ = write_half.close().await;
+                                return;
+                            }
+                        }
+                        Some(ChannelMsg::ExtendedData { data, .. }) => {
+                            // Enough to say why it failed; the rest is not kept.
+                            let room = 2048usize.saturating_sub(stderr.len());
+                            stderr.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                        Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                        Some(ChannelMsg::Close) | None => break,
+                        Some(_) => {}
+                    }
+                }
+            }
+            if let Some(code) = status.filter(|c| *c != 0) {
+                let said = String::from_utf8_lossy(&stderr);
+                let said = said.trim().replace('\n', "; ");
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "{what} exited with status {code}: {said}"
+                    ))))
+                    .await;
+            }
+        });
         Ok(ChannelIo {
-            stream: channel.into_stream(),
+            inner: Inner::Exec {
+                rx,
+                pending: bytes::Bytes::new(),
+                writer,
+            },
             _permit: permit,
         })
     }
@@ -359,8 +407,19 @@ async fn open_agent(
 
 /// A channel as a byte stream; its slot on the connection is freed when it is dropped.
 pub struct ChannelIo {
-    stream: ChannelStream<client::Msg>,
+    inner: Inner,
     _permit: OwnedSemaphorePermit,
+}
+
+enum Inner {
+    Stream(ChannelStream<client::Msg>),
+    /// A command's stdout as chunks from the task that reads the channel (which also keeps its
+    /// stderr and exit status), and its stdin.
+    Exec {
+        rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+        pending: bytes::Bytes,
+        writer: Pin<Box<dyn AsyncWrite + Send>>,
+    },
 }
 
 impl AsyncRead for ChannelIo {
@@ -369,7 +428,23 @@ impl AsyncRead for ChannelIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        match &mut self.get_mut().inner {
+            Inner::Stream(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Exec { rx, pending, .. } => {
+                while pending.is_empty() {
+                    match rx.poll_recv(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // End of the command's output.
+                        Poll::Ready(None) => return Poll::Ready(Ok(())),
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Some(Ok(data))) => *pending = data,
+                    }
+                }
+                let n = pending.len().min(buf.remaining());
+                buf.put_slice(&pending.split_to(n));
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -379,13 +454,22 @@ impl AsyncWrite for ChannelIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        match &mut self.get_mut().inner {
+            Inner::Stream(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Exec { writer, .. } => writer.as_mut().poll_write(cx, buf),
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        match &mut self.get_mut().inner {
+            Inner::Stream(s) => Pin::new(s).poll_flush(cx),
+            Inner::Exec { writer, .. } => writer.as_mut().poll_flush(cx),
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        match &mut self.get_mut().inner {
+            Inner::Stream(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Exec { writer, .. } => writer.as_mut().poll_shutdown(cx),
+        }
     }
 }
 
