@@ -19,7 +19,7 @@ pub use transport::{BoxStream, ConnectFuture, Stream, TcpTransport, Transport, U
 use crate::types::{self, Machine, MachineMetadataOp, TargetState, Unit, UnitState};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::http::{header, Method, Request, StatusCode, Uri};
+use hyper::http::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::path::PathBuf;
@@ -87,6 +87,117 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// The API prefix the client uses.
 const PREFIX: &str = "/fleet/v1";
 
+/// Where fleetd listens, as `--endpoint` names one of its endpoints. A transport other than the
+/// direct ones (an SSH tunnel) reaches the same place from elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `unix:///path` or `file:///path`.
+    Unix(PathBuf),
+    /// `http://host[:port][/prefix]`: port 80 when none is given; a path is a prefix, as
+    /// behind a reverse proxy (`http://host/fleet-proxy` asks for `/fleet-proxy/fleet/v1/units`).
+    Tcp {
+        host: String,
+        port: u16,
+        prefix: String,
+    },
+}
+
+impl Endpoint {
+    pub fn parse(endpoint: &str) -> Result<Endpoint, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(path) = endpoint
+            .strip_prefix("unix://")
+            .or_else(|| endpoint.strip_prefix("file://"))
+        {
+            if path.is_empty() {
+                return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = endpoint.strip_prefix("http://") {
+            let (authority, prefix) = match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+                None => (rest, ""),
+            };
+            let parsed = match authority.parse::<hyper::http::uri::Authority>() {
+                Ok(a) if !a.host().is_empty() => a,
+                _ => return Err(invalid("want http://HOST:PORT[/PATH]")),
+            };
+            if !prefix.is_empty()
+                && (prefix.contains(['?', '#']) || prefix.parse::<hyper::http::Uri>().is_err())
+            {
+                return Err(invalid(
+                    "the path after HOST:PORT must be a plain path prefix",
+                ));
+            }
+            let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+            return Ok(Endpoint::Tcp {
+                host: host.to_string(),
+                port: parsed.port_u16().unwrap_or(80),
+                prefix: prefix.to_string(),
+            });
+        }
+        if endpoint.starts_with("https://") {
+            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
+        }
+        Err(invalid("want unix:///PATH or http://HOST:PORT"))
+    }
+
+    /// Several endpoints, comma-separated (fleet's `--endpoint`), each with the text that named
+    /// it, in order.
+    pub fn parse_list(endpoints: &str) -> Result<Vec<(String, Endpoint)>, ClientError> {
+        let list = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| Endpoint::parse(e).map(|parsed| (e.to_string(), parsed)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if list.is_empty() {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: endpoints.to_string(),
+                reason: "no endpoint given (want unix:///PATH or http://HOST:PORT)".into(),
+            });
+        }
+        Ok(list)
+    }
+
+    /// The `Host` of requests: fleet showed unix-socket requests as `domain-sock`.
+    pub fn authority(&self) -> String {
+        match self {
+            Endpoint::Unix(_) => "domain-sock".into(),
+            Endpoint::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
+            Endpoint::Tcp { host, port, .. } => format!("{host}:{port}"),
+        }
+    }
+
+    /// The path prefix requests carry before `/fleet/v1`.
+    pub fn prefix(&self) -> &str {
+        match self {
+            Endpoint::Unix(_) => "",
+            Endpoint::Tcp { prefix, .. } => prefix,
+        }
+    }
+
+    /// The transport that reaches the endpoint from this machine.
+    pub fn direct(&self) -> Arc<dyn Transport> {
+        match self {
+            Endpoint::Unix(path) => Arc::new(UnixTransport(path.clone())),
+            Endpoint::Tcp { .. } => Arc::new(TcpTransport(self.authority())),
+        }
+    }
+}
+
+/// One endpoint and the way to it, for [`Client::with_routes`].
+pub struct Route {
+    pub transport: Arc<dyn Transport>,
+    pub endpoint: Endpoint,
+    /// Names the endpoint (and the way) in error messages.
+    pub name: String,
+}
+
 /// A client of fleetd. Cheap to clone.
 ///
 /// It may know several endpoints of the same cluster (fleet's comma-separated `--endpoint`):
@@ -103,71 +214,25 @@ pub struct Client {
 /// One endpoint.
 struct Target {
     http: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
-    /// `http://authority` and the endpoint's path prefix (a reverse proxy's), for request URIs.
+    /// `http://authority` and the endpoint's path prefix, for request URIs.
     base: String,
     /// What the user named, for error messages.
     endpoint: String,
 }
 
 impl Target {
-    fn new(transport: Arc<dyn Transport>, authority: &str, prefix: &str, endpoint: &str) -> Self {
+    fn new(route: Route) -> Self {
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build(Connector(transport));
+            .build(Connector(route.transport));
         Target {
             http,
-            base: format!("http://{authority}{prefix}"),
-            endpoint: endpoint.to_string(),
+            base: format!(
+                "http://{}{}",
+                route.endpoint.authority(),
+                route.endpoint.prefix()
+            ),
+            endpoint: route.name,
         }
-    }
-
-    /// `unix:///path` (or `file:///path`) or `http://host[:port][/prefix]`.
-    fn parse(endpoint: &str) -> Result<Target, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-            reason: reason.to_string(),
-        };
-        if let Some(path) = endpoint
-            .strip_prefix("unix://")
-            .or_else(|| endpoint.strip_prefix("file://"))
-        {
-            if path.is_empty() {
-                return Err(invalid("no socket path (want unix:///var/run/fleet.sock)"));
-            }
-            // fleet showed the host of unix-socket requests as `domain-sock`.
-            let transport = Arc::new(UnixTransport(PathBuf::from(path)));
-            return Ok(Target::new(transport, "domain-sock", "", endpoint));
-        }
-        if let Some(rest) = endpoint.strip_prefix("http://") {
-            // A path after the authority is a prefix, as behind a reverse proxy
-            // (`http://host/fleet-proxy` asks for `/fleet-proxy/fleet/v1/units`).
-            let (authority, prefix) = match rest.find('/') {
-                Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-                None => (rest, ""),
-            };
-            if authority.is_empty() || authority.parse::<Uri>().is_err() {
-                return Err(invalid("want http://HOST:PORT[/PATH]"));
-            }
-            if !prefix.is_empty() && (prefix.contains(['?', '#']) || prefix.parse::<Uri>().is_err())
-            {
-                return Err(invalid(
-                    "the path after HOST:PORT must be a plain path prefix",
-                ));
-            }
-            let addr = if authority
-                .rsplit_once(':')
-                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            {
-                authority.to_string()
-            } else {
-                format!("{authority}:80")
-            };
-            let transport = Arc::new(TcpTransport(addr));
-            return Ok(Target::new(transport, authority, prefix, endpoint));
-        }
-        if endpoint.starts_with("https://") {
-            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
-        }
-        Err(invalid("want unix:///PATH or http://HOST:PORT"))
     }
 }
 
@@ -176,35 +241,22 @@ impl Client {
     /// an optional path prefix (`http://host:port/fleet-proxy`); several, comma-separated, are
     /// tried in order.
     pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let targets = endpoint
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(Target::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        if targets.is_empty() {
-            return Err(ClientError::InvalidEndpoint {
-                endpoint: endpoint.to_string(),
-                reason: "no endpoint given (want unix:///PATH or http://HOST:PORT)".into(),
-            });
-        }
-        Ok(Client::with_targets(targets, opts))
+        let routes = Endpoint::parse_list(endpoint)?
+            .into_iter()
+            .map(|(name, endpoint)| Route {
+                transport: endpoint.direct(),
+                endpoint,
+                name,
+            })
+            .collect();
+        Ok(Client::with_routes(routes, opts))
     }
 
-    /// A client over any transport. `authority` is the `Host` sent; `endpoint` names the
-    /// server in error messages.
-    pub fn with_transport(
-        transport: Arc<dyn Transport>,
-        authority: &str,
-        endpoint: &str,
-        opts: ClientOptions,
-    ) -> Client {
-        Client::with_targets(vec![Target::new(transport, authority, "", endpoint)], opts)
-    }
-
-    fn with_targets(targets: Vec<Target>, opts: ClientOptions) -> Client {
+    /// A client of endpoints reached through transports of the caller's (an SSH tunnel), tried
+    /// in order as with [`Client::new`].
+    pub fn with_routes(routes: Vec<Route>, opts: ClientOptions) -> Client {
         Client {
-            targets: targets.into(),
+            targets: routes.into_iter().map(Target::new).collect(),
             current: Arc::new(AtomicUsize::new(0)),
             timeout: opts.request_timeout,
         }
@@ -554,6 +606,30 @@ mod tests {
         assert_eq!(
             bases("unix:///a.sock, http://h:1/p"),
             ["http://domain-sock", "http://h:1/p"]
+        );
+        assert_eq!(
+            Endpoint::parse("http://fleet.example").unwrap(),
+            Endpoint::Tcp {
+                host: "fleet.example".into(),
+                port: 80,
+                prefix: String::new(),
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("http://gw:8080/fleet-proxy/").unwrap(),
+            Endpoint::Tcp {
+                host: "gw".into(),
+                port: 8080,
+                prefix: "/fleet-proxy".into(),
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:49153").unwrap().authority(),
+            "[::1]:49153"
+        );
+        assert_eq!(
+            Endpoint::parse("file:///run/fleet.sock").unwrap(),
+            Endpoint::Unix("/run/fleet.sock".into())
         );
         for bad in [
             "",

@@ -16,5 +16,5 @@
 pub mod client;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientOptions};
+pub use client::{Client, ClientError, ClientOptions, Endpoint};
 pub use types::TargetState;

@@ -21,6 +21,25 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// `--strict-host-key-checking`'s values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKeyChecking {
+    Off,
+    /// Ask on first contact.
+    Ask,
+    /// OpenSSH's `accept-new`: add unknown hosts without asking.
+    AcceptNew,
+}
+
+fn host_key_checking(s: &str) -> Result<HostKeyChecking, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "accept-new" => Ok(HostKeyChecking::AcceptNew),
+        "1" | "t" | "true" | "y" | "yes" | "on" => Ok(HostKeyChecking::Ask),
+        "0" | "f" | "false" | "n" | "no" | "off" => Ok(HostKeyChecking::Off),
+        _ => Err(format!("{s:?}: want true, false or accept-new")),
+    }
+}
+
 fn nonnegative_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
@@ -103,7 +122,7 @@ pub struct Global {
     #[arg(long, global = true, env = "FLEETCTL_CA_FILE", alias = "etcd-cafile")]
     pub ca_file: Option<String>,
 
-    /// File used to store remote machine fingerprints (SSH; not supported yet)
+    /// File used to store remote machine fingerprints (OpenSSH's format; hashed entries are read)
     #[arg(
         long,
         global = true,
@@ -112,19 +131,21 @@ pub struct Global {
     )]
     pub known_hosts_file: String,
 
-    /// Verify host keys presented by remote machines before initiating SSH connections
+    /// Verify host keys presented by remote machines before initiating SSH connections: true
+    /// (ask on first contact, refuse a changed key), false (no checking), or accept-new (add
+    /// unknown hosts without asking, still refuse a changed key)
     #[arg(long, global = true, env = "FLEETCTL_STRICT_HOST_KEY_CHECKING", num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value = "true",
-          value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
-    pub strict_host_key_checking: bool,
+          value_parser = host_key_checking, hide_possible_values = true, action = ArgAction::Set)]
+    pub strict_host_key_checking: HostKeyChecking,
 
     /// Amount of time in seconds to allow for SSH connection initialization before failing
     #[arg(long, global = true, env = "FLEETCTL_SSH_TIMEOUT", default_value = "10.0",
           value_parser = positive_seconds)]
     pub ssh_timeout: f64,
 
-    /// Establish an SSH tunnel through the provided address for communication with fleet
-    /// (not supported yet)
+    /// Establish an SSH tunnel through the provided address (HOST[:PORT]) for communication
+    /// with fleet
     #[arg(long, global = true, env = "FLEETCTL_TUNNEL")]
     pub tunnel: Option<String>,
 
@@ -133,7 +154,7 @@ pub struct Global {
           value_parser = positive_seconds)]
     pub request_timeout: f64,
 
-    /// Username to use when connecting to CoreOS instance (SSH; not supported yet)
+    /// Username to use when connecting to CoreOS instance
     #[arg(
         long,
         global = true,
@@ -141,6 +162,17 @@ pub struct Global {
         default_value = "core"
     )]
     pub ssh_username: String,
+
+    /// The fleetctl that SSH runs on remote machines: `fd-forward` for --tunnel, and the status
+    /// and journal of units run by the process supervisor
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "FLEETCTL_REMOTE_FLEETCTL",
+        default_value = "fleetctl"
+    )]
+    pub remote_fleetctl: String,
 
     /// DEPRECATED: do not use this flag.
     #[arg(long, global = true, hide = true, env = "FLEETCTL_EXPERIMENTAL_API", num_args = 0..=1,
@@ -251,7 +283,8 @@ pub enum Command {
         alone unless --replace. Exits 1 when any unit did not come over as it is in fleet.\n\n\
         Move a cluster: stop the Go fleetds (the units keep running under systemd), run\n\
         \tfleetctl import-v2 http://127.0.0.1:2379\n\
-        against one fleetd of ours, then start ours on every machine: they adopt the running units."
+        against one fleetd of ours, then start ours on every machine: each starts the units placed\n\
+        on it, and systemd leaves a unit that already runs as it is."
     )]
     ImportV2 {
         /// Print what would be imported, and change nothing
@@ -265,7 +298,13 @@ pub enum Command {
         etcd_url: String,
     },
 
-    /// Print the journal of a unit in the cluster to stdout (not supported yet)
+    /// Print the journal of a unit in the cluster to stdout
+    #[command(
+        long_about = "Print the journal of a unit in the cluster to stdout.\n\n\
+        Runs `journalctl --unit UNIT --no-pager -n LINES --output MODE [-f]` on the unit's machine\n\
+        (over SSH unless it is this one). On a machine without systemd, whose units the process\n\
+        supervisor runs, prints the supervisor's kept output of the unit instead (modes short, cat)."
+    )]
     Journal {
         /// Number of recent log lines to return
         #[arg(long, default_value_t = 10)]
@@ -359,7 +398,12 @@ pub enum Command {
         units: Vec<String>,
     },
 
-    /// Open interactive shell on a machine in the cluster (not supported yet)
+    /// Open interactive shell on a machine in the cluster
+    #[command(long_about = "Open interactive shell on a machine in the cluster.\n\n\
+        MACHINE is a unique prefix of a machine id, UNIT a unit whose machine to reach. With a\n\
+        command, runs it there and exits with its exit code. Keys come from ssh-agent only\n\
+        (SSH_AUTH_SOCK). Through --tunnel, the machine is reached through the tunnel host.\n\n\
+        \tfleetctl ssh 2444264c\n\tfleetctl ssh hello.service systemctl status hello")]
     Ssh {
         /// Open SSH connection to machine running provided unit.
         #[arg(long)]
@@ -404,8 +448,9 @@ pub enum Command {
     /// Output the status of one or more units in the cluster
     #[command(
         long_about = "Output the status of one or more units in the cluster.\n\n\
-        Runs `systemctl status -l UNIT` when the unit runs on this machine; over SSH to other\n\
-        machines is not supported yet."
+        Runs `systemctl status -l UNIT` on the unit's machine: here when it is this machine, else\n\
+        over SSH. On a machine without systemd, whose units the process supervisor runs, shows the\n\
+        supervisor's state of the unit and its last output."
     )]
     Status {
         /// Port of SSH server running on the host to connect to
@@ -460,6 +505,29 @@ pub enum Command {
 
     /// Print the version and exit
     Version,
+
+    /// `status` of units on this machine (systemd's, or the process supervisor's): what
+    /// `fleetctl status` runs on a unit's machine over SSH. Hidden: not for users.
+    #[command(name = "local-status", hide = true)]
+    LocalStatus {
+        #[arg(value_name = "UNIT")]
+        units: Vec<String>,
+    },
+
+    /// `journal` of a unit on this machine: what `fleetctl journal` runs over SSH. Hidden.
+    #[command(name = "local-journal", hide = true)]
+    LocalJournal {
+        #[arg(long, default_value_t = 10)]
+        lines: u32,
+        #[arg(short = 'f', long, num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false",
+              value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+        follow: bool,
+        #[arg(long, default_value = "short")]
+        output: String,
+        #[arg(value_name = "UNIT")]
+        unit: String,
+    },
 
     /// Write fleetctl's manual pages (fleetctl.1, fleetctl-COMMAND.1) into DIR, as the fleet
     /// package installs them; hidden because only packagers need it (users read `man fleetctl`).

@@ -33,7 +33,7 @@ fn limits(block: &Block) -> Limits {
 }
 
 /// Mangled names in the order given, without repeats.
-fn names(args: &[String]) -> Vec<String> {
+pub fn names(args: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for a in args {
         let n = unit::mangle(a);
@@ -446,125 +446,5 @@ pub async fn cat(fleet: &Fleet, args: &[String]) -> i32 {
             eprintln!("Error retrieving Unit {name}: {e}");
             1
         }
-    }
-}
-
-/// This machine's id, as fleetd reads it by default.
-fn local_machine_id() -> Option<String> {
-    std::fs::read_to_string("/etc/machine-id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-/// Where `unit` runs, for `status`/`journal`: `Ok(true)` on this machine, `Ok(false)` elsewhere
-/// (with a message printed), `Err(code)` when it runs nowhere.
-async fn runs_here(fleet: &Fleet, name: &str, global_ok: bool) -> Result<bool, i32> {
-    let unit = match fleet.unit(name).await {
-        Ok(Some(u)) => u,
-        Ok(None) => {
-            eprintln!("Unit {name} does not exist.");
-            return Err(1);
-        }
-        Err(e) => {
-            eprintln!("Error retrieving unit {name}: {e}");
-            return Err(1);
-        }
-    };
-    let here = local_machine_id();
-    if fields::is_global(&unit) {
-        if !global_ok {
-            eprintln!("Unable to get journal for global unit {name}. Check on a machine-by-machine basis.");
-            return Err(1);
-        }
-        let states = fleet.unit_states(Some(name)).await.unwrap_or_default();
-        if states.is_empty() {
-            eprintln!("Unit {name} does not appear to be loaded.");
-            return Err(1);
-        }
-        if here.is_some_and(|h| states.iter().any(|s| s.machine_id == h)) {
-            return Ok(true);
-        }
-        eprintln!("Global unit {name} does not run on this machine; fleetctl over SSH is not supported yet: run the command on one of its machines.");
-        return Ok(false);
-    }
-    if unit.machine_id.is_empty() || unit.current_state == "inactive" {
-        eprintln!("Unit {name} does not appear to be loaded.");
-        return Err(1);
-    }
-    if here.as_deref() == Some(unit.machine_id.as_str()) {
-        return Ok(true);
-    }
-    eprintln!(
-        "Unit {name} runs on machine {}; fleetctl over SSH is not supported yet: run the command there.",
-        unit.machine_id
-    );
-    Ok(false)
-}
-
-fn run_local(program: &str, args: &[String]) -> i32 {
-    match std::process::Command::new(program).args(args).status() {
-        Ok(status) => status.code().unwrap_or(1),
-        Err(e) => {
-            eprintln!("Unable to run {program}: {e}");
-            1
-        }
-    }
-}
-
-pub async fn status(fleet: &Fleet, args: &[String]) -> i32 {
-    if args.is_empty() {
-        eprintln!("No units given");
-        return 0;
-    }
-    let mut code = 0;
-    for name in names(args) {
-        let rc = match runs_here(fleet, &name, true).await {
-            Ok(true) => run_local("systemctl", &["status".into(), "-l".into(), name.clone()]),
-            Ok(false) => 1,
-            Err(c) => c,
-        };
-        if code == 0 {
-            code = rc;
-        }
-    }
-    code
-}
-
-pub struct JournalArgs {
-    pub lines: u32,
-    pub follow: bool,
-    pub sudo: bool,
-    pub output: String,
-}
-
-pub async fn journal(fleet: &Fleet, args: &[String], j: &JournalArgs) -> i32 {
-    let [arg] = args else {
-        eprintln!("One unit file must be provided.");
-        return 1;
-    };
-    let name = unit::mangle(arg);
-    match runs_here(fleet, &name, false).await {
-        Ok(true) => {}
-        Ok(false) => return 1,
-        Err(c) => return c,
-    }
-    let mut cmd: Vec<String> = vec![
-        "journalctl".into(),
-        "--unit".into(),
-        name,
-        "--no-pager".into(),
-        "-n".into(),
-        j.lines.to_string(),
-        "--output".into(),
-        j.output.clone(),
-    ];
-    if j.follow {
-        cmd.push("-f".into());
-    }
-    if j.sudo {
-        run_local("sudo", &cmd)
-    } else {
-        run_local("journalctl", &cmd[1..])
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Layout: [`cli`] (flags), [`commands`] (the flows, I/O), and the pure decisions they use:
 //! [`create`] (lazy creation, `--replace`), [`plan`] (state changes per command), [`wait`]
-//! (when a wait is over), [`fields`] + [`tabwriter`] (tables).
+//! (when a wait is over), [`fields`] + [`tabwriter`] (tables). [`remote`] is everything over
+//! SSH (the `--tunnel`, `ssh`, `status`, `journal`), on the `fleet-ssh` crate.
 
 pub mod cli;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod fields;
 pub mod importv2;
 pub mod output;
 pub mod plan;
+pub mod remote;
 pub mod tabwriter;
 pub mod wait;
 
@@ -79,19 +81,15 @@ where
                 }
             }
         }
-        Command::Ssh { .. } => {
-            eprintln!("fleetctl ssh is not supported yet; use ssh to the machine (fleetctl list-machines shows their IPs)");
-            return 1;
-        }
+        Command::LocalStatus { units } => return remote::local_status(&units),
+        Command::LocalJournal {
+            lines,
+            follow,
+            output,
+            unit,
+        } => return remote::local_journal(&unit, lines, follow, &output),
         _ => {}
     }
-    let fleet = match connect(&cli.global) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("Unable to initialize client: {e}");
-            return 1;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,16 +100,33 @@ where
             return 1;
         }
     };
-    if let Command::ImportV2 {
-        dry_run,
-        replace,
-        etcd_url,
-    } = &command
-    {
-        let prefix = &cli.global.etcd_key_prefix;
-        return runtime.block_on(importv2::run(&fleet, etcd_url, prefix, *dry_run, *replace));
-    }
-    runtime.block_on(dispatch(&fleet, command))
+    runtime.block_on(async {
+        // The tunnel first, as fleet: every request goes through it.
+        let ssh = match remote::Ssh::new(&cli.global).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fleetctl: {e}");
+                return 1;
+            }
+        };
+        let fleet = match connect(&cli.global, &ssh) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("Unable to initialize client: {e}");
+                return 1;
+            }
+        };
+        if let Command::ImportV2 {
+            dry_run,
+            replace,
+            etcd_url,
+        } = &command
+        {
+            let prefix = &cli.global.etcd_key_prefix;
+            return importv2::run(&fleet, etcd_url, prefix, *dry_run, *replace).await;
+        }
+        dispatch(&fleet, &ssh, command).await
+    })
 }
 
 fn print_help() -> i32 {
@@ -152,13 +167,9 @@ fn print_generated(text: std::io::Result<Vec<u8>>) -> i32 {
     }
 }
 
-/// The API client the global flags describe, or why there is none.
-pub fn connect(global: &Global) -> Result<client::Fleet, String> {
-    if let Some(tunnel) = global.tunnel.as_deref().filter(|t| !t.is_empty()) {
-        return Err(format!(
-            "--tunnel {tunnel}: SSH tunnels are not supported yet; run fleetctl on a machine of the cluster, or forward fleetd's API with `ssh -L` and point --endpoint at it"
-        ));
-    }
+/// The API client the global flags describe (through the SSH tunnel when there is one), or
+/// why there is none.
+pub fn connect(global: &Global, ssh: &remote::Ssh) -> Result<client::Fleet, String> {
     if global.driver.eq_ignore_ascii_case("etcd") {
         return Err("--driver=etcd is not supported: this fleetctl only talks to fleetd's API (--driver=API); point --endpoint at fleetd (default unix:///var/run/fleet.sock)".into());
     }
@@ -190,11 +201,29 @@ pub fn connect(global: &Global) -> Result<client::Fleet, String> {
     let opts = api::ClientOptions {
         request_timeout: Duration::from_secs_f64(global.request_timeout),
     };
-    let client = api::Client::new(endpoint, opts).map_err(|e| e.to_string())?;
+    let client = match ssh.tunnel() {
+        None => api::Client::new(endpoint, opts).map_err(|e| e.to_string())?,
+        Some(session) => {
+            let mut routes = Vec::new();
+            for (name, endpoint) in
+                api::Endpoint::parse_list(endpoint).map_err(|e| e.to_string())?
+            {
+                let transport = ssh
+                    .tunnel_transport(&endpoint)
+                    .ok_or_else(|| "the SSH tunnel is gone".to_string())?;
+                routes.push(api::client::Route {
+                    transport,
+                    endpoint,
+                    name: format!("{name} through the SSH tunnel to {}", session.name()),
+                });
+            }
+            api::Client::with_routes(routes, opts)
+        }
+    };
     Ok(client::Fleet::new(client, global.debug))
 }
 
-async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
+async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) -> i32 {
     let out = Arc::new(output::Output::new());
     match command {
         Command::Submit { replace, units } => commands::submit(fleet, &units, &replace, out).await,
@@ -224,22 +253,38 @@ async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
         Command::ListUnits { list } => commands::list_units(fleet, &list).await,
         Command::ListUnitFiles { list } => commands::list_unit_files(fleet, &list).await,
         Command::ListMachines { list } => commands::list_machines(fleet, &list).await,
-        Command::Status { units, .. } => commands::status(fleet, &units).await,
+        Command::Status { units, ssh_port } => remote::status(fleet, ssh, &units, ssh_port).await,
         Command::Journal {
             lines,
             follow,
             sudo,
             output,
             units,
-            ..
+            ssh_port,
         } => {
-            let j = commands::JournalArgs {
+            let j = remote::JournalArgs {
                 lines,
                 follow,
                 sudo,
                 output,
             };
-            commands::journal(fleet, &units, &j).await
+            remote::journal(fleet, ssh, &units, &j, ssh_port).await
+        }
+        Command::Ssh {
+            unit,
+            machine,
+            forward_agent,
+            ssh_port,
+            args,
+        } => {
+            let a = remote::SshArgs {
+                unit,
+                machine,
+                forward_agent,
+                ssh_port,
+                args,
+            };
+            remote::ssh(fleet, ssh, a).await
         }
         Command::Version
         | Command::Verify { .. }
@@ -247,7 +292,8 @@ async fn dispatch(fleet: &client::Fleet, command: Command) -> i32 {
         | Command::Completion { .. }
         | Command::Man { .. }
         | Command::ImportV2 { .. }
-        | Command::Ssh { .. } => unreachable_command(),
+        | Command::LocalStatus { .. }
+        | Command::LocalJournal { .. } => unreachable_command(),
     }
 }
 

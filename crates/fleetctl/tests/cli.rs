@@ -16,6 +16,8 @@ fn fleetctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
+    // SSH errors are the same wherever the tests run: no agent.
+    cmd.env_remove("SSH_AUTH_SOCK");
     // Nothing listens here, whatever the machine running the tests has at the default socket.
     cmd.env(
         "FLEETCTL_ENDPOINT",
@@ -170,17 +172,17 @@ fn cannot_connect_names_the_endpoint_and_suggests_fleetd() {
 
 #[test]
 fn unsupported_connections_are_clear_errors() {
-    let o = fleetctl(&["--tunnel", "10.0.0.1", "list-units"]);
+    // A tunnel host that does not parse is refused before any connection.
+    let o = fleetctl(&["--tunnel", "10.0.0.1:notaport", "list-units"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o.stderr).contains("not supported yet"),
-        "{}",
-        text(&o.stderr)
-    );
+    assert!(text(&o.stderr).contains("--tunnel"), "{}", text(&o.stderr));
 
+    // No agent: one line saying so, before reaching any host.
     let o = fleetctl_env(&["list-units"], &[("FLEETCTL_TUNNEL", "10.0.0.1")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("--tunnel"));
+    let err = text(&o.stderr);
+    assert!(err.contains("SSH_AUTH_SOCK"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
     let o = fleetctl(&["--driver=etcd", "list-units"]);
     assert_eq!(o.status.code(), Some(1));
@@ -198,9 +200,17 @@ fn unsupported_connections_are_clear_errors() {
     let err = text(&o.stderr);
     assert!(err.contains("TLS") && err.contains("--ca-file"), "{err}");
 
+    // ssh looks the machine up through the API first.
     let o = fleetctl(&["ssh", "abc"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("not supported yet"));
+    assert!(
+        text(&o.stderr).contains("fleetctl-test"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = fleetctl(&["--strict-host-key-checking=maybe", "list-units"]);
+    assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]

@@ -42,6 +42,7 @@
 
 pub mod config;
 mod error;
+pub mod inspect;
 pub mod log;
 mod manager;
 mod open;

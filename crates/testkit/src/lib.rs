@@ -10,6 +10,7 @@
 
 pub mod etcd;
 pub mod nspawn;
+pub mod sshd;
 
 /// Reports that a test cannot run here because `why` (a missing prerequisite: etcd, nspawn,
 /// root). Outside CI the test prints the reason and skips; with `CI=true` a skip would let a
