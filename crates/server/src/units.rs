@@ -1,8 +1,8 @@
 //! `/units`: list, get, create or change (`PUT`), destroy.
 
-use crate::body::{check_content_type, read_body};
+use crate::body::{check_content_type, decode_json, read_body};
 use crate::error::{empty, json_response, ApiError};
-use crate::state::{cached, next_token, page_of, remember, token, ApiState};
+use crate::state::{cached, in_range, next_token, page_of, remember, token, ApiState};
 use api::types;
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -50,6 +50,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
             )
         }
     };
+    in_range(&token, all.len())?;
     let (units, next) = page_of(&all, &token, revision);
     Ok(json_response(
         StatusCode::OK,
@@ -60,7 +61,16 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
     ))
 }
 
+/// 400 naming what is wrong with a unit name of a URL: no unit can have it, so a lookup would
+/// only answer "does not exist" and hide the mistake.
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
+    unit::UnitName::parse(name)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    check_name(name)?;
     match s.op("get_unit", s.registry.unit_view(name)).await? {
         Some(v) => Ok(json_response(StatusCode::OK, &api_unit(v, false))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist")),
@@ -68,6 +78,7 @@ pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> 
 }
 
 pub(crate) async fn delete(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    check_name(name)?;
     if s.op("destroy_unit", s.registry.destroy_unit(name)).await? {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
@@ -86,8 +97,7 @@ pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String>
 pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
     check_content_type(&req)?;
     let body = read_body(req, s.max_body_bytes).await?;
-    let mut su: types::Unit = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    let mut su: types::Unit = decode_json(&body)?;
     if su.name.is_empty() {
         su.name = item.to_string();
     }
