@@ -126,7 +126,7 @@ pub fn not_found_message(path: &str) -> String {
                 .find_map(|r| rest.strip_prefix(r))
         });
     match item {
-        Some(name) if name.is_empty() => {
+        Some("") => {
             format!("not found: {shown:?} names no unit (the unit name is empty)")
         }
         Some(name) => format!(

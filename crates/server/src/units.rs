@@ -97,6 +97,13 @@ pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String>
 pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
     check_content_type(&req)?;
     let body = read_body(req, s.max_body_bytes).await?;
+    // serde reads a struct from an array too (`[]` is a unit with no fields); fleet's Go
+    // decoder did not, and an array here is a client's mistake to name.
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "unable to decode body: want a JSON object (a unit), got an array",
+        ));
+    }
     let mut su: types::Unit = decode_json(&body)?;
     if su.name.is_empty() {
         su.name = item.to_string();
