@@ -39,9 +39,9 @@ mod units;
 
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use error::ApiError;
-pub use machines::metadata_changes;
+pub use machines::{decode_patch, metadata_changes};
 pub use state::{ApiState, MetricsSource};
-pub use units::validate_options;
+pub use units::{decode_put, validate_options, DecodedPut};
 
 use crate::routes::{decode_path, route, Route};
 use axum::extract::{Request, State};

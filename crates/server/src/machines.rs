@@ -106,10 +106,15 @@ pub fn metadata_changes(ops: &[types::MachineMetadataOp]) -> Result<Vec<Metadata
         .collect()
 }
 
+/// Decodes and validates the body of `PATCH /machines` into the changes to make, all or none.
+pub fn decode_patch(body: &[u8]) -> Result<Vec<MetadataChange>, ApiError> {
+    let ops: Vec<types::MachineMetadataOp> = decode_json(body)?;
+    metadata_changes(&ops).map_err(ApiError::bad_request)
+}
+
 pub(crate) async fn patch(s: &ApiState, req: Request) -> Result<Response, ApiError> {
     let body = read_body(req, s.max_body_bytes).await?;
-    let ops: Vec<types::MachineMetadataOp> = decode_json(&body)?;
-    let changes = metadata_changes(&ops).map_err(ApiError::bad_request)?;
+    let changes = decode_patch(&body)?;
     if !changes.is_empty() {
         s.op("set_metadata", s.registry.set_metadata(&changes))
             .await?;

@@ -94,9 +94,21 @@ pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
-    check_content_type(&req)?;
-    let body = read_body(req, s.max_body_bytes).await?;
+/// A `PUT /units/<item>` body decoded and checked as far as that can be done without the
+/// registry: what [`decode_put`] returns.
+#[derive(Debug)]
+pub struct DecodedPut {
+    pub unit: types::Unit,
+    pub name: unit::UnitName,
+    pub desired: Option<TargetState>,
+    pub file: unit::UnitFile,
+}
+
+/// Decodes the body of `PUT /units/<item>`: a JSON object (not UTF-8, an array, wrong types
+/// and a name other than the URL's are refused, naming the problem), a valid unit name and a
+/// valid `desiredState`. The options are checked later, and only when the request would store
+/// them ([`validate_options`]).
+pub fn decode_put(item: &str, body: &[u8]) -> Result<DecodedPut, ApiError> {
     // serde reads a struct from an array too (`[]` is a unit with no fields); fleet's Go
     // decoder did not, and an array here is a client's mistake to name.
     if body.trim_ascii_start().first() == Some(&b'[') {
@@ -104,7 +116,7 @@ pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Respon
             "unable to decode body: want a JSON object (a unit), got an array",
         ));
     }
-    let mut su: types::Unit = decode_json(&body)?;
+    let mut su: types::Unit = decode_json(body)?;
     if su.name.is_empty() {
         su.name = item.to_string();
     }
@@ -121,10 +133,27 @@ pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Respon
             su.desired_state
         ))
     })?;
+    let file = su.file();
+    Ok(DecodedPut {
+        unit: su,
+        name,
+        desired,
+        file,
+    })
+}
+
+pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
+    check_content_type(&req)?;
+    let body = read_body(req, s.max_body_bytes).await?;
+    let DecodedPut {
+        unit: su,
+        name,
+        desired,
+        file,
+    } = decode_put(item, &body)?;
     let activate_template =
         name.is_template() && desired.is_some_and(|d| d != TargetState::Inactive);
 
-    let file = su.file();
     // The common case, a new unit, costs one transaction; anything else reads what exists.
     // Options are validated first, as a create would: a stored unit passed the same check.
     if !su.options.is_empty() {
