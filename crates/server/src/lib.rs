@@ -39,9 +39,9 @@ mod units;
 
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use error::ApiError;
-pub use machines::metadata_changes;
+pub use machines::{decode_patch, metadata_changes};
 pub use state::{ApiState, MetricsSource};
-pub use units::validate_options;
+pub use units::{decode_put, validate_options, DecodedPut};
 
 use crate::routes::{decode_path, route, Route};
 use axum::extract::{Request, State};
@@ -77,9 +77,10 @@ fn method_label(m: &str) -> &'static str {
 async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
     let method = req.method().as_str().to_string();
     tracing::debug!(method = %method, uri = %req.uri(), "HTTP request");
-    let r = match decode_path(req.uri().path()) {
-        Some(path) => route(&method, &path),
-        None => Route::NotFound,
+    let path = decode_path(req.uri().path());
+    let r = match &path {
+        Some(path) => route(&method, path),
+        None => Route::InvalidPath,
     };
     let label = r.label();
     let mut resp = if r != Route::Metrics && !s.is_available() {
@@ -89,7 +90,7 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
         )
         .into_response()
     } else {
-        match dispatch(&s, r, req).await {
+        match dispatch(&s, r, path.as_deref().unwrap_or_default(), req).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         }
@@ -102,7 +103,7 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
     resp
 }
 
-async fn dispatch(s: &ApiState, r: Route, req: Request) -> Result<Response, ApiError> {
+async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Response, ApiError> {
     let query = req.uri().query().map(str::to_string);
     match r {
         Route::Discovery => {
@@ -117,7 +118,13 @@ async fn dispatch(s: &ApiState, r: Route, req: Request) -> Result<Response, ApiE
             "only HTTP GET supported against this resource",
         )),
         Route::MethodNotAllowed(msg) => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, msg)),
-        Route::NotFound => Err(ApiError::new(StatusCode::NOT_FOUND, "not found")),
+        Route::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            routes::not_found_message(path),
+        )),
+        Route::InvalidPath => Err(ApiError::bad_request(
+            "the URL path is not valid UTF-8 once percent-decoded; unit names are ASCII",
+        )),
         Route::Metrics => Ok(metrics(s)),
         Route::UnitsList => units::list(s, query.as_deref()).await,
         Route::UnitGet(name) => units::get(s, &name).await,

@@ -1,8 +1,8 @@
 //! `/machines`: the cluster's machines, and `PATCH` of their metadata.
 
-use crate::body::read_body;
+use crate::body::{decode_json, read_body};
 use crate::error::{empty, json_response, ApiError};
-use crate::state::{next_token, token, ApiState};
+use crate::state::{in_range, next_token, token, ApiState};
 use crate::token::paginate;
 use api::types;
 use axum::extract::Request;
@@ -30,6 +30,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
         })
         .collect();
     machines.sort_by(|a, b| a.id.cmp(&b.id));
+    in_range(&token, machines.len())?;
     let (machines, next) = paginate(machines, &token, read.revision);
     Ok(json_response(
         StatusCode::OK,
@@ -40,16 +41,24 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
     ))
 }
 
-/// Splits `/<machineID>/metadata/<key>`; the key is `[A-Za-z0-9_.-]+` as in fleet.
+/// Splits `/<machineID>/metadata/<key>`; the key is `[A-Za-z0-9_.-]+` as in fleet. Neither
+/// part may be `.` or `..`, and the machine ID follows fleetd's rule for its own (no `/`,
+/// whitespace or control characters): both become parts of registry keys, where a `..` would
+/// read as a step up to anything that treats the keys as paths.
 fn metadata_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix('/')?;
     let (machine, rest) = rest.split_once('/')?;
     let key = rest.strip_prefix("metadata/")?;
+    let dots = |s: &str| s == "." || s == "..";
     let key_ok = !key.is_empty()
+        && !dots(key)
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    (!machine.is_empty() && key_ok).then_some((machine, key))
+    let machine_ok = !machine.is_empty()
+        && !dots(machine)
+        && !machine.chars().any(|c| c.is_whitespace() || c.is_control());
+    (machine_ok && key_ok).then_some((machine, key))
 }
 
 /// Validates every operation before any is applied.
@@ -97,11 +106,15 @@ pub fn metadata_changes(ops: &[types::MachineMetadataOp]) -> Result<Vec<Metadata
         .collect()
 }
 
+/// Decodes and validates the body of `PATCH /machines` into the changes to make, all or none.
+pub fn decode_patch(body: &[u8]) -> Result<Vec<MetadataChange>, ApiError> {
+    let ops: Vec<types::MachineMetadataOp> = decode_json(body)?;
+    metadata_changes(&ops).map_err(ApiError::bad_request)
+}
+
 pub(crate) async fn patch(s: &ApiState, req: Request) -> Result<Response, ApiError> {
     let body = read_body(req, s.max_body_bytes).await?;
-    let ops: Vec<types::MachineMetadataOp> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
-    let changes = metadata_changes(&ops).map_err(ApiError::bad_request)?;
+    let changes = decode_patch(&body)?;
     if !changes.is_empty() {
         s.op("set_metadata", s.registry.set_metadata(&changes))
             .await?;
@@ -134,6 +147,14 @@ mod tests {
             "/m1/metadata/k/x",
             "/m1/meta/k",
             "/m1/metadata/k!",
+            "/../metadata/k",
+            "/./metadata/k",
+            "/m1/metadata/..",
+            "/m1/metadata/.",
+            "/../../etc/metadata/k",
+            "/m1/metadata/../k",
+            "/m 1/metadata/k",
+            "/m\u{0}1/metadata/k",
         ] {
             assert_eq!(metadata_path(bad), None, "{bad}");
         }

@@ -23,6 +23,8 @@ pub enum Route {
     DiscoveryNotGet,
     MethodNotAllowed(&'static str),
     NotFound,
+    /// A URL path whose percent-decoded bytes are not UTF-8 (400).
+    InvalidPath,
 }
 
 impl Route {
@@ -38,6 +40,7 @@ impl Route {
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
+            Route::InvalidPath => "invalid_path",
         }
     }
 }
@@ -108,6 +111,47 @@ pub fn route(method: &str, path: &str) -> Route {
         },
         _ => Route::NotFound,
     }
+}
+
+/// The message of a 404 for the decoded `path`: what is missing, and for a unit name that spans
+/// segments (`a/b.service`, `../x.service`), that a unit name is one segment.
+pub fn not_found_message(path: &str) -> String {
+    let shown = shorten(path);
+    let item = PREFIXES
+        .iter()
+        .find_map(|p| path.strip_prefix(p))
+        .and_then(|rest| {
+            ["/units/", "/state/"]
+                .iter()
+                .find_map(|r| rest.strip_prefix(r))
+        });
+    match item {
+        Some("") => {
+            format!("not found: {shown:?} names no unit (the unit name is empty)")
+        }
+        Some(name) => format!(
+            "not found: {shown:?}: a unit name is one path segment, and {:?} contains \"/\"",
+            shorten(name)
+        ),
+        None => format!(
+            "not found: no resource at {shown:?} (the API is under {} and {})",
+            PREFIXES[0], PREFIXES[1]
+        ),
+    }
+}
+
+/// At most 256 bytes of `s` (cut at a character boundary, marked with `...`), so that an error
+/// about a huge URL stays one readable line.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 256;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// Percent-decodes a URL path as Go's `URL.Path` does; `None` when the bytes are not UTF-8.
@@ -219,5 +263,18 @@ mod tests {
             Route::NotFound
         );
         assert_eq!(decode_path("/%ff"), None);
+    }
+
+    #[test]
+    fn not_found_messages_name_the_problem() {
+        let m = not_found_message("/fleet/v1/units/../../etc/passwd");
+        assert!(m.contains("one path segment"), "{m}");
+        assert!(m.contains("../../etc/passwd"), "{m}");
+        let m = not_found_message("/fleet/v1/state/");
+        assert!(m.contains("empty"), "{m}");
+        let m = not_found_message("/nope");
+        assert!(m.contains("/fleet/v1"), "{m}");
+        let long = format!("/fleet/v1/units/{}/x", "é".repeat(1000));
+        assert!(not_found_message(&long).len() < 700);
     }
 }

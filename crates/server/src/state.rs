@@ -146,15 +146,48 @@ impl ApiState {
                 );
                 read(None).await
             }
+            Err(e) if token.revision.is_some() && !is_unavailable(&e) => {
+                match self.future_revision(token, &read).await {
+                    Some(message) => return Err(ApiError::bad_request(message)),
+                    None => Err(e),
+                }
+            }
             other => other,
         };
         self.metrics.count_registry_op(name, result.is_ok());
         result.map_err(|e| ApiError::registry(name, e))
     }
+
+    /// Why a pinned read failed when its token names a revision the registry has not reached:
+    /// a made-up token, or one of another cluster. The store's own error says only that the
+    /// read failed (a 500), so read the latest revision to tell that case apart.
+    async fn future_revision<T, F, Fut>(&self, token: &PageToken, read: &F) -> Option<String>
+    where
+        F: Fn(Option<Revision>) -> Fut,
+        Fut: Future<Output = registry::Result<AtRevision<T>>>,
+    {
+        let wanted = token.revision?;
+        let latest = read(None).await.ok()?.revision;
+        (wanted > latest).then(|| {
+            format!(
+                "page token out of range: it names registry revision {wanted}, but the registry \
+                 is at {latest}; start again without nextPageToken"
+            )
+        })
+    }
+}
+
+fn is_unavailable(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::Store(StoreError::Unavailable(_)))
 }
 
 pub(crate) fn token(s: &ApiState, query: Option<&str>) -> Result<PageToken, ApiError> {
     PageToken::from_query(query, s.token_limit).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// 400 for a token whose page lies after the last page of a listing of `items` items.
+pub(crate) fn in_range(token: &PageToken, items: usize) -> Result<(), ApiError> {
+    crate::token::check_in_range(token, items).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 pub(crate) fn next_token(next: Option<PageToken>) -> String {

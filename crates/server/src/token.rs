@@ -36,6 +36,16 @@ pub enum TokenError {
     Limit(u16),
     #[error("token page must be greater than zero")]
     PageZero,
+    #[error(
+        "page token out of range: page {page} of a listing of {items} items in pages of {limit} \
+         ({pages} pages); start again without nextPageToken"
+    )]
+    PastEnd {
+        page: u16,
+        limit: u16,
+        items: usize,
+        pages: usize,
+    },
 }
 
 impl PageToken {
@@ -119,6 +129,27 @@ impl PageToken {
             _ => Err(TokenError::TooMany),
         }
     }
+}
+
+/// Refuses a token for a page after the last of a listing of `items` items. The server hands
+/// out a token only when more items follow, so such a token was made up or belongs to another
+/// listing; fleet answered it with an empty page, which a client paging until no token is left
+/// cannot tell from the end of the listing. The first page is always in range (it may be empty),
+/// and so is the page right after the last for fleet's own 4-byte tokens: fleet handed those out
+/// when the items filled the last page exactly, and its clients then asked for that empty page.
+pub fn check_in_range(token: &PageToken, items: usize) -> Result<(), TokenError> {
+    let limit = usize::from(token.limit.max(1));
+    let start = usize::from(token.page.max(1) - 1).saturating_mul(limit);
+    let fleets_extra_page = token.revision.is_none() && start == items;
+    if token.page > 1 && start >= items && !fleets_extra_page {
+        return Err(TokenError::PastEnd {
+            page: token.page,
+            limit: token.limit,
+            items,
+            pages: items.div_ceil(limit),
+        });
+    }
+    Ok(())
 }
 
 /// One page of `items` (already read at `revision`) for `token`, and the token of the next
@@ -252,6 +283,37 @@ mod tests {
                 assert_eq!(pages, total.div_ceil(usize::from(limit)).max(1));
             }
         }
+    }
+
+    #[test]
+    fn pages_past_the_end_are_out_of_range() {
+        let t = |page| PageToken {
+            limit: 2,
+            page,
+            revision: Some(7),
+        };
+        assert_eq!(check_in_range(&t(1), 0), Ok(()));
+        assert_eq!(check_in_range(&t(2), 3), Ok(()));
+        let err = check_in_range(&t(3), 4).unwrap_err();
+        assert_eq!(
+            err,
+            TokenError::PastEnd {
+                page: 3,
+                limit: 2,
+                items: 4,
+                pages: 2
+            }
+        );
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert!(check_in_range(&t(u16::MAX), 5).is_err());
+        // fleet's extra empty page after an exactly full last page, with fleet's tokens only.
+        assert!(check_in_range(&t(3), 4).is_err());
+        let fleet = |page| PageToken {
+            revision: None,
+            ..t(page)
+        };
+        assert_eq!(check_in_range(&fleet(3), 4), Ok(()));
+        assert!(check_in_range(&fleet(4), 4).is_err());
     }
 
     #[test]

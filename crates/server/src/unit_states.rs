@@ -1,7 +1,7 @@
 //! `/state`: the states agents publish, listed (optionally filtered) or read for one unit.
 
 use crate::error::{json_response, ApiError};
-use crate::state::{cached, next_token, page_of, remember, token, ApiState};
+use crate::state::{cached, in_range, next_token, page_of, remember, token, ApiState};
 use crate::token::paginate;
 use api::types;
 use axum::http::StatusCode;
@@ -44,6 +44,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
         }
     };
     let (states, next) = if machine.is_none() && unit.is_none() {
+        in_range(&token, all.len())?;
         page_of(&all, &token, revision)
     } else {
         let filtered: Vec<types::UnitState> = all
@@ -52,6 +53,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
             .filter(|st| unit.as_deref().is_none_or(|u| st.name == u))
             .cloned()
             .collect();
+        in_range(&token, filtered.len())?;
         paginate(filtered, &token, revision)
     };
     Ok(json_response(
@@ -64,6 +66,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
 }
 
 pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    crate::units::check_name(name)?;
     let states = s
         .op("states_of_unit", s.registry.states_of_unit(name))
         .await?;

@@ -1,8 +1,8 @@
 //! `/units`: list, get, create or change (`PUT`), destroy.
 
-use crate::body::{check_content_type, read_body};
+use crate::body::{check_content_type, decode_json, read_body};
 use crate::error::{empty, json_response, ApiError};
-use crate::state::{cached, next_token, page_of, remember, token, ApiState};
+use crate::state::{cached, in_range, next_token, page_of, remember, token, ApiState};
 use api::types;
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -50,6 +50,7 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
             )
         }
     };
+    in_range(&token, all.len())?;
     let (units, next) = page_of(&all, &token, revision);
     Ok(json_response(
         StatusCode::OK,
@@ -60,7 +61,16 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
     ))
 }
 
+/// 400 naming what is wrong with a unit name of a URL: no unit can have it, so a lookup would
+/// only answer "does not exist" and hide the mistake.
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
+    unit::UnitName::parse(name)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    check_name(name)?;
     match s.op("get_unit", s.registry.unit_view(name)).await? {
         Some(v) => Ok(json_response(StatusCode::OK, &api_unit(v, false))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist")),
@@ -68,6 +78,7 @@ pub(crate) async fn get(s: &ApiState, name: &str) -> Result<Response, ApiError> 
 }
 
 pub(crate) async fn delete(s: &ApiState, name: &str) -> Result<Response, ApiError> {
+    check_name(name)?;
     if s.op("destroy_unit", s.registry.destroy_unit(name)).await? {
         Ok(empty(StatusCode::NO_CONTENT))
     } else {
@@ -83,11 +94,29 @@ pub fn validate_options(name: &str, file: &unit::UnitFile) -> Result<(), String>
         .map_err(|e| e.to_string())
 }
 
-pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
-    check_content_type(&req)?;
-    let body = read_body(req, s.max_body_bytes).await?;
-    let mut su: types::Unit = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+/// A `PUT /units/<item>` body decoded and checked as far as that can be done without the
+/// registry: what [`decode_put`] returns.
+#[derive(Debug)]
+pub struct DecodedPut {
+    pub unit: types::Unit,
+    pub name: unit::UnitName,
+    pub desired: Option<TargetState>,
+    pub file: unit::UnitFile,
+}
+
+/// Decodes the body of `PUT /units/<item>`: a JSON object (not UTF-8, an array, wrong types
+/// and a name other than the URL's are refused, naming the problem), a valid unit name and a
+/// valid `desiredState`. The options are checked later, and only when the request would store
+/// them ([`validate_options`]).
+pub fn decode_put(item: &str, body: &[u8]) -> Result<DecodedPut, ApiError> {
+    // serde reads a struct from an array too (`[]` is a unit with no fields); fleet's Go
+    // decoder did not, and an array here is a client's mistake to name.
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "unable to decode body: want a JSON object (a unit), got an array",
+        ));
+    }
+    let mut su: types::Unit = decode_json(body)?;
     if su.name.is_empty() {
         su.name = item.to_string();
     }
@@ -104,10 +133,27 @@ pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Respon
             su.desired_state
         ))
     })?;
+    let file = su.file();
+    Ok(DecodedPut {
+        unit: su,
+        name,
+        desired,
+        file,
+    })
+}
+
+pub(crate) async fn put(s: &ApiState, item: &str, req: Request) -> Result<Response, ApiError> {
+    check_content_type(&req)?;
+    let body = read_body(req, s.max_body_bytes).await?;
+    let DecodedPut {
+        unit: su,
+        name,
+        desired,
+        file,
+    } = decode_put(item, &body)?;
     let activate_template =
         name.is_template() && desired.is_some_and(|d| d != TargetState::Inactive);
 
-    let file = su.file();
     // The common case, a new unit, costs one transaction; anything else reads what exists.
     // Options are validated first, as a create would: a stored unit passed the same check.
     if !su.options.is_empty() {

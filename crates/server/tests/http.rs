@@ -380,10 +380,14 @@ async fn unit_listing_shows_placement_state_and_reason() {
 async fn page_tokens() {
     let env = Env::new(100).await;
     env.create("a.service", "inactive").await;
-    // fleet's vectors: limit 100 page 2 is valid (and empty here).
-    let r = env.get("/fleet/v1/units?nextPageToken=ZAACAA==").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json(), json!({}));
+    // fleet's vectors: limit 100 page 2 is well formed, but past the end of one unit: out of
+    // range (fleet answered an empty page).
+    let (code, msg) = env
+        .get("/fleet/v1/units?nextPageToken=ZAACAA==")
+        .await
+        .error();
+    assert_eq!(code, 400);
+    assert!(msg.contains("page token out of range: page 2"), "{msg}");
     let (code, msg) = env
         .get("/fleet/v1/machines?nextPageToken=EwBMLg==")
         .await

@@ -121,22 +121,16 @@ impl UnitFile {
     /// fleet's normalized text: sections in first-seen order, `Name=Value`, one blank line
     /// between sections. This is what is hashed, stored, written for systemd and printed by `cat`.
     pub fn serialize(&self) -> String {
-        let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
-        for option in &self.options {
-            match sections.iter_mut().find(|(s, _)| *s == option.section) {
-                Some((_, group)) => group.push(option),
-                None => sections.push((&option.section, vec![option])),
-            }
-        }
         let mut out = String::new();
-        for (i, (section, group)) in sections.iter().enumerate() {
+        for (i, group) in self.section_groups().iter().enumerate() {
             if i > 0 {
                 out.push('\n');
             }
             out.push('[');
-            out.push_str(section);
+            out.push_str(&self.options[group[0]].section);
             out.push_str("]\n");
-            for option in group {
+            for &o in group {
+                let option = &self.options[o];
                 out.push_str(&option.name);
                 out.push('=');
                 out.push_str(&option.value);
@@ -144,6 +138,22 @@ impl UnitFile {
             }
         }
         out
+    }
+
+    /// Indices of the options grouped by section, sections in first-seen order. One pass with
+    /// an index by section name: a unit whose sections repeat thousands of times (hostile input
+    /// through the API) would otherwise cost time quadratic in its number of options.
+    fn section_groups(&self) -> Vec<Vec<usize>> {
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, option) in self.options.iter().enumerate() {
+            let g = *index.entry(option.section.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        groups
     }
 
     /// SHA-1 of [`UnitFile::serialize`].
@@ -176,16 +186,11 @@ impl UnitFile {
     /// order [`UnitFile::serialize`] writes them in. Same hash; equal to `parse(serialize())` for
     /// representable files.
     pub fn normalized(&self) -> UnitFile {
-        let mut sections: Vec<&str> = Vec::new();
-        for option in &self.options {
-            if !sections.contains(&option.section.as_str()) {
-                sections.push(&option.section);
-            }
-        }
-        let options = sections
-            .iter()
-            .flat_map(|s| self.options.iter().filter(move |o| o.section == *s))
-            .cloned()
+        let options = self
+            .section_groups()
+            .into_iter()
+            .flatten()
+            .map(|i| self.options[i].clone())
             .collect();
         UnitFile { options }
     }
@@ -200,7 +205,8 @@ impl UnitFile {
     /// - value: trimmed; every LF directly follows a `\` (a continuation); every continuation
     ///   line is non-blank, except that the value may end in `\` + LF (a continuation ended by a
     ///   blank line); otherwise it must not end in `\`;
-    /// - every serialized line shorter than [`LINE_MAX`] bytes (counting up to the first CR or LF).
+    /// - every serialized line shorter than [`LINE_MAX`] bytes (counting up to the first CR or LF);
+    /// - no NUL byte anywhere.
     pub fn check_representable(&self) -> Result<(), String> {
         for (i, o) in self.options.iter().enumerate() {
             check_option(o)
@@ -211,6 +217,19 @@ impl UnitFile {
 }
 
 fn check_option(o: &UnitOption) -> Result<(), String> {
+    // A NUL byte cannot be carried by a unit file: systemd reads a line only up to it, so the
+    // unit systemd runs would not be the unit stored and hashed.
+    for (what, text) in [
+        ("section name", &o.section),
+        ("name", &o.name),
+        ("value", &o.value),
+    ] {
+        if let Some(at) = text.find('\0') {
+            return Err(format!(
+                "{what} contains a NUL byte (at byte {at}); unit files are text without NUL"
+            ));
+        }
+    }
     if o.section.contains(']') {
         return Err(format!("section name {:?} contains \"]\"", o.section));
     }

@@ -132,6 +132,33 @@ pub fn expand_specifiers(value: &str, unit_name: &str) -> String {
         .replace("%i", instance)
 }
 
+/// Whether [`expand_specifiers`]`(value, unit_name)` stays within `cap` bytes, found without
+/// building anything larger: each replacement is applied to the previous one's output (as
+/// fleet did, so `%%n` on `Nginx.service` yields a `%N` that the next step expands), and the
+/// length of each step is counted before it is built. `Err` holds the length that went over.
+fn expansion_within(value: &str, unit_name: &str, cap: usize) -> Result<(), usize> {
+    let Some(dot) = unit_name.rfind('.') else {
+        return Ok(());
+    };
+    let stem = &unit_name[..dot];
+    let (prefix, instance) = stem.split_once('@').unwrap_or((stem, ""));
+    let mut current = value.to_string();
+    for (spec, with) in [
+        ("%n", unit_name),
+        ("%N", stem),
+        ("%p", prefix),
+        ("%i", instance),
+    ] {
+        let n = current.matches(spec).count();
+        let len = current.len() - 2 * n + n * with.len();
+        if len > cap {
+            return Err(len);
+        }
+        current = current.replace(spec, with);
+    }
+    Ok(())
+}
+
 /// fleet's `HasMetadata`: whether a machine's `metadata` has every key `required` names (a
 /// unit's `MachineMetadata=`), each with one of the values allowed for it.
 pub fn metadata_matches(
@@ -272,6 +299,25 @@ impl Requirements {
     }
 }
 
+/// The most options a unit may have. systemd sets no limit, and real units have tens; the
+/// bound keeps what one request can make fleetd store, hash, schedule and write small (a 1 MiB
+/// body holds some 25,000 short options), far above any real unit.
+pub const MAX_OPTIONS: usize = 10_000;
+
+/// The most values (after splitting multi-value lines) all `[X-Fleet]` options of a unit may
+/// hold together. Validation and scheduling compare every `MachineOf=` peer with every
+/// `Conflicts=`/`Replaces=` glob, so this bounds that work (500 x 500 matches at most); real
+/// units name a handful of peers and globs.
+pub const MAX_REQUIREMENT_VALUES: usize = 1_000;
+
+/// The longest an `[X-Fleet]` value may grow when its specifiers (`%n %N %p %i`) are
+/// expanded: the same bound as a line of the file, [`crate::LINE_MAX`]. The values are unit
+/// names, globs, machine ids and metadata, all far shorter; without a bound a value of a
+/// thousand `%n` on a 256-byte name would expand to 256 KB, per option. Expansion is one pass
+/// per specifier over the text, never of its own output, and unit names cannot contain `%`, so
+/// it cannot recurse.
+pub const MAX_EXPANDED_VALUE_BYTES: usize = crate::LINE_MAX;
+
 /// Why the API refuses a unit's options (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidUnit {
@@ -285,6 +331,18 @@ pub enum InvalidUnit {
     /// `[X-Fleet]` options that cannot all hold.
     #[error("unresolvable requirements: {0}")]
     Requirements(#[from] RequirementsError),
+    /// More options than [`MAX_OPTIONS`].
+    #[error("too many options: {0} (at most {MAX_OPTIONS} per unit)")]
+    TooManyOptions(usize),
+    /// More `[X-Fleet]` values than [`MAX_REQUIREMENT_VALUES`].
+    #[error("too many [X-Fleet] values: {0} (at most {MAX_REQUIREMENT_VALUES} per unit)")]
+    TooManyRequirementValues(usize),
+    /// An `[X-Fleet]` value longer than [`MAX_EXPANDED_VALUE_BYTES`] once expanded.
+    #[error(
+        "[X-Fleet] {name}= expands to {bytes} bytes or more with its specifiers (at \
+         most {MAX_EXPANDED_VALUE_BYTES}); use fewer specifiers or a shorter unit name"
+    )]
+    ExpansionTooLong { name: String, bytes: usize },
 }
 
 /// fleet's API `ValidateOptions` in full, for a unit about to be created:
@@ -301,6 +359,29 @@ pub enum InvalidUnit {
 /// error here (the API ignored them); see [`Requirements::from_unit_with_warnings`].
 /// Returns the unit's requirements.
 pub fn validate_unit(file: &crate::UnitFile, unit_name: &str) -> Result<Requirements, InvalidUnit> {
+    // The bounds first, before any work that grows with the input.
+    if file.options.len() > MAX_OPTIONS {
+        return Err(InvalidUnit::TooManyOptions(file.options.len()));
+    }
+    let mut values = 0usize;
+    for option in file.options.iter().filter(|o| o.section == FLEET_SECTION) {
+        for value in parse_multivalue(&option.value) {
+            values += 1;
+            if values > MAX_REQUIREMENT_VALUES {
+                return Err(InvalidUnit::TooManyRequirementValues(values));
+            }
+            // Only values with specifiers are bounded: a long literal value is the file's own
+            // size, which the body limit already bounds.
+            if value.contains('%') {
+                expansion_within(&value, unit_name, MAX_EXPANDED_VALUE_BYTES).map_err(|bytes| {
+                    InvalidUnit::ExpansionTooLong {
+                        name: option.name.clone(),
+                        bytes,
+                    }
+                })?;
+            }
+        }
+    }
     crate::UnitFile::parse(&file.serialize())?;
     file.check_representable()
         .map_err(InvalidUnit::Unrepresentable)?;

@@ -18,8 +18,9 @@ pub mod state;
 pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
 pub use fleet::{
     expand_specifiers, is_truthy, metadata_matches, parse_multivalue, validate_unit, InvalidUnit,
-    Requirements, RequirementsError, RequirementsWarning,
+    Requirements, RequirementsError, RequirementsWarning, MAX_EXPANDED_VALUE_BYTES, MAX_OPTIONS,
+    MAX_REQUIREMENT_VALUES,
 };
 pub use hash::UnitHash;
-pub use name::{is_recognized_type, is_template, mangle, NameError, UnitName};
+pub use name::{is_recognized_type, is_template, mangle, NameError, UnitName, UNIT_NAME_MAX};
 pub use state::{TargetState, TargetStateError};

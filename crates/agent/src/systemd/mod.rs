@@ -437,13 +437,29 @@ fn read_units(dir: &Path) -> anyhow::Result<Vec<(String, UnitHash)>> {
 
 /// Writes `text` to `dir/name` (0644) through a temporary file, so systemd never reads half a
 /// file; creates `dir` (0755) if needed.
+/// The path of unit `name`'s file in `dir`, refused unless the name is a single plain file
+/// name: unit names come from the registry, which anything with access to etcd can write, and
+/// `../x.service` must never become a path outside `units_directory`.
+fn unit_file_path(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let mut parts = Path::new(name).components();
+    anyhow::ensure!(
+        matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        ),
+        "invalid unit name {name:?}: not a plain file name in the units directory"
+    );
+    Ok(dir.join(name))
+}
+
 fn write_unit_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let path = unit_file_path(dir, name)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dir)
         .with_context(|| format!("cannot create units directory {}", dir.display()))?;
-    let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
@@ -466,7 +482,7 @@ fn write_unit_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 
 fn check_name(name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        dbus::has_unit_suffix(name) && !name.contains('/') && !name.starts_with('.'),
+        dbus::has_unit_suffix(name) && !name.contains(['/', '\0']) && !name.starts_with('.'),
         "invalid unit name {name:?}: want a file name ending in a unit type such as .service"
     );
     Ok(())
@@ -560,7 +576,7 @@ impl UnitManager for SystemdManager {
             Err(e) if dbus::is_no_such_unit(&e) => {}
             Err(e) => return Err(method_error("ResetFailedUnit", name, e)),
         }
-        let path = self.shared.opts.host_units_directory().join(name);
+        let path = unit_file_path(&self.shared.opts.host_units_directory(), name)?;
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -609,6 +625,45 @@ impl UnitManager for SystemdManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_names_never_become_paths_outside_the_units_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let units = tmp.path().join("run/fleet/units");
+        for name in [
+            "../escape.service",
+            "../../escape.service",
+            "a/../../escape.service",
+            "/tmp/escape.service",
+            "..service",
+            ".hidden.service",
+            "nul\0.service",
+            "",
+        ] {
+            let err =
+                write_unit_file(&units, name, "[Service]\nExecStart=/bin/true\n").expect_err(name);
+            assert!(
+                err.to_string().contains("invalid unit name"),
+                "{name}: {err}"
+            );
+            assert!(unit_file_path(&units, name).is_err(), "{name}");
+        }
+        // Nothing was written anywhere: not even the units directory was made.
+        let mut found = Vec::new();
+        let mut dirs = vec![tmp.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p.clone());
+                }
+                found.push(p);
+            }
+        }
+        assert!(found.is_empty(), "{found:?}");
+        write_unit_file(&units, "ok@x.service", "[Service]\nExecStart=/bin/true\n").unwrap();
+        assert!(units.join("ok@x.service").is_file());
+    }
 
     #[test]
     fn host_paths_carry_the_container_root() {
