@@ -121,7 +121,7 @@ impl Agent {
                 }
                 Some(()) = stopping(&mut machine_stopping) => Input::MachineStopping,
                 Some(machine) = next_machine(&mut self.machine_updates) => Input::MachineRecord(machine),
-                Some(reply) = next_request(&mut self.dumps) => {
+                reply = registry::recv_or_never(&mut self.dumps) => {
                     // The requester may have given up waiting; nothing to do then.
                     let _ = reply.send(core.dump().to_string());
                     continue;
@@ -397,20 +397,6 @@ async fn stopping(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
         Some(())
     } else {
         std::future::pending().await
-    }
-}
-
-/// The next request, or never if there is no requester (any more).
-async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match requests {
-        Some(rx) => match rx.recv().await {
-            Some(request) => Some(request),
-            None => {
-                *requests = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
     }
 }
 

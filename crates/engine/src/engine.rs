@@ -82,7 +82,7 @@ pub async fn run_answering(
                     tokio::select! {
                         _ = &mut retry => break,
                         _ = stop.changed() => break,
-                        Some(reply) = next_request(&mut dumps) => {
+                        reply = registry::recv_or_never(&mut dumps) => {
                             let _ = reply.send(format!("engine: not leading (election failed: {e:#}; retrying)\n"));
                         }
                     }
@@ -115,7 +115,7 @@ async fn campaign(
         loop {
             tokio::select! {
                 _ = stop.changed() => if *stop.borrow() { return Ok(None) },
-                Some(reply) = next_request(dumps) => {
+                reply = registry::recv_or_never(dumps) => {
                     let other = other.as_deref().unwrap_or("unknown");
                     let _ = reply.send(format!("engine: not leading (the engine of machine {other} leads)\n"));
                 }
@@ -164,7 +164,7 @@ async fn lead(
                 }
                 continue;
             }
-            Some(reply) = next_request(dumps) => {
+            reply = registry::recv_or_never(dumps) => {
                 let _ = reply.send(leading_dump(&config.machine_id, &core, last_plan.as_ref()));
                 continue;
             }
@@ -324,20 +324,6 @@ fn leading_dump(machine: &str, core: &Core, last: Option<&LastPlan>) -> String {
         }
     }
     text
-}
-
-/// The next request, or never if there is no requester (any more).
-async fn next_request<T>(requests: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
-    match requests {
-        Some(rx) => match rx.recv().await {
-            Some(request) => Some(request),
-            None => {
-                *requests = None;
-                std::future::pending().await
-            }
-        },
-        None => std::future::pending().await,
-    }
 }
 
 /// Body reads (for records without their `[X-Fleet]` options) in flight at once.

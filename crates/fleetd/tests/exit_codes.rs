@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{fleetctl_binary, Node};
+use common::Node;
 use std::path::Path;
-use std::process::Command;
 
 struct Case {
     what: &'static str,
@@ -125,12 +124,7 @@ const CASES: &[Case] = &[
 ];
 
 fn run(endpoint: &str, dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(fleetctl_binary())
-        .args(args)
-        .current_dir(dir)
-        .env("FLEETCTL_ENDPOINT", endpoint)
-        .output()
-        .expect("running fleetctl");
+    let out = common::run_fleetctl(endpoint, Some(dir), args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code().unwrap_or(-1), stderr)
 }

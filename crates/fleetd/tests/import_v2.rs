@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{fleetctl_binary, wait_for, Node, DEADLINE};
+use common::{wait_for, Node, DEADLINE};
 use std::io::{Read, Write};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const PREFIX: &str = "/_coreos.com/fleet/";
 /// fleet's own hash test vector (`unit/unit_test.go:TestUnitHash`): this body is what fleet
@@ -75,18 +75,7 @@ fn write_fleet_unit(etcd: &str, name: &str, body: &str, hash: &str, target: &str
 }
 
 fn fleetctl(endpoint: &str, args: &[&str]) -> Output {
-    let out = Command::new(fleetctl_binary())
-        .args(args)
-        .env("FLEETCTL_ENDPOINT", endpoint)
-        .output()
-        .expect("running fleetctl");
-    println!(
-        "$ fleetctl {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::run_fleetctl(endpoint, None, args)
 }
 
 fn text(b: &[u8]) -> String {

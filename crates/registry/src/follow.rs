@@ -392,6 +392,19 @@ fn differences(
     events
 }
 
+/// The next message of `requests`, or never once there is no sender (any more): a `select!`
+/// branch of a driver's optional request channel (fleetd's state dumps), which goes quiet when
+/// nobody can ask instead of ending the loop.
+pub async fn recv_or_never<T>(requests: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> T {
+    if let Some(rx) = requests {
+        if let Some(request) = rx.recv().await {
+            return request;
+        }
+        *requests = None;
+    }
+    std::future::pending().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ mod units;
 mod views;
 
 pub use backoff::Backoff;
-pub use follow::{Change, Follower, Update};
+pub use follow::{recv_or_never, Change, Follower, Update};
 pub use leadership::{Campaign, LeaderWatch, Leadership};
 pub use machines::{merge_metadata, MetadataChange};
 pub use model::*;

@@ -494,3 +494,21 @@ pub fn etcd_with_args(extra_args: &[String]) -> Option<testkit::etcd::EtcdCluste
         Err(e) => panic!("starting etcd: {e:#}"),
     }
 }
+
+/// Runs the fleetctl under test against `endpoint` (in `cwd`, if given) and prints what it
+/// said, so a failing test shows the whole exchange.
+pub fn run_fleetctl(endpoint: &str, cwd: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(fleetctl_binary());
+    cmd.args(args).env("FLEETCTL_ENDPOINT", endpoint);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("running fleetctl");
+    println!(
+        "$ fleetctl {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
