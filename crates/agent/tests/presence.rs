@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(1);
 
+/// A registry on an embedded store under `dir`.
+fn registry_in(dir: &std::path::Path) -> Registry {
+    let store: Arc<dyn Store> =
+        Arc::new(registry::embedded::EmbeddedStore::open(&dir.join("reg")).unwrap());
+    Registry::new(store, "/t/")
+}
+
 async fn alive(lease: &MachineLease) -> bool {
     lease.alive().await.unwrap()
 }
@@ -15,9 +22,7 @@ async fn alive(lease: &MachineLease) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keeper_holds_the_lease_and_reports_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(registry::embedded::EmbeddedStore::open(&dir.path().join("reg")).unwrap());
-    let reg = Registry::new(store, "/t/");
+    let reg = registry_in(dir.path());
     let machine = MachineState {
         id: "0123456789abcdef0123456789abcdef".into(),
         ..Default::default()
@@ -111,9 +116,7 @@ impl agent::UnitManager for NoUnits {
 async fn a_changed_public_ip_is_announced_in_the_registry() {
     use std::sync::Mutex;
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> =
-        Arc::new(registry::embedded::EmbeddedStore::open(&dir.path().join("reg")).unwrap());
-    let reg = Registry::new(store, "/t/");
+    let reg = registry_in(dir.path());
     let machine = MachineState {
         id: "0123456789abcdef0123456789abcdef".into(),
         public_ip: "10.0.0.1".into(),

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{fleetctl_binary, wait_for, Node, DEADLINE};
+use common::{wait_for, Node, DEADLINE};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 struct Ctl {
     endpoint: String,
@@ -15,19 +15,7 @@ struct Ctl {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(fleetctl_binary())
-            .args(args)
-            .current_dir(&self.cwd)
-            .env("FLEETCTL_ENDPOINT", &self.endpoint)
-            .output()
-            .expect("running fleetctl");
-        println!(
-            "$ fleetctl {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        common::run_fleetctl(&self.endpoint, Some(&self.cwd), args)
     }
 
     /// Runs a command that must succeed; returns its stdout.
