@@ -8,12 +8,14 @@
 //! cargo run --release -p fleet-bench -- --process                # 3 machines x 1,000 real units
 //! cargo run --release -p fleet-bench -- --process --submit-via fleetctl   # fleet's own shape:
 //!                                          # one `fleetctl start --no-block` with 1,000 files
+//! cargo run -p fleet-bench -- load --clients 200 --seconds 60 --registry etcd   # API load test
 //! ```
 //!
 //! Figures go to stdout (a table), `target/bench/<run>.json` and `target/bench/<run>-*.svg`.
 
 use anyhow::Context;
 use clap::Parser;
+use fleet_bench::load::{self, LoadOptions, RegistryKind};
 use fleet_bench::report;
 use fleet_bench::run::{self, Options, SubmitVia};
 use std::path::{Path, PathBuf};
@@ -23,9 +25,56 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     name = "fleet-bench",
-    about = "fleet's scale benchmark with hollow machines"
+    about = "fleet's scale benchmark with hollow machines",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    scale: ScaleArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// A load test of the API: one real fleetd, concurrent clients listing and changing units;
+    /// exit 0 iff every answer was clean and no acknowledged update was lost.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// Concurrent API clients, each with its own connection.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// How long the clients run, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    seconds: f64,
+    /// fleetd's registry: the embedded store, or a real etcd this command starts.
+    #[arg(long, value_enum, default_value_t = RegistryKind::Embedded)]
+    registry: RegistryKind,
+    /// Units launched at once, at most (each is a real process).
+    #[arg(long, default_value_t = 32)]
+    max_launched: usize,
+    /// Units each client holds at once, at most.
+    #[arg(long, default_value_t = 3)]
+    units_per_client: usize,
+    /// The clients' request timeout, seconds (a slower answer counts as an error).
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// fleetd's peak RSS bound, MiB.
+    #[arg(long, default_value_t = load::DEFAULT_RSS_BOUND / (1024 * 1024))]
+    rss_bound_mib: u64,
+    /// The fleetd binary [default: fleetd beside this binary, else `cargo build -p fleetd`].
+    #[arg(long)]
+    fleetd: Option<PathBuf>,
+    /// Where the JSON report goes [default: <workspace>/target/bench].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ScaleArgs {
     /// Hollow machines (agents) to run [default: 100; 3 with --process].
     #[arg(long)]
     machines: Option<usize>,
@@ -107,7 +156,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
         )
         .init();
-    match main_result(cli) {
+    let result = match cli.command {
+        Some(Command::Load(args)) => load_main(args),
+        None => main_result(cli.scale),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -117,7 +170,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn main_result(cli: Cli) -> anyhow::Result<bool> {
+fn main_result(cli: ScaleArgs) -> anyhow::Result<bool> {
     let machines = cli.machines.unwrap_or(if cli.process { 3 } else { 100 });
     let units = cli.units.unwrap_or(1000);
     let (machines, units) = if cli.smoke {
@@ -237,6 +290,39 @@ fn main_result(cli: Cli) -> anyhow::Result<bool> {
         println!("wrote {}", p.display());
     }
     Ok(report.ok())
+}
+
+fn load_main(args: LoadArgs) -> anyhow::Result<bool> {
+    let fleetd = match args.fleetd {
+        Some(f) => f,
+        None => load::fleetd_binary()?,
+    };
+    let opts = LoadOptions {
+        clients: args.clients,
+        duration: Duration::from_secs_f64(args.seconds),
+        max_launched: args.max_launched,
+        units_per_client: args.units_per_client,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        rss_bound: args.rss_bound_mib * 1024 * 1024,
+        ..LoadOptions::new(args.registry, fleetd)
+    };
+    let etcd = match args.registry {
+        RegistryKind::Etcd => Some(testkit::etcd::EtcdCluster::single().context("starting etcd")?),
+        RegistryKind::Embedded => None,
+    };
+    let endpoint = etcd.as_ref().map(|e| e.member(0).endpoint());
+    let report = load::run_blocking(&opts, endpoint.as_deref())?;
+    drop(etcd);
+    println!("{}", report.table());
+    let out = args
+        .out
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let json = out.join(format!("load-{}.json", args.registry.as_str()));
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    println!("wrote {}", json.display());
+    Ok(report.problems().is_empty())
 }
 
 /// A directory on a tmpfs: `/run` where systemd mounted one, else `/dev/shm`, else the temp dir.
