@@ -173,6 +173,8 @@ pub struct ClientRecord {
     /// Clean refusals (4xx), the first few in full: the load should cause none, so they are
     /// shown.
     pub refused_sample: Vec<String>,
+    /// 503s, the first few in full: why fleetd could not serve.
+    pub unavailable_sample: Vec<String>,
     /// Reads during the run that contradicted an acknowledged write.
     pub lost: Vec<String>,
 }
@@ -209,7 +211,16 @@ impl ClientRecord {
 
     fn classify(&mut self, kind: Kind, e: &ClientError) -> (String, Outcome) {
         match e {
-            ClientError::Api { status: 503, .. } => ("503".into(), Outcome::Unknown),
+            ClientError::Api {
+                status: 503,
+                message,
+            } => {
+                if self.unavailable_sample.len() < SAMPLE {
+                    self.unavailable_sample
+                        .push(format!("{}: {message}", kind.as_str()));
+                }
+                ("503".into(), Outcome::Unknown)
+            }
             ClientError::Api { status, message }
                 if (400..500).contains(status) && !message.trim().is_empty() =>
             {
@@ -412,6 +423,18 @@ fn known_of(u: &Unit) -> Known {
     }
 }
 
+/// A lost update, if what `how` showed after the run is neither the last acknowledged write
+/// nor one of unknown outcome after it.
+fn judge(unit: &Owned, seen: Known, how: &str) -> Option<String> {
+    (!unit.possible().contains(&seen)).then(|| {
+        format!(
+            "after the run, {how} shows {} {seen}; {}",
+            unit.name,
+            unit.describe()
+        )
+    })
+}
+
 /// What the check after the run found.
 #[derive(Debug, Default)]
 pub struct Check {
@@ -475,13 +498,7 @@ pub async fn check_after(shared: &Shared, records: &mut [ClientRecord]) -> Check
         match r {
             Ok(seen) => {
                 let seen = seen.as_ref().map_or(Known::Absent, known_of);
-                if !u.possible().contains(&seen) {
-                    check.lost.push(format!(
-                        "after the run, GET {} shows {seen}; {}",
-                        u.name,
-                        u.describe()
-                    ));
-                }
+                check.lost.extend(judge(u, seen, "GET"));
             }
             Err(e) => check.errors.push(format!("GET {}: {e}", u.name)),
         }
@@ -497,16 +514,83 @@ pub async fn check_after(shared: &Shared, records: &mut [ClientRecord]) -> Check
                     .get(u.name.as_str())
                     .copied()
                     .unwrap_or(Known::Absent);
-                if !u.possible().contains(&seen) {
-                    check.lost.push(format!(
-                        "after the run, the listing shows {} {seen}; {}",
-                        u.name,
-                        u.describe()
-                    ));
-                }
+                check.lost.extend(judge(u, seen, "the listing"));
             }
         }
         Err(e) => check.errors.push(format!("listing the units: {e}")),
     }
     check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TargetState::*;
+
+    fn shared(max_launched: usize) -> Shared {
+        let mut opts = LoadOptions::new(super::super::RegistryKind::Embedded, "fleetd".into());
+        opts.max_launched = max_launched;
+        Shared::new(&opts, "unix:///nowhere", "t")
+    }
+
+    fn unit(acked: Known) -> Owned {
+        Owned {
+            name: "u.service".into(),
+            acked,
+            unknown: Vec::new(),
+            holds_slot: false,
+        }
+    }
+
+    #[test]
+    fn only_the_acknowledged_state_passes_a_certain_unit() {
+        let mut u = unit(Known::Absent);
+        let s = shared(4);
+        settle(&mut u, Outcome::Done, Known::Desired(Loaded), &s);
+        assert_eq!(judge(&u, Known::Desired(Loaded), "GET"), None);
+        let lost = judge(&u, Known::Desired(Inactive), "GET").expect("a lost update");
+        assert!(lost.contains("last acknowledged: desired loaded"), "{lost}");
+        assert!(judge(&u, Known::Absent, "GET").is_some());
+        assert!(judge(&u, Known::Unreadable, "GET").is_some());
+        // A refused write changes nothing.
+        settle(&mut u, Outcome::Refused, Known::Desired(Launched), &s);
+        assert!(judge(&u, Known::Desired(Launched), "GET").is_some());
+        assert!(u.live());
+    }
+
+    #[test]
+    fn a_write_of_unknown_outcome_allows_either_and_retires_the_unit() {
+        let s = shared(4);
+        let mut u = unit(Known::Desired(Inactive));
+        settle(&mut u, Outcome::Unknown, Known::Absent, &s);
+        assert!(!u.live());
+        assert_eq!(judge(&u, Known::Desired(Inactive), "GET"), None);
+        assert_eq!(judge(&u, Known::Absent, "GET"), None);
+        assert!(judge(&u, Known::Desired(Launched), "GET").is_some());
+    }
+
+    #[test]
+    fn launched_slots_are_bounded_and_given_back() {
+        let s = shared(1);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut a, mut b) = (unit(Known::Absent), unit(Known::Absent));
+        // Until `a` draws launched (and takes the only slot).
+        while choose_state(&mut rng, &s, &mut a, None) != Launched {}
+        settle(&mut a, Outcome::Done, Known::Desired(Launched), &s);
+        for _ in 0..100 {
+            assert_ne!(choose_state(&mut rng, &s, &mut b, None), Launched);
+        }
+        // Re-targeting away from launched gives the slot back ...
+        let next = choose_state(&mut rng, &s, &mut a, Some(Launched));
+        assert_ne!(next, Launched);
+        settle(&mut a, Outcome::Done, Known::Desired(next), &s);
+        assert!(!a.holds_slot);
+        // ... unless the write's outcome is unknown: the unit may still be launched.
+        let mut c = unit(Known::Absent);
+        while choose_state(&mut rng, &s, &mut c, None) != Launched {}
+        settle(&mut c, Outcome::Done, Known::Desired(Launched), &s);
+        settle(&mut c, Outcome::Unknown, Known::Desired(Inactive), &s);
+        assert!(c.holds_slot);
+        assert!(!s.try_take_slot());
+    }
 }

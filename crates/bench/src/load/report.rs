@@ -57,6 +57,7 @@ pub struct LoadReport {
     pub unclean: u64,
     pub unclean_sample: Vec<String>,
     pub refused_sample: Vec<String>,
+    pub unavailable_sample: Vec<String>,
     pub units_checked: usize,
     pub lost_updates: Vec<String>,
     pub check_errors: Vec<String>,
@@ -85,6 +86,7 @@ pub(super) fn build(
     let mut unclean = 0;
     let mut unclean_sample = Vec::new();
     let mut refused_sample = Vec::new();
+    let mut unavailable_sample = Vec::new();
     let mut lost = Vec::new();
     for r in records {
         for (kind, micros) in &r.samples {
@@ -102,10 +104,12 @@ pub(super) fn build(
         unclean += r.unclean;
         unclean_sample.extend(r.unclean_sample.iter().cloned());
         refused_sample.extend(r.refused_sample.iter().cloned());
+        unavailable_sample.extend(r.unavailable_sample.iter().cloned());
         lost.extend(r.lost.iter().cloned());
     }
     unclean_sample.truncate(10);
     refused_sample.truncate(10);
+    unavailable_sample.truncate(10);
     lost.extend(check.lost);
     let requests = all.len() as u64;
     let secs = elapsed.as_secs_f64();
@@ -130,6 +134,7 @@ pub(super) fn build(
         unclean,
         unclean_sample,
         refused_sample,
+        unavailable_sample,
         units_checked: check.units_checked,
         lost_updates: lost,
         check_errors: check.errors,
@@ -244,6 +249,9 @@ impl LoadReport {
         for r in &self.refused_sample {
             let _ = writeln!(s, "refused: {r}");
         }
+        for u in &self.unavailable_sample {
+            let _ = writeln!(s, "503: {u}");
+        }
         for e in &self.fleetd_log_error_sample {
             let _ = writeln!(s, "fleetd log: {e}");
         }
@@ -272,5 +280,58 @@ mod tests {
         let one = Latency::of(vec![1500]);
         assert_eq!((one.p50_ms, one.p99_ms, one.max_ms), (1.5, 1.5, 1.5));
         assert_eq!(Latency::of(Vec::new()).requests, 0);
+    }
+
+    fn passing() -> LoadReport {
+        let opts = LoadOptions::new(RegistryKind::Etcd, "fleetd".into());
+        let record = ClientRecord {
+            samples: vec![(Kind::GetUnit, 2000), (Kind::SetState, 4000)],
+            statuses: BTreeMap::from([
+                ((Kind::GetUnit, "2xx".to_string()), 1),
+                ((Kind::SetState, "503".to_string()), 1),
+            ]),
+            ..ClientRecord::default()
+        };
+        let check = Check {
+            units_checked: 1,
+            serving: true,
+            ..Check::default()
+        };
+        build(&opts, Duration::from_secs(2), &[record], check)
+    }
+
+    #[test]
+    fn a_clean_run_has_no_problems_and_its_figures_add_up() {
+        let r = passing();
+        assert_eq!(r.problems(), Vec::<String>::new());
+        assert_eq!(r.requests, 2);
+        assert_eq!(r.requests_per_s, 1.0);
+        assert_eq!(r.status_totals["503"], 1);
+        assert_eq!(r.latency_by_kind["set-state"].max_ms, 4.0);
+        let table = r.table();
+        assert!(table.contains("no problems"), "{table}");
+        assert!(table.contains("503: 1"), "{table}");
+    }
+
+    #[test]
+    fn each_failure_is_named() {
+        let mut r = passing();
+        r.unclean = 1;
+        r.unclean_sample = vec!["get-unit: timeout".into()];
+        r.lost_updates = vec!["after the run, GET u shows absent".into()];
+        r.serving_after = false;
+        r.fleetd_rss_peak_bytes = r.rss_bound_bytes + 1;
+        r.fleetd_problems = vec!["fleetd panicked: x".into()];
+        let p = r.problems().join("\n");
+        for want in [
+            "get-unit: timeout",
+            "lost update: after the run",
+            "did not serve",
+            "over the bound",
+            "panicked",
+        ] {
+            assert!(p.contains(want), "{want} missing from:\n{p}");
+        }
+        assert!(r.table().contains("PROBLEM: "));
     }
 }
