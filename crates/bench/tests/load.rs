@@ -41,7 +41,9 @@ fn options(registry: RegistryKind) -> LoadOptions {
 fn report(r: &LoadReport) {
     let table = r.table();
     eprintln!("{table}");
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../bench");
+    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`.
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tmp.parent().unwrap_or(&tmp).join("bench");
     let path = dir.join(format!("load-{}.json", r.registry.as_str()));
     let written = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(r).unwrap_or_default()));
