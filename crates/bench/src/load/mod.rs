@@ -117,6 +117,7 @@ pub async fn run(opts: &LoadOptions, etcd: Option<&str>) -> Result<LoadReport> {
     let pid = fleetd.pid().context("fleetd is not running")?;
     let rss_start = crate::sys::rss_bytes(&pid.to_string());
     let cpu_start = crate::sys::process_cpu_seconds(pid);
+    let own_cpu_start = crate::sys::cpu_seconds();
 
     let peak_rss = Arc::new(AtomicU64::new(rss_start));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -146,6 +147,7 @@ pub async fn run(opts: &LoadOptions, etcd: Option<&str>) -> Result<LoadReport> {
     }
     let elapsed = start.elapsed();
     let cpu = crate::sys::process_cpu_seconds(pid) - cpu_start;
+    let own_cpu = crate::sys::cpu_seconds() - own_cpu_start;
 
     // Afterwards, quietly: what every client was acknowledged must be what fleetd shows.
     let check = client::check_after(&shared, &mut records).await;
@@ -162,6 +164,7 @@ pub async fn run(opts: &LoadOptions, etcd: Option<&str>) -> Result<LoadReport> {
 
     let mut r = report::build(opts, elapsed, &records, check);
     r.fleetd_cpu_s = cpu;
+    r.clients_cpu_s = own_cpu;
     r.fleetd_rss_start_bytes = rss_start;
     r.fleetd_rss_peak_bytes = peak_rss.load(Ordering::Relaxed).max(rss_end);
     r.fleetd_rss_end_bytes = rss_end;
