@@ -28,7 +28,9 @@
 //! * a reload starts from the defaults again, so an option removed from the file reverts
 //!   to its default (fleet kept the previous value);
 //! * unknown keys and keys inside `[sections]` of the file produce warnings;
-//! * `etcd_certfile` and `etcd_keyfile` must be given together.
+//! * `etcd_certfile` and `etcd_keyfile` must be given together;
+//! * the API options are ours: `api_tls_cert` and `api_tls_key` go together, and
+//!   `api_tls_client_ca` needs them (fleet's API had neither TLS nor authentication).
 
 mod cli;
 pub mod duration;
