@@ -203,7 +203,11 @@ fn unsupported_connections_are_clear_errors() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     let o = fleetctl(&["--endpoint=https://10.0.0.1:443", "list-units"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("need --ca-file"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("need --ca-file"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // ssh looks the machine up through the API first.
     let o = fleetctl(&["ssh", "abc"]);

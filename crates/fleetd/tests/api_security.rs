@@ -470,3 +470,62 @@ fn a_bad_tokens_file_stops_fleetd_naming_file_and_line() {
         "{log}"
     );
 }
+
+/// One etcd member serving clients over TLS and requiring client certificates; `None` (the
+/// test skips, or fails under `CI=true`) when there is no etcd binary.
+fn etcd_tls() -> Option<testkit::etcd::EtcdCluster> {
+    match testkit::etcd::EtcdCluster::start_tls(1, true) {
+        Ok(c) => Some(c),
+        Err(e)
+            if std::process::Command::new(testkit::etcd::etcd_binary())
+                .arg("--version")
+                .output()
+                .is_err() =>
+        {
+            testkit::skip(&format!(
+                "no etcd binary ({e:#}); install Debian's etcd-server"
+            ));
+            None
+        }
+        Err(e) => panic!("starting etcd: {e:#}"),
+    }
+}
+
+#[test]
+fn fleetd_reaches_etcd_over_tls_with_its_client_certificate() {
+    let Some(etcd) = etcd_tls() else { return };
+    let pki = etcd.tls().unwrap().clone();
+    let node = Node::new("etcdtls");
+    let etcd_args = |with_cert: bool| {
+        let mut args = node.embedded_args();
+        let at = args.iter().position(|a| a == "embedded").unwrap();
+        args[at] = "etcd".into();
+        args.extend([
+            "--etcd-servers".into(),
+            etcd.endpoints().join(","),
+            "--etcd-cafile".into(),
+            s(&pki.ca),
+            "--etcd-request-timeout".into(),
+            "3".into(),
+        ]);
+        if with_cert {
+            args.extend([
+                "--etcd-certfile".into(),
+                s(&pki.client_cert),
+                "--etcd-keyfile".into(),
+                s(&pki.client_key),
+            ]);
+        }
+        args
+    };
+    let mut fleetd = node.start_raw(&etcd_args(true));
+    let api = fleetd.wait_registered();
+    assert_eq!(api.machines().unwrap()[0].id, node.machine_id);
+    drop(fleetd);
+
+    // Without the client certificate etcd refuses: fleetd never registers and says why.
+    let mut fleetd = node.start_raw(&etcd_args(false));
+    fleetd.wait_log("registering this machine failed");
+    assert!(fleetd.running(), "{}", fleetd.log());
+    assert!(fleetd.api().machines().is_err());
+}
