@@ -526,6 +526,15 @@ fn fleetd_reaches_etcd_over_tls_with_its_client_certificate() {
     // Without the client certificate etcd refuses: fleetd never registers and says why.
     let mut fleetd = node.start_raw(&etcd_args(false));
     fleetd.wait_log("registering this machine failed");
+    assert!(
+        fleetd
+            .log()
+            .lines()
+            .any(|l| l.contains("registering this machine failed")
+                && l.contains("etcd_certfile and etcd_keyfile")),
+        "{}",
+        fleetd.log()
+    );
     assert!(fleetd.running(), "{}", fleetd.log());
     assert!(fleetd.api().machines().is_err());
 }
