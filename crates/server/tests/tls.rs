@@ -145,3 +145,56 @@ async fn unprotected_tcp_off_loopback_is_refused_unless_overridden() {
     assert_eq!(warned.len(), 1);
     assert!(warned[0].contains("api_insecure_tcp = true"), "{warned:?}");
 }
+
+#[tokio::test]
+async fn loopback_tcp_without_tls_follows_the_token_rules() {
+    use api::auth::token_hash;
+    use server::access::{Access, Tokens};
+    let env = common::Env::new(100).await;
+    env.state.set_available(true);
+    let tokens = Tokens::parse(&format!("viewer read {}", token_hash("t-read"))).unwrap();
+    let state = env
+        .state
+        .clone()
+        .with_access(std::sync::Arc::new(Access::new(Some(tokens))));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let listeners = bind(&[
+        Listen::Tcp("127.0.0.1:0".into()),
+        Listen::Unix(sock.clone()),
+    ])
+    .await
+    .unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    tokio::spawn(serve_with(
+        listeners,
+        server::router(state),
+        None,
+        std::future::pending(),
+    ));
+    let with = |endpoint: &str, token: Option<&str>| {
+        api::Client::with_security(
+            endpoint,
+            api::ClientOptions::default(),
+            api::Security {
+                tls: None,
+                token: token.map(str::to_string),
+            },
+        )
+        .unwrap()
+    };
+    let http = format!("http://{addr}");
+    let err = with(&http, None).machines().await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
+    with(&http, Some("t-read")).machines().await.unwrap();
+    let err = with(&http, Some("t-read"))
+        .destroy_unit("a.service")
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    // The unix socket of the same server is trusted by its permissions.
+    with(&format!("unix://{}", sock.display()), None)
+        .machines()
+        .await
+        .unwrap();
+}
