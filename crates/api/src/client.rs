@@ -12,8 +12,10 @@
 //! # Ok(()) }
 //! ```
 
+mod tls;
 mod transport;
 
+pub use tls::{TlsConfig, TlsFiles};
 pub use transport::{BoxStream, ConnectFuture, Stream, TcpTransport, Transport, UnixTransport};
 
 use crate::types::{self, Machine, MachineMetadataOp, TargetState, Unit, UnitState};
@@ -56,6 +58,22 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("unexpected answer from fleetd at {endpoint}: {message}")]
     Protocol { endpoint: String, message: String },
+    /// TLS failed: the message names the cause (expired, unknown CA, wrong host name, client
+    /// certificate required).
+    #[error("TLS with fleetd at {endpoint} failed: {message}")]
+    Tls { endpoint: String, message: String },
+    /// The credentials cannot be used as given (a TLS file, a token over plain HTTP).
+    #[error("{0}")]
+    Credentials(String),
+}
+
+/// How the client proves who it is and checks whom it talks to, beyond [`ClientOptions`].
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// For `https://` endpoints (required for them).
+    pub tls: Option<TlsConfig>,
+    /// Sent as `Authorization: Bearer TOKEN` on TCP endpoints (fleetd's `api_tokens_file`).
+    pub token: Option<String>,
 }
 
 impl ClientError {
@@ -95,10 +113,12 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// `http://host[:port][/prefix]`: port 80 when none is given; a path is a prefix, as
     /// behind a reverse proxy (`http://host/fleet-proxy` asks for `/fleet-proxy/fleet/v1/units`).
+    /// `https://` sets `tls` (port 443 by default).
     Tcp {
         host: String,
         port: u16,
         prefix: String,
+        tls: bool,
     },
 }
 
@@ -117,14 +137,22 @@ impl Endpoint {
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
-        if let Some(rest) = endpoint.strip_prefix("http://") {
+        let (tls, rest) = match (
+            endpoint.strip_prefix("http://"),
+            endpoint.strip_prefix("https://"),
+        ) {
+            (Some(rest), _) => (false, Some(rest)),
+            (_, Some(rest)) => (true, Some(rest)),
+            _ => (false, None),
+        };
+        if let Some(rest) = rest {
             let (authority, prefix) = match rest.find('/') {
                 Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
                 None => (rest, ""),
             };
             let parsed = match authority.parse::<hyper::http::uri::Authority>() {
                 Ok(a) if !a.host().is_empty() => a,
-                _ => return Err(invalid("want http://HOST:PORT[/PATH]")),
+                _ => return Err(invalid("want http[s]://HOST:PORT[/PATH]")),
             };
             if !prefix.is_empty()
                 && (prefix.contains(['?', '#']) || prefix.parse::<hyper::http::Uri>().is_err())
@@ -136,14 +164,14 @@ impl Endpoint {
             let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
             return Ok(Endpoint::Tcp {
                 host: host.to_string(),
-                port: parsed.port_u16().unwrap_or(80),
+                port: parsed.port_u16().unwrap_or(if tls { 443 } else { 80 }),
                 prefix: prefix.to_string(),
+                tls,
             });
         }
-        if endpoint.starts_with("https://") {
-            return Err(invalid("TLS is not supported yet; use unix:// or http:// (through an SSH tunnel for remote access)"));
-        }
-        Err(invalid("want unix:///PATH or http://HOST:PORT"))
+        Err(invalid(
+            "want unix:///PATH, http://HOST:PORT or https://HOST:PORT",
+        ))
     }
 
     /// Several endpoints, comma-separated (fleet's `--endpoint`), each with the text that named
@@ -158,7 +186,9 @@ impl Endpoint {
         if list.is_empty() {
             return Err(ClientError::InvalidEndpoint {
                 endpoint: endpoints.to_string(),
-                reason: "no endpoint given (want unix:///PATH or http://HOST:PORT)".into(),
+                reason:
+                    "no endpoint given (want unix:///PATH, http://HOST:PORT or https://HOST:PORT)"
+                        .into(),
             });
         }
         Ok(list)
@@ -181,7 +211,54 @@ impl Endpoint {
         }
     }
 
-    /// The transport that reaches the endpoint from this machine.
+    /// Whether requests to the endpoint go over TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Endpoint::Tcp { tls: true, .. })
+    }
+
+    /// Whether the endpoint is on this machine (a unix socket, or TCP to a loopback address
+    /// or `localhost`): a token sent there in the clear does not cross the network.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Endpoint::Unix(_) => true,
+            Endpoint::Tcp { host, .. } => {
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+
+    /// `transport` (which reaches this endpoint's host and port) with TLS added for an
+    /// `https://` endpoint; the certificate is checked against the endpoint's host name.
+    pub fn secure(
+        &self,
+        transport: Arc<dyn Transport>,
+        tls: Option<&TlsConfig>,
+    ) -> Result<Arc<dyn Transport>, ClientError> {
+        match self {
+            Endpoint::Tcp {
+                tls: true, host, ..
+            } => {
+                let Some(config) = tls else {
+                    return Err(ClientError::Credentials(format!(
+                        "{}: https:// endpoints need --ca-file (or FLEETCTL_CA_FILE): the CA that signed fleetd's api_tls_cert",
+                        self.authority()
+                    )));
+                };
+                Ok(Arc::new(tls::TlsTransport {
+                    inner: transport,
+                    tls: config.clone(),
+                    host: host.clone(),
+                }))
+            }
+            _ => Ok(transport),
+        }
+    }
+
+    /// The plain transport that reaches the endpoint's address from this machine (no TLS: see
+    /// [`Endpoint::secure`]).
     pub fn direct(&self) -> Arc<dyn Transport> {
         match self {
             Endpoint::Unix(path) => Arc::new(UnixTransport(path.clone())),
@@ -196,6 +273,8 @@ pub struct Route {
     pub endpoint: Endpoint,
     /// Names the endpoint (and the way) in error messages.
     pub name: String,
+    /// The CA file TLS checks the server against, for error messages (`None` without TLS).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A client of fleetd. Cheap to clone.
@@ -209,6 +288,8 @@ pub struct Client {
     /// Index in `targets` of the endpoint that answered last.
     current: Arc<AtomicUsize>,
     timeout: Duration,
+    /// `Authorization` header value for TCP endpoints.
+    bearer: Option<header::HeaderValue>,
 }
 
 /// One endpoint.
@@ -218,6 +299,12 @@ struct Target {
     base: String,
     /// What the user named, for error messages.
     endpoint: String,
+    /// The host TLS checked, and the CA file it checked against, for error messages.
+    tls_host: String,
+    ca_file: Option<PathBuf>,
+    /// Whether the bearer token goes to this endpoint (TCP: fleetd trusts its unix sockets
+    /// by file permissions and needs none).
+    send_token: bool,
 }
 
 impl Target {
@@ -232,6 +319,12 @@ impl Target {
                 route.endpoint.prefix()
             ),
             endpoint: route.name,
+            tls_host: match &route.endpoint {
+                Endpoint::Tcp { host, .. } => host.clone(),
+                Endpoint::Unix(_) => String::new(),
+            },
+            ca_file: route.ca_file,
+            send_token: matches!(route.endpoint, Endpoint::Tcp { .. }),
         }
     }
 }
@@ -241,15 +334,51 @@ impl Client {
     /// an optional path prefix (`http://host:port/fleet-proxy`); several, comma-separated, are
     /// tried in order.
     pub fn new(endpoint: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let routes = Endpoint::parse_list(endpoint)?
-            .into_iter()
-            .map(|(name, endpoint)| Route {
-                transport: endpoint.direct(),
+        Client::with_security(endpoint, opts, Security::default())
+    }
+
+    /// Like [`Client::new`], with TLS (required by `https://` endpoints) and a bearer token.
+    /// A token is refused for a plain `http://` endpoint off this machine, where it would cross
+    /// the network in the clear.
+    pub fn with_security(
+        endpoint: &str,
+        opts: ClientOptions,
+        security: Security,
+    ) -> Result<Client, ClientError> {
+        let mut routes = Vec::new();
+        for (name, endpoint) in Endpoint::parse_list(endpoint)? {
+            if security.token.is_some() && !endpoint.is_tls() && !endpoint.is_local() {
+                return Err(ClientError::Credentials(format!(
+                    "{name}: a token is only sent over https:// or to this machine (loopback); use https:// or an SSH tunnel (--tunnel)"
+                )));
+            }
+            routes.push(Route {
+                transport: endpoint.secure(endpoint.direct(), security.tls.as_ref())?,
+                ca_file: security.tls.as_ref().map(|t| t.ca_file.clone()),
                 endpoint,
                 name,
-            })
-            .collect();
-        Ok(Client::with_routes(routes, opts))
+            });
+        }
+        Client::with_routes(routes, opts).with_token(security.token.as_deref())
+    }
+
+    /// Sends `token` as `Authorization: Bearer TOKEN` to TCP endpoints.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Client, ClientError> {
+        self.bearer = match token {
+            None => None,
+            Some(t) => Some(
+                header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| {
+                        ClientError::Credentials(
+                            "the token holds characters an HTTP header cannot carry; copy it again from `fleetctl token new`".into(),
+                        )
+                    })?,
+            ),
+        };
+        if let Some(b) = &mut self.bearer {
+            b.set_sensitive(true);
+        }
+        Ok(self)
     }
 
     /// A client of endpoints reached through transports of the caller's (an SSH tunnel), tried
@@ -259,6 +388,7 @@ impl Client {
             targets: routes.into_iter().map(Target::new).collect(),
             current: Arc::new(AtomicUsize::new(0)),
             timeout: opts.request_timeout,
+            bearer: None,
         }
     }
 
@@ -320,6 +450,23 @@ impl Client {
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
+        if let (Some(bearer), true) = (&self.bearer, target.send_token) {
+            builder = builder.header(header::AUTHORIZATION, bearer.clone());
+        }
+        let failed = |e: &(dyn std::error::Error + 'static), what: &str| match tls::tls_cause(
+            e,
+            &target.tls_host,
+            target.ca_file.as_deref(),
+        ) {
+            Some(message) => ClientError::Tls {
+                endpoint: endpoint(),
+                message,
+            },
+            None => ClientError::Connect {
+                endpoint: endpoint(),
+                message: format!("{what}{}", chain(e)),
+            },
+        };
         let req = builder
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ClientError::Protocol {
@@ -327,23 +474,13 @@ impl Client {
                 message: format!("cannot build request for {uri}: {e}"),
             })?;
         let exchange = async {
-            let resp = target
-                .http
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    endpoint: endpoint(),
-                    message: chain(&e),
-                })?;
+            let resp = target.http.request(req).await.map_err(|e| failed(&e, ""))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ClientError::Connect {
-                    endpoint: endpoint(),
-                    message: format!("reading the answer: {}", chain(&e)),
-                })?
+                .map_err(|e| failed(&e, "reading the answer: "))?
                 .to_bytes();
             Ok((status, bytes))
         };
@@ -613,6 +750,7 @@ mod tests {
                 host: "fleet.example".into(),
                 port: 80,
                 prefix: String::new(),
+                tls: false,
             }
         );
         assert_eq!(
@@ -621,6 +759,7 @@ mod tests {
                 host: "gw".into(),
                 port: 8080,
                 prefix: "/fleet-proxy".into(),
+                tls: false,
             }
         );
         assert_eq!(
@@ -649,11 +788,36 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        // https needs a CA to verify fleetd against: refused without one, naming the flag.
         assert!(Client::new("https://h:1", o())
             .err()
             .unwrap()
             .to_string()
-            .contains("TLS"));
+            .contains("--ca-file"));
+        assert_eq!(
+            Endpoint::parse("https://fleet.example/p").unwrap(),
+            Endpoint::Tcp {
+                host: "fleet.example".into(),
+                port: 443,
+                prefix: "/p".into(),
+                tls: true,
+            }
+        );
+        // A token never crosses the network in the clear; loopback and unix are fine.
+        let with_token = |e: &str| {
+            let security = Security {
+                token: Some("t".into()),
+                ..Security::default()
+            };
+            Client::with_security(e, o(), security)
+        };
+        assert!(matches!(
+            with_token("http://10.0.0.1:1").err(),
+            Some(ClientError::Credentials(_))
+        ));
+        assert!(with_token("http://127.0.0.1:1").is_ok());
+        assert!(with_token("http://localhost:1").is_ok());
+        assert!(with_token("unix:///x.sock").is_ok());
     }
 
     #[test]

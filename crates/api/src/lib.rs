@@ -13,8 +13,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod types;
 
-pub use client::{Client, ClientError, ClientOptions, Endpoint};
+pub use client::{Client, ClientError, ClientOptions, Endpoint, Security};
 pub use types::TargetState;

@@ -92,7 +92,7 @@ pub struct Global {
     #[arg(long, global = true, env = "FLEETCTL_DRIVER", default_value = "API")]
     pub driver: String,
 
-    /// Location of the fleet API: unix:///PATH or http://HOST:PORT
+    /// Location of the fleet API: unix:///PATH, http://HOST:PORT or https://HOST:PORT
     #[arg(long, global = true, env = "FLEETCTL_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
 
@@ -121,6 +121,11 @@ pub struct Global {
     /// Location of TLS CA file used to secure communication with the fleet API
     #[arg(long, global = true, env = "FLEETCTL_CA_FILE", alias = "etcd-cafile")]
     pub ca_file: Option<String>,
+
+    /// Bearer token for fleetd's API over TCP (fleetd's api_tokens_file; an operator makes one
+    /// with `fleetctl token new`). Sent only over https:// or to loopback
+    #[arg(long, global = true, env = "FLEETCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// File used to store remote machine fingerprints (OpenSSH's format; hashed entries are read)
     #[arg(
@@ -497,6 +502,10 @@ pub enum Command {
         units: Vec<String>,
     },
 
+    /// Make an API token for fleetd's api_tokens_file
+    #[command(subcommand)]
+    Token(TokenCommand),
+
     /// DEPRECATED - No longer works
     Verify {
         #[arg(value_name = "UNIT")]
@@ -535,5 +544,27 @@ pub enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
+    },
+}
+
+/// `fleetctl token ...`
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum TokenCommand {
+    /// Make a new random token: prints the token, then the line for fleetd's api_tokens_file
+    #[command(long_about = "Make a new random API token.\n\n\
+        Prints two lines on stdout: the token (256 random bits; shown only now, fleetd keeps\n\
+        only its hash), then the line to add to fleetd's api_tokens_file. Add the line, send\n\
+        fleetd SIGHUP (systemctl reload fleet), and give the token to the client\n\
+        (fleetctl --token TOKEN, or FLEETCTL_TOKEN).\n\n\
+        Roles: read (GET only), write (also submit, start, stop, destroy units), admin (also\n\
+        change machine metadata).\n\n\
+        \tfleetctl token new --name ci --role write")]
+    New {
+        /// Name of the token in fleetd's logs and errors (no spaces)
+        #[arg(long)]
+        name: String,
+        /// read, write or admin
+        #[arg(long, default_value = "read")]
+        role: String,
     },
 }

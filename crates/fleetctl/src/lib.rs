@@ -24,6 +24,7 @@ pub mod output;
 pub mod plan;
 pub mod remote;
 pub mod tabwriter;
+pub mod token;
 pub mod wait;
 
 use clap::{CommandFactory, Parser};
@@ -71,6 +72,9 @@ where
             return 2;
         }
         Command::FdForward { socket } => return fdforward::run(&socket),
+        Command::Token(cli::TokenCommand::New { name, role }) => {
+            return token::run_new(&name, &role)
+        }
         Command::Completion { shell } => return print_generated(Ok(completion(shell))),
         Command::Man { dir } => {
             return match man_pages(&dir) {
@@ -182,42 +186,64 @@ pub fn connect(global: &Global, ssh: &remote::Ssh) -> Result<client::Fleet, Stri
     if !global.experimental_api {
         eprintln!("WARNING: --experimental-api is deprecated and ignored; fleetctl always uses fleetd's API");
     }
-    // Several endpoints are tried in order (fleet used only the first); TLS is refused for
-    // any of them.
+    // Several endpoints are tried in order (fleet used only the first).
     let endpoint = global.endpoint.trim();
-    if let Some(tls) = endpoint
-        .split(',')
+    let endpoints = api::Endpoint::parse_list(endpoint).map_err(|e| e.to_string())?;
+    // As fleet: the TLS files apply to https:// endpoints; they are read only when one is
+    // used, so a stray FLEETCTL_CA_FILE does not break unix:// access.
+    let tls = if endpoints.iter().any(|(_, e)| e.is_tls()) {
+        let files = api::client::TlsFiles {
+            ca_file: global
+                .ca_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+            cert_file: global
+                .cert_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+            key_file: global
+                .key_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+        };
+        Some(files.load()?)
+    } else {
+        None
+    };
+    let token = global
+        .token
+        .as_deref()
         .map(str::trim)
-        .find(|e| e.starts_with("https://"))
-    {
-        let tls_flags = [&global.ca_file, &global.cert_file, &global.key_file]
-            .iter()
-            .any(|f| f.is_some());
-        return Err(format!(
-            "{tls}: TLS to fleetd's API is not supported yet{}; use unix:// or http:// (through an SSH tunnel for remote access)",
-            if tls_flags { " (--ca-file/--cert-file/--key-file are accepted but cannot be used)" } else { "" }
-        ));
-    }
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
     let opts = api::ClientOptions {
         request_timeout: Duration::from_secs_f64(global.request_timeout),
     };
     let client = match ssh.tunnel() {
-        None => api::Client::new(endpoint, opts).map_err(|e| e.to_string())?,
+        None => api::Client::with_security(endpoint, opts, api::Security { tls, token })
+            .map_err(|e| e.to_string())?,
         Some(session) => {
+            // The tunnel encrypts the way, so a token may travel over http:// inside it.
             let mut routes = Vec::new();
-            for (name, endpoint) in
-                api::Endpoint::parse_list(endpoint).map_err(|e| e.to_string())?
-            {
+            for (name, endpoint) in endpoints {
                 let transport = ssh
                     .tunnel_transport(&endpoint)
                     .ok_or_else(|| "the SSH tunnel is gone".to_string())?;
                 routes.push(api::client::Route {
-                    transport,
+                    transport: endpoint
+                        .secure(transport, tls.as_ref())
+                        .map_err(|e| e.to_string())?,
+                    ca_file: global.ca_file.as_deref().map(Into::into),
                     endpoint,
                     name: format!("{name} through the SSH tunnel to {}", session.name()),
                 });
             }
             api::Client::with_routes(routes, opts)
+                .with_token(token.as_deref())
+                .map_err(|e| e.to_string())?
         }
     };
     Ok(client::Fleet::new(client, global.debug))
@@ -293,7 +319,8 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
         | Command::Man { .. }
         | Command::ImportV2 { .. }
         | Command::LocalStatus { .. }
-        | Command::LocalJournal { .. } => unreachable_command(),
+        | Command::LocalJournal { .. }
+        | Command::Token(_) => unreachable_command(),
     }
 }
 

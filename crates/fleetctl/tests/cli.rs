@@ -191,14 +191,23 @@ fn unsupported_connections_are_clear_errors() {
     let o = fleetctl(&["--driver=bogus", "list-units"]);
     assert_eq!(o.status.code(), Some(1));
 
+    // https: the CA file is read before anything is sent, and a missing one is named.
     let o = fleetctl(&[
         "--endpoint=https://10.0.0.1:443",
-        "--ca-file=/etc/ssl/ca.pem",
+        "--ca-file=/nonexistent/ca.pem",
         "list-units",
     ]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
-    assert!(err.contains("TLS") && err.contains("--ca-file"), "{err}");
+    assert!(err.contains("--ca-file /nonexistent/ca.pem"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let o = fleetctl(&["--endpoint=https://10.0.0.1:443", "list-units"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("need --ca-file"),
+        "{}",
+        text(&o.stderr)
+    );
 
     // ssh looks the machine up through the API first.
     let o = fleetctl(&["ssh", "abc"]);

@@ -28,7 +28,9 @@
 //! * a reload starts from the defaults again, so an option removed from the file reverts
 //!   to its default (fleet kept the previous value);
 //! * unknown keys and keys inside `[sections]` of the file produce warnings;
-//! * `etcd_certfile` and `etcd_keyfile` must be given together.
+//! * `etcd_certfile` and `etcd_keyfile` must be given together;
+//! * the API options are ours: `api_tls_cert` and `api_tls_key` go together, and
+//!   `api_tls_client_ca` needs them (fleet's API had neither TLS nor authentication).
 
 mod cli;
 pub mod duration;
@@ -257,6 +259,15 @@ pub struct Config {
     pub unit_manager: UnitManagerChoice,
     /// May be empty: then only sockets passed by systemd (`LISTEN_FDS`) are served.
     pub api_listen: Vec<ListenAddr>,
+    /// TLS for TCP listeners; always `Some` together.
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients need a certificate signed by this CA. Needs `api_tls_cert`.
+    pub api_tls_client_ca: Option<PathBuf>,
+    pub api_tokens_file: Option<PathBuf>,
+    pub api_insecure_tcp: bool,
+    /// Group name or GID of the unix sockets fleetd creates.
+    pub api_socket_group: Option<String>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Problems that do not stop fleetd (deprecated or unknown options, ...); log them.
@@ -302,6 +313,12 @@ impl Default for Config {
             machine_id: None,
             unit_manager: UnitManagerChoice::Auto,
             api_listen: vec![ListenAddr::Unix(PathBuf::from("/var/run/fleet.sock"))],
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_tls_client_ca: None,
+            api_tokens_file: None,
+            api_insecure_tcp: false,
+            api_socket_group: None,
             config_file: None,
             warnings: Vec::new(),
             sources: BTreeMap::new(),
@@ -594,8 +611,36 @@ fn load_invocation(
         )));
     }
 
+    check_api_tls(&config)?;
+
     config.invocation = invocation;
     Ok(Loaded::Run(Box::new(config)))
+}
+
+/// `api_tls_cert` and `api_tls_key` go together; `api_tls_client_ca` needs them.
+fn check_api_tls(config: &Config) -> Result<(), ConfigError> {
+    let describe = |name: &str, set: bool| {
+        let source = config.source(name).cloned().unwrap_or(Source::Default);
+        format!(
+            "{name} is {} (from {source})",
+            if set { "set" } else { "empty" }
+        )
+    };
+    let (cert, key) = (config.api_tls_cert.is_some(), config.api_tls_key.is_some());
+    if cert != key {
+        return Err(ConfigError::Conflict(format!(
+            "{} but {}: TLS needs the certificate and its key; set both or neither",
+            describe("api_tls_cert", cert),
+            describe("api_tls_key", key)
+        )));
+    }
+    if config.api_tls_client_ca.is_some() && !cert {
+        return Err(ConfigError::Conflict(format!(
+            "{} but api_tls_cert and api_tls_key are empty: client certificates are checked during TLS; set api_tls_cert and api_tls_key too",
+            describe("api_tls_client_ca", true)
+        )));
+    }
+    Ok(())
 }
 
 /// fleet's rules: a file given with `--config` must exist and be a file; the default file
@@ -674,6 +719,12 @@ mod tests {
         parsed.machine_id = Some("x".into());
         parsed.unit_manager = UnitManagerChoice::Process;
         parsed.api_listen.clear();
+        parsed.api_tls_cert = Some("/x".into());
+        parsed.api_tls_key = Some("/x".into());
+        parsed.api_tls_client_ca = Some("/x".into());
+        parsed.api_tokens_file = Some("/x".into());
+        parsed.api_insecure_tcp = true;
+        parsed.api_socket_group = Some("x".into());
         let mut notes = Vec::new();
         for spec in options::OPTIONS {
             (spec.apply)(&mut parsed, spec.default, &mut notes)
@@ -711,6 +762,12 @@ mod tests {
         c.api_listen.push(ListenAddr::Tcp("[::1]:54728".into()));
         c.etcd_password = Some(Secret::new("p4ss"));
         c.machine_id = Some("m1".into());
+        c.api_tls_cert = Some("/etc/fleet/api.pem".into());
+        c.api_tls_key = Some("/etc/fleet/api.key".into());
+        c.api_tls_client_ca = Some("/etc/fleet/clients.pem".into());
+        c.api_tokens_file = Some("/etc/fleet/tokens".into());
+        c.api_insecure_tcp = true;
+        c.api_socket_group = Some("fleet".into());
         let mut back = Config::default();
         for spec in options::OPTIONS {
             if let Some(show) = spec.show {

@@ -104,6 +104,33 @@ fn passed_by_systemd(passed: &server::listen::Listener, wanted: &server::listen:
     }
 }
 
+/// The GID `api_socket_group` names: a group name, or a number.
+fn socket_group(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => anyhow::bail!(
+            "api_socket_group {group:?}: no such group; create it (groupadd {group}) or give a GID"
+        ),
+        Err(e) => anyhow::bail!("api_socket_group {group:?}: looking the group up failed: {e}"),
+    }
+}
+
+/// The tokens file, if one is configured.
+fn load_tokens(file: Option<&Path>) -> anyhow::Result<Option<server::access::Tokens>> {
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let tokens =
+        server::access::Tokens::load(path).map_err(|e| anyhow::anyhow!("api_tokens_file: {e}"))?;
+    if tokens.is_empty() {
+        tracing::warn!(file = %path.display(), "api_tokens_file lists no token: every TCP request will be refused with 401");
+    }
+    Ok(Some(tokens))
+}
+
 /// Tells systemd (`Type=notify`) that fleetd is ready, if it runs under systemd.
 fn notify_ready() {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
@@ -159,8 +186,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let manager = open_manager(&cfg).await?;
 
+    // Everything the API's protection needs is read before anything listens, so that a bad
+    // file stops fleetd instead of leaving the API open or unusable.
+    // The file named at start is the one SIGHUP reads again: the listeners were vetted with
+    // tokens in force, so a reload never drops them.
+    let tokens_file = cfg.api_tokens_file.clone();
+    let access = Arc::new(server::access::Access::new(load_tokens(
+        tokens_file.as_deref(),
+    )?));
+    let tls = match (&cfg.api_tls_cert, &cfg.api_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            server::tls::ServerTls::load(&server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: cfg.api_tls_client_ca.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        _ => None,
+    };
+    let gid = cfg
+        .api_socket_group
+        .as_deref()
+        .map(socket_group)
+        .transpose()?;
     // The API answers 503 until this machine is registered, as fleet's did.
-    let api_state = server::ApiState::new(registry.clone(), cfg.token_limit);
+    let api_state =
+        server::ApiState::new(registry.clone(), cfg.token_limit).with_access(access.clone());
     // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
     // among them is not bound again: binding would find systemd's socket alive and refuse, as
     // if another fleetd served it (the default api_listen is fleet.socket's path).
@@ -175,14 +227,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
         .filter(|l| !activated.iter().any(|a| passed_by_systemd(a, l)))
         .collect();
-    let mut listeners = server::listen::bind(&listens)
+    let mut listeners = server::listen::bind_with_group(&listens, gid)
         .await
         .context("opening the API listeners (api_listen)")?;
     listeners.extend(activated);
+    let exposure = server::listen::Exposure {
+        tls: tls.is_some(),
+        client_certs: cfg.api_tls_client_ca.is_some(),
+        tokens: access.has_tokens(),
+        insecure_tcp: cfg.api_insecure_tcp,
+    };
+    for warning in
+        server::listen::check_exposure(&listeners, exposure).map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        tracing::warn!("{warning}");
+    }
     let (api_stop_tx, mut api_stop_rx) = watch::channel(false);
-    let api_task = tokio::spawn(server::listen::serve(
+    let api_task = tokio::spawn(server::listen::serve_with(
         listeners,
         server::router(api_state.clone()),
+        tls,
         async move {
             let _ = api_stop_rx.wait_for(|s| *s).await;
         },
@@ -279,6 +343,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = sighup.recv() => {
                 tracing::info!("Reloading configuration");
+                // The tokens file fleetd started with is read again: tokens added or revoked
+                // apply now. A broken file keeps the tokens in force.
+                if tokens_file.is_some() {
+                    match load_tokens(tokens_file.as_deref()) {
+                        Ok(tokens) => {
+                            let n = tokens.as_ref().map_or(0, |t| t.len());
+                            access.set_tokens(tokens);
+                            tracing::info!(tokens = n, "api_tokens_file reloaded");
+                        }
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "reloading api_tokens_file failed; keeping the tokens in force"),
+                    }
+                }
                 match cfg.reload(&config::process_env) {
                     Ok(newer) => {
                         let changed = cfg.changed_options(&newer);

@@ -81,6 +81,22 @@ async fn client_certificates_are_presented_when_etcd_requires_them() {
     .unwrap();
     works(&with_cert).await.unwrap();
 
+    // A client certificate from a CA etcd does not trust is refused like none at all.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = make_test_pki(other.path()).unwrap();
+    let stranger = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(other_pki.client_cert),
+        key_file: Some(other_pki.client_key),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap();
+    assert!(
+        works(&stranger).await.is_err(),
+        "etcd accepted a client certificate of another CA"
+    );
+
     let half = EtcdStore::connect(EtcdOptions {
         ca_file: Some(pki.ca.clone()),
         cert_file: Some(pki.client_cert.clone()),
@@ -125,4 +141,57 @@ async fn username_and_password_authenticate() {
     // Without credentials etcd refuses, and the refusal is not mistaken for an outage.
     let err = works(&admin).await.unwrap_err();
     assert!(matches!(err, StoreError::Other(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_is_never_ignored() {
+    // etcd_cafile with a plain http:// endpoint would mean no verification at all: refused,
+    // naming the endpoint, instead of silently talking in the clear.
+    let cluster = tokio::task::block_in_place(EtcdCluster::single).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_test_pki(dir.path()).unwrap();
+    let err = EtcdStore::connect(EtcdOptions {
+        ca_file: Some(pki.ca),
+        ..opts(&cluster)
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("https://"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_client_certificate_together_over_tls() {
+    let cluster = tokio::task::block_in_place(|| EtcdCluster::start_tls(1, true)).unwrap();
+    let pki = cluster.tls().unwrap().clone();
+    let tls = || EtcdOptions {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+        ..opts(&cluster)
+    };
+    let admin = EtcdStore::connect(tls()).await.unwrap();
+    let mut client = admin.client();
+    client.user_add("root", "s3cret", None).await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.auth_enable().await.unwrap();
+
+    let authed = EtcdStore::connect(EtcdOptions {
+        username: Some("root".into()),
+        password: Some("s3cret".into()),
+        ..tls()
+    })
+    .await
+    .unwrap();
+    works(&authed).await.unwrap();
+    let wrong = EtcdStore::connect(EtcdOptions {
+        username: Some("root".into()),
+        password: Some("nope".into()),
+        ..tls()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        wrong.to_string().contains("authentication failed"),
+        "{wrong}"
+    );
 }

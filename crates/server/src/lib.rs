@@ -24,8 +24,10 @@
 //! Layout: [`routes`] maps a request to a route, which this module dispatches to the handlers
 //! of its resource, one module each (`units`, `unit_states`, `machines`); `error` and `body`
 //! are what they share (error answers, request bodies and their size limit), [`ApiState`] what
-//! they read, and [`token`] the page tokens of the listings.
+//! they read, and [`token`] the page tokens of the listings. [`access`] decides who may do
+//! what (tokens and roles); [`tls`] serves TCP listeners over TLS.
 
+pub mod access;
 mod body;
 mod error;
 pub mod listen;
@@ -33,6 +35,7 @@ mod machines;
 pub mod metrics;
 pub mod routes;
 mod state;
+pub mod tls;
 pub mod token;
 mod unit_states;
 mod units;
@@ -83,7 +86,34 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
         None => Route::InvalidPath,
     };
     let label = r.label();
-    let mut resp = if r != Route::Metrics && !s.is_available() {
+    // A router served by other means than `listen::serve` (tests, embedding) carries no peer:
+    // it is trusted as a unix socket would be, as it was before the API had access control.
+    let peer = req
+        .extensions()
+        .get::<access::Peer>()
+        .copied()
+        .unwrap_or(access::Peer::Local);
+    let what = format!("{method} {}", req.uri().path());
+    let allowed = s.access.check(
+        peer,
+        &r,
+        &what,
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    );
+    let mut resp = if let Err(e) = allowed {
+        tracing::info!(request = %what, status = e.status.as_u16(), "API request refused: {}", e.message);
+        let unauthorized = e.status == StatusCode::UNAUTHORIZED;
+        let mut resp = e.into_response();
+        if unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fleet\""),
+            );
+        }
+        resp
+    } else if r != Route::Metrics && !s.is_available() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "fleet server unable to communicate with etcd: this machine is not registered with the registry yet; retry shortly",

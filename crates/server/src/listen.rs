@@ -9,6 +9,8 @@
 //! # }
 //! ```
 
+use crate::access::Peer;
+use crate::tls::{ServerTls, TlsListener};
 use axum::Router;
 use std::future::Future;
 use std::io;
@@ -70,8 +72,14 @@ impl Listener {
 
 /// Binds every address. Unix sockets: the parent directory is created, a stale socket file
 /// left by a dead fleetd is removed (a live one is an error), and the socket is made mode 0660
-/// (fleet's advice: owner and group only; the API has no authentication).
+/// (fleet's advice: owner and group only; requests on it are trusted by these permissions).
 pub async fn bind(listens: &[Listen]) -> io::Result<Vec<Listener>> {
+    bind_with_group(listens, None).await
+}
+
+/// Like [`bind`], also giving the unix sockets created to group `gid` (`api_socket_group`), so
+/// that its members may use the API.
+pub async fn bind_with_group(listens: &[Listen], gid: Option<u32>) -> io::Result<Vec<Listener>> {
     let mut out = Vec::with_capacity(listens.len());
     for l in listens {
         out.push(match l {
@@ -83,7 +91,7 @@ pub async fn bind(listens: &[Listen]) -> io::Result<Vec<Listener>> {
                     })?;
                 Listener::Tcp(listener)
             }
-            Listen::Unix(path) => bind_unix(path).map_err(|e| {
+            Listen::Unix(path) => bind_unix(path, gid).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot listen on unix://{}: {e}", path.display()),
@@ -94,7 +102,7 @@ pub async fn bind(listens: &[Listen]) -> io::Result<Vec<Listener>> {
     Ok(out)
 }
 
-fn bind_unix(path: &Path) -> io::Result<Listener> {
+fn bind_unix(path: &Path, gid: Option<u32>) -> io::Result<Listener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -119,6 +127,14 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
     }
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("giving the socket to group {gid} (api_socket_group): {e}; fleetd must run as root or be a member of that group"),
+            )
+        })?;
+    }
     Ok(Listener::Unix {
         listener,
         path: Some(path.to_path_buf()),
@@ -201,11 +217,70 @@ fn listener_from_fd(fd: i32) -> io::Result<Listener> {
     }
 }
 
+/// What [`check_exposure`] needs to know about the API's protection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exposure {
+    /// TCP listeners serve TLS.
+    pub tls: bool,
+    /// TLS requires client certificates (`api_tls_client_ca`).
+    pub client_certs: bool,
+    /// A tokens file is set (`api_tokens_file`).
+    pub tokens: bool,
+    /// The operator accepts unprotected TCP listeners off loopback (`api_insecure_tcp`).
+    pub insecure_tcp: bool,
+}
+
+/// Whether the TCP listeners may be served as configured: one off loopback needs TLS, and
+/// TLS with client authentication (client certificates or tokens), unless `insecure_tcp`.
+/// `Ok` holds the warnings to log (listeners served only because of `insecure_tcp`).
+pub fn check_exposure(listeners: &[Listener], exposure: Exposure) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    for l in listeners {
+        let Some(addr) = l.local_addr() else {
+            continue;
+        };
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        let problem = if !exposure.tls {
+            Some("without TLS anyone on the network can read and change the cluster; set api_tls_cert and api_tls_key")
+        } else if !exposure.client_certs && !exposure.tokens {
+            Some("TLS alone lets any client in; set api_tls_client_ca (client certificates) or api_tokens_file (tokens)")
+        } else {
+            None
+        };
+        let Some(problem) = problem else {
+            continue;
+        };
+        if exposure.insecure_tcp {
+            warnings.push(format!(
+                "the API listens on tcp://{addr} off loopback unprotected because api_insecure_tcp = true: {problem}"
+            ));
+        } else {
+            return Err(format!(
+                "refusing to serve the API on tcp://{addr}: {problem} (or listen on loopback, or set api_insecure_tcp = true to accept the risk)"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
 /// Serves `router` on every listener until `shutdown` completes, then stops accepting, lets
 /// requests in flight finish, and removes the unix socket files it created.
 pub async fn serve(
     listeners: Vec<Listener>,
     router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with(listeners, router, None, shutdown).await
+}
+
+/// Like [`serve`], with TLS on every TCP listener when `tls` is given. Each request carries
+/// the [`Peer`] its listener stands for, which the API's access check reads.
+pub async fn serve_with(
+    listeners: Vec<Listener>,
+    router: Router,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -218,9 +293,26 @@ pub async fn serve(
         let signal = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        let router = router.clone();
         match l {
+            Listener::Tcp(listener) if tls.is_some() => {
+                let Some(tls) = tls.clone() else { continue };
+                let router = router.clone().layer(axum::Extension(Peer::Tcp {
+                    client_verified: tls.verifies_clients(),
+                }));
+                let listener = TlsListener::new(listener, tls)?;
+                tasks.spawn(async move {
+                    (
+                        name,
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(signal)
+                            .await,
+                    )
+                });
+            }
             Listener::Tcp(listener) => {
+                let router = router.clone().layer(axum::Extension(Peer::Tcp {
+                    client_verified: false,
+                }));
                 tasks.spawn(async move {
                     (
                         name,
@@ -231,6 +323,7 @@ pub async fn serve(
                 });
             }
             Listener::Unix { listener, path } => {
+                let router = router.clone().layer(axum::Extension(Peer::Local));
                 socket_files.extend(path);
                 tasks.spawn(async move {
                     (

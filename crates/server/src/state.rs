@@ -25,6 +25,7 @@ pub struct ApiState {
     pub(crate) metrics_sources: Vec<MetricsSource>,
     pub(crate) max_body_bytes: usize,
     pub(crate) listings: Arc<Listings>,
+    pub(crate) access: Arc<crate::access::Access>,
 }
 
 /// One kept listing: the revision it was read at, and its items.
@@ -86,6 +87,7 @@ impl ApiState {
             metrics_sources: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             listings: Arc::default(),
+            access: Arc::default(),
         }
     }
 
@@ -101,6 +103,13 @@ impl ApiState {
     /// Adds lines of other parts of fleetd (engine, agent) to `GET /metrics`.
     pub fn with_metrics_source(mut self, source: MetricsSource) -> ApiState {
         self.metrics_sources.push(source);
+        self
+    }
+
+    /// Who may do what over TCP (tokens); shared, so that the tokens can be replaced while
+    /// serving.
+    pub fn with_access(mut self, access: Arc<crate::access::Access>) -> ApiState {
+        self.access = access;
         self
     }
 

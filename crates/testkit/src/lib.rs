@@ -10,6 +10,7 @@
 
 pub mod etcd;
 pub mod nspawn;
+pub mod pki;
 pub mod sshd;
 
 /// Reports that a test cannot run here because `why` (a missing prerequisite: etcd, nspawn,

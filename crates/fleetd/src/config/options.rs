@@ -399,4 +399,76 @@ pub(crate) static OPTIONS: &[OptionSpec] = &[
                 .join(",")
         }),
     },
+    OptionSpec {
+        name: "api_tls_cert",
+        flag: "api-tls-cert",
+        default: "",
+        help: "Certificate chain (PEM) TCP API listeners serve TLS with (needs api_tls_key)",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.api_tls_cert = parse_optional_path(v);
+            Ok(())
+        },
+        show: Some(|c| show_path(&c.api_tls_cert)),
+    },
+    OptionSpec {
+        name: "api_tls_key",
+        flag: "api-tls-key",
+        default: "",
+        help: "Private key (PEM) of api_tls_cert",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.api_tls_key = parse_optional_path(v);
+            Ok(())
+        },
+        show: Some(|c| show_path(&c.api_tls_key)),
+    },
+    OptionSpec {
+        name: "api_tls_client_ca",
+        flag: "api-tls-client-ca",
+        default: "",
+        help: "CA (PEM) whose client certificates TCP API clients must present (mutual TLS; needs api_tls_cert)",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.api_tls_client_ca = parse_optional_path(v);
+            Ok(())
+        },
+        show: Some(|c| show_path(&c.api_tls_client_ca)),
+    },
+    OptionSpec {
+        name: "api_tokens_file",
+        flag: "api-tokens-file",
+        default: "",
+        help: "File of API tokens (NAME ROLE sha256:HEX per line, made with `fleetctl token new`); TCP requests then need a bearer token; re-read on SIGHUP",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.api_tokens_file = parse_optional_path(v);
+            Ok(())
+        },
+        show: Some(|c| show_path(&c.api_tokens_file)),
+    },
+    OptionSpec {
+        name: "api_insecure_tcp",
+        flag: "api-insecure-tcp",
+        default: "false",
+        help: "Serve TCP API listeners off loopback without TLS and client authentication (anyone who reaches them controls the cluster)",
+        kind: FlagKind::Bool,
+        apply: |c, v, _| {
+            c.api_insecure_tcp = parse_bool(v)?;
+            Ok(())
+        },
+        show: Some(|c| c.api_insecure_tcp.to_string()),
+    },
+    OptionSpec {
+        name: "api_socket_group",
+        flag: "api-socket-group",
+        default: "",
+        help: "Group name or GID given the unix API sockets fleetd creates (mode 0660: its members may use the API); empty: fleetd's own group",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.api_socket_group = parse_optional_string(v);
+            Ok(())
+        },
+        show: Some(|c| c.api_socket_group.clone().unwrap_or_default()),
+    },
 ];

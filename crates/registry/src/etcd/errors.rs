@@ -123,9 +123,21 @@ pub(super) fn unavailable_message(
         Some(e) => format!(" (last error: {e})"),
         None => String::new(),
     };
+    // etcd with --client-cert-auth closes the connection of a client without a certificate it
+    // trusts, which looks like an outage from here: name that possibility when TLS is used.
+    let tls_hint = if opts.endpoints.iter().any(|e| e.starts_with("https://")) {
+        if opts.cert_file.is_some() {
+            "; over TLS, also that etcd trusts the CA of etcd_certfile"
+        } else {
+            "; over TLS, also whether etcd requires client certificates (--client-cert-auth): \
+             then set etcd_certfile and etcd_keyfile"
+        }
+    } else {
+        ""
+    };
     format!(
         "etcd at {} did not answer {what} within {:?}{cause}; check that etcd is running and \
-         that etcd_servers names it",
+         that etcd_servers names it{tls_hint}",
         opts.endpoints.join(","),
         opts.request_timeout
     )
