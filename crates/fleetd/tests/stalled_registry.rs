@@ -80,42 +80,89 @@ fn metrics(socket: &std::path::Path) -> String {
     out
 }
 
+/// One fleetd on a fresh etcd, with [`UNITS`] units active.
+struct Setup {
+    etcd: testkit::etcd::EtcdCluster,
+    node: Node,
+    fleetd: common::Fleetd,
+    view: View,
+    names: Vec<String>,
+}
+
+fn running() -> (String, String) {
+    (String::from("active"), String::from("running"))
+}
+
+impl Setup {
+    fn start(hint: &str) -> Option<Setup> {
+        let etcd = common::etcd_with_args(&[])?;
+        let node = Node::new(hint);
+        let mut args = etcd_args(&node, &etcd.endpoints().join(","));
+        let ttl_at = args
+            .iter()
+            .position(|a| a == "--agent-ttl")
+            .expect("--agent-ttl")
+            + 1;
+        args[ttl_at] = format!("{}s", AGENT_TTL.as_secs());
+        let prefix = arg_of(&args, "--etcd-key-prefix")
+            .expect("a key prefix")
+            .to_string();
+        let mut fleetd = node.start_raw(&args);
+        let api = fleetd.wait_registered();
+        let names: Vec<String> = (0..UNITS)
+            .map(|i| format!("{hint}-{i:02}.service"))
+            .collect();
+        for name in &names {
+            api.submit(name, "[Service]\nExecStart=/bin/sleep 600\n", "launched");
+        }
+        let view = View::new(etcd.endpoints(), &prefix);
+        let setup = Setup {
+            etcd,
+            node,
+            fleetd,
+            view,
+            names,
+        };
+        setup.wait_all_running();
+        Some(setup)
+    }
+
+    fn wait_all_running(&self) {
+        wait_for("every unit published active/running", DEADLINE * 2, || {
+            let states = self.view.states();
+            let running = running();
+            (self.names.iter().all(|n| states.get(n) == Some(&running))).then_some(())
+        });
+    }
+
+    fn lease_file(&self) -> String {
+        lease_file_of(&self.node)
+    }
+}
+
+/// What fleetd recorded of its machine lease under `state_dir`.
+fn lease_file_of(node: &Node) -> String {
+    std::fs::read_to_string(node.state_dir().join("machine.lease"))
+        .expect("fleetd records its machine lease")
+}
+
 #[test]
 fn a_registry_stalled_for_half_the_agent_ttl_costs_no_lease_and_no_unit_state() {
-    let Some(mut etcd) = common::etcd_with_args(&[]) else {
+    let Some(mut setup) = Setup::start("stall") else {
         return;
     };
-    let node = Node::new("stalled");
-    let mut args = etcd_args(&node, &etcd.endpoints().join(","));
-    let ttl_at = args
-        .iter()
-        .position(|a| a == "--agent-ttl")
-        .expect("--agent-ttl")
-        + 1;
-    args[ttl_at] = format!("{}s", AGENT_TTL.as_secs());
-    let prefix = arg_of(&args, "--etcd-key-prefix")
-        .expect("a key prefix")
-        .to_string();
-    let mut fleetd = node.start_raw(&args);
-    let api = fleetd.wait_registered();
-
-    let names: Vec<String> = (0..UNITS)
-        .map(|i| format!("stall-{i:02}.service"))
-        .collect();
-    for name in &names {
-        api.submit(name, "[Service]\nExecStart=/bin/sleep 600\n", "launched");
-    }
-    let view = View::new(etcd.endpoints(), &prefix);
-    let running = (String::from("active"), String::from("running"));
-    wait_for("every unit published active/running", DEADLINE * 2, || {
-        let states = view.states();
-        (names.iter().all(|n| states.get(n) == Some(&running))).then_some(())
-    });
+    let Setup {
+        etcd,
+        node,
+        fleetd,
+        view,
+        names,
+    } = &mut setup;
+    let running = running();
     let lease = view
         .machine_lease(&node.machine_id)
         .expect("the machine is registered");
-    let lease_file = std::fs::read_to_string(node.state_dir().join("machine.lease"))
-        .expect("fleetd records its machine lease");
+    let lease_file = lease_file_of(node);
 
     // The stall itself: nothing to poll while etcd is frozen. Killed by PID with the cluster
     // (SIGKILL reaches a stopped process) if anything below fails.
@@ -137,7 +184,7 @@ fn a_registry_stalled_for_half_the_agent_ttl_costs_no_lease_and_no_unit_state() 
         std::thread::sleep(POLL);
     }
     let states = view.states();
-    for name in &names {
+    for name in names.iter() {
         assert_eq!(
             states.get(name),
             Some(&running),
@@ -146,7 +193,7 @@ fn a_registry_stalled_for_half_the_agent_ttl_costs_no_lease_and_no_unit_state() 
         );
     }
     assert_eq!(
-        std::fs::read_to_string(node.state_dir().join("machine.lease")).expect("lease file"),
+        lease_file_of(node),
         lease_file,
         "fleetd registered again under another lease"
     );
@@ -158,4 +205,41 @@ fn a_registry_stalled_for_half_the_agent_ttl_costs_no_lease_and_no_unit_state() 
         "{metrics}"
     );
     assert!(fleetd.running(), "{log}");
+}
+
+/// A lease lost anyway (revoked here, as etcd drops one it did not hear from for a TTL) is
+/// counted and logged; the machine registers again under a new lease and writes every unit
+/// state again (paced) under it.
+#[test]
+fn a_lost_lease_is_counted_and_every_state_is_written_again_under_the_new_one() {
+    let Some(setup) = Setup::start("lost") else {
+        return;
+    };
+    let id = &setup.node.machine_id;
+    let lease = setup
+        .view
+        .machine_lease(id)
+        .expect("the machine is registered");
+    setup
+        .view
+        .rt
+        .block_on(setup.view.store.revoke_lease(lease))
+        .expect("revoking the machine lease");
+    let renewed = wait_for("the machine registered again", DEADLINE, || {
+        setup.view.machine_lease(id).filter(|l| *l != lease)
+    });
+    setup.wait_all_running();
+    assert!(setup.view.lease_alive(renewed));
+    assert!(
+        setup.lease_file().contains(&renewed.to_string()),
+        "the new lease is recorded: {}",
+        setup.lease_file()
+    );
+    let log = setup.fleetd.log();
+    assert_eq!(log.matches("machine lease lost").count(), 1, "{log}");
+    let metrics = metrics(&setup.fleetd.socket);
+    assert!(
+        metrics.contains("\nfleet_agent_leases_lost_total 1\n"),
+        "{metrics}"
+    );
 }
