@@ -332,11 +332,24 @@ mod tests {
     }
 
     /// A registry that holds every keep-alive while `stalled` is true, and records when each
-    /// one was answered.
+    /// one was answered. With `lose_stalled`, a keep-alive sent during a stall is never
+    /// answered (its connection broke under it).
     struct Stalling {
         stalled: watch::Receiver<bool>,
+        lose_stalled: bool,
         answered: Mutex<Vec<Instant>>,
         ttl: Duration,
+    }
+
+    impl Stalling {
+        fn new(stalled: watch::Receiver<bool>, lose_stalled: bool, ttl: Duration) -> Arc<Self> {
+            Arc::new(Stalling {
+                stalled,
+                lose_stalled,
+                answered: Mutex::new(Vec::new()),
+                ttl,
+            })
+        }
     }
 
     fn unused<T>() -> Result<T, StoreError> {
@@ -370,6 +383,9 @@ mod tests {
         }
         async fn keep_alive(&self, _: LeaseId) -> Result<Duration, StoreError> {
             let mut stalled = self.stalled.clone();
+            if self.lose_stalled && *stalled.borrow() {
+                std::future::pending::<()>().await;
+            }
             let _ = stalled.wait_for(|s| !*s).await;
             self.answered.lock().unwrap().push(Instant::now());
             Ok(self.ttl)
@@ -393,11 +409,7 @@ mod tests {
     async fn a_stalled_registry_is_refreshed_the_moment_it_answers_again() {
         let ttl = Duration::from_secs(3);
         let (stall, stalled) = watch::channel(false);
-        let store = Arc::new(Stalling {
-            stalled,
-            answered: Mutex::new(Vec::new()),
-            ttl,
-        });
+        let store = Stalling::new(stalled, false, ttl);
         let registry = Registry::new(store.clone(), "/fleet/");
         let lease = registry.grant_machine_lease(ttl).await.unwrap();
         let t0 = Instant::now();
@@ -428,6 +440,33 @@ mod tests {
         let answered = store.answered.lock().unwrap().clone();
         assert_eq!(answered.len(), 4, "{answered:?}");
         assert_eq!(answered[3], t0 + Duration::from_secs(5));
+        assert!(expired.try_recv().is_err(), "no lease was reported lost");
+    }
+
+    /// A refresh sent during a stall is lost (never answered): it is abandoned within what is
+    /// left of the lease and sent again, and the one sent after the stall saves the lease.
+    /// Without that bound the keeper would wait on the lost one until the lease was gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_lost_in_a_stall_is_abandoned_and_sent_again_in_time() {
+        let ttl = Duration::from_secs(3);
+        let (stall, stalled) = watch::channel(false);
+        let store = Stalling::new(stalled, true, ttl);
+        let registry = Registry::new(store.clone(), "/fleet/");
+        let lease = registry.grant_machine_lease(ttl).await.unwrap();
+        let t0 = Instant::now();
+        let (_keeper, mut expired) = lease.keep_alive();
+
+        // Refreshed at 1 s and 2 s; stalled from 2.5 s to 3.5 s, so the refresh sent at 3 s is
+        // lost. The lease, last refreshed at 2 s, lasts until 5 s.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stall.send_replace(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stall.send_replace(false);
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        let answered = store.answered.lock().unwrap().clone();
+        let s = Duration::from_secs;
+        // Abandoned after a period (1 s, less than the 2 s left) and sent again at 4 s.
+        assert_eq!(answered, vec![t0 + s(1), t0 + s(2), t0 + s(4)]);
         assert!(expired.try_recv().is_err(), "no lease was reported lost");
     }
 }
