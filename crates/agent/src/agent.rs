@@ -4,11 +4,12 @@
 //! through the [`UnitManager`] and the registry. Every decision is the core's.
 
 use crate::core::{ActionError, Core, Effect, Input};
-use crate::presence::Presence;
+use crate::presence::{self, Presence, TokenBucket};
 use crate::reconcile::Action;
 use crate::{Refused, UnitManager};
 use futures::StreamExt;
 use registry::SystemdState;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -36,6 +37,10 @@ pub struct Agent {
     machine_updates: Option<watch::Receiver<registry::MachineState>>,
     /// Requests for a readable account of the agent's state (SIGUSR1).
     dumps: Option<mpsc::Receiver<DumpRequest>>,
+    /// Set when a new lease replaced a lost one, until the states are all written again under
+    /// it: those writes are paced by `republish_bucket`.
+    republish: Arc<AtomicBool>,
+    republish_bucket: Arc<std::sync::Mutex<TokenBucket>>,
 }
 
 /// A request for a readable account of the agent's state, answered on the sender with
@@ -49,6 +54,8 @@ impl Agent {
             manager,
             machine_updates: None,
             dumps: None,
+            republish: Arc::new(AtomicBool::new(false)),
+            republish_bucket: presence::republish_bucket(),
         }
     }
 
@@ -117,6 +124,14 @@ impl Agent {
                     if lease != self.presence.lease.id() {
                         continue;
                     }
+                    let lost = self.presence.lease_losses().record();
+                    tracing::warn!(
+                        lease = format!("{lease:x}"),
+                        leases_lost = lost,
+                        "machine lease lost: the registry let it expire (unreachable or too slow \
+                         for longer than agent_ttl); registering again, then writing unit states \
+                         again, paced"
+                    );
                     Input::LeaseLapsed
                 }
                 Some(()) = stopping(&mut machine_stopping) => Input::MachineStopping,
@@ -275,12 +290,22 @@ impl Agent {
                 let lease = self.presence.lease.clone();
                 let me = self.presence.machine.id.clone();
                 let outcomes = outcomes.clone();
+                let republish = self.republish.clone();
+                let bucket = self.republish_bucket.clone();
+                let delay = presence::republish_delay(self.presence.ttl, fastrand::f64());
                 tokio::spawn(async move {
                     let mut result = Ok(());
                     if !moved.is_empty() {
                         result = lease.publish_states(&me, &[], &moved).await;
                     }
-                    if result.is_ok() {
+                    if result.is_ok() && republish.load(Ordering::Relaxed) {
+                        result =
+                            presence::republish_paced(&lease, &me, &save, &remove, &bucket, delay)
+                                .await;
+                        if result.is_ok() {
+                            republish.store(false, Ordering::Relaxed);
+                        }
+                    } else if result.is_ok() {
                         result = lease.publish_states(&me, &save, &remove).await;
                     }
                     outcomes
@@ -293,6 +318,11 @@ impl Agent {
                 let result = self.presence.renew().await;
                 if result.is_ok() {
                     keeper.follow(&self.presence.lease);
+                    self.republish.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        lease = format!("{:x}", self.presence.lease.id()),
+                        "registered again under a new lease"
+                    );
                 }
                 Some(Input::Renewed(result.map_err(|e| format!("{e:#}"))))
             }

@@ -4,11 +4,15 @@
 //! instead of waiting for its old record to expire as fleet did.
 
 use anyhow::{bail, Context};
-use registry::{Announcement, LeaseId, LeaseKeeper, MachineLease, MachineState, Registry};
+use registry::{
+    Announcement, LeaseId, LeaseKeeper, MachineLease, MachineState, Registry, UnitState,
+};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The lease file under `state_dir`.
 pub fn lease_file(state_dir: &Path) -> PathBuf {
@@ -23,6 +27,24 @@ pub struct Presence {
     pub lease: MachineLease,
     pub ttl: Duration,
     state_dir: PathBuf,
+    losses: LeaseLosses,
+}
+
+/// How many machine leases were lost (found expired by the registry while this fleetd ran):
+/// none, unless the registry was unreachable or too slow for longer than `agent_ttl`. Cheap to
+/// clone; clones count together (fleetd serves it at `/metrics`, fleet-bench sums its machines).
+#[derive(Clone, Debug, Default)]
+pub struct LeaseLosses(Arc<AtomicU64>);
+
+impl LeaseLosses {
+    /// Counts one loss; the count so far, this one included.
+    pub fn record(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The task refreshing a machine lease (see [`Presence::keep_alive`]); stops it when dropped.
@@ -75,6 +97,7 @@ impl Presence {
             lease,
             ttl,
             state_dir: state_dir.to_path_buf(),
+            losses: LeaseLosses::default(),
         };
         presence.announce().await?;
         std::fs::create_dir_all(state_dir)
@@ -85,6 +108,17 @@ impl Presence {
         )
         .with_context(|| format!("recording the machine lease in {}", file.display()))?;
         Ok(presence)
+    }
+
+    /// Counts this machine's lost leases in `losses` (shared with others, or read elsewhere).
+    pub fn with_lease_losses(mut self, losses: LeaseLosses) -> Presence {
+        self.losses = losses;
+        self
+    }
+
+    /// The counter of this machine's lost leases.
+    pub fn lease_losses(&self) -> &LeaseLosses {
+        &self.losses
     }
 
     /// Writes the machine record under our lease, unless another lease holds it.
@@ -103,7 +137,6 @@ impl Presence {
     /// unreachable, or too slow to answer, for longer than the TTL). Everything tied to the old
     /// lease (unit states) must then be written again.
     pub async fn renew(&mut self) -> anyhow::Result<()> {
-        tracing::warn!("machine lease expired; registering again");
         self.lease.renew().await?;
         self.announce().await?;
         let file = lease_file(&self.state_dir);
@@ -116,7 +149,9 @@ impl Presence {
 
     /// Starts refreshing the lease every TTL/3 from a task of its own, so that an agent busy
     /// with a long reconciliation or publication (a registry slow under load) does not let its
-    /// machine expire. A lease found expired is sent on the returned receiver, and refreshing
+    /// machine expire; on a connection of its own with etcd, so a refresh never waits behind
+    /// bulk writes. A refresh that fails or is slow is logged and retried at once (see
+    /// [`MachineLease::keep_alive`]). A lease found expired is sent on the returned receiver, and refreshing
     /// stops until [`Keeper::follow`] names the next one. The task ends with the [`Keeper`].
     pub fn keep_alive(&self) -> (Keeper, tokio::sync::mpsc::Receiver<LeaseId>) {
         self.lease.keep_alive()
@@ -128,6 +163,120 @@ impl Presence {
         let _ = std::fs::remove_file(lease_file(&self.state_dir));
         Ok(())
     }
+}
+
+/// After a lost lease, unit states are written again at most this many at once...
+pub const REPUBLISH_BURST: u32 = registry::MAX_TXN_OPS as u32;
+/// ...then at most this many a second (a 1,000-unit machine takes about 2 s): a thousand
+/// machines losing their leases together (a registry stalled past the TTL) would otherwise
+/// write every state at once, slow the registry down and make the next losses.
+pub const REPUBLISH_PER_SECOND: u32 = 4 * registry::MAX_TXN_OPS as u32;
+
+/// When machines that lost their leases together start writing their states again: spread
+/// uniformly over this fraction of the TTL.
+const REPUBLISH_SPREAD_OF_TTL: u32 = 4;
+
+/// A token bucket: up to `burst` tokens, refilled at `per_second`. Pure: the caller says what
+/// time it is.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    burst: f64,
+    per_second: f64,
+    /// Negative when takers were promised tokens not there yet: later ones wait behind them.
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket. `per_second` of 0 is taken as 1 (a bucket that never refills would
+    /// stall its takers for ever).
+    pub fn new(burst: u32, per_second: u32) -> TokenBucket {
+        TokenBucket {
+            burst: f64::from(burst),
+            per_second: f64::from(per_second.max(1)),
+            tokens: f64::from(burst),
+            at: None,
+        }
+    }
+
+    /// Takes `n` tokens at `now`: when they may be spent (`now` if the bucket holds them, else
+    /// once refilled; the bucket goes into debt, so the next taker waits behind this one).
+    pub fn take(&mut self, now: Instant, n: u32) -> Instant {
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.at = Some(self.at.map_or(now, |at| at.max(now)));
+        self.tokens -= f64::from(n);
+        if self.tokens >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(-self.tokens / self.per_second)
+        }
+    }
+}
+
+/// The bucket a machine's republications after lost leases share: it outlives one loss, so a
+/// lease lost again and again is republished no faster.
+pub fn republish_bucket() -> Arc<Mutex<TokenBucket>> {
+    Arc::new(Mutex::new(TokenBucket::new(
+        REPUBLISH_BURST,
+        REPUBLISH_PER_SECOND,
+    )))
+}
+
+/// How long to wait before writing states again after a lost lease, for a uniform `draw` in
+/// [0, 1): spread over a quarter of `ttl`.
+pub fn republish_delay(ttl: Duration, draw: f64) -> Duration {
+    (ttl / REPUBLISH_SPREAD_OF_TTL).mul_f64(draw.clamp(0.0, 1.0))
+}
+
+/// When each batch of `states` goes out, `batch` states at a time, starting at `start` and
+/// paced by `bucket`.
+pub fn republish_times(
+    bucket: &mut TokenBucket,
+    start: Instant,
+    states: usize,
+    batch: usize,
+) -> Vec<Instant> {
+    let batch = batch.max(1);
+    (0..states.div_ceil(batch))
+        .map(|i| {
+            let n = (states - i * batch).min(batch);
+            bucket.take(start, u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .collect()
+}
+
+/// Writes states again after a lost lease, as [`MachineLease::publish_states`] does, but paced:
+/// after `delay`, a transaction's worth at a time as `bucket` allows; then removes `remove`.
+pub async fn republish_paced(
+    lease: &MachineLease,
+    machine: &str,
+    save: &[UnitState],
+    remove: &[String],
+    bucket: &Mutex<TokenBucket>,
+    delay: Duration,
+) -> registry::Result<()> {
+    tokio::time::sleep(delay).await;
+    for chunk in save.chunks(registry::MAX_TXN_OPS) {
+        let at = {
+            // A poisoned bucket holds plain numbers still valid: keep using it.
+            let mut b = bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            b.take(
+                Instant::now(),
+                u32::try_from(chunk.len()).unwrap_or(u32::MAX),
+            )
+        };
+        tokio::time::sleep_until(at).await;
+        lease.publish_states(machine, chunk, &[]).await?;
+    }
+    if !remove.is_empty() {
+        lease.publish_states(machine, &[], remove).await?;
+    }
+    Ok(())
 }
 
 /// The machine id from `/etc/machine-id`-like file contents.
@@ -195,7 +344,71 @@ pub async fn redetect_public_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+
+    #[test]
+    fn republishing_goes_a_burst_at_once_then_at_the_bucket_rate() {
+        let ms = Duration::from_millis;
+        let t = Instant::now();
+        // (burst, per second, states, batch, each batch's delay from the start)
+        let table: &[(u32, u32, usize, usize, &[u64])] = &[
+            // Within the burst: all at once.
+            (100, 400, 100, 100, &[0]),
+            (100, 400, 0, 100, &[]),
+            // Past it: each further batch waits for its tokens (100 at 400/s = 250 ms).
+            (100, 400, 350, 100, &[0, 250, 500, 625]),
+            (100, 400, 250, 50, &[0, 0, 125, 250, 375]),
+            // A batch larger than the burst goes into debt; the next waits it out.
+            (10, 100, 60, 30, &[200, 500]),
+        ];
+        for &(burst, rate, states, batch, want) in table {
+            let mut bucket = TokenBucket::new(burst, rate);
+            let got: Vec<Duration> = republish_times(&mut bucket, t, states, batch)
+                .into_iter()
+                .map(|at| at - t)
+                .collect();
+            let want: Vec<Duration> = want.iter().map(|&m| ms(m)).collect();
+            assert_eq!(
+                got, want,
+                "burst {burst}, {rate}/s, {states} states by {batch}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bucket_refills_with_time_up_to_its_burst_and_no_further() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut bucket = TokenBucket::new(100, 100);
+        assert_eq!(bucket.take(t, 100), t, "full at first");
+        assert_eq!(bucket.take(t, 50), t + Duration::from_millis(500));
+        // A lease lost again right after: it waits behind the first republication.
+        assert_eq!(bucket.take(t, 100), t + Duration::from_millis(1500));
+        // Long idle: the bucket is full again, but holds no more than its burst.
+        let later = t + s(60);
+        assert_eq!(bucket.take(later, 100), later);
+        assert_eq!(bucket.take(later, 100), later + s(1));
+    }
+
+    #[test]
+    fn machines_that_lose_their_leases_together_start_again_spread_over_a_quarter_ttl() {
+        let ttl = Duration::from_secs(8);
+        for (draw, want) in [(0.0, 0), (0.5, 1000), (0.75, 1500), (7.0, 2000), (-1.0, 0)] {
+            assert_eq!(
+                republish_delay(ttl, draw),
+                Duration::from_millis(want),
+                "draw {draw}"
+            );
+        }
+    }
+
+    #[test]
+    fn lease_losses_count_together_across_clones() {
+        let losses = LeaseLosses::default();
+        let other = losses.clone();
+        assert_eq!(losses.record(), 1);
+        assert_eq!(other.record(), 2);
+        assert_eq!(losses.count(), 2);
+    }
 
     /// The detector's answers change under the watcher; the clock is paused, so the test waits
     /// for no real interval.

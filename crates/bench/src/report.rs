@@ -77,13 +77,17 @@ pub struct RunReport {
     pub memory: Memory,
     pub etcd_cpu_s: f64,
     pub etcd_rss: u64,
+    /// Machine leases the registry let expire during the run (machines killed on purpose
+    /// not counted): none unless etcd was too slow for longer than `agent_ttl`.
+    pub leases_lost: u64,
     pub errors: Vec<String>,
 }
 
 impl RunReport {
-    /// Everything became active (and moved, if machines were killed).
+    /// Everything became active (and moved, if machines were killed), and no lease was lost.
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
+            && self.leases_lost == 0
             && self.all_active_s.is_some()
             && self
                 .failover
@@ -205,6 +209,7 @@ pub fn table(r: &RunReport) -> String {
         )),
         None => rows.push(("machine loss".into(), "not run".into())),
     }
+    rows.push(("machine leases lost".into(), r.leases_lost.to_string()));
     let m = &r.memory;
     rows.extend([
         (
@@ -385,6 +390,17 @@ mod tests {
         r.errors.clear();
         r.all_active_s = Some(1.0);
         assert!(r.ok());
+        r.leases_lost = 2;
+        assert!(!r.ok(), "a lost lease fails the run");
+        let t = table(&r);
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("machine leases lost") && l.ends_with(" 2")),
+            "{t}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["leases_lost"], 2);
+        r.leases_lost = 0;
         r.failover = Some(Failover::default());
         assert!(!r.ok());
     }

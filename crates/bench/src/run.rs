@@ -8,6 +8,7 @@ use crate::mix::{self, BenchUnit};
 use crate::report::{Failover, Listing, RunReport, Timeline};
 use crate::sys;
 use crate::tracker::Tracker;
+use agent::presence::LeaseLosses;
 use agent::{Agent, Presence, Shutdown, UnitManager};
 use anyhow::Context;
 use futures::StreamExt;
@@ -72,7 +73,12 @@ fn machine_id(i: usize) -> String {
     format!("{:08x}{:024x}", 0xb000_0000u32 as usize + i, i)
 }
 
-async fn start_machine(i: usize, registry: Registry, opts: &Options) -> anyhow::Result<Machine> {
+async fn start_machine(
+    i: usize,
+    registry: Registry,
+    opts: &Options,
+    losses: &LeaseLosses,
+) -> anyhow::Result<Machine> {
     let id = machine_id(i);
     let machine = MachineState {
         id: id.clone(),
@@ -87,7 +93,8 @@ async fn start_machine(i: usize, registry: Registry, opts: &Options) -> anyhow::
     let state_dir = opts.work_dir.join("machines").join(&id);
     let presence = Presence::register(registry, machine, opts.agent_ttl, &state_dir)
         .await
-        .with_context(|| format!("registering machine {id}"))?;
+        .with_context(|| format!("registering machine {id}"))?
+        .with_lease_losses(losses.clone());
     let manager: Arc<dyn UnitManager> = match &opts.process_helper {
         Some(helper) => Arc::new(
             agent::process::ProcessUnitManager::open(
@@ -108,9 +115,10 @@ async fn start_machines(
     range: std::ops::Range<usize>,
     registries: &[Registry],
     opts: &Options,
+    losses: &LeaseLosses,
 ) -> anyhow::Result<Vec<Machine>> {
     let results: Vec<anyhow::Result<Machine>> = futures::stream::iter(range)
-        .map(|i| start_machine(i, registries[i % registries.len()].clone(), opts))
+        .map(|i| start_machine(i, registries[i % registries.len()].clone(), opts, losses))
         .buffer_unordered(32)
         .collect()
         .await;
@@ -431,10 +439,12 @@ pub async fn run(
     report.memory.rss_before_agents = sys::rss_bytes("self");
     let started = Instant::now();
     let half = opts.machines / 2;
-    let mut machines = start_machines(0..half, &registries, opts).await?;
+    // Every machine counts its lost leases here.
+    let losses = LeaseLosses::default();
+    let mut machines = start_machines(0..half, &registries, opts, &losses).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.memory.rss_half_agents = sys::rss_bytes("self");
-    machines.extend(start_machines(half..opts.machines, &registries, opts).await?);
+    machines.extend(start_machines(half..opts.machines, &registries, opts, &losses).await?);
     wait_machines(&registry, opts.machines, opts.deadline).await?;
     report.agents_start_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -527,6 +537,14 @@ pub async fn run(
         machines.retain(|m| !dead.contains(&m.id));
     }
 
+    // Read before the teardown, while every machine still runs.
+    report.leases_lost = losses.count();
+    if report.leases_lost > 0 {
+        eprintln!(
+            "{}: {} machine leases lost during the run",
+            opts.run, report.leases_lost
+        );
+    }
     report.cpu_s = sys::cpu_seconds();
     report.memory.peak_rss = sys::peak_rss_bytes();
     if let Some(pid) = etcd_pid {

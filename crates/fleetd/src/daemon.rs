@@ -211,8 +211,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map(socket_group)
         .transpose()?;
     // The API answers 503 until this machine is registered, as fleet's did.
-    let api_state =
-        server::ApiState::new(registry.clone(), cfg.token_limit).with_access(access.clone());
+    let lease_losses = agent::presence::LeaseLosses::default();
+    let api_state = server::ApiState::new(registry.clone(), cfg.token_limit)
+        .with_access(access.clone())
+        .with_metrics_source({
+        let losses = lease_losses.clone();
+        std::sync::Arc::new(move |out: &mut String| {
+            out.push_str("# HELP fleet_agent_leases_lost_total Machine leases the registry let expire while this fleetd ran.\n");
+            out.push_str("# TYPE fleet_agent_leases_lost_total counter\n");
+            out.push_str(&format!("fleet_agent_leases_lost_total {}\n", losses.count()));
+        })
+    });
     // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
     // among them is not bound again: binding would find systemd's socket alive and refuse, as
     // if another fleetd served it (the default api_listen is fleet.socket's path).
@@ -269,7 +278,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             );
             tokio::select! {
                 r = attempt => match r {
-                    Ok(p) => break p,
+                    Ok(p) => break p.with_lease_losses(lease_losses.clone()),
                     Err(e) if e.downcast_ref::<agent::presence::DuplicateMachine>().is_some() => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "registering this machine failed; retrying");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{alive, wait_for, Node, DEADLINE, FLEETD, POLL};
+use common::{alive, etcd_args, wait_for, Node, DEADLINE, FLEETD, POLL};
 use nix::sys::signal::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
@@ -301,23 +301,6 @@ fn sighup_names_the_options_that_wait_for_a_restart() {
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
     l.local_addr().expect("probe port").port()
-}
-
-fn etcd_args(node: &Node, endpoints: &str) -> Vec<String> {
-    let mut args = node.embedded_args();
-    let at = args
-        .iter()
-        .position(|a| a == "embedded")
-        .expect("registry arg");
-    args[at] = "etcd".into();
-    args.extend([
-        "--etcd-servers".into(),
-        endpoints.into(),
-        // Unique per test: tests share no etcd, but keep the keyspace obvious in dumps.
-        "--etcd-key-prefix".into(),
-        format!("/fleet-test-{}/", common::unique()),
-    ]);
-    args
 }
 
 fn etcd_cluster() -> Option<testkit::etcd::EtcdCluster> {

@@ -495,6 +495,31 @@ pub fn etcd_with_args(extra_args: &[String]) -> Option<testkit::etcd::EtcdCluste
     }
 }
 
+/// The options of `node` on the etcd at `endpoints` with the process supervisor, its keys
+/// under a prefix of its own (`--etcd-key-prefix`, see [`arg_of`]).
+pub fn etcd_args(node: &Node, endpoints: &str) -> Vec<String> {
+    let mut args = node.embedded_args();
+    let at = args
+        .iter()
+        .position(|a| a == "embedded")
+        .expect("registry arg");
+    args[at] = "etcd".into();
+    args.extend([
+        "--etcd-servers".into(),
+        endpoints.into(),
+        // Unique per test: tests share no etcd, but keep the keyspace obvious in dumps.
+        "--etcd-key-prefix".into(),
+        format!("/fleet-test-{}/", unique()),
+    ]);
+    args
+}
+
+/// The value of `flag` in `args` (`--flag value`).
+pub fn arg_of<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(String::as_str)
+}
+
 /// Runs the fleetctl under test against `endpoint` (in `cwd`, if given) and prints what it
 /// said, so a failing test shows the whole exchange.
 pub fn run_fleetctl(endpoint: &str, cwd: Option<&Path>, args: &[&str]) -> std::process::Output {

@@ -367,6 +367,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        // In memory, not through the writer thread: the writer holds the state lock only to
+        // compute and to apply a batch, never across its disk write, so a refresh never waits
+        // for an fsync or a queue of writes, and expiry reads the deadline set here.
         write(&self.shared.state).keep_alive(lease, Instant::now())
     }
 

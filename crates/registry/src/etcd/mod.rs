@@ -61,7 +61,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause between attempts that failed without reaching etcd.
 const RETRY_PAUSE_MIN: Duration = Duration::from_millis(20);
 
-/// The etcd v3 store. Cheap to clone; clones share one connection pool.
+/// The etcd v3 store. Cheap to clone; clones share its two connections (one for leases, one
+/// for everything else).
 #[derive(Clone)]
 pub struct EtcdStore {
     inner: Arc<Inner>,
@@ -74,7 +75,7 @@ struct Inner {
     /// One long-lived keep-alive stream per lease this process refreshes: opening a stream per
     /// refresh cost etcd a stream set-up and two extra messages each time, which at 1,000
     /// machines was hundreds of stream openings a second.
-    keepers: std::sync::Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<lease::Keeper>>>>,
+    keepers: std::sync::Mutex<HashMap<LeaseId, lease::Keeper>>,
 }
 
 /// The service clients, with decode limits raised above gRPC's 4 MiB default: a watch catching
@@ -84,6 +85,7 @@ struct Inner {
 struct Clients {
     kv: ec::KvClient,
     watch: ec::WatchClient,
+    /// On a connection of its own (see [`EtcdStore::connect`]).
     lease: ec::LeaseClient,
 }
 
@@ -141,22 +143,12 @@ impl EtcdStore {
             }
             (None, None) => {}
         }
-        let timeout = opts.request_timeout;
-        let client =
-            match tokio::time::timeout(timeout, ec::Client::connect(&opts.endpoints, Some(co)))
-                .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    return Err(match classify(&e) {
-                        Class::Transient | Class::NotSent => {
-                            unavailable(&opts, "connect", Some(&e))
-                        }
-                        _ => refused(&opts, "connect", &e),
-                    })
-                }
-                Err(_) => return Err(unavailable(&opts, "connect", None)),
-            };
+        let client = connect_client(&opts, co.clone()).await?;
+        // Lease grants, keep-alives and revokes go over a connection of their own: on the
+        // shared one they queued behind bulk writes and group commits (HTTP/2 flow control,
+        // one TCP stream), so a machine busy publishing thousands of states could miss its
+        // own keep-alive and expire.
+        let lease_client = connect_client(&opts, co).await?;
         let clients = Clients {
             kv: client
                 .kv_client()
@@ -164,7 +156,7 @@ impl EtcdStore {
             watch: client
                 .watch_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            lease: client.lease_client(),
+            lease: lease_client.lease_client(),
         };
         Ok(EtcdStore {
             inner: Arc::new(Inner {
@@ -401,5 +393,22 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
         self.watch_stream(prefix, from).await
+    }
+}
+
+/// One etcd client (its own gRPC channel, so its own HTTP/2 connection) with `co`.
+async fn connect_client(opts: &EtcdOptions, co: ec::ConnectOptions) -> Result<ec::Client> {
+    match tokio::time::timeout(
+        opts.request_timeout,
+        ec::Client::connect(&opts.endpoints, Some(co)),
+    )
+    .await
+    {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(match classify(&e) {
+            Class::Transient | Class::NotSent => unavailable(opts, "connect", Some(&e)),
+            _ => refused(opts, "connect", &e),
+        }),
+        Err(_) => Err(unavailable(opts, "connect", None)),
     }
 }
