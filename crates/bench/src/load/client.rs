@@ -237,6 +237,8 @@ impl ClientRecord {
                     ClientError::Connect { .. } => "transport".into(),
                     ClientError::Protocol { .. } => "protocol".into(),
                     ClientError::InvalidEndpoint { .. } => "invalid-endpoint".into(),
+                    ClientError::Tls { .. } => "tls".into(),
+                    ClientError::Credentials(_) => "credentials".into(),
                 };
                 self.unclean += 1;
                 if self.unclean_sample.len() < SAMPLE {
