@@ -673,6 +673,9 @@ impl Forwarder {
     pub(crate) async fn watch(self: Arc<Self>, mut shutdown: watch::Receiver<()>) {
         let ended = async move { while shutdown.changed().await.is_ok() {} };
         tokio::pin!(ended);
+        // Doubles while the forwarder cannot be reached, so that a broken helper is retried
+        // without flooding fleetd's log.
+        let mut pause = Duration::from_secs(1);
         loop {
             let me = self.clone();
             let connected = tokio::task::spawn_blocking(move || {
@@ -689,6 +692,7 @@ impl Forwarder {
                             _ = &mut ended => return,
                         }
                         tracing::warn!("the log forwarder (pid {pid}) ended; starting another and handing it the running units' output");
+                        pause = Duration::from_secs(1);
                         None
                     }
                     Err(e) => Some(e.to_string()),
@@ -697,11 +701,14 @@ impl Forwarder {
                 Err(e) => Some(e.to_string()),
             };
             if let Some(problem) = wait {
-                tracing::warn!("cannot reach the log forwarder, trying again in 1 s: {problem}");
+                tracing::warn!(
+                    "cannot reach the log forwarder, trying again in {pause:?}: {problem}"
+                );
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = &mut ended => return,
                 }
+                pause = (pause * 2).min(Duration::from_secs(60));
             }
         }
     }
