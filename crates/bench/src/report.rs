@@ -26,6 +26,30 @@ pub struct Memory {
     pub peak_rss: u64,
 }
 
+/// CPU of the processes the process supervisor started, read from `/proc` just before the
+/// machines leave: its log forwarders and the units' own processes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Supervised {
+    pub forwarders: usize,
+    pub forwarders_cpu_s: f64,
+    pub unit_processes: usize,
+    pub units_cpu_s: f64,
+    /// Units running when read.
+    pub units: usize,
+}
+
+impl Supervised {
+    /// The supervisor's processes' CPU per unit, in milliseconds.
+    pub fn forwarder_ms_per_unit(&self) -> f64 {
+        self.forwarders_cpu_s * 1000.0 / self.units.max(1) as f64
+    }
+
+    /// The units' own CPU per unit, in milliseconds.
+    pub fn unit_ms_per_unit(&self) -> f64 {
+        self.units_cpu_s * 1000.0 / self.units.max(1) as f64
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Failover {
     pub killed_machines: usize,
@@ -74,6 +98,8 @@ pub struct RunReport {
     pub listing: Listing,
     pub failover: Option<Failover>,
     pub cpu_s: f64,
+    /// With `--process`: what the supervisor's own processes and the units cost.
+    pub supervised: Option<Supervised>,
     pub memory: Memory,
     pub etcd_cpu_s: f64,
     pub etcd_rss: u64,
@@ -210,6 +236,18 @@ pub fn table(r: &RunReport) -> String {
         None => rows.push(("machine loss".into(), "not run".into())),
     }
     rows.push(("machine leases lost".into(), r.leases_lost.to_string()));
+    if let Some(s) = &r.supervised {
+        rows.push((
+            "supervisor CPU per unit (log forwarders) / units' own".into(),
+            format!(
+                "{:.2} ms / {:.2} ms ({} forwarder processes, {} unit processes)",
+                s.forwarder_ms_per_unit(),
+                s.unit_ms_per_unit(),
+                s.forwarders,
+                s.unit_processes
+            ),
+        ));
+    }
     let m = &r.memory;
     rows.extend([
         (

@@ -5,7 +5,7 @@
 use crate::etcd_metrics::{self, Load};
 use crate::hollow::HollowManager;
 use crate::mix::{self, BenchUnit};
-use crate::report::{Failover, Listing, RunReport, Timeline};
+use crate::report::{Failover, Listing, RunReport, Supervised, Timeline};
 use crate::sys;
 use crate::tracker::Tracker;
 use agent::presence::LeaseLosses;
@@ -546,6 +546,17 @@ pub async fn run(
         );
     }
     report.cpu_s = sys::cpu_seconds();
+    if opts.process_helper.is_some() {
+        let ((forwarders, forwarders_cpu_s), (unit_processes, units_cpu_s)) =
+            sys::children_cpu_seconds(supervisor::log::HELPER_ARG, etcd_pid);
+        report.supervised = Some(Supervised {
+            forwarders,
+            forwarders_cpu_s,
+            unit_processes,
+            units_cpu_s,
+            units: lock(&tracker).expected(machines.len()),
+        });
+    }
     report.memory.peak_rss = sys::peak_rss_bytes();
     if let Some(pid) = etcd_pid {
         report.etcd_cpu_s = sys::process_cpu_seconds(pid);

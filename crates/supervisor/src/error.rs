@@ -52,6 +52,8 @@ pub enum Error {
     },
     #[error("{} does not act as the process supervisor's log forwarder: its main must call supervisor::run_helper_if_requested() first (or set FLEET_PROCESS_HELPER to fleet-process-helper)", path.display())]
     NotAHelper { path: PathBuf },
+    #[error("setting up the log forwarder")]
+    Forwarder(#[source] crate::forwarder::ForwarderError),
     #[error("creating {}", path.display())]
     CreateDir {
         path: PathBuf,

@@ -30,10 +30,12 @@
 //! - `logs/<name>.log` (+ `.log.1`): its stdout/stderr, one timestamped line per line.
 //!
 //! Every command of a unit runs as the leader of its own session (setsid): stopping signals the
-//! whole tree, and nothing of the unit depends on fleetd staying alive. Output goes through a
-//! small forwarder process per run (see [`log`]), never through fleetd. A new manager on the
-//! same directories re-adopts what still runs: it reports it `active/running`, watches its main
-//! pid and can stop it; it restarts nothing.
+//! whole tree, and nothing of the unit depends on fleetd staying alive. Output goes through
+//! one log forwarder process per state directory, never through fleetd: it reads every unit's
+//! pipe and keeps writing the logs while fleetd is down (the `forwarder` module says how, and
+//! what happens when it dies). A new manager on the same directories re-adopts what still
+//! runs: it reports it `active/running`, watches its main pid and can stop it; it restarts
+//! nothing.
 //!
 //! Limits, by design: no cgroups, so a process that calls `setsid` itself leaves the unit's
 //! sessions and is not killed on stop (except the main pid of `Type=forking`); after a
@@ -42,6 +44,7 @@
 
 pub mod config;
 mod error;
+mod forwarder;
 pub mod inspect;
 pub mod log;
 mod manager;
@@ -54,6 +57,7 @@ mod units;
 
 pub use config::ConfigError;
 pub use error::Error;
+pub use forwarder::ForwarderError;
 pub use log::run_helper_if_requested;
 pub use manager::ProcessManager;
 pub use open::Builder;

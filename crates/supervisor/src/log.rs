@@ -1,32 +1,27 @@
 //! Per-unit logs: every line a unit writes to stdout/stderr, with a timestamp, in
 //! `state_dir/logs/<unit>.log`, rotated at a size bound.
 //!
-//! A unit's stdout and stderr are one pipe whose reader is a tiny log-forwarding process
-//! (this same code, started as `<helper> __fleet-process-helper log-forward <file> <max>`),
-//! in its own session. fleetd never holds the reading end, so a unit keeps writing its output
-//! (with timestamps and rotation) while fleetd is down, restarts or is SIGKILLed; the forwarder
-//! exits when every process of the unit has closed the pipe. Writing to the file directly would
-//! lose the timestamps and the rotation; a pipe read by fleetd would break (SIGPIPE) when
-//! fleetd dies.
+//! A unit's stdout and stderr are one pipe whose reading end belongs to the state directory's
+//! log forwarder (see [`crate::forwarder`]), one process for all units, which writes them
+//! here with [`Lines`] and [`LogFile`].
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// First argument that makes a binary act as the process supervisor's helper.
 pub const HELPER_ARG: &str = "__fleet-process-helper";
-/// Reply of `<helper> __fleet-process-helper probe`, checked when a manager starts.
-pub const PROBE_REPLY: &str = "fleet-process-helper 1";
+/// Reply of `<helper> __fleet-process-helper probe`, checked when a manager starts. Version 2
+/// serves every unit of a state directory from one process (`log-serve`).
+pub const PROBE_REPLY: &str = "fleet-process-helper 2";
 
 /// Rotation bound of a unit's log; one older file (`.log.1`) is kept.
 pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 
-/// The forwarder lives exactly as long as its unit's output: signals meant for fleetd (a
-/// `pkill fleetd`, `systemctl kill fleet`, a SIGUSR2 upgrade) must not end it, or the unit's
-/// next write would meet a closed pipe.
-fn ignore_control_signals() {
+/// The forwarder lives as long as the units' output: signals meant for fleetd (a
+/// `pkill fleetd`, `systemctl kill fleet`, a SIGUSR2 upgrade) must not end it, or the units'
+/// next writes would meet closed pipes.
+pub(crate) fn ignore_control_signals() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     for sig in [
         Signal::SIGHUP,
@@ -54,19 +49,15 @@ pub fn run_helper_if_requested() {
             println!("{PROBE_REPLY}");
             0
         }
-        Some("log-forward") => match (
-            args.get(3),
-            args.get(4).and_then(|a| a.to_str()?.parse::<u64>().ok()),
-        ) {
-            (Some(file), Some(max)) => {
-                ignore_control_signals();
-                forward(std::io::stdin().lock(), Path::new(file), max, now_stamp);
-                0
-            }
-            _ => 2,
+        Some(crate::forwarder::SERVE) => match args.get(3) {
+            Some(logs_dir) => crate::forwarder::serve(Path::new(logs_dir)),
+            None => 2,
         },
         _ => {
-            eprintln!("usage: {HELPER_ARG} probe | log-forward <file> <max-bytes>");
+            eprintln!(
+                "usage: {HELPER_ARG} probe | {} <logs-dir>",
+                crate::forwarder::SERVE
+            );
             2
         }
     };
@@ -97,7 +88,7 @@ pub fn format_timestamp(t: SystemTime) -> String {
     )
 }
 
-fn now_stamp() -> String {
+pub(crate) fn now_stamp() -> String {
     format_timestamp(SystemTime::now())
 }
 
@@ -176,12 +167,52 @@ impl LogFile {
     }
 }
 
-/// Copies `input` to `file` line by line, each line prefixed with `stamp()` and a space. Lines
-/// longer than 16 KiB are cut into several lines; a last line without newline is kept.
+/// Lines longer than this are cut into several lines.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Cuts a unit's output into timestamped lines: each line prefixed with a timestamp and a
+/// space, a `\r` before the newline dropped, lines longer than 16 KiB cut into several lines.
+#[derive(Default)]
+pub struct Lines {
+    /// The start of a line whose newline has not come yet.
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// The whole lines `data` completes, stamped with `ts`, ready for [`LogFile::append`].
+    pub fn feed(&mut self, data: &[u8], ts: &str) -> Vec<u8> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            push_line(&mut out, ts, &self.pending[start..end], MAX_LINE);
+            start = end + 1;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() >= MAX_LINE {
+            push_line(&mut out, ts, &self.pending, MAX_LINE);
+            self.pending.clear();
+        }
+        out
+    }
+
+    /// At the end of the output: a last line without newline, kept.
+    pub fn finish(&mut self, ts: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.pending.is_empty() {
+            push_line(&mut out, ts, &self.pending, MAX_LINE);
+            self.pending.clear();
+        }
+        out
+    }
+}
+
+/// Copies `input` to `file` line by line as [`Lines`] cuts it, each line stamped with
+/// `stamp()`, the file rotated at `max` bytes.
 pub fn forward(mut input: impl Read, file: &Path, max: u64, stamp: impl Fn() -> String) {
-    const MAX_LINE: usize = 16 * 1024;
     let mut log = LogFile::new(file, max);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut lines = Lines::default();
     let mut buf = [0u8; 8192];
     loop {
         let n = match input.read(&mut buf) {
@@ -190,27 +221,13 @@ pub fn forward(mut input: impl Read, file: &Path, max: u64, stamp: impl Fn() -> 
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        pending.extend_from_slice(&buf[..n]);
-        let mut out = Vec::new();
-        let ts = stamp();
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
-            push_line(&mut out, &ts, &pending[start..end], MAX_LINE);
-            start = end + 1;
-        }
-        pending.drain(..start);
-        if pending.len() >= MAX_LINE {
-            push_line(&mut out, &ts, &pending, MAX_LINE);
-            pending.clear();
-        }
+        let out = lines.feed(&buf[..n], &stamp());
         if !out.is_empty() {
             log.append(&out);
         }
     }
-    if !pending.is_empty() {
-        let mut out = Vec::new();
-        push_line(&mut out, &stamp(), &pending, MAX_LINE);
+    let out = lines.finish(&stamp());
+    if !out.is_empty() {
         log.append(&out);
     }
 }
@@ -229,63 +246,12 @@ fn push_line(out: &mut Vec<u8>, ts: &str, line: &[u8], max: usize) {
     }
 }
 
-/// A line fleetd itself adds to a unit's log (like systemd's "Started ..." journal lines).
-pub async fn note(path: PathBuf, message: String) {
+/// A line fleetd itself adds to a unit's log (like systemd's "Started ..." journal lines),
+/// rotated at `max` bytes.
+pub async fn note(path: PathBuf, message: String, max: u64) {
     let line = format!("{} fleetd: {message}\n", now_stamp());
-    let _ = tokio::task::spawn_blocking(move || {
-        LogFile::new(&path, MAX_LOG_BYTES).append(line.as_bytes())
-    })
-    .await;
-}
-
-/// Why a run has no log.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ForwarderError {
-    #[error("creating the log pipe")]
-    Pipe(#[source] nix::errno::Errno),
-    #[error("starting the log forwarder {}", helper.display())]
-    Start {
-        helper: PathBuf,
-        #[source]
-        source: crate::spawn::SpawnError,
-    },
-}
-
-/// Starts a unit's log forwarder (`helper` run as [`run_helper_if_requested`] expects) and
-/// returns the write end of its pipe.
-pub(crate) fn start_forwarder(helper: &Path, log: &Path) -> Result<OwnedFd, ForwarderError> {
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ForwarderError::Pipe)?;
-    let argv = [
-        helper.to_string_lossy().into_owned(),
-        HELPER_ARG.to_string(),
-        "log-forward".to_string(),
-        log.to_string_lossy().into_owned(),
-        MAX_LOG_BYTES.to_string(),
-    ];
-    // Its own session, so that signals for fleetd's process group (Ctrl-C) or for the unit's
-    // sessions do not reach it.
-    let env: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let mut child = crate::spawn::spawn_in_session(
-        &argv,
-        &env,
-        Some(Path::new("/")),
-        crate::spawn::Stdio {
-            stdin: Some(&read),
-            output: None,
-        },
-    )
-    .map_err(|source| ForwarderError::Start {
-        helper: helper.into(),
-        source,
-    })?;
-    // Reap it when it ends (if fleetd still runs by then).
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    Ok(write)
+    let _ =
+        tokio::task::spawn_blocking(move || LogFile::new(&path, max).append(line.as_bytes())).await;
 }
 
 #[cfg(test)]

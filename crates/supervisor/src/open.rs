@@ -2,6 +2,7 @@
 //! left behind.
 
 use crate::config::{self, ConfigError};
+use crate::forwarder::Forwarder;
 use crate::supervise::{Adopted, Goal};
 use crate::units::{
     check_name, load_status, spawn_supervisor, specifiers, OnChange, RecordedState, RunRecord,
@@ -21,6 +22,7 @@ impl ProcessManager {
             state_dir,
             runtime_dir: None,
             helper: None,
+            log_max_bytes: log::MAX_LOG_BYTES,
             on_change: None,
         }
     }
@@ -32,6 +34,7 @@ pub struct Builder {
     state_dir: PathBuf,
     runtime_dir: Option<PathBuf>,
     helper: Option<PathBuf>,
+    log_max_bytes: u64,
     on_change: Option<OnChange>,
 }
 
@@ -49,6 +52,13 @@ impl Builder {
     /// set, else this executable (fleetd is its own forwarder).
     pub fn helper(mut self, helper: PathBuf) -> Builder {
         self.helper = Some(helper);
+        self
+    }
+
+    /// The size at which a unit's log is rotated (default [`log::MAX_LOG_BYTES`]); one older
+    /// file is kept.
+    pub fn log_max_bytes(mut self, max: u64) -> Builder {
+        self.log_max_bytes = max.max(1);
         self
     }
 
@@ -81,11 +91,19 @@ impl Builder {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| Error::CreateDir { path: dir, source })?;
         }
+        let forwarder = Arc::new(
+            Forwarder::new(helper, state_dir.join("logs"), self.log_max_bytes)
+                .map_err(Error::Forwarder)?,
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(());
+        // Started now, not at the first run: a manager that re-adopts running units finds the
+        // forwarder that reads their output, and learns if it dies.
+        runtime.spawn(forwarder.clone().watch(shutdown_rx.clone()));
         let shared = Arc::new(Shared {
             state_dir,
             runtime_dir: runtime_dir.clone(),
-            helper,
+            forwarder,
+            log_max: self.log_max_bytes,
             boot_id: sys::boot_id(),
             on_change: self.on_change,
             units: Mutex::new(BTreeMap::new()),

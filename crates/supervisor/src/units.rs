@@ -48,8 +48,10 @@ pub(crate) struct UnitEntry {
 pub(crate) struct Shared {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
-    /// The log-forwarder executable.
-    pub helper: PathBuf,
+    /// The state directory's log forwarder.
+    pub forwarder: Arc<crate::forwarder::Forwarder>,
+    /// The size at which a unit's log is rotated.
+    pub log_max: u64,
     pub boot_id: String,
     pub on_change: Option<OnChange>,
     pub units: Mutex<BTreeMap<String, UnitEntry>>,
@@ -70,6 +72,11 @@ impl Shared {
 
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {
         self.state_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    /// Adds a line of fleetd's own to the unit's log.
+    pub(crate) async fn note(&self, name: &str, message: String) {
+        crate::log::note(self.log_path(name), message, self.log_max).await;
     }
 
     pub(crate) fn record_path(&self, name: &str) -> PathBuf {

@@ -17,10 +17,16 @@ struct Manager {
 
 impl Manager {
     fn open(state_dir: PathBuf) -> Manager {
-        let (changes, _) = broadcast::channel(1024);
+        Manager::open_with(state_dir, supervisor::log::MAX_LOG_BYTES)
+    }
+
+    /// With units' logs rotated at `log_max` bytes.
+    fn open_with(state_dir: PathBuf, log_max: u64) -> Manager {
+        let (changes, _) = broadcast::channel(4096);
         let tx = changes.clone();
         let inner = ProcessManager::builder(state_dir)
             .helper(HELPER.into())
+            .log_max_bytes(log_max)
             .on_change(move |change| {
                 let _ = tx.send(change);
             })
@@ -77,10 +83,42 @@ impl Fixture {
     fn main_pid(&self, name: &str) -> Option<i32> {
         Some(self.record(name)?.get("main_pid")?.as_i64()? as i32)
     }
+    /// The live log forwarders serving this state directory.
+    fn forwarders(&self) -> Vec<i32> {
+        let logs = self.state_dir().join("logs");
+        let logs = logs.canonicalize().unwrap_or(logs);
+        let logs = logs.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == supervisor::log::HELPER_ARG)
+                && args.iter().any(|a| a == &logs)
+                && alive(pid)
+            {
+                found.push(pid);
+            }
+        }
+        found
+    }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        for pid in self.forwarders() {
+            // SAFETY: kill(2) with a pid and a signal number has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let Ok(dir) = std::fs::read_dir(self.state_dir().join("run")) else {
             return;
         };
@@ -462,6 +500,8 @@ async fn readoption_after_the_manager_goes_away() {
         wait_state(&m, "keep.service", "active", "running").await;
         fx.main_pid("keep.service").unwrap()
     };
+    let forwarder = fx.forwarders();
+    assert_eq!(forwarder.len(), 1, "one log forwarder: {forwarder:?}");
     // The manager is gone (as when fleetd exits): the unit runs on and its log keeps growing.
     let log = fx.state_dir().join("logs/keep.service.log");
     let before = read(&log).matches(" tick\n").count();
@@ -472,6 +512,8 @@ async fn readoption_after_the_manager_goes_away() {
     assert!(alive(pid));
 
     let m = fx.manager();
+    // The new manager found the running forwarder rather than starting another.
+    assert_eq!(fx.forwarders(), forwarder);
     assert_eq!(m.units(), vec![("keep.service".to_string(), file.hash())]);
     assert_eq!(
         state(&m, "keep.service"),
@@ -689,4 +731,135 @@ async fn units_survive_sigkill_of_their_manager() {
     m.stop("survivor.service").unwrap();
     wait_state(&m, "survivor.service", "inactive", "dead").await;
     wait_for("the survivor to be stopped", || !alive(pid)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_forwarder_keeps_the_output_of_many_units() {
+    const UNITS: usize = 200;
+    let fx = Fixture::new();
+    let m = fx.manager();
+    let names: Vec<String> = (0..UNITS).map(|i| format!("many-{i:03}.service")).collect();
+    for name in &names {
+        let body = format!(
+            "ExecStart=/bin/sh -c 'echo out of {name}; echo err of {name} >&2; exec sleep 1000'"
+        );
+        m.load(name, &service(&body)).await.unwrap();
+        m.start(name).unwrap();
+    }
+    for name in &names {
+        wait_state(&m, name, "active", "running").await;
+    }
+    for name in &names {
+        let log = m.log_path(name);
+        wait_for(&format!("both lines of {name} in its log"), || {
+            let text = read(&log);
+            text.contains(&format!(" out of {name}\n"))
+                && text.contains(&format!(" err of {name}\n"))
+        })
+        .await;
+    }
+    let forwarders = fx.forwarders();
+    assert_eq!(
+        forwarders.len(),
+        1,
+        "{UNITS} units, one log forwarder: {forwarders:?}"
+    );
+    // Not the manager's process, and in a session of its own (signals for fleetd's process
+    // group do not reach it).
+    let fw = forwarders[0];
+    assert_ne!(fw, std::process::id() as i32);
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(fw)))
+            .unwrap()
+            .as_raw(),
+        fw
+    );
+
+    // With no output left to read and no manager, the forwarder exits by itself. (The units
+    // are killed rather than stopped: 200 stop sequences are covered elsewhere and only make
+    // this test slow on a busy machine.)
+    let pids: Vec<i32> = names.iter().filter_map(|n| fx.main_pid(n)).collect();
+    assert_eq!(pids.len(), UNITS);
+    drop(m);
+    for pid in pids {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    wait_for("the idle forwarder to exit", || !alive(fw)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_rotate_at_the_configured_size() {
+    const MAX: u64 = 4096;
+    let fx = Fixture::new();
+    let m = Manager::open_with(fx.state_dir(), MAX);
+    let body = "Type=oneshot\nExecStart=/bin/sh -c 'i=0; while [ $i -lt 1000 ]; do echo line $i; i=$((i+1)); done'";
+    m.load("chatty.service", &service(body)).await.unwrap();
+    start_and_wait(&m, "chatty.service", "inactive", "dead").await;
+    let log = m.log_path("chatty.service");
+    let mut old = log.as_os_str().to_owned();
+    old.push(".1");
+    let old = PathBuf::from(old);
+    // The oneshot has ended, but its forwarder may still be writing the last lines.
+    wait_for("the last line in the log", || {
+        read(&log).contains(" line 999\n")
+    })
+    .await;
+    let (current, previous) = (read(&log), read(&old));
+    assert!(current.len() as u64 <= MAX, "{} bytes", current.len());
+    assert!(
+        !previous.is_empty() && previous.len() as u64 <= MAX,
+        "{} bytes",
+        previous.len()
+    );
+    // One older file only: the first lines are gone, the rotated file holds the ones just
+    // before the current file's.
+    assert!(!previous.contains(" line 0\n") && !current.contains(" line 0\n"));
+    let first_current = current
+        .lines()
+        .find_map(|l| {
+            l.split_once(" line ")
+                .and_then(|(_, n)| n.parse::<u32>().ok())
+        })
+        .unwrap();
+    assert!(
+        previous.contains(&format!(" line {}\n", first_current - 1)),
+        "{previous}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_forwarder_is_replaced_and_the_units_keep_running() {
+    let fx = Fixture::new();
+    let m = fx.manager();
+    let body = "ExecStart=/bin/sh -c 'while true; do echo tick; sleep 0.05; done'";
+    m.load("steady.service", &service(body)).await.unwrap();
+    m.start("steady.service").unwrap();
+    wait_state(&m, "steady.service", "active", "running").await;
+    let pid = fx.main_pid("steady.service").unwrap();
+    let log = m.log_path("steady.service");
+    wait_for("a tick in the log", || read(&log).contains(" tick\n")).await;
+    let old = fx.forwarders();
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(old[0], libc::SIGKILL) };
+    wait_for("the forwarder to die", || !alive(old[0])).await;
+    // The manager held the pipe's reading end, so the unit's writes did not fail (SIGPIPE
+    // would have killed the shell), and it handed the pipe to a new forwarder.
+    let before = read(&log).matches(" tick\n").count();
+    wait_for("ticks logged by a new forwarder", || {
+        read(&log).matches(" tick\n").count() > before + 2
+    })
+    .await;
+    let new = fx.forwarders();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old);
+    assert!(alive(pid));
+    assert_eq!(
+        state(&m, "steady.service"),
+        Some(("loaded".into(), "active".into(), "running".into()))
+    );
+    m.stop("steady.service").unwrap();
+    wait_state(&m, "steady.service", "inactive", "dead").await;
 }

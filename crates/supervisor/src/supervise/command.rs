@@ -5,7 +5,6 @@ use super::run::{Interrupt, Run};
 use super::{Goal, RunResult};
 use crate::config::{expand_argv, parse_env_file, ExecCommand, DEFAULT_PATH};
 use crate::error::chain;
-use crate::log::{note, start_forwarder};
 use crate::sys::{self, AccountError, ExecutableError, SpawnError};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
@@ -107,20 +106,22 @@ impl Run {
         Ok(())
     }
 
-    /// The write end of the unit's log pipe, starting its forwarder on first use.
+    /// The write end of the run's log pipe, created (and its reading end handed to the
+    /// forwarder) on first use.
     async fn output(&mut self) -> Option<&OwnedFd> {
         if self.output.is_none() {
-            let (helper, log) = (self.shared.helper.clone(), self.shared.log_path(&self.name));
-            // Off the async workers: a spawn blocks its thread until the child has exec'd.
-            match tokio::task::spawn_blocking(move || start_forwarder(&helper, &log)).await {
-                Ok(Ok(fd)) => self.output = Some(fd),
+            let (forwarder, name) = (self.shared.forwarder.clone(), self.name.clone());
+            // Off the async workers: the hand-over waits for the forwarder's answer (and may
+            // start it).
+            match tokio::task::spawn_blocking(move || forwarder.pipe(&name)).await {
+                Ok(Ok(pipe)) => self.output = Some(pipe),
                 Ok(Err(e)) => {
                     tracing::warn!(unit = %self.name, "no log for this run: {}", chain(&e))
                 }
                 Err(e) => tracing::warn!(unit = %self.name, "no log for this run: {e}"),
             }
         }
-        self.output.as_ref()
+        self.output.as_ref().map(|(write, _)| write)
     }
 
     pub(super) async fn spawn(
@@ -186,11 +187,12 @@ impl Run {
         let (mut child, pid) = match self.spawn(cmd, &extra).await {
             Ok(c) => c,
             Err(e) if cmd.ignore_failure => {
-                note(
-                    self.shared.log_path(&self.name),
-                    format!("{what} failed (ignored): {}", self.failure(&e)),
-                )
-                .await;
+                self.shared
+                    .note(
+                        &self.name,
+                        format!("{what} failed (ignored): {}", self.failure(&e)),
+                    )
+                    .await;
                 return Ok(());
             }
             Err(e) => {
@@ -225,11 +227,9 @@ impl Run {
                 if result.is_success() {
                     Ok(())
                 } else if cmd.ignore_failure {
-                    note(
-                        self.shared.log_path(&self.name),
-                        format!("{what} {text} (ignored)"),
-                    )
-                    .await;
+                    self.shared
+                        .note(&self.name, format!("{what} {text} (ignored)"))
+                        .await;
                     Ok(())
                 } else {
                     Err(Interrupt::Failed(

@@ -12,7 +12,6 @@ mod run;
 mod stop;
 
 use crate::config::RestartPolicy;
-use crate::log::note;
 use crate::units::Shared;
 use crate::SubState;
 use run::Run;
@@ -129,7 +128,7 @@ pub async fn supervise(
                     restarts.len() + 1,
                     cfg.policy.start_limit_interval
                 );
-                note(shared.log_path(&name), reason.clone()).await;
+                shared.note(&name, reason.clone()).await;
                 shared.set_reason(&name, Some(reason));
                 shared.set_state(&name, SubState::Failed);
                 goal_tx.send_replace(Goal::Stopped);

@@ -5,7 +5,7 @@ use super::process::{blocking, classify, MainProc};
 use super::{Adopted, Goal, RunEnd, RunResult};
 use crate::config::{ServiceConfig, ServiceType};
 use crate::error::chain;
-use crate::log::note;
+use crate::forwarder::HeldPipe;
 use crate::sys::{self, Credentials};
 use crate::units::{RecordedState, RunRecord, Shared};
 use crate::SubState;
@@ -34,8 +34,9 @@ pub(super) struct Run {
     pub(super) env: BTreeMap<String, String>,
     pub(super) cwd: Option<PathBuf>,
     pub(super) credentials: Option<Credentials>,
-    /// The write end of the log pipe, once its forwarder runs.
-    pub(super) output: Option<OwnedFd>,
+    /// The write end of the log pipe and the reading end kept while the run lasts, once the
+    /// forwarder has the pipe.
+    pub(super) output: Option<(OwnedFd, HeldPipe)>,
     pub(super) main: Option<MainProc>,
     /// Every command's session: what a stop signals.
     pub(super) sessions: Vec<i32>,
@@ -67,7 +68,7 @@ impl Run {
     }
 
     pub(super) async fn fail_note(&self, reason: String) {
-        note(self.shared.log_path(&self.name), reason.clone()).await;
+        self.shared.note(&self.name, reason.clone()).await;
         self.shared.set_reason(&self.name, Some(reason));
     }
 
@@ -167,15 +168,16 @@ impl Run {
             return self.stop(true, RunResult::Success, true).await;
         }
         self.set(SubState::Running);
-        note(
-            self.shared.log_path(&self.name),
-            format!(
-                "started {} (main pid {})",
-                self.name,
-                self.main.as_ref().map(|m| m.pid()).unwrap_or(0)
-            ),
-        )
-        .await;
+        self.shared
+            .note(
+                &self.name,
+                format!(
+                    "started {} (main pid {})",
+                    self.name,
+                    self.main.as_ref().map(|m| m.pid()).unwrap_or(0)
+                ),
+            )
+            .await;
         self.watch_running().await
     }
 
@@ -221,7 +223,7 @@ impl Run {
             Some(exit) => {
                 let (result, text) = classify(&exit, true);
                 let reason = format!("{}: main process {text}", self.name);
-                note(self.shared.log_path(&self.name), reason.clone()).await;
+                self.shared.note(&self.name, reason.clone()).await;
                 if !result.is_success() {
                     self.shared.set_reason(&self.name, Some(reason));
                 }

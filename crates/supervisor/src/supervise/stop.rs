@@ -5,7 +5,6 @@ use super::process::{blocking, Exit};
 use super::run::{Interrupt, Run};
 use super::{RunEnd, RunResult};
 use crate::config::{KillMode, ServiceType};
-use crate::log::note;
 use crate::{sys, SubState};
 use nix::sys::signal::Signal;
 use std::time::Duration;
@@ -72,11 +71,12 @@ impl Run {
         let timeout = self.cfg.policy.timeout_stop;
         let mut clean = self.wait_gone(group, timeout).await;
         if !clean {
-            note(
-                self.shared.log_path(&self.name),
-                format!("{}: {term} timed out; sending SIGKILL", self.name),
-            )
-            .await;
+            self.shared
+                .note(
+                    &self.name,
+                    format!("{}: {term} timed out; sending SIGKILL", self.name),
+                )
+                .await;
         }
         if !clean || (mode == KillMode::Mixed && !self.gone(true).await) {
             self.set(kill);
@@ -87,14 +87,15 @@ impl Run {
                 .wait_gone(all, Some(timeout.unwrap_or(Duration::from_secs(90))))
                 .await
             {
-                note(
-                    self.shared.log_path(&self.name),
-                    format!(
-                        "{}: processes survived SIGKILL; giving up on them",
-                        self.name
-                    ),
-                )
-                .await;
+                self.shared
+                    .note(
+                        &self.name,
+                        format!(
+                            "{}: processes survived SIGKILL; giving up on them",
+                            self.name
+                        ),
+                    )
+                    .await;
             }
             if mode == KillMode::Mixed && self.main.as_mut().is_some_and(|m| m.try_exit().is_none())
             {
@@ -166,11 +167,9 @@ impl Run {
         }
         self.shared.remove_record(&self.name).await;
         if requested && result.is_success() {
-            note(
-                self.shared.log_path(&self.name),
-                format!("stopped {}", self.name),
-            )
-            .await;
+            self.shared
+                .note(&self.name, format!("stopped {}", self.name))
+                .await;
         }
         RunEnd { result, requested }
     }
