@@ -276,6 +276,7 @@ impl Agent {
                 let me = self.presence.machine.id.clone();
                 let outcomes = outcomes.clone();
                 tokio::spawn(async move {
+                    let asked = std::time::Instant::now();
                     let mut result = Ok(());
                     if !moved.is_empty() {
                         result = lease.publish_states(&me, &[], &moved).await;
@@ -283,6 +284,8 @@ impl Agent {
                     if result.is_ok() {
                         result = lease.publish_states(&me, &save, &remove).await;
                     }
+                    tracing::debug!(saved = save.len(), removed = remove.len(),
+                        took = ?asked.elapsed(), "published unit states");
                     outcomes
                         .send(Input::Published(result.map_err(|e| format!("{e:#}"))))
                         .ok();
