@@ -294,6 +294,7 @@ impl Agent {
                 let bucket = self.republish_bucket.clone();
                 let delay = presence::republish_delay(self.presence.ttl, fastrand::f64());
                 tokio::spawn(async move {
+                    let asked = std::time::Instant::now();
                     let mut result = Ok(());
                     if !moved.is_empty() {
                         result = lease.publish_states(&me, &[], &moved).await;
@@ -308,6 +309,8 @@ impl Agent {
                     } else if result.is_ok() {
                         result = lease.publish_states(&me, &save, &remove).await;
                     }
+                    tracing::debug!(saved = save.len(), removed = remove.len(),
+                        took = ?asked.elapsed(), "published unit states");
                     outcomes
                         .send(Input::Published(result.map_err(|e| format!("{e:#}"))))
                         .ok();

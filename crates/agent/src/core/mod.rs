@@ -35,8 +35,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use unit::{Requirements, UnitFile, UnitHash};
 
-/// Publications of unit states at most this often (changes in between wait and go together).
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+/// A changed unit state goes out at most this long after the change: changes that come within
+/// the window go together in one registry write. The unit manager reports a burst of starts a
+/// few units at a time (systemd's watcher reads states in batches, the supervisor reports each
+/// process), so a short window turns hundreds of reports into a handful of writes, while the
+/// last unit's state still reaches the registry right after the manager reports it.
+pub const PUBLISH_WINDOW: Duration = Duration::from_millis(10);
+
+/// This many changes waiting go out at once, without waiting for the rest of the window.
+pub const PUBLISH_BATCH: usize = 256;
 
 /// Reconciliations at most this often: each looks at every unit of the machine, and a burst of
 /// changes (a global unit is a change on every machine) would otherwise cost one pass each.
@@ -160,15 +167,60 @@ impl Pacer {
     }
 }
 
+/// When waiting changes of unit states go out: the oldest waits at most [`PUBLISH_WINDOW`],
+/// [`PUBLISH_BATCH`] of them go at once, and a republication of everything (a new lease, lost
+/// reports) goes at once. Whether a publication may go at all (one in flight, a lapsed lease)
+/// is the caller's business: the window keeps counting meanwhile, so changes that waited for a
+/// write in flight go out as soon as it ends.
+#[derive(Debug, Default)]
+struct Coalescer {
+    /// When the oldest change not published yet was seen.
+    since: Option<Instant>,
+}
+
+/// What [`Coalescer::due`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Nothing waits.
+    Nothing,
+    /// Publish now.
+    Now,
+    /// Publish then, unless more changes make it due earlier.
+    At(Instant),
+}
+
+impl Coalescer {
+    /// `waiting`: units whose state changed since the last publication; `all`: every state
+    /// must be looked at again.
+    fn due(&mut self, now: Instant, waiting: usize, all: bool) -> Due {
+        if waiting == 0 && !all {
+            self.since = None;
+            return Due::Nothing;
+        }
+        let since = *self.since.get_or_insert(now);
+        if all || waiting >= PUBLISH_BATCH || now >= since + PUBLISH_WINDOW {
+            Due::Now
+        } else {
+            Due::At(since + PUBLISH_WINDOW)
+        }
+    }
+
+    /// What waited went out (or was found unchanged).
+    fn sent(&mut self) {
+        self.since = None;
+    }
+}
+
 /// A plan being carried out, phase by phase.
 #[derive(Debug)]
 struct Run {
     wanted: BTreeMap<String, Wanted>,
     /// Phases not started yet.
     phases: std::collections::VecDeque<Vec<Action>>,
-    /// Whether states may be published while the current phase runs (not between loads and
-    /// the reload: a unit whose file was just written has no state from the manager yet).
-    publishes: bool,
+    /// Units loaded by this run whose states are not published until the loads have been
+    /// reloaded: a unit whose file was just written has no state from the manager yet. Every
+    /// other unit's state goes out while the loads and the reload run.
+    held_back: BTreeSet<String>,
     in_flight: usize,
     failed: BTreeMap<String, Failure>,
     /// Units whose start or stop the manager took: it reports their outcome itself
@@ -209,7 +261,7 @@ pub struct Core {
     /// The schedule, the global units or the metadata changed since the last plan.
     dirty: bool,
     reconciling: Pacer,
-    publishing: Pacer,
+    publishing: Coalescer,
     run: Option<Run>,
     /// The publication in flight.
     publication: Option<Publication>,
@@ -264,7 +316,7 @@ impl Core {
             all_stale: true,
             dirty: false,
             reconciling: Pacer::new(RECONCILE_INTERVAL),
-            publishing: Pacer::new(PUBLISH_INTERVAL),
+            publishing: Coalescer::default(),
             run: None,
             publication: None,
             publish_retry_at: None,
@@ -468,21 +520,31 @@ impl Core {
             self.dirty = false;
             self.plan(now, &mut effects);
         }
-        let may_publish = self.run.as_ref().is_none_or(|r| r.publishes);
-        if may_publish
+        let due = self.publishing.due(now, self.stale.len(), self.all_stale);
+        if due == Due::Now
             && self.publication.is_none()
             && self.lease == LeaseStatus::Held
-            && (self.all_stale || !self.stale.is_empty())
             && self.publish_retry_at.is_none_or(|at| at <= now)
-            && self.publishing.now(now)
         {
             self.publish(&mut effects);
+            self.publishing.sent();
         }
         let wake_at = [
             (self.dirty && self.run.is_none())
                 .then_some(self.reconciling.due)
                 .flatten(),
-            self.publishing.due,
+            // Only when the publication could go then: the end of a write in flight comes as
+            // an input, and a retry time or a new lease wakes the loop on its own.
+            match due {
+                Due::At(at)
+                    if self.publication.is_none()
+                        && self.lease == LeaseStatus::Held
+                        && self.publish_retry_at.is_none_or(|r| r <= at) =>
+                {
+                    Some(at)
+                }
+                Due::At(_) | Due::Nothing | Due::Now => None,
+            },
             self.publish_retry_at,
             match self.lease {
                 LeaseStatus::Lapsed { retry_at } => retry_at,
@@ -626,7 +688,7 @@ impl Core {
         self.run = Some(Run {
             wanted,
             phases,
-            publishes: false,
+            held_back: BTreeSet::new(),
             in_flight: 0,
             failed: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -658,7 +720,9 @@ impl Core {
             if phase.is_empty() {
                 continue;
             }
-            run.publishes = !matches!(phase[0].0, Action::Load(_) | Action::Reload);
+            if !matches!(phase[0].0, Action::Load(_) | Action::Reload) {
+                self.stale.extend(std::mem::take(&mut run.held_back));
+            }
             run.in_flight = phase.len();
             effects.push(Effect::Run(phase));
             return;
@@ -689,6 +753,7 @@ impl Core {
                             },
                         );
                     }
+                    run.held_back.insert(name.clone());
                 }
                 Action::Reload => {}
                 Action::Stop(name) => {
@@ -708,7 +773,9 @@ impl Core {
         match (result, action.unit()) {
             (Ok(()), Some(u)) => {
                 self.failures.remove(u);
-                self.stale.insert(u.to_string());
+                if !run.held_back.contains(u) {
+                    self.stale.insert(u.to_string());
+                }
             }
             (Ok(()), None) => {}
             (Err(e), Some(u)) => {
@@ -750,6 +817,7 @@ impl Core {
         let held = &self.held;
         self.failures
             .retain(|u, _| wanted.contains_key(u) || held.contains_key(u));
+        self.stale.extend(run.held_back);
         self.stale.extend(run.touched.iter().cloned());
         let read: Vec<String> = run
             .touched
@@ -788,7 +856,8 @@ impl Core {
         }
     }
 
-    /// Publishes what changed since the last publication, in one batch.
+    /// Publishes what changed since the last publication, in one batch. Units held back by the
+    /// run in flight are left out: they come back as changed when it releases them.
     fn publish(&mut self, effects: &mut Vec<Effect>) {
         let names: Vec<String> = if self.all_stale {
             let mut all: BTreeSet<String> = self.held.keys().cloned().collect();
@@ -796,8 +865,16 @@ impl Core {
             self.stale.clear();
             all.into_iter().collect()
         } else {
-            self.stale.drain().collect()
+            // In order, so that a batch is the same whatever order the changes came in.
+            let mut names: Vec<String> = self.stale.drain().collect();
+            names.sort_unstable();
+            names
         };
+        let held_back = self.run.as_ref().map(|r| &r.held_back);
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| held_back.is_none_or(|h| !h.contains(n)))
+            .collect();
         let mut save: Vec<UnitState> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
         for name in &names {

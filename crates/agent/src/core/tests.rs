@@ -108,6 +108,27 @@ fn nothing_is_decided_before_everything_was_read_once() {
     );
 }
 
+fn report(t: Instant, core: &mut Core, name: &str, state: Option<SystemdState>) {
+    core.on(
+        t,
+        Input::Reported(
+            StateChange {
+                name: a(name),
+                state,
+            },
+            None,
+        ),
+    );
+}
+
+fn failed() -> SystemdState {
+    SystemdState {
+        load: "loaded".into(),
+        active: "failed".into(),
+        sub: "failed".into(),
+    }
+}
+
 #[test]
 fn a_plan_runs_phase_by_phase_and_states_go_out_while_units_start() {
     let t = Instant::now();
@@ -121,58 +142,50 @@ fn a_plan_runs_phase_by_phase_and_states_go_out_while_units_start() {
         }
         other => panic!("{other:?}"),
     }
-    // A report during the loads is not published: the loaded units have no state yet.
-    core.on(
-        t,
-        Input::Reported(
-            StateChange {
-                name: a("x.service"),
-                state: None,
-            },
-            None,
-        ),
-    );
+    // Loaded and not reloaded yet: their states are not published, the manager has none.
     done(t, &mut core, &loads);
-    assert_eq!(runs(&core.ready(t).effects), vec![vec![Action::Reload]]);
-    done(t, &mut core, &[Action::Reload]);
-    let starts = vec![Action::Start(a("a.service")), Action::Start(a("b.service"))];
     let ready = core.ready(t);
-    assert_eq!(runs(&ready.effects), vec![starts.clone()]);
-    // The starts may publish: what is known goes out as they begin.
+    assert_eq!(runs(&ready.effects), vec![vec![Action::Reload]]);
+    assert_eq!(published(&ready.effects), vec![]);
     assert_eq!(
-        published(&ready.effects),
+        ready.wake_at, None,
+        "nothing to publish, nothing to wake for"
+    );
+    let t1 = t + PUBLISH_WINDOW;
+    done(t1, &mut core, &[Action::Reload]);
+    let starts = vec![Action::Start(a("a.service")), Action::Start(a("b.service"))];
+    let ready = core.ready(t1);
+    assert_eq!(runs(&ready.effects), vec![starts.clone()]);
+    // Released by the reload: they go out as they are once the window ends.
+    assert_eq!(published(&ready.effects), vec![]);
+    assert_eq!(ready.wake_at, Some(t1 + PUBLISH_WINDOW));
+    let t2 = t1 + PUBLISH_WINDOW;
+    core.on(t2, Input::Tick);
+    assert_eq!(
+        published(&core.ready(t2).effects),
         vec![
             (a("a.service"), TargetState::Loaded, a("")),
             (a("b.service"), TargetState::Loaded, a(""))
         ]
     );
-    core.on(t, Input::Published(Ok(())));
-    // One start done and reported: published at the next interval while the other is
-    // still in flight.
-    core.on(t, Input::Done(starts[0].clone(), Ok(())));
-    core.on(
-        t,
-        Input::Reported(
-            StateChange {
-                name: a("a.service"),
-                state: Some(active()),
-            },
-            None,
-        ),
-    );
-    let ready = core.ready(t);
+    core.on(t2, Input::Published(Ok(())));
+    // One start done and reported: published a window later while the other is still in
+    // flight, not at the end of the run.
+    core.on(t2, Input::Done(starts[0].clone(), Ok(())));
+    report(t2, &mut core, "a.service", Some(active()));
+    let ready = core.ready(t2);
     assert_eq!(published(&ready.effects), vec![]);
-    assert_eq!(ready.wake_at, Some(t + PUBLISH_INTERVAL));
-    let t2 = t + PUBLISH_INTERVAL;
-    core.on(t2, Input::Tick);
+    assert_eq!(ready.wake_at, Some(t2 + PUBLISH_WINDOW));
+    let t3 = t2 + PUBLISH_WINDOW;
+    core.on(t3, Input::Tick);
     assert_eq!(
-        published(&core.ready(t2).effects),
+        published(&core.ready(t3).effects),
         vec![(a("a.service"), TargetState::Launched, a("active"))]
     );
-    core.on(t2, Input::Published(Ok(())));
+    core.on(t3, Input::Published(Ok(())));
     // The last start ends the run; the manager reports starts itself, so nothing is read.
-    core.on(t2, Input::Done(starts[1].clone(), Ok(())));
-    let ready = core.ready(t2);
+    core.on(t3, Input::Done(starts[1].clone(), Ok(())));
+    let ready = core.ready(t3);
     assert!(
         ready
             .effects
@@ -181,14 +194,308 @@ fn a_plan_runs_phase_by_phase_and_states_go_out_while_units_start() {
         "{ready:?}"
     );
     assert_eq!(published(&ready.effects), vec![]);
-    let t3 = t2 + PUBLISH_INTERVAL;
-    core.on(t3, Input::Tick);
+    let t4 = t3 + PUBLISH_WINDOW;
+    core.on(t4, Input::Tick);
     assert_eq!(
-        published(&core.ready(t3).effects),
+        published(&core.ready(t4).effects),
         vec![(a("b.service"), TargetState::Launched, a(""))]
     );
+    core.on(t4, Input::Published(Ok(())));
     // Nothing changed: nothing to do, nothing to wake for.
-    assert_eq!(core.ready(t3 + PUBLISH_INTERVAL), Ready::default());
+    assert_eq!(core.ready(t4 + PUBLISH_WINDOW), Ready::default());
+    // The same state reported again (a resync) writes nothing.
+    report(t4, &mut core, "a.service", Some(active()));
+    assert_eq!(core.ready(t4).wake_at, Some(t4 + PUBLISH_WINDOW));
+    let later = t4 + PUBLISH_WINDOW;
+    core.on(later, Input::Tick);
+    assert_eq!(core.ready(later), Ready::default());
+}
+
+/// The rounds: a unit started by one plan changes while the next plan's loads and
+/// reload run; its state goes out within the window, not when the next plan reaches its starts.
+#[test]
+fn states_go_out_while_the_next_plan_loads_and_reloads() {
+    let t = Instant::now();
+    let mut core = started(t, &[("a.service", 1)]);
+    let loads = runs(&core.ready(t).effects).remove(0);
+    done(t, &mut core, &loads);
+    core.ready(t);
+    done(t, &mut core, &[Action::Reload]);
+    core.ready(t);
+    done(t, &mut core, &[Action::Start(a("a.service"))]);
+    report(t, &mut core, "a.service", Some(active()));
+    assert_eq!(core.ready(t).wake_at, Some(t + PUBLISH_WINDOW));
+    let t = t + PUBLISH_WINDOW;
+    assert_eq!(
+        published(&core.ready(t).effects),
+        vec![(a("a.service"), TargetState::Launched, a("active"))]
+    );
+    core.on(t, Input::Published(Ok(())));
+
+    // The next plan: b is scheduled and loaded.
+    core.on(
+        t,
+        Input::Schedule(Update::Changes(vec![registry::Change::Put(
+            a("b.service"),
+            entry(2, TargetState::Launched),
+        )])),
+    );
+    let t = t + RECONCILE_INTERVAL;
+    assert_eq!(
+        runs(&core.ready(t).effects),
+        vec![vec![Action::Load(a("b.service"))]]
+    );
+    report(t, &mut core, "a.service", Some(failed()));
+    let ready = core.ready(t);
+    assert_eq!(ready.wake_at, Some(t + PUBLISH_WINDOW));
+    let t = t + PUBLISH_WINDOW;
+    assert_eq!(
+        published(&core.ready(t).effects),
+        vec![(a("a.service"), TargetState::Launched, a("failed"))],
+        "a's change goes out while b loads"
+    );
+    core.on(t, Input::Published(Ok(())));
+    done(t, &mut core, &[Action::Load(a("b.service"))]);
+    assert_eq!(runs(&core.ready(t).effects), vec![vec![Action::Reload]]);
+    // During the reload: a's change goes out, b (loaded, not reloaded) stays back.
+    report(t, &mut core, "a.service", Some(active()));
+    report(t, &mut core, "b.service", None);
+    assert_eq!(published(&core.ready(t).effects), vec![]);
+    let t = t + PUBLISH_WINDOW;
+    assert_eq!(
+        published(&core.ready(t).effects),
+        vec![(a("a.service"), TargetState::Launched, a("active"))],
+        "a's change goes out while the reload runs; b waits for it"
+    );
+    core.on(t, Input::Published(Ok(())));
+    assert_eq!(core.ready(t + PUBLISH_WINDOW).effects, vec![]);
+    done(t, &mut core, &[Action::Reload]);
+    let ready = core.ready(t);
+    assert_eq!(
+        runs(&ready.effects),
+        vec![vec![Action::Start(a("b.service"))]]
+    );
+    assert_eq!(published(&ready.effects), vec![]);
+    let t = t + PUBLISH_WINDOW;
+    assert_eq!(
+        published(&core.ready(t).effects),
+        vec![(a("b.service"), TargetState::Loaded, a(""))]
+    );
+}
+
+/// While a publication is in flight, changes wait; once it ends, those whose window has passed
+/// go out at once, all together.
+#[test]
+fn changes_during_a_publication_go_out_together_when_it_ends() {
+    let t = Instant::now();
+    let mut core = holding_one(t);
+    core.held.insert(
+        a("b.service"),
+        Held {
+            hash: file(2).hash(),
+            state: TargetState::Launched,
+        },
+    );
+    core.dirty = false;
+    assert_eq!(
+        published(&core.ready(t).effects).len(),
+        2,
+        "everything at first"
+    );
+    report(t, &mut core, "a.service", Some(active()));
+    core.ready(t);
+    let t1 = t + PUBLISH_WINDOW;
+    report(t1, &mut core, "b.service", Some(active()));
+    let ready = core.ready(t1);
+    assert_eq!(published(&ready.effects), vec![], "one write at a time");
+    let t2 = t1 + 3 * PUBLISH_WINDOW;
+    core.on(t2, Input::Published(Ok(())));
+    assert_eq!(
+        published(&core.ready(t2).effects),
+        vec![
+            (a("a.service"), TargetState::Launched, a("active")),
+            (a("b.service"), TargetState::Launched, a("active"))
+        ]
+    );
+}
+
+/// A burst of [`PUBLISH_BATCH`] changes goes out at once, without waiting for the window.
+#[test]
+fn a_full_batch_goes_out_without_waiting_for_the_window() {
+    let t = Instant::now();
+    let mut core = started(t, &[]);
+    for i in 0..PUBLISH_BATCH {
+        core.held.insert(
+            format!("u{i}.service"),
+            Held {
+                hash: file(1).hash(),
+                state: TargetState::Launched,
+            },
+        );
+    }
+    core.dirty = false;
+    assert_eq!(published(&core.ready(t).effects).len(), PUBLISH_BATCH);
+    core.on(t, Input::Published(Ok(())));
+    for i in 0..PUBLISH_BATCH - 1 {
+        report(t, &mut core, &format!("u{i}.service"), Some(active()));
+    }
+    let ready = core.ready(t);
+    assert_eq!(published(&ready.effects), vec![]);
+    assert_eq!(ready.wake_at, Some(t + PUBLISH_WINDOW));
+    let last = format!("u{}.service", PUBLISH_BATCH - 1);
+    report(t, &mut core, &last, Some(active()));
+    assert_eq!(published(&core.ready(t).effects).len(), PUBLISH_BATCH);
+}
+
+#[test]
+fn the_coalescing_decision() {
+    let t = Instant::now();
+    let w = PUBLISH_WINDOW;
+    let ms = Duration::from_millis(1);
+    // (oldest waiting change seen at, now, changes waiting, everything stale) -> due
+    let table: Vec<(Option<Instant>, Instant, usize, bool, Due)> = vec![
+        (None, t, 0, false, Due::Nothing),
+        (Some(t), t + ms, 0, false, Due::Nothing),
+        (None, t, 1, false, Due::At(t + w)),
+        (Some(t), t + ms, 5, false, Due::At(t + w)),
+        (
+            Some(t),
+            t + w - ms,
+            PUBLISH_BATCH - 1,
+            false,
+            Due::At(t + w),
+        ),
+        (Some(t), t + w, 1, false, Due::Now),
+        (Some(t), t + 10 * w, 1, false, Due::Now),
+        (None, t, PUBLISH_BATCH, false, Due::Now),
+        (Some(t), t + ms, PUBLISH_BATCH + 1, false, Due::Now),
+        (None, t, 0, true, Due::Now),
+        (Some(t), t + ms, 3, true, Due::Now),
+    ];
+    for (since, now, waiting, all, want) in table {
+        let mut c = Coalescer { since };
+        assert_eq!(
+            c.due(now, waiting, all),
+            want,
+            "since {since:?}, now {:?}, {waiting} waiting, all {all}",
+            now - t
+        );
+        // The window keeps counting from the oldest change until something is sent.
+        match want {
+            Due::Nothing => assert_eq!(c.since, None),
+            _ => assert_eq!(c.since, Some(since.unwrap_or(now))),
+        }
+        c.sent();
+        assert_eq!(c.since, None);
+    }
+}
+
+mod coalescing {
+    use super::*;
+    use proptest::prelude::*;
+
+    const UNITS: usize = 4;
+
+    fn name(i: usize) -> String {
+        format!("u{i}.service")
+    }
+
+    proptest! {
+        /// Whatever the reports and however long writes take: with no write in flight, a
+        /// change never waits longer than the window; one write is in flight at a time; every
+        /// write carries a change; and the registry ends with the last state reported.
+        #[test]
+        fn changes_wait_at_most_a_window_and_the_last_state_is_published(
+            reports in proptest::collection::vec((0u64..8, 0..UNITS, any::<bool>()), 1..60),
+            latencies in proptest::collection::vec(0u64..25, 60),
+        ) {
+            let t0 = Instant::now();
+            let mut core = started(t0, &[]);
+            for i in 0..UNITS {
+                core.held.insert(name(i), Held { hash: file(1).hash(), state: TargetState::Launched });
+            }
+            core.dirty = false;
+            // What the registry has (as the writes carry it), what the writes sent so far carry
+            // (in flight or done), what was reported last, and since when each unit's reported
+            // state differs from what was sent.
+            let mut registry: BTreeMap<String, String> = BTreeMap::new();
+            let mut sent: BTreeMap<String, String> = BTreeMap::new();
+            let mut reported: BTreeMap<String, String> = BTreeMap::new();
+            let mut differs: BTreeMap<String, Instant> = BTreeMap::new();
+            for i in 0..UNITS {
+                reported.insert(name(i), String::new());
+                differs.insert(name(i), t0);
+            }
+            let mut at = Vec::new();
+            let mut when = 0;
+            for (gap, unit, up) in &reports {
+                when += gap;
+                at.push((when, *unit, *up));
+            }
+            let end = when + 200;
+            let mut in_flight: Option<(u64, Vec<UnitState>)> = None;
+            let mut writes = 0;
+            for step in 0..=end {
+                let now = t0 + Duration::from_millis(step);
+                if in_flight.as_ref().is_some_and(|(done, _)| *done == step) {
+                    let (_, saved) = in_flight.take().unwrap();
+                    for s in saved {
+                        registry.insert(s.name.clone(), s.systemd.active.clone());
+                    }
+                    core.on(now, Input::Published(Ok(())));
+                }
+                let refresh = |differs: &mut BTreeMap<String, Instant>,
+                               sent: &BTreeMap<String, String>,
+                               reported: &BTreeMap<String, String>| {
+                    for (unit, state) in reported {
+                        if sent.get(unit).is_some_and(|r| r == state) {
+                            differs.remove(unit);
+                        } else {
+                            differs.entry(unit.clone()).or_insert(now);
+                        }
+                    }
+                };
+                refresh(&mut differs, &sent, &reported);
+                for (_, unit, up) in at.iter().filter(|(w, _, _)| *w == step) {
+                    let state = if *up { active() } else { failed() };
+                    reported.insert(name(*unit), state.active.clone());
+                    report(now, &mut core, &name(*unit), Some(state));
+                }
+                refresh(&mut differs, &sent, &reported);
+                let idle = in_flight.is_none();
+                let ready = core.ready(now);
+                let saves: Vec<UnitState> = ready.effects.iter().filter_map(|e| match e {
+                    Effect::Publish { save, .. } => Some(save.clone()),
+                    _ => None,
+                }).flatten().collect();
+                let wrote = ready.effects.iter().any(|e| matches!(e, Effect::Publish { .. }));
+                prop_assert!(!wrote || idle, "a write while another is in flight");
+                let overdue = differs.values().any(|since| *since + PUBLISH_WINDOW <= now);
+                if idle && overdue {
+                    prop_assert!(wrote, "a change waited longer than the window at {step} ms: {differs:?}");
+                }
+                if idle && !wrote && !differs.is_empty() {
+                    let oldest = differs.values().min().copied();
+                    prop_assert!(ready.wake_at.is_some() && ready.wake_at <= oldest.map(|o| o + PUBLISH_WINDOW),
+                        "no wake-up for a waiting change at {step} ms: {:?} ms, waiting {:?}",
+                        ready.wake_at.map(|w| w - t0),
+                        differs.iter().map(|(u, s)| (u, *s - t0)).collect::<Vec<_>>());
+                }
+                if wrote {
+                    prop_assert!(!saves.is_empty(), "an empty write");
+                    for s in &saves {
+                        sent.insert(s.name.clone(), s.systemd.active.clone());
+                    }
+                    let latency = latencies[writes % latencies.len()];
+                    writes += 1;
+                    in_flight = Some((step + latency.max(1), saves));
+                }
+            }
+            prop_assert!(in_flight.is_none());
+            prop_assert_eq!(&registry, &reported);
+            prop_assert_eq!(core.ready(t0 + Duration::from_millis(end + 1)), Ready::default());
+        }
+    }
 }
 
 #[test]
@@ -268,7 +575,14 @@ fn failed_actions_wait_for_their_retry_and_refused_ones_for_a_change() {
             Err(fail("destructive", true)),
         ),
     );
+    // The units' states go out first (loaded, with the failures' reasons).
     let ready = core.ready(t);
+    assert_eq!(ready.wake_at, Some(t + PUBLISH_WINDOW));
+    let t1 = t + PUBLISH_WINDOW;
+    core.on(t1, Input::Tick);
+    assert_eq!(published(&core.ready(t1).effects).len(), 2);
+    core.on(t1, Input::Published(Ok(())));
+    let ready = core.ready(t1);
     let retry = ready.wake_at.expect("a retry time");
     assert!(
         retry >= t + Duration::from_millis(750) && retry <= t + Duration::from_millis(1250),
@@ -284,7 +598,7 @@ fn failed_actions_wait_for_their_retry_and_refused_ones_for_a_change() {
     core.on(retry, Input::Done(Action::Start(a("a.service")), Ok(())));
     let ready = core.ready(retry);
     assert_eq!(
-        ready.wake_at.filter(|w| *w > retry + PUBLISH_INTERVAL),
+        ready.wake_at.filter(|w| *w > retry + PUBLISH_WINDOW),
         None,
         "b is not retried"
     );

@@ -226,10 +226,14 @@ impl Shared {
         if names.is_empty() {
             return Ok(0);
         }
-        let states = {
-            let _place = self.calls.acquire().await.ok();
-            list_states(&bus.manager, &names).await?
-        };
+        // Without a place among the calls in flight: the watcher reads one thing at a time, so
+        // this adds at most one call to `MAX_CALLS` (still far under the bus's 128 replies),
+        // and a burst of starts queued for places must not hold back the reads that report
+        // them: behind a few hundred `StartUnit` calls, the states of units systemd already ran
+        // reached the registry seconds late.
+        let asked = std::time::Instant::now();
+        let states = list_states(&bus.manager, &names).await?;
+        tracing::debug!(units = names.len(), took = ?asked.elapsed(), "read unit states");
         let mut watched = lock(&self.watched);
         let mut changed = 0;
         for (name, state) in states {
@@ -250,11 +254,9 @@ impl Shared {
     /// free the slots of jobs whose removal was not seen) and every watched unit's state.
     /// Returns how many states differed from the last ones sent.
     async fn resync(&self, bus: &Bus) -> anyhow::Result<usize> {
-        let (state, jobs) = {
-            let _place = self.calls.acquire().await.ok();
-            let state = bus.manager.system_state().await;
-            (state, bus.manager.list_jobs().await)
-        };
+        // No place among the calls in flight, as for `refresh`: one call at a time.
+        let state = bus.manager.system_state().await;
+        let jobs = bus.manager.list_jobs().await;
         let state = state.map_err(|e| method_error("Get SystemState", "the manager", e))?;
         if dbus::is_stopping(&state) {
             self.machine_stopping(&format!("systemd's SystemState is {state}"));
