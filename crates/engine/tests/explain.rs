@@ -101,7 +101,7 @@ fn reasons_name_the_rule_per_machine() {
             "web1.service",
             Action::Keep,
             Some("m2"),
-            "stays on m2",
+            "still fits there",
             vec![
                 ("m1", true, "fits ("),
                 ("m2", true, "runs here"),

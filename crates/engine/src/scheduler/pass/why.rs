@@ -115,13 +115,11 @@ impl Pass<'_> {
             )
         } else {
             match (self.at[u], &self.chosen[u]) {
-                (Some(m), Some(Chosen::Kept)) => format!(
-                    "stays on {}: it still fits there, and a placed unit is not moved while it fits",
-                    self.machines[m].id
-                ),
-                (Some(m), Some(Chosen::LeastLoaded { load, scope })) => format!(
-                    "goes to {}: the least loaded machine that fits {scope} ({load} units there before)",
-                    self.machines[m].id
+                (Some(_), Some(Chosen::Kept)) => {
+                    "still fits there, and a placed unit is not moved while it fits".to_string()
+                }
+                (Some(_), Some(Chosen::LeastLoaded { load, scope })) => format!(
+                    "the least loaded machine that fits {scope} ({load} units there before)"
                 ),
                 (Some(m), None) => format!("placed on {}", self.machines[m].id),
                 (None, _) => self.reasons[u]
