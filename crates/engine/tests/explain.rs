@@ -187,6 +187,31 @@ fn a_move_and_what_else_moves() {
 }
 
 #[test]
+fn a_gone_machine_and_a_missing_target_are_named() {
+    let mut c = cluster();
+    c.placements.insert("web2.service".into(), "m9".into());
+    c.with_unit(unit("side.service", |r| {
+        r.machine_of = vec!["ghost.service".into()]
+    }));
+    let e = explain(&c, &["web2.service".into(), "side.service".into()]).unwrap();
+    assert_eq!(e.units[0].action, Action::Move);
+    assert!(
+        e.units[0].reason.starts_with("machine m9 is gone; "),
+        "{}",
+        e.units[0].reason
+    );
+    assert_eq!(e.units[1].action, Action::None);
+    assert_eq!(
+        e.units[1].reason,
+        "MachineOf target ghost.service does not exist"
+    );
+    assert_eq!(
+        verdict(&e.units[1], "m1"),
+        (false, "MachineOf target ghost.service does not exist")
+    );
+}
+
+#[test]
 fn global_units_and_unknown_names() {
     let mut c = cluster();
     c.with_unit(unit("agent.service", |r| {

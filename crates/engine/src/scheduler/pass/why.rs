@@ -127,6 +127,16 @@ impl Pass<'_> {
                     .unwrap_or_else(|| "not placed".to_string()),
             }
         };
+        // A placement on a machine that left is why a unit moves: no verdict line names it.
+        let reason = match &before {
+            Some(m)
+                if matches!(action, Action::Move | Action::Unplace)
+                    && !self.machines.iter().any(|x| x.id == *m) =>
+            {
+                format!("machine {m} is gone; {reason}")
+            }
+            _ => reason,
+        };
         UnitExplanation {
             name: unit.name.clone(),
             global: kind == Kind::Global || unit.is_global(),
@@ -172,10 +182,17 @@ impl Pass<'_> {
             return (false, cycle.clone());
         }
         if let Some(dead) = rel.dead_targets[u].first() {
-            return (
-                false,
-                format!("MachineOf target {dead} does not exist or does not run"),
-            );
+            let known = rel
+                .units
+                .as_slice()
+                .binary_search_by(|x| x.name.as_str().cmp(dead))
+                .is_ok();
+            let why = if known {
+                "is inactive or a template"
+            } else {
+                "does not exist"
+            };
+            return (false, format!("MachineOf target {dead} {why}"));
         }
         if let Some(id) = req
             .machine_id
