@@ -18,7 +18,9 @@ mod transport;
 pub use tls::{TlsConfig, TlsFiles};
 pub use transport::{BoxStream, ConnectFuture, Stream, TcpTransport, Transport, UnixTransport};
 
-use crate::types::{self, Machine, MachineMetadataOp, TargetState, Unit, UnitState};
+use crate::types::{
+    self, Machine, MachineMetadataOp, PlanAnswer, PlanRequest, TargetState, Unit, UnitState,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::http::{header, Method, Request, StatusCode};
@@ -698,6 +700,38 @@ impl Client {
     pub async fn unit_state(&self, name: &str) -> Result<Option<UnitState>, ClientError> {
         self.get_optional(&format!("/state/{}", segment(name)))
             .await
+    }
+
+    /// Where units would go and what else would move, changing nothing (an extension of
+    /// fleet's API: `GET /plan?unit=...`, or `POST /plan` when `request` has unit files).
+    pub async fn plan(&self, request: &PlanRequest) -> Result<PlanAnswer, ClientError> {
+        if request.files.is_empty() {
+            let query: Vec<String> = request
+                .units
+                .iter()
+                .map(|u| {
+                    format!(
+                        "unit={}",
+                        form_urlencoded::byte_serialize(u.as_bytes()).collect::<String>()
+                    )
+                })
+                .collect();
+            return self.get(&format!("/plan?{}", query.join("&"))).await;
+        }
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol {
+            endpoint: self.endpoint().to_string(),
+            message: e.to_string(),
+        })?;
+        let (_, bytes) = self
+            .expect(Method::POST, "/plan", Some(body), &[StatusCode::OK])
+            .await?;
+        self.decode(&bytes)
+    }
+
+    /// The engine's reasoning for one unit: where it runs and why, or why it cannot, per
+    /// machine (`GET /why/<unit>`, an extension of fleet's API).
+    pub async fn why(&self, name: &str) -> Result<PlanAnswer, ClientError> {
+        self.get(&format!("/why/{}", segment(name))).await
     }
 
     /// The discovery document.

@@ -397,3 +397,70 @@ mod tests {
         assert_eq!(Unit::default().desired(), Ok(None));
     }
 }
+
+/// `POST /fleet/v1/plan`: units to plan, by name (as the registry has them) and as unit files
+/// not submitted yet (`name`, `options` and `desiredState` of a [`Unit`]; `launched` when the
+/// state is empty). Not one of fleet's resources: an extension beside them, that changes
+/// nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub units: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub files: Vec<Unit>,
+}
+
+/// The answer of `/fleet/v1/plan` and `/fleet/v1/why/<unit>`: one scheduling pass over the
+/// answering fleetd's snapshot of the registry. Advisory: the leader decides on its own snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanAnswer {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub units: Vec<UnitPlan>,
+    /// Other units the same pass would move.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub moves: Vec<PlanMove>,
+}
+
+/// Where one unit is, where it would go, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPlan {
+    pub name: String,
+    #[serde(default)]
+    pub global: bool,
+    /// `place`, `keep`, `move`, `unplace`, `none` or `global`.
+    pub action: String,
+    /// The machine it is on now, empty if none.
+    #[serde(
+        rename = "machineBefore",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub machine_before: String,
+    /// The machine it would be on, empty if none.
+    #[serde(rename = "machineID", default, deserialize_with = "null_as_default")]
+    pub machine_id: String,
+    pub reason: String,
+    /// Every machine's verdict, sorted by machine id.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub machines: Vec<MachineVerdict>,
+}
+
+/// One machine's verdict on one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineVerdict {
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    pub fits: bool,
+    pub verdict: String,
+}
+
+/// A unit not asked about that the same pass would move (empty `from`: placed; empty `to`:
+/// taken off).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMove {
+    pub unit: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub from: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub to: String,
+}

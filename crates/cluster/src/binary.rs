@@ -1,10 +1,12 @@
-//! Finding (and building) the `fleetd` binary the cluster runs.
+//! Finding (and building) the `fleetd` binary the cluster runs, and the `fleetctl` its tests
+//! drive it with.
 //!
 //! Cargo builds a binary for the tests of its own package only (`CARGO_BIN_EXE_*`), and a
 //! dev-dependency on `fleetd` would not build its binary. So the harness runs
 //! `cargo build -p fleetd` once per test process: cargo decides whether the binary is stale and
 //! is a quick no-op when it is not, and its own lock serializes concurrent test binaries.
-//! `FLEETD_BIN=/path/to/fleetd` skips the build (a release binary, a packaged one).
+//! `FLEETD_BIN=/path/to/fleetd` skips the build (a release binary, a packaged one);
+//! `FLEETCTL_BIN` likewise for fleetctl.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -41,33 +43,44 @@ fn target_dir() -> PathBuf {
 pub fn fleetd_binary() -> Result<PathBuf> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
-        .get_or_init(|| locate().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| locate("fleetd", "FLEETD_BIN").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow::anyhow!(e))
 }
 
-fn locate() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("FLEETD_BIN") {
+/// The fleetctl binary: `$FLEETCTL_BIN`, else `target/debug/fleetctl` after
+/// `cargo build -p fleetctl` (once per process).
+pub fn fleetctl_binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| locate("fleetctl", "FLEETCTL_BIN").map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Builds binary `name` of package `name`, unless `env_var` names a binary to use.
+fn locate(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
         if !bin.is_file() {
-            bail!("FLEETD_BIN={} is not a file", bin.display());
+            bail!("{env_var}={} is not a file", bin.display());
         }
         return Ok(bin);
     }
     // Cargo tells the processes it runs which cargo it is; fall back to the one on PATH.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "fleetd", "--bin", "fleetd"])
+        .args(["build", "--quiet", "-p", name, "--bin", name])
         .current_dir(workspace_root())
         .status()
-        .with_context(|| format!("running {} build -p fleetd", cargo.to_string_lossy()))?;
+        .with_context(|| format!("running {} build -p {name}", cargo.to_string_lossy()))?;
     if !status.success() {
-        bail!("cargo build -p fleetd failed ({status}); fix the build or set FLEETD_BIN");
+        bail!("cargo build -p {name} failed ({status}); fix the build or set {env_var}");
     }
-    let bin = target_dir().join("debug").join("fleetd");
+    let bin = target_dir().join("debug").join(name);
     if !bin.is_file() {
         bail!(
-            "cargo built fleetd but {} does not exist; set FLEETD_BIN or CARGO_TARGET_DIR",
+            "cargo built {name} but {} does not exist; set {env_var} or CARGO_TARGET_DIR",
             bin.display()
         );
     }

@@ -22,6 +22,7 @@
 
 pub mod core;
 pub mod engine;
+pub mod explain;
 pub mod model;
 pub mod scheduler;
 

@@ -385,3 +385,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// The explanation comes from the pass that decides: where it says each unit goes is where
+    /// `plan` puts it, the chosen machine's verdict is "fits", and a schedulable unit left
+    /// unplaced has no machine that fits.
+    #[test]
+    fn explanation_agrees_with_plan(c in cluster()) {
+        let names: Vec<String> = units(&c).keys().map(|n| n.to_string()).collect();
+        let e = engine::explain::explain(&c, &names).unwrap();
+        let mut after = c.clone();
+        after.apply(&plan(&c));
+        for u in &e.units {
+            prop_assert_eq!(u.after.as_ref(), after.placements.get(&u.name), "{}", u.name);
+            if let Some(m) = &u.after {
+                let v = u.machines.iter().find(|v| &v.machine == m).unwrap();
+                prop_assert!(v.fits, "{}: {:?}", u.name, v);
+            } else if schedulable(units(&c)[u.name.as_str()]) {
+                prop_assert!(u.machines.iter().all(|v| !v.fits), "{}: {:?}", u.name, u.machines);
+            }
+        }
+        prop_assert!(e.moves.is_empty(), "every unit was asked about: {:?}", e.moves);
+    }
+}

@@ -432,6 +432,21 @@ pub enum Command {
         args: Vec<String>,
     },
 
+    /// Show where units would go and what else would move, changing nothing
+    #[command(
+        long_about = "Show where units would go and what else would move, changing nothing.\n\n\
+        Asks fleetd for one scheduling pass over its view of the cluster, with each argument\n\
+        that is a local unit file planned as started, and each other argument as the unit of\n\
+        that name in the registry is. Prints UNIT, MACHINE, ACTION (place, keep, move, unplace,\n\
+        none, global) and REASON, then the other units the same pass would move. Advisory: the\n\
+        engine decides on its own view moments later.\n\n\
+        \tfleetctl plan web.service units/db.service"
+    )]
+    Plan {
+        #[arg(value_name = "UNIT|FILE")]
+        units: Vec<String>,
+    },
+
     /// Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary.
     #[command(
         long_about = "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary.\n\n\
@@ -446,8 +461,25 @@ pub enum Command {
         block: Block,
         #[command(flatten)]
         replace: Replace,
+        /// Print where the units would go and what else would move (as `fleetctl plan`), and
+        /// change nothing
+        #[arg(long)]
+        dry_run: bool,
         #[arg(value_name = "UNIT")]
         units: Vec<String>,
+    },
+
+    /// Explain where a unit runs and why, or why it cannot, per machine
+    #[command(
+        long_about = "Explain where a unit runs and why, or why it cannot, per machine.\n\n\
+        Prints the engine's reason for the unit's placement, then one line per machine with\n\
+        whether the unit may run there and why not (MachineMetadata, MachineID, Conflicts with\n\
+        which unit, MachineOf target elsewhere, Replaces).\n\n\
+        \tfleetctl why web.service"
+    )]
+    Why {
+        #[arg(value_name = "UNIT")]
+        unit: String,
     },
 
     /// Output the status of one or more units in the cluster

@@ -1,7 +1,7 @@
 //! fleetctl's handle on fleetd: [`api::Client`] plus `--debug` logging of every request.
 
 use api::client::{ClientError, StateFilter};
-use api::types::{Machine, Unit, UnitState};
+use api::types::{Machine, PlanAnswer, PlanRequest, Unit, UnitState};
 use api::{Client, TargetState};
 use std::time::Instant;
 
@@ -100,5 +100,18 @@ impl Fleet {
             None => "GET /fleet/v1/state".to_string(),
         };
         self.logged(what, self.client.unit_states(&filter)).await
+    }
+
+    /// Where units would go, changing nothing.
+    pub async fn plan(&self, req: &PlanRequest) -> Result<PlanAnswer, ClientError> {
+        let method = if req.files.is_empty() { "GET" } else { "POST" };
+        self.logged(format!("{method} /fleet/v1/plan"), self.client.plan(req))
+            .await
+    }
+
+    /// The engine's reasoning for one unit.
+    pub async fn why(&self, name: &str) -> Result<PlanAnswer, ClientError> {
+        self.logged(format!("GET /fleet/v1/why/{name}"), self.client.why(name))
+            .await
     }
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod create;
+pub mod explain;
 pub mod fdforward;
 pub mod fields;
 pub mod importv2;
@@ -259,10 +260,18 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
             units,
         } => commands::load_or_start(fleet, &units, &block, &replace, false, out).await,
         Command::Start {
+            dry_run: true,
+            units,
+            ..
+        } => explain::plan(fleet, &units, true, &out).await,
+        Command::Start {
             block,
             replace,
             units,
+            ..
         } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
+        Command::Plan { units } => explain::plan(fleet, &units, false, &out).await,
+        Command::Why { unit } => explain::why(fleet, &unit, &out).await,
         Command::Stop { block, units } => {
             commands::change(fleet, &units, &block, Change::Stop, out).await
         }

@@ -230,8 +230,12 @@ pub fn needed_role(route: &Route) -> Role {
     match route {
         Route::UnitPut(_) | Route::UnitDelete(_) => Role::Write,
         Route::MachinesPatch => Role::Admin,
-        // Reads, and the answers that refuse a request without changing anything.
-        Route::Discovery
+        // Reads, plans (a POST that only asks where units would go), and the answers that
+        // refuse a request without changing anything.
+        Route::PlanGet
+        | Route::PlanPost
+        | Route::Why(_)
+        | Route::Discovery
         | Route::DiscoveryNotGet
         | Route::MachinesList
         | Route::UnitsList
@@ -338,6 +342,15 @@ mod tests {
             None
         );
         assert_eq!(status(tcp, &put, Some(bearer("r-token"))), Some(403));
+        // A plan changes nothing, so a read token may ask for one, even by POST.
+        for r in [
+            Route::PlanPost,
+            Route::PlanGet,
+            Route::Why("a.service".into()),
+        ] {
+            assert!(r.changes_nothing());
+            assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");
+        }
         assert_eq!(status(tcp, &put, Some(bearer("w-token"))), None);
         assert_eq!(
             status(tcp, &Route::MachinesPatch, Some(bearer("w-token"))),

@@ -33,6 +33,7 @@ mod error;
 pub mod listen;
 mod machines;
 pub mod metrics;
+mod plan;
 pub mod routes;
 mod state;
 pub mod tls;
@@ -164,6 +165,9 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::MachinesPatch => machines::patch(s, req).await,
         Route::StatesList => unit_states::list(s, query.as_deref()).await,
         Route::StateGet(name) => unit_states::get(s, &name).await,
+        Route::PlanGet => plan::get(s, query.as_deref()).await,
+        Route::PlanPost => plan::post(s, req).await,
+        Route::Why(name) => plan::why(s, &name).await,
     }
 }
 

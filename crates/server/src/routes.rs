@@ -18,6 +18,12 @@ pub enum Route {
     UnitDelete(String),
     StatesList,
     StateGet(String),
+    /// `GET /plan?unit=..`: an extension beside fleet's resources; reads only.
+    PlanGet,
+    /// `POST /plan` with unit files: asks, and changes nothing.
+    PlanPost,
+    /// `GET /why/<unit>`: an extension beside fleet's resources; reads only.
+    Why(String),
     Metrics,
     /// A non-GET request for the discovery document (fleet answers 400, not 405).
     DiscoveryNotGet,
@@ -37,11 +43,24 @@ impl Route {
             Route::UnitGet(_) | Route::UnitPut(_) | Route::UnitDelete(_) => "units/{unitName}",
             Route::StatesList => "state",
             Route::StateGet(_) => "state/{unitName}",
+            Route::PlanGet | Route::PlanPost => "plan",
+            Route::Why(_) => "why/{unitName}",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
             Route::InvalidPath => "invalid_path",
         }
+    }
+}
+
+impl Route {
+    /// Whether the request leaves the registry as it is: every GET, and `POST /plan`, which
+    /// only asks. An authorization layer can let read-only clients through on this.
+    pub fn changes_nothing(&self) -> bool {
+        !matches!(
+            self,
+            Route::UnitPut(_) | Route::UnitDelete(_) | Route::MachinesPatch
+        )
     }
 }
 
@@ -109,6 +128,15 @@ pub fn route(method: &str, path: &str) -> Route {
             "GET" => Route::StateGet(name),
             _ => Route::MethodNotAllowed(ONLY_GET),
         },
+        ("plan", None) => match method {
+            "GET" => Route::PlanGet,
+            "POST" => Route::PlanPost,
+            _ => Route::MethodNotAllowed("only GET and POST supported against this resource"),
+        },
+        ("why", Some(name)) => match method {
+            "GET" => Route::Why(name),
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
         _ => Route::NotFound,
     }
 }
@@ -121,7 +149,7 @@ pub fn not_found_message(path: &str) -> String {
         .iter()
         .find_map(|p| path.strip_prefix(p))
         .and_then(|rest| {
-            ["/units/", "/state/"]
+            ["/units/", "/state/", "/why/"]
                 .iter()
                 .find_map(|r| rest.strip_prefix(r))
         });
@@ -238,6 +266,25 @@ mod tests {
                 ("GET", format!("{p}/"), Route::NotFound),
                 ("GET", format!("{p}/nope"), Route::NotFound),
                 ("GET", format!("{p}units"), Route::NotFound),
+                ("GET", format!("{p}/plan"), Route::PlanGet),
+                ("POST", format!("{p}/plan"), Route::PlanPost),
+                (
+                    "PUT",
+                    format!("{p}/plan"),
+                    Route::MethodNotAllowed("only GET and POST supported against this resource"),
+                ),
+                ("GET", format!("{p}/plan/x"), Route::NotFound),
+                (
+                    "GET",
+                    format!("{p}/why/a.service"),
+                    Route::Why(u("a.service")),
+                ),
+                (
+                    "POST",
+                    format!("{p}/why/a.service"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/why"), Route::NotFound),
             ];
             for (method, path, want) in cases {
                 assert_eq!(r(method, &path), want, "{method} {path}");
@@ -247,6 +294,10 @@ mod tests {
         assert_eq!(r("GET", "/metrics"), Route::Metrics);
         assert_eq!(r("GET", "/fleet/v2/units"), Route::NotFound);
         assert_eq!(r("GET", ""), Route::NotFound);
+        assert!(Route::PlanPost.changes_nothing());
+        assert!(Route::Why(u("a.service")).changes_nothing());
+        assert!(!Route::UnitPut(u("a.service")).changes_nothing());
+        assert!(!Route::MachinesPatch.changes_nothing());
     }
 
     #[test]

@@ -137,6 +137,14 @@ impl Cluster {
     }
 }
 
+/// The explanation of one pass for `units` (see [`crate::explain`]).
+pub(crate) fn explain_pass(
+    cluster: &Cluster,
+    units: &[String],
+) -> Result<crate::explain::Explanation, crate::explain::UnknownUnits> {
+    pass::explain(cluster, units)
+}
+
 /// Decides which units go where. Pure and deterministic.
 pub fn plan(cluster: &Cluster) -> Plan {
     pass::run(cluster)

@@ -15,7 +15,17 @@ type Membership = IxVec<MachineIx, bool>;
 /// Machines as a sorted index list and a membership table.
 type MachineSet = (Rc<Vec<MachineIx>>, Rc<Membership>);
 
+mod why;
+
+pub(super) use why::explain;
+
 pub(super) fn run(cluster: &Cluster) -> Plan {
+    with_pass(cluster, |pass| pass.into_plan(&cluster.placements))
+}
+
+/// Runs one whole pass over `cluster` and hands the finished pass to `f`: the plan and the
+/// explanations are both read from it.
+fn with_pass<R>(cluster: &Cluster, f: impl for<'a> FnOnce(Pass<'a>) -> R) -> R {
     let mut machines: Vec<&MachineState> = cluster.machines.iter().collect();
     if !machines.is_sorted_by(|a, b| a.id <= b.id) {
         machines.sort_by(|a, b| a.id.cmp(&b.id));
@@ -26,7 +36,7 @@ pub(super) fn run(cluster: &Cluster) -> Plan {
     pass.place_globals();
     pass.keep(&cluster.placements);
     pass.place_all();
-    pass.into_plan(&cluster.placements)
+    f(pass)
 }
 
 /// A pool of at most 1/SHORT_LIST of the machines is searched by sorting it by load; a larger
@@ -38,6 +48,16 @@ enum Pool {
     All,
     /// Sorted machine indices, and a membership table when the list is long.
     Listed(Rc<Vec<MachineIx>>, Option<Rc<Membership>>),
+}
+
+/// Why a placed unit is on its machine.
+#[derive(Clone)]
+enum Chosen {
+    /// It was there and still fits (placed units stay put).
+    Kept,
+    /// The least loaded machine that took it, with `load` units there before it, out of the
+    /// machines `scope` names.
+    LeastLoaded { load: u32, scope: String },
 }
 
 /// Why a machine is not fit for a unit right now.
@@ -66,6 +86,9 @@ struct Pass<'a> {
     /// (load, machine): the least loaded machine first, ties by id.
     loads: BTreeSet<(u32, MachineIx)>,
     reasons: IxVec<UnitIx, Option<String>>,
+    /// Why each placed unit is where it is, kept for explanations (cheap: no text is made
+    /// unless one is asked for).
+    chosen: IxVec<UnitIx, Option<Chosen>>,
     metadata_pools: HashMap<&'a Metadata, MachineSet>,
     /// Replaced units this pass may still move; a safety net against Replaces and MachineOf
     /// combinations that would otherwise push units around without end.
@@ -97,6 +120,7 @@ impl<'a> Pass<'a> {
             globals_on: IxVec::filled(m, Vec::new()),
             global_machines: IxVec::filled(n, Vec::new()),
             reasons: IxVec::filled(n, None),
+            chosen: IxVec::filled(n, None),
             metadata_pools: HashMap::new(),
             evictions_left: 4 * n + 16,
             evicted_in_round: false,
@@ -120,6 +144,7 @@ impl<'a> Pass<'a> {
         let Some(m) = self.at[u].take() else {
             return;
         };
+        self.chosen[u] = None;
         let load = self.load(m);
         self.loads.remove(&(load, m));
         self.on[m].retain(|&v| v != u);
@@ -268,6 +293,7 @@ impl<'a> Pass<'a> {
         for u in kept.indices() {
             if let (true, Some(m)) = (kept[u], cand_at[u]) {
                 self.set_placed(u, m);
+                self.chosen[u] = Some(Chosen::Kept);
             }
         }
     }
@@ -364,6 +390,10 @@ impl<'a> Pass<'a> {
             self.evicted_in_round = true;
             self.evictions_left = self.evictions_left.saturating_sub(evicted.len());
         }
+        self.chosen[u] = Some(Chosen::LeastLoaded {
+            load: self.load(m),
+            scope,
+        });
         self.set_placed(u, m);
         Ok(evicted)
     }
