@@ -11,7 +11,6 @@
 
 use fleet_bench::load::{self, LoadOptions, LoadReport, RegistryKind};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -71,20 +70,8 @@ fn load_on_the_embedded_registry() {
 #[test]
 fn load_on_etcd() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let etcd = match testkit::etcd::EtcdCluster::single() {
-        Ok(c) => c,
-        Err(e)
-            if Command::new(testkit::etcd::etcd_binary())
-                .arg("--version")
-                .output()
-                .is_err() =>
-        {
-            testkit::skip(&format!(
-                "no etcd binary ({e:#}); install Debian's etcd-server"
-            ));
-            return;
-        }
-        Err(e) => panic!("starting etcd: {e:#}"),
+    let Some(etcd) = testkit::etcd::started_or_skip(testkit::etcd::EtcdCluster::single()) else {
+        return;
     };
     let opts = options(RegistryKind::Etcd);
     let endpoint = etcd.member(0).endpoint();

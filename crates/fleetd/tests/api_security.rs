@@ -474,21 +474,7 @@ fn a_bad_tokens_file_stops_fleetd_naming_file_and_line() {
 /// One etcd member serving clients over TLS and requiring client certificates; `None` (the
 /// test skips, or fails under `CI=true`) when there is no etcd binary.
 fn etcd_tls() -> Option<testkit::etcd::EtcdCluster> {
-    match testkit::etcd::EtcdCluster::start_tls(1, true) {
-        Ok(c) => Some(c),
-        Err(e)
-            if std::process::Command::new(testkit::etcd::etcd_binary())
-                .arg("--version")
-                .output()
-                .is_err() =>
-        {
-            testkit::skip(&format!(
-                "no etcd binary ({e:#}); install Debian's etcd-server"
-            ));
-            None
-        }
-        Err(e) => panic!("starting etcd: {e:#}"),
-    }
+    testkit::etcd::started_or_skip(testkit::etcd::EtcdCluster::start_tls(1, true))
 }
 
 #[test]

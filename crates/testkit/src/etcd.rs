@@ -32,6 +32,27 @@ pub fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("etcd"))
 }
 
+/// The cluster a test started, or `None` when the start failed because there is no etcd
+/// binary: the test then skips, or fails under `CI=true` ([`crate::skip`]). Any other failure to
+/// start panics with its cause.
+pub fn started_or_skip(started: Result<EtcdCluster>) -> Option<EtcdCluster> {
+    match started {
+        Ok(c) => Some(c),
+        Err(e)
+            if Command::new(etcd_binary())
+                .arg("--version")
+                .output()
+                .is_err() =>
+        {
+            crate::skip(&format!(
+                "no etcd binary ({e:#}); install Debian's etcd-server"
+            ));
+            None
+        }
+        Err(e) => panic!("starting etcd: {e:#}"),
+    }
+}
+
 /// How long a member may take to become healthy before the start counts as failed.
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(30);
 /// How often `/health` is polled while waiting.

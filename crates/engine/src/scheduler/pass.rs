@@ -336,26 +336,35 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Why `u` can go on no machine at all, whatever their state: a MachineOf cycle, or a
+    /// MachineOf target that is not scheduled. Placement and its explanation share it.
+    fn unplaceable(&self, u: UnitIx) -> Option<String> {
+        let rel = self.rel;
+        if let Some(cycle) = &rel.cycle[u] {
+            return Some(cycle.clone());
+        }
+        let dead = rel.dead_targets[u].first()?;
+        let known = rel
+            .units
+            .as_slice()
+            .binary_search_by(|x| x.name.as_str().cmp(dead))
+            .is_ok();
+        // A known target that is not scheduled is inactive, a template, or itself unplaceable.
+        let why = if known {
+            "is not scheduled"
+        } else {
+            "does not exist"
+        };
+        Some(format!("MachineOf target {dead} {why}"))
+    }
+
     /// Places `u`; returns the units it pushed off (now unplaced) or why it can't be placed.
     fn place_one(&mut self, u: UnitIx) -> Result<Vec<UnitIx>, String> {
-        let rel = self.rel;
         if self.machines.is_empty() {
             return Err("no machines".to_string());
         }
-        if let Some(cycle) = &rel.cycle[u] {
-            return Err(cycle.clone());
-        }
-        if let Some(dead) = rel.dead_targets[u].first() {
-            let known = rel
-                .units
-                .as_slice()
-                .binary_search_by(|x| x.name.as_str().cmp(dead))
-                .is_ok();
-            return Err(if known {
-                format!("MachineOf target {dead} is not scheduled")
-            } else {
-                format!("MachineOf target {dead} does not exist")
-            });
+        if let Some(why) = self.unplaceable(u) {
+            return Err(why);
         }
         let (pool, scope) = self.pool(u)?;
         let key = self.failure_key(u);

@@ -478,21 +478,7 @@ impl Api {
 /// One etcd member started with `extra_args`; `None` (the test skips, or fails under `CI=true`)
 /// when there is no etcd binary.
 pub fn etcd_with_args(extra_args: &[String]) -> Option<testkit::etcd::EtcdCluster> {
-    match testkit::etcd::EtcdCluster::single_with_args(extra_args) {
-        Ok(c) => Some(c),
-        Err(e)
-            if Command::new(testkit::etcd::etcd_binary())
-                .arg("--version")
-                .output()
-                .is_err() =>
-        {
-            testkit::skip(&format!(
-                "no etcd binary ({e:#}); install Debian's etcd-server"
-            ));
-            None
-        }
-        Err(e) => panic!("starting etcd: {e:#}"),
-    }
+    testkit::etcd::started_or_skip(testkit::etcd::EtcdCluster::single_with_args(extra_args))
 }
 
 /// The options of `node` on the etcd at `endpoints` with the process supervisor, its keys

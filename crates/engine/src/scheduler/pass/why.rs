@@ -178,21 +178,8 @@ impl Pass<'_> {
         let rel = self.rel;
         let req = &rel.units[u].requirements;
         let machine = self.machines[m];
-        if let Some(cycle) = &rel.cycle[u] {
-            return (false, cycle.clone());
-        }
-        if let Some(dead) = rel.dead_targets[u].first() {
-            let known = rel
-                .units
-                .as_slice()
-                .binary_search_by(|x| x.name.as_str().cmp(dead))
-                .is_ok();
-            let why = if known {
-                "is inactive or a template"
-            } else {
-                "does not exist"
-            };
-            return (false, format!("MachineOf target {dead} {why}"));
+        if let Some(why) = self.unplaceable(u) {
+            return (false, why);
         }
         if let Some(id) = req
             .machine_id
