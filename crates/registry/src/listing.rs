@@ -71,24 +71,48 @@ enum Slot {
     Global((String, String)),
 }
 
-fn slot(keys: &Keys, key: &str) -> Option<Slot> {
-    // Cheap tests first: most keys of a busy cluster are states.
-    if let Some(k) = <(String, String)>::under(&keys.states(), key) {
+/// The prefixes of the followed records, built once: every key of every watch batch is
+/// tested against them.
+struct Bases {
+    states: String,
+    global_states: String,
+    jobs: String,
+    bodies: String,
+    placements: String,
+    reasons: String,
+}
+
+impl Bases {
+    fn new(keys: &Keys) -> Bases {
+        Bases {
+            states: keys.states(),
+            global_states: keys.global_states(),
+            jobs: keys.jobs(),
+            bodies: keys.bodies(),
+            placements: keys.placements(),
+            reasons: keys.reasons(),
+        }
+    }
+}
+
+fn slot(keys: &Bases, key: &str) -> Option<Slot> {
+    // Most keys of a busy cluster are states: tested first.
+    if let Some(k) = <(String, String)>::under(&keys.states, key) {
         return Some(Slot::Placed(k));
     }
-    if let Some(k) = <(String, String)>::under(&keys.global_states(), key) {
+    if let Some(k) = <(String, String)>::under(&keys.global_states, key) {
         return Some(Slot::Global(k));
     }
-    if let Some(k) = String::under(&keys.jobs(), key) {
+    if let Some(k) = String::under(&keys.jobs, key) {
         return Some(Slot::Job(k));
     }
-    if let Some(k) = String::under(&keys.bodies(), key) {
+    if let Some(k) = String::under(&keys.bodies, key) {
         return Some(Slot::Body(k));
     }
-    if let Some(k) = String::under(&keys.placements(), key) {
+    if let Some(k) = String::under(&keys.placements, key) {
         return Some(Slot::Placement(k));
     }
-    String::under(&keys.reasons(), key).map(Slot::Reason)
+    String::under(&keys.reasons, key).map(Slot::Reason)
 }
 
 /// Decodes a record, or logs why not: a record that does not decode is left out of listings
@@ -104,7 +128,7 @@ fn decoded<T: crate::codec::Record>(kv: &KeyValue) -> Option<T> {
 }
 
 impl Held {
-    fn put(&mut self, keys: &Keys, kv: &KeyValue) {
+    fn put(&mut self, keys: &Bases, kv: &KeyValue) {
         let Some(slot) = slot(keys, &kv.key) else {
             return;
         };
@@ -168,7 +192,7 @@ impl Held {
         }
     }
 
-    fn delete(&mut self, keys: &Keys, key: &str) {
+    fn delete(&mut self, keys: &Bases, key: &str) {
         match slot(keys, key) {
             Some(Slot::Job(n)) => {
                 self.jobs.remove(&n);
@@ -319,9 +343,10 @@ impl Registry {
             revision: jobs.revision,
             ..Held::default()
         };
+        let bases = Bases::new(keys);
         for part in [jobs, bodies, placements, reasons, placed, global] {
             for kv in &part.items {
-                copy.put(keys, kv);
+                copy.put(&bases, kv);
             }
         }
         Ok(copy)
@@ -382,6 +407,7 @@ impl ListingView {
 async fn follow_listings(registry: Registry, shared: std::sync::Weak<Shared>) {
     let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
     let store: Arc<dyn Store> = registry.store.clone();
+    let bases = Bases::new(&registry.keys);
     loop {
         let copy = match registry.read_listed().await {
             Ok(c) => c,
@@ -417,7 +443,7 @@ async fn follow_listings(registry: Registry, shared: std::sync::Weak<Shared>) {
                         let Some(shared) = shared.upgrade() else {
                             return;
                         };
-                        last = apply(&shared, &registry.keys, &events, last);
+                        last = apply(&shared, &bases, &events, last);
                     }
                     Err(StoreError::Compacted { .. }) => break 'watch,
                     Err(e) => {
@@ -431,7 +457,7 @@ async fn follow_listings(registry: Registry, shared: std::sync::Weak<Shared>) {
 }
 
 /// Applies one watch batch (whole revisions) and publishes the revision it ends at.
-fn apply(shared: &Shared, keys: &Keys, events: &[Event], last: Revision) -> Revision {
+fn apply(shared: &Shared, keys: &Bases, events: &[Event], last: Revision) -> Revision {
     let mut copy = shared.copy.lock().unwrap_or_else(PoisonError::into_inner);
     for ev in events {
         match ev.kind {
