@@ -100,6 +100,12 @@ impl ApiState {
     /// Serve requests (`true`) or answer 503 to all but `/metrics` (`false`).
     pub fn set_available(&self, available: bool) {
         self.available.store(available, Ordering::SeqCst);
+        // The listings' copy is read now rather than by the first listing, which would
+        // otherwise wait for it. Outside a runtime (a server built but not served yet) the
+        // first listing starts it.
+        if available && tokio::runtime::Handle::try_current().is_ok() {
+            self.view();
+        }
     }
 
     pub fn is_available(&self) -> bool {
@@ -133,7 +139,12 @@ impl ApiState {
     fn view(&self) -> Option<&ListingView> {
         self.listings
             .view
-            .get_or_init(|| self.registry.follow_listings())
+            .get_or_init(|| {
+                // Following needs a runtime to run in; without one, listings read the registry.
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .and_then(|_| self.registry.follow_listings())
+            })
             .as_ref()
     }
 
@@ -161,6 +172,8 @@ impl ApiState {
         if let Some(view) = self.view() {
             let from_view = match token.revision {
                 Some(wanted) => snapshot(view).filter(|l| l.revision == wanted),
+                // Not read yet (just started): the registry answers sooner than the copy.
+                None if view.revision().is_none() => None,
                 None => match self
                     .op("current_revision", self.registry.current_revision())
                     .await
