@@ -194,6 +194,8 @@ impl ApiState {
                 },
             };
             if let Some(l) = from_view {
+                // Kept for the listing's later pages: the copy may move on meanwhile.
+                remember(slot, l.revision, l.items.clone());
                 return Ok((l.revision, l.items));
             }
         }
