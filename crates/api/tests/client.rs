@@ -309,3 +309,25 @@ async fn a_path_prefix_reaches_fleetd_behind_a_reverse_proxy() {
         assert!(Client::new(bad, opts()).is_err(), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn a_listing_of_many_pages_comes_whole_and_in_order_though_pages_are_read_ahead() {
+    let s = served(3).await;
+    let client = Client::new(&s.tcp, opts()).expect("client");
+    let mut want = Vec::new();
+    for i in (0..41).rev() {
+        let name = format!("p{i:02}.service");
+        let u = Unit::new(&name, &file(&format!("/bin/echo {i}")), TargetState::Loaded);
+        client.create_or_update_unit(&u).await.expect("create");
+        want.push(name);
+    }
+    want.sort();
+    let units = client.units().await.expect("units");
+    let names: Vec<String> = units.into_iter().map(|u| u.name).collect();
+    assert_eq!(names, want);
+    let states = client
+        .unit_states(&StateFilter::default())
+        .await
+        .expect("states");
+    assert!(states.is_empty(), "{states:?}");
+}

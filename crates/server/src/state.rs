@@ -4,9 +4,8 @@
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::token::{paginate, PageToken};
-use api::types;
-use registry::{AtRevision, Registry, RegistryError, Revision, StoreError};
+use crate::token::{page_range, PageToken};
+use registry::{AtRevision, ListingView, Registry, RegistryError, Revision, StoreError};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,16 +30,23 @@ pub struct ApiState {
 /// One kept listing: the revision it was read at, and its items.
 pub(crate) type KeptListing<T> = std::sync::Mutex<Option<(Revision, Arc<Vec<T>>)>>;
 
-/// The last listing of units and of unit states read for a first page, kept for the pages
-/// that follow: their tokens pin the revision it was read at, so the same items are served
-/// without reading (and decoding) the whole listing again for every page — which made reading
-/// all pages quadratic in the number of units (10,000 units at 100 a page read 100 full
-/// listings).
+/// The listings the API serves, and where they come from: the followed copy of the registry
+/// ([`ListingView`], started by the first listing) while it is current, else the last listing
+/// read from the registry for a first page, kept for the pages that follow: their tokens pin
+/// the revision it was read at, so the same items are served without reading (and decoding)
+/// the whole listing again for every page — which made reading all pages quadratic in the
+/// number of units (10,000 units at 100 a page read 100 full listings).
 #[derive(Default)]
 pub(crate) struct Listings {
-    pub(crate) units: KeptListing<types::Unit>,
-    pub(crate) states: KeptListing<types::UnitState>,
+    pub(crate) units: KeptListing<registry::UnitView>,
+    pub(crate) states: KeptListing<Arc<registry::UnitState>>,
+    view: std::sync::OnceLock<Option<ListingView>>,
 }
+
+/// How long a first page waits for the followed copy to reach the registry's revision (the
+/// writes made before the request) before reading the registry instead. A watch delivers in
+/// milliseconds; waiting longer than a registry read would take gains nothing.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The cached listing if it was read at `revision`.
 pub(crate) fn cached<T>(slot: &KeptListing<T>, revision: Option<Revision>) -> Option<Arc<Vec<T>>> {
@@ -54,25 +60,27 @@ pub(crate) fn cached<T>(slot: &KeptListing<T>, revision: Option<Revision>) -> Op
     }
 }
 
-pub(crate) fn remember<T>(slot: &KeptListing<T>, revision: Revision, items: Vec<T>) -> Arc<Vec<T>> {
-    let items = Arc::new(items);
+pub(crate) fn remember<T>(slot: &KeptListing<T>, revision: Revision, items: Arc<Vec<T>>) {
     *slot
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((revision, items.clone()));
-    items
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((revision, items));
 }
 
-/// One page of a shared listing, cloning only the items of the page.
-pub(crate) fn page_of<T: Clone>(
+/// One page of a shared listing, converting only the items of the page.
+pub(crate) fn page_of<T, U>(
     items: &[T],
     token: &PageToken,
     revision: Revision,
-) -> (Vec<T>, Option<PageToken>) {
-    let (indices, next) = paginate((0..items.len()).collect::<Vec<_>>(), token, revision);
-    (
-        indices.into_iter().map(|i| items[i].clone()).collect(),
-        next,
-    )
+    convert: impl Fn(&T) -> U,
+) -> (Vec<U>, Option<PageToken>) {
+    let (range, next) = page_range(token, items.len(), revision);
+    let page = items
+        .get(range)
+        .unwrap_or_default()
+        .iter()
+        .map(convert)
+        .collect();
+    (page, next)
 }
 
 impl ApiState {
@@ -94,6 +102,12 @@ impl ApiState {
     /// Serve requests (`true`) or answer 503 to all but `/metrics` (`false`).
     pub fn set_available(&self, available: bool) {
         self.available.store(available, Ordering::SeqCst);
+        // The listings' copy is read now rather than by the first listing, which would
+        // otherwise wait for it. Outside a runtime (a server built but not served yet) the
+        // first listing starts it.
+        if available && tokio::runtime::Handle::try_current().is_ok() {
+            self.view();
+        }
     }
 
     pub fn is_available(&self) -> bool {
@@ -127,6 +141,77 @@ impl ApiState {
         let r = fut.await;
         self.metrics.count_registry_op(name, r.is_ok());
         r.map_err(|e| ApiError::registry(name, e))
+    }
+
+    /// The followed copy of the registry, started by the first listing (`None` when the
+    /// registry polls instead of watching).
+    fn view(&self) -> Option<&ListingView> {
+        self.listings
+            .view
+            .get_or_init(|| {
+                // Following needs a runtime to run in; without one, listings read the registry.
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .and_then(|_| self.registry.follow_listings())
+            })
+            .as_ref()
+    }
+
+    /// The whole listing a page is cut from, and the revision it shows. A first page (or
+    /// fleet's tokens, which name no revision) is taken from the followed copy once it holds
+    /// every write made before the request (read-your-writes); a later page from the listing
+    /// its token's revision names — kept, the copy if still there, else read again from the
+    /// registry at that revision. Whatever the source, one token's pages show one revision.
+    pub(crate) async fn listing<T, Snap, Read, Fut>(
+        &self,
+        name: &'static str,
+        slot: &KeptListing<T>,
+        token: &PageToken,
+        snapshot: Snap,
+        read: Read,
+    ) -> Result<(Revision, Arc<Vec<T>>), ApiError>
+    where
+        Snap: Fn(&ListingView) -> Option<AtRevision<Arc<Vec<T>>>>,
+        Read: Fn(Option<Revision>) -> Fut,
+        Fut: Future<Output = registry::Result<AtRevision<Vec<T>>>>,
+    {
+        if let (Some(r), Some(items)) = (token.revision, cached(slot, token.revision)) {
+            return Ok((r, items));
+        }
+        if let Some(view) = self.view() {
+            let from_view = match token.revision {
+                Some(wanted) => snapshot(view).filter(|l| l.revision == wanted),
+                // Not read yet (just started): the registry answers sooner than the copy.
+                None if view.revision().is_none() => None,
+                None => match self
+                    .op("current_revision", self.registry.current_revision())
+                    .await
+                {
+                    Ok(now) => match view.reach(now, VIEW_WAIT).await {
+                        Some(_) => snapshot(view),
+                        None => {
+                            tracing::debug!(
+                                listing = name,
+                                revision = now,
+                                "listing copy behind the registry; reading the registry"
+                            );
+                            None
+                        }
+                    },
+                    // The read below names the failure.
+                    Err(_) => None,
+                },
+            };
+            if let Some(l) = from_view {
+                // Kept for the listing's later pages: the copy may move on meanwhile.
+                remember(slot, l.revision, l.items.clone());
+                return Ok((l.revision, l.items));
+            }
+        }
+        let read = self.read_pinned(name, token, read).await?;
+        let items = Arc::new(read.items);
+        remember(slot, read.revision, items.clone());
+        Ok((read.revision, items))
     }
 
     /// Reads a listing at the token's revision; a revision compacted away falls back to the

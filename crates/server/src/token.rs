@@ -152,19 +152,34 @@ pub fn check_in_range(token: &PageToken, items: usize) -> Result<(), TokenError>
     Ok(())
 }
 
+/// The positions of `token`'s page in a listing of `total` items read at `revision`, and the
+/// token of the next page when more items follow. Unlike fleet, no token is handed out for an
+/// empty last page.
+pub fn page_range(
+    token: &PageToken,
+    total: usize,
+    revision: Revision,
+) -> (std::ops::Range<usize>, Option<PageToken>) {
+    let limit = usize::from(token.limit.max(1));
+    let start = usize::from(token.page.max(1) - 1).saturating_mul(limit);
+    let end = start.saturating_add(limit);
+    let next = (end < total && token.page < u16::MAX).then(|| token.next(revision));
+    (start.min(total)..end.min(total), next)
+}
+
 /// One page of `items` (already read at `revision`) for `token`, and the token of the next
-/// page when more items follow. Unlike fleet, no token is handed out for an empty last page.
+/// page when more items follow.
 pub fn paginate<T>(
     items: Vec<T>,
     token: &PageToken,
     revision: Revision,
 ) -> (Vec<T>, Option<PageToken>) {
-    let limit = usize::from(token.limit.max(1));
-    let start = usize::from(token.page.max(1) - 1).saturating_mul(limit);
-    let end = start.saturating_add(limit);
-    let total = items.len();
-    let next = (end < total && token.page < u16::MAX).then(|| token.next(revision));
-    let page = items.into_iter().skip(start).take(limit).collect();
+    let (range, next) = page_range(token, items.len(), revision);
+    let page = items
+        .into_iter()
+        .skip(range.start)
+        .take(range.len())
+        .collect();
     (page, next)
 }
 

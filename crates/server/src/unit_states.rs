@@ -1,11 +1,11 @@
 //! `/state`: the states agents publish, listed (optionally filtered) or read for one unit.
 
 use crate::error::{json_response, ApiError};
-use crate::state::{cached, in_range, next_token, page_of, remember, token, ApiState};
-use crate::token::paginate;
+use crate::state::{in_range, next_token, page_of, token, ApiState};
 use api::types;
 use axum::http::StatusCode;
 use axum::response::Response;
+use std::sync::Arc;
 
 fn api_state(s: &registry::UnitState) -> types::UnitState {
     types::UnitState {
@@ -29,32 +29,35 @@ pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, 
             .filter(|v| !v.is_empty())
     };
     let (machine, unit) = (first("machineID"), first("unitName"));
-    let (revision, all) = match cached(&s.listings.states, token.revision) {
-        Some(all) => (token.revision.unwrap_or_default(), all),
-        None => {
-            let read = s
-                .read_pinned("list_unit_states", &token, |at| s.registry.unit_states(at))
-                .await?;
-            let mut states: Vec<types::UnitState> = read.items.iter().map(api_state).collect();
-            states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
-            (
-                read.revision,
-                remember(&s.listings.states, read.revision, states),
-            )
-        }
-    };
+    let (revision, all) = s
+        .listing(
+            "list_unit_states",
+            &s.listings.states,
+            &token,
+            |view| view.states(),
+            |at| async move {
+                let read = s.registry.unit_states(at).await?;
+                let mut states: Vec<Arc<registry::UnitState>> =
+                    read.items.into_iter().map(Arc::new).collect();
+                states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+                Ok(registry::AtRevision {
+                    items: states,
+                    revision: read.revision,
+                })
+            },
+        )
+        .await?;
     let (states, next) = if machine.is_none() && unit.is_none() {
         in_range(&token, all.len())?;
-        page_of(&all, &token, revision)
+        page_of(&all, &token, revision, |st| api_state(st))
     } else {
-        let filtered: Vec<types::UnitState> = all
+        let filtered: Vec<&Arc<registry::UnitState>> = all
             .iter()
             .filter(|st| machine.as_deref().is_none_or(|m| st.machine_id == m))
             .filter(|st| unit.as_deref().is_none_or(|u| st.name == u))
-            .cloned()
             .collect();
         in_range(&token, filtered.len())?;
-        paginate(filtered, &token, revision)
+        page_of(&filtered, &token, revision, |st| api_state(st))
     };
     Ok(json_response(
         StatusCode::OK,

@@ -2,7 +2,7 @@
 
 use crate::body::{check_content_type, decode_json, read_body};
 use crate::error::{empty, json_response, ApiError};
-use crate::state::{cached, in_range, next_token, page_of, remember, token, ApiState};
+use crate::state::{in_range, next_token, page_of, token, ApiState};
 use api::types;
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -35,23 +35,23 @@ fn api_unit(v: registry::UnitView, listing: bool) -> types::Unit {
 
 pub(crate) async fn list(s: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
     let token = token(s, query)?;
-    let (revision, all) = match cached(&s.listings.units, token.revision) {
-        Some(all) => (token.revision.unwrap_or_default(), all),
-        None => {
-            let views = s
-                .read_pinned("list_units", &token, |at| s.registry.unit_views(at))
-                .await?;
-            let mut units: Vec<types::Unit> =
-                views.items.into_iter().map(|v| api_unit(v, true)).collect();
-            units.sort_by(|a, b| a.name.cmp(&b.name));
-            (
-                views.revision,
-                remember(&s.listings.units, views.revision, units),
-            )
-        }
-    };
+    let (revision, all) = s
+        .listing(
+            "list_units",
+            &s.listings.units,
+            &token,
+            |view| view.units(),
+            |at| async move {
+                let mut views = s.registry.unit_views(at).await?;
+                views
+                    .items
+                    .sort_by(|a, b| a.unit.job.name.cmp(&b.unit.job.name));
+                Ok(views)
+            },
+        )
+        .await?;
     in_range(&token, all.len())?;
-    let (units, next) = page_of(&all, &token, revision);
+    let (units, next) = page_of(&all, &token, revision, |v| api_unit(v.clone(), true));
     Ok(json_response(
         StatusCode::OK,
         &types::UnitPage {

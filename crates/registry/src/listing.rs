@@ -1,0 +1,478 @@
+//! [`ListingView`]: a copy of what the API lists (units as [`UnitView`]s, unit states) kept
+//! current by one watch of the cluster's keys, so that a listing costs a copy of pointers
+//! instead of reading and decoding every record of the registry.
+//!
+//! The copy is read at one revision and then follows a single watch of the whole keyspace:
+//! a store delivers whole revisions per watch batch, so after each batch the copy is exactly
+//! the registry at the revision it names, and a listing taken from it can be paged at that
+//! revision (a page token names it) — or read again from the registry at that revision when
+//! the copy has moved on.
+
+use crate::codec::decode;
+use crate::keys::{KeyShape, Keys};
+use crate::model::{Job, TargetState, UnitState};
+use crate::registry::{AtRevision, Registry, Result};
+use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
+use crate::views::UnitView;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
+use unit::UnitFile;
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The followed copy behind the API's listings. Cheap to clone; following stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct ListingView {
+    shared: Arc<Shared>,
+    _task: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Shared {
+    copy: Mutex<Held>,
+    /// The revision the copy is at; 0 until it has been read once.
+    revision: watch::Sender<Revision>,
+}
+
+/// The records a listing needs, by what names them, and the listings last taken.
+#[derive(Default)]
+struct Held {
+    revision: Revision,
+    jobs: BTreeMap<String, Job>,
+    /// Parsed bodies by hash: bodies never change under a hash.
+    bodies: HashMap<String, Arc<UnitFile>>,
+    placements: HashMap<String, String>,
+    reasons: HashMap<String, String>,
+    placed: BTreeMap<(String, String), Arc<UnitState>>,
+    global: BTreeMap<(String, String), Arc<UnitState>>,
+    units: Option<(Revision, Arc<Vec<UnitView>>)>,
+    states: Option<(Revision, Arc<Vec<Arc<UnitState>>>)>,
+}
+
+/// Which followed record a key holds.
+enum Slot {
+    Job(String),
+    Body(String),
+    Placement(String),
+    Reason(String),
+    Placed((String, String)),
+    Global((String, String)),
+}
+
+/// The prefixes of the followed records, built once: every key of every watch batch is
+/// tested against them.
+struct Bases {
+    states: String,
+    global_states: String,
+    jobs: String,
+    bodies: String,
+    placements: String,
+    reasons: String,
+}
+
+impl Bases {
+    fn new(keys: &Keys) -> Bases {
+        Bases {
+            states: keys.states(),
+            global_states: keys.global_states(),
+            jobs: keys.jobs(),
+            bodies: keys.bodies(),
+            placements: keys.placements(),
+            reasons: keys.reasons(),
+        }
+    }
+}
+
+fn slot(keys: &Bases, key: &str) -> Option<Slot> {
+    // Most keys of a busy cluster are states: tested first.
+    if let Some(k) = <(String, String)>::under(&keys.states, key) {
+        return Some(Slot::Placed(k));
+    }
+    if let Some(k) = <(String, String)>::under(&keys.global_states, key) {
+        return Some(Slot::Global(k));
+    }
+    if let Some(k) = String::under(&keys.jobs, key) {
+        return Some(Slot::Job(k));
+    }
+    if let Some(k) = String::under(&keys.bodies, key) {
+        return Some(Slot::Body(k));
+    }
+    if let Some(k) = String::under(&keys.placements, key) {
+        return Some(Slot::Placement(k));
+    }
+    String::under(&keys.reasons, key).map(Slot::Reason)
+}
+
+/// Decodes a record, or logs why not: a record that does not decode is left out of listings
+/// (as the followers do) rather than failing every listing of the cluster.
+fn decoded<T: crate::codec::Record>(kv: &KeyValue) -> Option<T> {
+    match decode(kv) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "leaving an undecodable record out of listings");
+            None
+        }
+    }
+}
+
+impl Held {
+    fn put(&mut self, keys: &Bases, kv: &KeyValue) {
+        let Some(slot) = slot(keys, &kv.key) else {
+            return;
+        };
+        match slot {
+            Slot::Job(name) => match decoded::<Job>(kv) {
+                Some(job) => {
+                    self.jobs.insert(name, job);
+                }
+                None => {
+                    self.jobs.remove(&name);
+                }
+            },
+            Slot::Body(hash) => {
+                if self.bodies.contains_key(&hash) {
+                    return;
+                }
+                let Some(raw) = decoded::<String>(kv) else {
+                    return;
+                };
+                match UnitFile::parse(&raw) {
+                    Ok(f) => {
+                        self.bodies.insert(hash, Arc::new(f));
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %kv.key, error = %e, "skipping unparsable unit body")
+                    }
+                }
+            }
+            Slot::Placement(name) => match decoded::<String>(kv) {
+                Some(m) => {
+                    self.placements.insert(name, m);
+                }
+                None => {
+                    self.placements.remove(&name);
+                }
+            },
+            Slot::Reason(name) => match decoded::<String>(kv) {
+                Some(r) => {
+                    self.reasons.insert(name, r);
+                }
+                None => {
+                    self.reasons.remove(&name);
+                }
+            },
+            Slot::Placed(k) => match decoded::<UnitState>(kv) {
+                Some(s) => {
+                    self.placed.insert(k, Arc::new(s));
+                }
+                None => {
+                    self.placed.remove(&k);
+                }
+            },
+            Slot::Global(k) => match decoded::<UnitState>(kv) {
+                Some(s) => {
+                    self.global.insert(k, Arc::new(s));
+                }
+                None => {
+                    self.global.remove(&k);
+                }
+            },
+        }
+    }
+
+    fn delete(&mut self, keys: &Bases, key: &str) {
+        match slot(keys, key) {
+            Some(Slot::Job(n)) => {
+                self.jobs.remove(&n);
+            }
+            Some(Slot::Body(h)) => {
+                self.bodies.remove(&h);
+            }
+            Some(Slot::Placement(n)) => {
+                self.placements.remove(&n);
+            }
+            Some(Slot::Reason(n)) => {
+                self.reasons.remove(&n);
+            }
+            Some(Slot::Placed(k)) => {
+                self.placed.remove(&k);
+            }
+            Some(Slot::Global(k)) => {
+                self.global.remove(&k);
+            }
+            None => {}
+        }
+    }
+
+    /// Every unit as [`Registry::unit_views`] shows it, sorted by name.
+    fn unit_views(&mut self) -> Arc<Vec<UnitView>> {
+        if let Some((r, units)) = &self.units {
+            if *r == self.revision {
+                return units.clone();
+            }
+        }
+        let mut items = Vec::with_capacity(self.jobs.len());
+        for (name, job) in &self.jobs {
+            // A job whose body is missing is left out, as `Registry::units` does.
+            let Some(file) = self.bodies.get(&job.hash.to_string()) else {
+                continue;
+            };
+            let machine = self.placements.get(name).cloned();
+            let current = if job.global {
+                None
+            } else {
+                Some(match &machine {
+                    Some(m) => self
+                        .placed
+                        .get(&(name.clone(), m.clone()))
+                        .map(|s| s.agent_state)
+                        .unwrap_or(TargetState::Inactive),
+                    None => TargetState::Inactive,
+                })
+            };
+            items.push(UnitView {
+                unit: crate::model::Unit {
+                    job: job.clone(),
+                    file: UnitFile::clone(file),
+                },
+                machine,
+                current,
+                reason: self.reasons.get(name).cloned(),
+            });
+        }
+        let items = Arc::new(items);
+        self.units = Some((self.revision, items.clone()));
+        items
+    }
+
+    /// Every published state as [`Registry::unit_states`] shows it, sorted by (unit, machine).
+    fn states(&mut self) -> Arc<Vec<Arc<UnitState>>> {
+        if let Some((r, states)) = &self.states {
+            if *r == self.revision {
+                return states.clone();
+            }
+        }
+        let mut items: Vec<Arc<UnitState>> =
+            Vec::with_capacity(self.placed.len() + self.global.len());
+        // Both maps are sorted by (unit, machine): merge them.
+        let mut placed = self.placed.iter().peekable();
+        let mut global = self.global.iter().peekable();
+        loop {
+            let take_placed = match (placed.peek(), global.peek()) {
+                (Some((a, _)), Some((b, _))) => a <= b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if take_placed {
+                placed.next()
+            } else {
+                global.next()
+            };
+            if let Some((_, s)) = next {
+                items.push(s.clone());
+            }
+        }
+        let items = Arc::new(items);
+        self.states = Some((self.revision, items.clone()));
+        items
+    }
+}
+
+impl Registry {
+    /// A [`ListingView`] of this registry, read now and kept current by a watch; `None` when
+    /// the registry polls instead of watching (fleet's `disable_watches`): listings then read
+    /// the registry. Call within a Tokio runtime.
+    pub fn follow_listings(&self) -> Option<ListingView> {
+        if self.poll.is_some() {
+            return None;
+        }
+        let shared = Arc::new(Shared {
+            copy: Mutex::new(Held::default()),
+            revision: watch::Sender::new(0),
+        });
+        let task = tokio::spawn(follow_listings(self.clone(), Arc::downgrade(&shared)));
+        Some(ListingView {
+            shared,
+            _task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+
+    /// The registry's current revision: every write made before this call returns is at or
+    /// below it.
+    pub async fn current_revision(&self) -> Result<Revision> {
+        Ok(self
+            .store
+            .range(&self.keys.leader(), None, 1, None)
+            .await?
+            .revision)
+    }
+
+    /// What a listing needs, read at one revision (the first read's).
+    async fn read_listed(&self) -> Result<Held> {
+        let keys = &self.keys;
+        let jobs = self.range_at(&keys.jobs(), None).await?;
+        let at = Some(jobs.revision);
+        let prefixes = [
+            keys.bodies(),
+            keys.placements(),
+            keys.reasons(),
+            keys.states(),
+            keys.global_states(),
+        ];
+        let (bodies, placements, reasons, placed, global) = tokio::try_join!(
+            self.range_at(&prefixes[0], at),
+            self.range_at(&prefixes[1], at),
+            self.range_at(&prefixes[2], at),
+            self.range_at(&prefixes[3], at),
+            self.range_at(&prefixes[4], at),
+        )?;
+        let mut copy = Held {
+            revision: jobs.revision,
+            ..Held::default()
+        };
+        let bases = Bases::new(keys);
+        for part in [jobs, bodies, placements, reasons, placed, global] {
+            for kv in &part.items {
+                copy.put(&bases, kv);
+            }
+        }
+        Ok(copy)
+    }
+}
+
+impl ListingView {
+    /// The revision the copy is at; `None` until it has been read.
+    pub fn revision(&self) -> Option<Revision> {
+        let r = *self.shared.revision.borrow();
+        (r > 0).then_some(r)
+    }
+
+    /// Waits until the copy is at `revision` or later, at most `within`; the copy's revision,
+    /// or `None` if it did not get there in time.
+    pub async fn reach(&self, revision: Revision, within: Duration) -> Option<Revision> {
+        let mut rx = self.shared.revision.subscribe();
+        let reached = tokio::time::timeout(within, async {
+            rx.wait_for(|r| *r > 0 && *r >= revision).await.map(|r| *r)
+        })
+        .await;
+        match reached {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn copy(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.shared
+            .copy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every unit as [`Registry::unit_views`] reads it, at the copy's revision; `None` until
+    /// the copy has been read.
+    pub fn units(&self) -> Option<AtRevision<Arc<Vec<UnitView>>>> {
+        let mut copy = self.copy();
+        (copy.revision > 0).then(|| AtRevision {
+            items: copy.unit_views(),
+            revision: copy.revision,
+        })
+    }
+
+    /// Every published state as [`Registry::unit_states`] reads it, at the copy's revision;
+    /// `None` until the copy has been read.
+    pub fn states(&self) -> Option<AtRevision<Arc<Vec<Arc<UnitState>>>>> {
+        let mut copy = self.copy();
+        (copy.revision > 0).then(|| AtRevision {
+            items: copy.states(),
+            revision: copy.revision,
+        })
+    }
+}
+
+/// Reads the copy, then follows the keyspace until the view is dropped; after a compaction or
+/// a broken watch it reads the copy again (the old one serves meanwhile).
+async fn follow_listings(registry: Registry, shared: std::sync::Weak<Shared>) {
+    let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
+    let store: Arc<dyn Store> = registry.store.clone();
+    let bases = Bases::new(&registry.keys);
+    loop {
+        let copy = match registry.read_listed().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the registry for listings failed; retrying");
+                tokio::time::sleep(backoff.wait()).await;
+                continue;
+            }
+        };
+        let mut last = copy.revision;
+        {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            *shared.copy.lock().unwrap_or_else(PoisonError::into_inner) = copy;
+            shared.revision.send_replace(last);
+        }
+        'watch: loop {
+            let mut watch = match store.watch(registry.keys.prefix(), last + 1).await {
+                Ok(w) => w,
+                Err(StoreError::Compacted { .. }) => break 'watch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the registry for listings failed; retrying");
+                    tokio::time::sleep(backoff.wait()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            while let Some(item) = watch.next().await {
+                match item {
+                    Ok(events) if events.is_empty() => {}
+                    Ok(events) => {
+                        let Some(shared) = shared.upgrade() else {
+                            return;
+                        };
+                        last = apply(&shared, &bases, &events, last);
+                    }
+                    Err(StoreError::Compacted { .. }) => break 'watch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry watch for listings broke; resuming");
+                        continue 'watch;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one watch batch (whole revisions) and publishes the revision it ends at.
+fn apply(shared: &Shared, keys: &Bases, events: &[Event], last: Revision) -> Revision {
+    let mut copy = shared.copy.lock().unwrap_or_else(PoisonError::into_inner);
+    for ev in events {
+        match ev.kind {
+            EventKind::Put => copy.put(keys, &ev.kv),
+            EventKind::Delete => copy.delete(keys, &ev.kv.key),
+        }
+    }
+    let revision = events
+        .iter()
+        .map(|e| e.kv.mod_revision)
+        .max()
+        .unwrap_or(last)
+        .max(last);
+    copy.revision = revision;
+    drop(copy);
+    shared.revision.send_replace(revision);
+    revision
+}
