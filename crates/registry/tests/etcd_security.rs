@@ -23,6 +23,24 @@ async fn works(store: &EtcdStore) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Makes user `root` (password `s3cret`) with the root role, and turns etcd's authentication on.
+async fn enable_auth(admin: &EtcdStore) {
+    let mut client = admin.client();
+    client.user_add("root", "s3cret", None).await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.auth_enable().await.unwrap();
+}
+
+/// Connects as `root` with `password`, otherwise as `base` says.
+async fn connect_as(base: &EtcdOptions, password: &str) -> Result<EtcdStore, StoreError> {
+    EtcdStore::connect(EtcdOptions {
+        username: Some("root".into()),
+        password: Some(password.into()),
+        ..base.clone()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verifies_the_server_against_the_given_ca_only() {
     let cluster = tokio::task::block_in_place(|| EtcdCluster::start_tls(1, false)).unwrap();
@@ -111,27 +129,12 @@ async fn client_certificates_are_presented_when_etcd_requires_them() {
 async fn username_and_password_authenticate() {
     let cluster = tokio::task::block_in_place(EtcdCluster::single).unwrap();
     let admin = EtcdStore::connect(opts(&cluster)).await.unwrap();
-    let mut client = admin.client();
-    client.user_add("root", "s3cret", None).await.unwrap();
-    client.user_grant_role("root", "root").await.unwrap();
-    client.auth_enable().await.unwrap();
+    enable_auth(&admin).await;
 
-    let authed = EtcdStore::connect(EtcdOptions {
-        username: Some("root".into()),
-        password: Some("s3cret".into()),
-        ..opts(&cluster)
-    })
-    .await
-    .unwrap();
+    let authed = connect_as(&opts(&cluster), "s3cret").await.unwrap();
     works(&authed).await.unwrap();
 
-    let wrong = EtcdStore::connect(EtcdOptions {
-        username: Some("root".into()),
-        password: Some("nope".into()),
-        ..opts(&cluster)
-    })
-    .await
-    .unwrap_err();
+    let wrong = connect_as(&opts(&cluster), "nope").await.unwrap_err();
     assert!(matches!(wrong, StoreError::Other(_)), "{wrong:?}");
     assert!(
         wrong.to_string().contains("authentication failed"),
@@ -170,26 +173,11 @@ async fn password_and_client_certificate_together_over_tls() {
         ..opts(&cluster)
     };
     let admin = EtcdStore::connect(tls()).await.unwrap();
-    let mut client = admin.client();
-    client.user_add("root", "s3cret", None).await.unwrap();
-    client.user_grant_role("root", "root").await.unwrap();
-    client.auth_enable().await.unwrap();
+    enable_auth(&admin).await;
 
-    let authed = EtcdStore::connect(EtcdOptions {
-        username: Some("root".into()),
-        password: Some("s3cret".into()),
-        ..tls()
-    })
-    .await
-    .unwrap();
+    let authed = connect_as(&tls(), "s3cret").await.unwrap();
     works(&authed).await.unwrap();
-    let wrong = EtcdStore::connect(EtcdOptions {
-        username: Some("root".into()),
-        password: Some("nope".into()),
-        ..tls()
-    })
-    .await
-    .unwrap_err();
+    let wrong = connect_as(&tls(), "nope").await.unwrap_err();
     assert!(
         wrong.to_string().contains("authentication failed"),
         "{wrong}"
