@@ -101,39 +101,34 @@ fn a_go_fleets_units_come_over_with_their_hashes_and_run() {
         "launched",
         go_machine,
     );
-    let loaded = unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 200\n").unwrap();
-    let loaded_hash = loaded.hash().to_string();
-    write_fleet_unit(
-        &authority,
+    // A unit as the Go fleet stored it, keyed by the hash we compute: returns that hash.
+    let write_parsed = |name: &str, text: &str, target: &str| {
+        let file = unit::UnitFile::parse(text).unwrap();
+        let hash = file.hash().to_string();
+        write_fleet_unit(
+            &authority,
+            name,
+            &file.serialize(),
+            &hash,
+            target,
+            go_machine,
+        );
+        hash
+    };
+    let loaded_hash = write_parsed(
         "loaded.service",
-        &loaded.serialize(),
-        &loaded_hash,
+        "[Service]\nExecStart=/bin/sleep 200\n",
         "loaded",
-        go_machine,
     );
-    let idle =
-        unit::UnitFile::parse("[Unit]\nDescription=idle\n\n[Service]\nExecStart=/bin/sleep 300\n")
-            .unwrap();
-    let idle_hash = idle.hash().to_string();
-    write_fleet_unit(
-        &authority,
+    let idle_hash = write_parsed(
         "idle.service",
-        &idle.serialize(),
-        &idle_hash,
+        "[Unit]\nDescription=idle\n\n[Service]\nExecStart=/bin/sleep 300\n",
         "inactive",
-        go_machine,
     );
-    let global =
-        unit::UnitFile::parse("[Service]\nExecStart=/bin/sleep 400\n\n[X-Fleet]\nGlobal=true\n")
-            .unwrap();
-    let global_hash = global.hash().to_string();
-    write_fleet_unit(
-        &authority,
+    let global_hash = write_parsed(
         "everywhere.service",
-        &global.serialize(),
-        &global_hash,
+        "[Service]\nExecStart=/bin/sleep 400\n\n[X-Fleet]\nGlobal=true\n",
         "launched",
-        go_machine,
     );
     v2_put(
         &authority,
