@@ -454,7 +454,8 @@ pub enum Command {
         fails makes fleetctl exit 1), unless --no-block.\n\n\
         Start a single unit:\n\tfleetctl start foo.service\n\n\
         Start an entire directory of units (the shell expands the glob):\n\tfleetctl start myservice/*\n\n\
-        Start an instance of a template unit (submitted or beside the path):\n\tfleetctl start units/web@8080.service"
+        Start an instance of a template unit (submitted or beside the path):\n\tfleetctl start units/web@8080.service\n\n\
+        Give every running instance of a template new content, two at a time:\n\tfleetctl start --replace --rolling=2 units/web@.service"
     )]
     Start {
         #[command(flatten)]
@@ -465,6 +466,8 @@ pub enum Command {
         /// change nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        rolling: crate::rolling::Rolling,
         #[arg(value_name = "UNIT")]
         units: Vec<String>,
     },

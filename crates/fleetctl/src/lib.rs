@@ -24,6 +24,7 @@ pub mod importv2;
 pub mod output;
 pub mod plan;
 pub mod remote;
+pub mod rolling;
 pub mod tabwriter;
 pub mod token;
 pub mod wait;
@@ -264,6 +265,19 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
             units,
             ..
         } => explain::plan(fleet, &units, true, &out).await,
+        Command::Start {
+            block,
+            replace,
+            rolling,
+            units,
+            ..
+        } if rolling.rolling.is_some() => {
+            if !replace.replace {
+                eprintln!("--rolling replaces running units: it needs --replace");
+                return 2;
+            }
+            rolling::run(fleet, &units, &rolling, &block, &out).await
+        }
         Command::Start {
             block,
             replace,

@@ -1,0 +1,1382 @@
+//! `fleetctl start --replace --rolling[=N] FILE...`: gives running units new content N at a
+//! time. Each batch is replaced (one PUT a unit, its desired state kept, so the agent of its
+//! machine unloads the old file and starts the new one), then waited for until every unit of
+//! it is active on its machine with the new hash, then (with `--health-cmd`) checked, before
+//! the next batch is touched. The first failure stops the rollout: the units not reached yet
+//! keep running their old content.
+//!
+//! A unit's own `ExecStartPost=` already gates "active" (systemd, and our process supervisor,
+//! report a unit active only once it has passed), so it is the health gate that travels with
+//! the unit; `--health-cmd` is the one the operator brings, run here with `UNIT`, `MACHINE`
+//! and `MACHINE_IP` set, retried until it passes or the batch's time is up.
+//!
+//! Global units are refused: fleet runs one content of a global unit on every machine, so a
+//! replaced global unit restarts everywhere at once (fleet's issue 960); see [`select`].
+//!
+//! [`select`] picks the units and their new files and [`Rollout`] orders the work (both
+//! pure: states observed go in, the next request comes out); [`run`] is the I/O around them.
+
+use crate::client::Fleet;
+use crate::create::{self, Found};
+use crate::fields::is_global;
+use crate::output::Output;
+use api::types::{Unit, UnitState};
+use api::TargetState;
+use clap::Args;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+use unit::{UnitFile, UnitName};
+
+fn batch_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: must be more than 0 seconds"))
+    }
+}
+
+/// `start`'s flags for a rolling replace.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Rolling {
+    /// With --replace: replace the running units matching the arguments N at a time (default
+    /// 1), each batch active with its new content before the next starts; stops at the first
+    /// failure, leaving the rest on their old content. An argument is a unit file, a template
+    /// file (web@.service: every running instance) or a glob of unit names ('web@*.service')
+    #[arg(long, value_name = "N", num_args = 0..=1, require_equals = true,
+          default_missing_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rolling: Option<u32>,
+
+    /// With --rolling: a command that must succeed for each replaced unit before the next
+    /// batch; run here by `sh -c` with UNIT, MACHINE and MACHINE_IP set, retried until it
+    /// passes or --batch-timeout is up
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+
+    /// With --rolling: seconds one batch may take to be active (and pass --health-cmd)
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = batch_seconds)]
+    pub batch_timeout: f64,
+}
+
+/// One unit to replace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub file: UnitFile,
+    /// The hash of `file`, as unit states publish it (hex).
+    pub hash: String,
+    /// The desired state the unit has, kept by the replacement.
+    pub desired: TargetState,
+}
+
+/// What a rollout will do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub targets: Vec<Target>,
+    /// Units matched but left alone, and warnings, for stderr.
+    pub notes: Vec<String>,
+    /// Templates in the registry whose local file was used: given the new content once every
+    /// instance runs it, so that instances started later get it too.
+    pub templates: Vec<(String, UnitFile)>,
+}
+
+/// The glob of unit names an argument stands for, and the directory its local files are in:
+/// `units/web@.service` -> every instance `web@*.service`, `units/web@1` -> `web@1.service`,
+/// `'units/web@*.service'` as given.
+pub fn pattern(arg: &str) -> (String, PathBuf) {
+    let arg = create::with_default_type(arg);
+    let dir = Path::new(&arg)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let name = unit::mangle(&arg);
+    let pattern = if unit::is_template(&name) {
+        name.replacen("@.", "@*.", 1)
+    } else {
+        name
+    };
+    (pattern, dir)
+}
+
+/// A piece of a name for ordering: runs of digits compare as numbers, so that `web@10`
+/// comes after `web@9`. Hand-written: a few lines, where a crate would be a dependency for one
+/// comparison.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    Text(String),
+    /// The value (a run too long for a u128 counts as the largest), then the digits.
+    Number(u128, String),
+}
+
+fn natural_key(name: &str) -> Vec<Part> {
+    let mut key = Vec::new();
+    let mut chars = name.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        let digit = c.is_ascii_digit();
+        let mut run = String::new();
+        while let Some(d) = chars.next_if(|d| d.is_ascii_digit() == digit) {
+            run.push(d);
+        }
+        key.push(if digit {
+            Part::Number(run.parse().unwrap_or(u128::MAX), run)
+        } else {
+            Part::Text(run)
+        });
+    }
+    key
+}
+
+/// Picks the units `args` name among the registry's `units`, with the new file of each from
+/// `local` (what [`create::local_lookup`] finds for a path: the file, else the template
+/// beside it). Only units whose desired state is `launched` are rolled; others are noted and
+/// left. Errors (nothing changed yet): an argument matching no unit, a unit without a local
+/// file, a bad file, a global unit.
+pub fn select(
+    args: &[String],
+    units: &[Unit],
+    local: impl Fn(&str) -> Option<Found>,
+) -> Result<Selection, String> {
+    let mut sel = Selection::default();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for arg in args {
+        let (pattern, dir) = pattern(arg);
+        let mut matched: Vec<&Unit> = units
+            .iter()
+            .filter(|u| !unit::is_template(&u.name) && unit::glob::path_match(&pattern, &u.name))
+            .collect();
+        if matched.is_empty() {
+            return Err(format!(
+                "no unit in the registry matches {arg} ({pattern}): a rolling replace changes running units; start new ones with fleetctl start"
+            ));
+        }
+        matched.sort_by_cached_key(|u| natural_key(&u.name));
+        for u in matched {
+            if !seen.insert(u.name.clone()) {
+                continue;
+            }
+            if is_global(u) {
+                return Err(format!(
+                    "{} is a global unit, and a rolling replace of global units is not supported: fleet runs one content of a global unit on every machine, so new content reaches all of them at once (fleet issue 960). Replace it everywhere at once with fleetctl start --replace, or run it as one instance of a template per machine (X-Fleet Conflicts=) and roll those",
+                    u.name
+                ));
+            }
+            if u.desired_state != TargetState::Launched.to_string() {
+                sel.notes.push(format!(
+                    "Skipping {}: not running (desired state {}); replace it with fleetctl start --replace",
+                    u.name, u.desired_state
+                ));
+                continue;
+            }
+            let path = dir.join(&u.name);
+            let path = path.to_string_lossy();
+            let Some(found) = local(&path) else {
+                let template = UnitName::parse(&u.name)
+                    .ok()
+                    .filter(UnitName::is_instance)
+                    .map(|n| format!(" or its template {}", dir.join(n.template()).display()))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "no new content for {}: neither {path}{template} exists",
+                    u.name
+                ));
+            };
+            let file = found.file.clone().map_err(|e| {
+                format!(
+                    "cannot read the new content of {} from {}: {e}",
+                    u.name,
+                    found.path.display()
+                )
+            })?;
+            for w in create::validate(&u.name, &file)? {
+                let (create::Message::Stderr(t) | create::Message::Stdout(t)) = w;
+                sel.notes.push(t);
+            }
+            if is_global(&Unit::new(&u.name, &file, TargetState::Launched)) {
+                return Err(format!(
+                    "the new content of {} makes it a global unit (X-Fleet Global=true); a rolling replace keeps units where they are: destroy it and start it as a global unit instead",
+                    u.name
+                ));
+            }
+            let hash = file.hash();
+            if hash == u.file().hash() {
+                sel.notes.push(format!(
+                    "{} already runs this content (hash {})",
+                    u.name,
+                    hash.short()
+                ));
+                continue;
+            }
+            if found.template {
+                let template = found
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let in_registry = units.iter().find(|t| t.name == template);
+                if in_registry.is_some_and(|t| t.file().hash() != hash)
+                    && !sel.templates.iter().any(|(n, _)| *n == template)
+                {
+                    sel.templates.push((template, file.clone()));
+                }
+            }
+            sel.targets.push(Target {
+                name: u.name.clone(),
+                hash: hash.to_string(),
+                file,
+                desired: TargetState::Launched,
+            });
+        }
+    }
+    Ok(sel)
+}
+
+/// What one poll read of one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// `GET /units/NAME` (`None`: not in the registry).
+    pub unit: Option<Unit>,
+    /// Its state on every machine that reports one.
+    pub states: Vec<UnitState>,
+    /// The poll could not read it: why.
+    pub error: Option<String>,
+}
+
+/// Where one replaced unit is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Not there yet: what it is doing.
+    Pending(String),
+    /// Active with the new hash on this machine.
+    Active { machine: String },
+    /// Will not get there: why.
+    Failed(String),
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..7).unwrap_or(hash)
+}
+
+/// Judges one unit of a batch: active when its machine reports it active with `new_hash`,
+/// failed when that machine reports the new content failed.
+pub fn judge(new_hash: &str, seen: &Seen) -> Progress {
+    if let Some(e) = &seen.error {
+        return Progress::Pending(format!("cannot read its state: {e}"));
+    }
+    let Some(unit) = &seen.unit else {
+        return Progress::Failed("it was removed from the registry".into());
+    };
+    if unit.desired_state != TargetState::Launched.to_string() {
+        return Progress::Failed(format!(
+            "its desired state was changed to {} meanwhile",
+            unit.desired_state
+        ));
+    }
+    if unit.machine_id.is_empty() {
+        return Progress::Pending(match &unit.reason {
+            Some(r) => format!("not placed: {r}"),
+            None => "not placed yet".into(),
+        });
+    }
+    let machine = &unit.machine_id;
+    let Some(state) = seen.states.iter().find(|s| s.machine_id == *machine) else {
+        return Progress::Pending(format!("no state from its machine {machine} yet"));
+    };
+    if state.hash != new_hash {
+        return Progress::Pending(format!(
+            "machine {machine} still reports hash {}",
+            short(&state.hash)
+        ));
+    }
+    match state.systemd_active_state.as_str() {
+        "active" => Progress::Active {
+            machine: machine.clone(),
+        },
+        "failed" => {
+            let mut why = format!("failed on {machine} ({}", state.systemd_sub_state);
+            if let Some(r) = &state.reason {
+                why.push_str(": ");
+                why.push_str(r);
+            }
+            why.push(')');
+            Progress::Failed(why)
+        }
+        other => Progress::Pending(format!(
+            "{} on {machine}",
+            if other.is_empty() { "-" } else { other }
+        )),
+    }
+}
+
+/// What the rollout machine is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The batch's PUTs are done; the units whose PUT failed, with why.
+    Replaced { failed: Vec<(String, String)> },
+    /// A poll of the units [`Next::Poll`] named.
+    Observed(BTreeMap<String, Seen>),
+    /// The health command's outcome for the units [`Next::Check`] named.
+    Checked(BTreeMap<String, Result<(), String>>),
+    /// The batch's time (or the command's `--timeout`) is up.
+    TimedOut,
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// PUT these units' new content (desired state kept); answer [`Input::Replaced`].
+    Replace(Vec<String>),
+    /// Read these units; answer [`Input::Observed`].
+    Poll(Vec<String>),
+    /// Run the health command for these (unit, machine); answer [`Input::Checked`].
+    Check(Vec<(String, String)>),
+    /// Every unit runs its new content.
+    Done,
+    Failed(Failure),
+}
+
+/// Where a rollout stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The batch it stopped in (1-based) and the number of batches.
+    pub batch: usize,
+    pub batches: usize,
+    pub unit: String,
+    pub reason: String,
+    /// Units given the new content (the failed one among them, unless its PUT failed).
+    pub replaced: Vec<String>,
+    /// Units left on their old content.
+    pub old: Vec<String>,
+}
+
+impl Failure {
+    /// What fleetctl prints on stderr.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "Rolling replace stopped in batch {}/{}: {} {}",
+            self.batch, self.batches, self.unit, self.reason
+        )];
+        if !self.replaced.is_empty() {
+            lines.push(format!(
+                "Replaced with the new content: {}",
+                self.replaced.join(" ")
+            ));
+        }
+        if self.old.is_empty() {
+            lines.push("No unit was left on the old content".into());
+        } else {
+            lines.push(format!(
+                "Still running the old content: {}",
+                self.old.join(" ")
+            ));
+        }
+        lines
+    }
+}
+
+/// The lines to print and what to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub lines: Vec<String>,
+    pub next: Next,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Replacing,
+    Waiting,
+    Checking,
+    Over,
+}
+
+/// The rollout as a state machine: [`Rollout::start`], then one [`Input`] for each
+/// [`Next`] asked for, until [`Next::Done`] or [`Next::Failed`].
+#[derive(Clone, Debug)]
+pub struct Rollout {
+    batches: Vec<Vec<String>>,
+    hashes: BTreeMap<String, String>,
+    health: bool,
+    batch: usize,
+    phase: Phase,
+    /// Units of the batch not there yet, with what they were last seen doing.
+    waiting: BTreeMap<String, String>,
+    /// Units of the batch active with the new content, and their machines.
+    active: BTreeMap<String, String>,
+}
+
+impl Rollout {
+    /// `targets` in order, `size` at a time; `health`: a health command is to be run.
+    pub fn new(targets: &[(String, String)], size: usize, health: bool) -> Rollout {
+        let names: Vec<String> = targets.iter().map(|(n, _)| n.clone()).collect();
+        Rollout {
+            batches: names.chunks(size.max(1)).map(<[String]>::to_vec).collect(),
+            hashes: targets.iter().cloned().collect(),
+            health,
+            batch: 0,
+            phase: Phase::Over,
+            waiting: BTreeMap::new(),
+            active: BTreeMap::new(),
+        }
+    }
+
+    pub fn batches(&self) -> &[Vec<String>] {
+        &self.batches
+    }
+
+    fn label(&self) -> String {
+        format!("batch {}/{}", self.batch + 1, self.batches.len())
+    }
+
+    fn hash_of(&self, unit: &str) -> &str {
+        self.hashes.get(unit).map_or("", String::as_str)
+    }
+
+    /// The batch's new hash(es), short.
+    fn batch_hashes(&self) -> String {
+        let hashes: BTreeSet<&str> = self.batches[self.batch]
+            .iter()
+            .map(|u| short(self.hash_of(u)))
+            .collect();
+        hashes.into_iter().collect::<Vec<_>>().join(" ")
+    }
+
+    pub fn start(&mut self) -> Step {
+        if self.batches.is_empty() {
+            self.phase = Phase::Over;
+            return Step {
+                lines: vec!["Nothing to replace".into()],
+                next: Next::Done,
+            };
+        }
+        let total: usize = self.batches.iter().map(Vec::len).sum();
+        let mut step = self.begin_batch();
+        step.lines.insert(
+            0,
+            format!(
+                "Replacing {total} unit(s), {} at a time: {} batch(es)",
+                self.batches[0].len(),
+                self.batches.len()
+            ),
+        );
+        step
+    }
+
+    fn begin_batch(&mut self) -> Step {
+        self.phase = Phase::Replacing;
+        self.active.clear();
+        let units = self.batches[self.batch].clone();
+        self.waiting = units
+            .iter()
+            .map(|u| (u.clone(), "being replaced".to_string()))
+            .collect();
+        Step {
+            lines: vec![format!(
+                "{}: {}: replacing (new hash {})",
+                self.label(),
+                units.join(" "),
+                self.batch_hashes()
+            )],
+            next: Next::Replace(units),
+        }
+    }
+
+    fn fail(&mut self, unit: &str, reason: String, put_failed: &[String]) -> Step {
+        self.phase = Phase::Over;
+        let replaced: Vec<String> = self.batches[..=self.batch]
+            .iter()
+            .flatten()
+            .filter(|u| !put_failed.contains(u))
+            .cloned()
+            .collect();
+        let old: Vec<String> = put_failed
+            .iter()
+            .cloned()
+            .chain(self.batches[self.batch + 1..].iter().flatten().cloned())
+            .collect();
+        Step {
+            lines: vec![],
+            next: Next::Failed(Failure {
+                batch: self.batch + 1,
+                batches: self.batches.len(),
+                unit: unit.to_string(),
+                reason,
+                replaced,
+                old,
+            }),
+        }
+    }
+
+    fn batch_done(&mut self) -> Step {
+        let line = format!(
+            "{}: {}: active (new hash {})",
+            self.label(),
+            self.batches[self.batch].join(" "),
+            self.batch_hashes()
+        );
+        self.batch += 1;
+        if self.batch == self.batches.len() {
+            self.phase = Phase::Over;
+            let total: usize = self.batches.iter().map(Vec::len).sum();
+            return Step {
+                lines: vec![line, format!("All {total} unit(s) run their new content")],
+                next: Next::Done,
+            };
+        }
+        let mut step = self.begin_batch();
+        step.lines.insert(0, line);
+        step
+    }
+
+    /// The answer to the last [`Next`].
+    pub fn on(&mut self, input: Input) -> Step {
+        match (self.phase, input) {
+            (Phase::Replacing, Input::Replaced { failed }) => {
+                if let Some((unit, error)) = failed.first() {
+                    let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
+                    return self.fail(unit, format!("could not be replaced: {error}"), &names);
+                }
+                self.phase = Phase::Waiting;
+                Step {
+                    lines: vec![],
+                    next: Next::Poll(self.waiting.keys().cloned().collect()),
+                }
+            }
+            (Phase::Waiting, Input::Observed(seen)) => {
+                let mut lines = Vec::new();
+                for unit in self.waiting.keys().cloned().collect::<Vec<_>>() {
+                    let Some(s) = seen.get(&unit) else { continue };
+                    match judge(self.hash_of(&unit), s) {
+                        Progress::Active { machine } => {
+                            lines.push(format!(
+                                "{}: {unit} active on {machine} (hash {})",
+                                self.label(),
+                                short(self.hash_of(&unit))
+                            ));
+                            self.waiting.remove(&unit);
+                            self.active.insert(unit, machine);
+                        }
+                        Progress::Failed(why) => {
+                            let mut step = self.fail(&unit, why, &[]);
+                            step.lines = lines;
+                            return step;
+                        }
+                        Progress::Pending(what) => {
+                            self.waiting.insert(unit, what);
+                        }
+                    }
+                }
+                if !self.waiting.is_empty() {
+                    return Step {
+                        lines,
+                        next: Next::Poll(self.waiting.keys().cloned().collect()),
+                    };
+                }
+                if !self.health {
+                    let mut step = self.batch_done();
+                    lines.append(&mut step.lines);
+                    step.lines = lines;
+                    return step;
+                }
+                self.phase = Phase::Checking;
+                self.waiting = self
+                    .active
+                    .keys()
+                    .map(|u| (u.clone(), "health check not run yet".to_string()))
+                    .collect();
+                Step {
+                    lines,
+                    next: Next::Check(self.to_check()),
+                }
+            }
+            (Phase::Checking, Input::Checked(results)) => {
+                let mut lines = Vec::new();
+                for (unit, result) in results {
+                    if !self.waiting.contains_key(&unit) {
+                        continue;
+                    }
+                    match result {
+                        Ok(()) => {
+                            lines.push(format!("{}: {unit} passed the health check", self.label()));
+                            self.waiting.remove(&unit);
+                        }
+                        Err(e) => {
+                            self.waiting
+                                .insert(unit, format!("health check failing: {e}"));
+                        }
+                    }
+                }
+                if self.waiting.is_empty() {
+                    let mut step = self.batch_done();
+                    lines.append(&mut step.lines);
+                    step.lines = lines;
+                    return step;
+                }
+                Step {
+                    lines,
+                    next: Next::Check(self.to_check()),
+                }
+            }
+            (Phase::Waiting | Phase::Checking, Input::TimedOut) => {
+                let (unit, what) = self
+                    .waiting
+                    .iter()
+                    .next()
+                    .map(|(u, w)| (u.clone(), w.clone()))
+                    .unwrap_or_default();
+                let goal = if self.phase == Phase::Checking {
+                    "passed the health check"
+                } else {
+                    "become active with its new content"
+                };
+                self.fail(&unit, format!("has not {goal} in time: {what}"), &[])
+            }
+            (Phase::Replacing, Input::TimedOut) => {
+                let unit = self.waiting.keys().next().cloned().unwrap_or_default();
+                let names: Vec<String> = self.waiting.keys().cloned().collect();
+                self.fail(&unit, "could not be replaced in time".into(), &names)
+            }
+            (phase, input) => Step {
+                lines: vec![format!(
+                    "internal error: rollout got {input:?} while {phase:?}; stopping"
+                )],
+                next: self.stop_unexpectedly(),
+            },
+        }
+    }
+
+    /// Where the rollout stands when asked something out of turn (an I/O loop bug): stopped,
+    /// saying what may have been replaced.
+    fn stop_unexpectedly(&mut self) -> Next {
+        if self.phase == Phase::Over || self.batch >= self.batches.len() {
+            self.phase = Phase::Over;
+            return Next::Done;
+        }
+        let unit = self.batches[self.batch][0].clone();
+        self.fail(&unit, "stopped: internal error".into(), &[]).next
+    }
+
+    fn to_check(&self) -> Vec<(String, String)> {
+        self.waiting
+            .keys()
+            .filter_map(|u| self.active.get(u).map(|m| (u.clone(), m.clone())))
+            .collect()
+    }
+}
+
+/// Polls and health-check retries are this far apart.
+const POLL_INTERVAL: Duration = crate::wait::POLL_INTERVAL;
+
+/// Runs `fleetctl start --replace --rolling=N ARGS`. Returns the exit code.
+pub async fn run(
+    fleet: &Fleet,
+    args: &[String],
+    rolling: &Rolling,
+    block: &crate::cli::Block,
+    out: &Output,
+) -> i32 {
+    if args.is_empty() {
+        out.eprintln("No units given");
+        return 0;
+    }
+    if block.no_block {
+        out.eprintln(
+            "--rolling waits for each batch before the next: it cannot be used with --no-block",
+        );
+        return 2;
+    }
+    let units = match fleet.units().await {
+        Ok(u) => u,
+        Err(e) => {
+            out.eprintln(&format!(
+                "Error retrieving list of units from repository: {e}"
+            ));
+            return 1;
+        }
+    };
+    let selection = match select(args, &units, |path| create::local_lookup(path).local) {
+        Ok(s) => s,
+        Err(e) => {
+            out.eprintln(&e);
+            return 1;
+        }
+    };
+    selection.notes.iter().for_each(|n| out.eprintln(n));
+    let size = rolling.rolling.unwrap_or(1) as usize;
+    let pairs: Vec<(String, String)> = selection
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.hash.clone()))
+        .collect();
+    let mut rollout = Rollout::new(&pairs, size, rolling.health_cmd.is_some());
+    let targets: BTreeMap<&str, &Target> = selection
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let overall =
+        (block.timeout > 0.0).then(|| Instant::now() + Duration::from_secs_f64(block.timeout));
+    let batch_time = Duration::from_secs_f64(rolling.batch_timeout);
+    let mut deadline = Instant::now() + batch_time;
+    let mut step = rollout.start();
+    let mut repeat = false;
+    loop {
+        step.lines.iter().for_each(|l| out.println(l));
+        let end = overall.map_or(deadline, |o| o.min(deadline));
+        let input = match step.next {
+            Next::Done => break,
+            Next::Failed(f) => {
+                f.lines().iter().for_each(|l| out.eprintln(l));
+                return 1;
+            }
+            Next::Replace(names) => {
+                deadline = Instant::now() + batch_time;
+                repeat = false;
+                let puts = names
+                    .iter()
+                    .filter_map(|n| targets.get(n.as_str()))
+                    .map(|t| {
+                        let unit = Unit::new(&t.name, &t.file, t.desired);
+                        async move { (t.name.clone(), fleet.create_unit(&unit).await) }
+                    });
+                let results = futures::future::join_all(puts).await;
+                let failed = results
+                    .into_iter()
+                    .filter_map(|(n, r)| r.err().map(|e| (n, e.to_string())))
+                    .collect();
+                Input::Replaced { failed }
+            }
+            Next::Poll(names) => {
+                if Instant::now() >= end {
+                    Input::TimedOut
+                } else {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    Input::Observed(observe(fleet, &names).await)
+                }
+            }
+            Next::Check(pairs) => {
+                if Instant::now() >= end {
+                    Input::TimedOut
+                } else {
+                    if repeat {
+                        tokio::time::sleep(POLL_INTERVAL).await;
+                    }
+                    repeat = true;
+                    let cmd = rolling.health_cmd.as_deref().unwrap_or("true");
+                    Input::Checked(check(fleet, cmd, &pairs, end).await)
+                }
+            }
+        };
+        step = rollout.on(input);
+    }
+    for (name, file) in &selection.templates {
+        // Instances copy their template's content when they are created (fleet's rule), so
+        // the template gets the new content for instances started from now on.
+        let unit = Unit::new(name, file, TargetState::Inactive);
+        match fleet.create_unit(&unit).await {
+            Ok(()) => out.println(&format!("Template {name} updated to the new content")),
+            Err(e) => {
+                out.eprintln(&format!(
+                    "Every instance runs the new content, but updating template {name} failed: {e}; run fleetctl submit --replace with it"
+                ));
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+async fn observe(fleet: &Fleet, names: &[String]) -> BTreeMap<String, Seen> {
+    let reads = names.iter().map(|name| async move {
+        let (unit, states) = futures::join!(fleet.unit(name), fleet.unit_states(Some(name)));
+        let seen = match (unit, states) {
+            (Ok(unit), Ok(states)) => Seen {
+                unit,
+                states,
+                error: None,
+            },
+            (Err(e), _) | (_, Err(e)) => Seen {
+                error: Some(e.to_string()),
+                ..Seen::default()
+            },
+        };
+        (name.clone(), seen)
+    });
+    futures::future::join_all(reads).await.into_iter().collect()
+}
+
+/// Runs the health command for each (unit, machine), side by side, each bounded by `end`.
+async fn check(
+    fleet: &Fleet,
+    cmd: &str,
+    pairs: &[(String, String)],
+    end: Instant,
+) -> BTreeMap<String, Result<(), String>> {
+    // The IPs only help the command; a failed listing leaves MACHINE_IP empty.
+    let machines = fleet.machines().await.unwrap_or_default();
+    let runs = pairs.iter().map(|(unit, machine)| {
+        let ip = machines
+            .iter()
+            .find(|m| m.id == *machine)
+            .map(|m| m.primary_ip.clone())
+            .unwrap_or_default();
+        async move { (unit.clone(), health(cmd, unit, machine, &ip, end).await) }
+    });
+    futures::future::join_all(runs).await.into_iter().collect()
+}
+
+async fn health(
+    cmd: &str,
+    unit: &str,
+    machine: &str,
+    ip: &str,
+    end: Instant,
+) -> Result<(), String> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("UNIT", unit)
+        .env("MACHINE", machine)
+        .env("MACHINE_IP", ip)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout_at(end, child).await {
+        Err(_) => return Err("still running when the batch's time was up".into()),
+        Ok(Err(e)) => return Err(format!("cannot run sh -c {cmd:?}: {e}")),
+        Ok(Ok(o)) => o,
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(if output.stderr.is_empty() {
+        &output.stdout
+    } else {
+        &output.stderr
+    })
+    .lines()
+    .last()
+    .unwrap_or("")
+    .trim()
+    .to_string();
+    let status = match output.status.code() {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".into(),
+    };
+    Err(if text.is_empty() {
+        status
+    } else {
+        format!("{status}: {text}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(exec: &str) -> UnitFile {
+        UnitFile::parse(&format!("[Service]\nExecStart={exec}\n")).unwrap()
+    }
+
+    fn registry_unit(name: &str, f: &UnitFile, desired: &str) -> Unit {
+        let mut u = Unit::new(name, f, TargetState::Inactive);
+        u.desired_state = desired.into();
+        u
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments_name_globs_of_units_and_where_their_files_are() {
+        let table = [
+            ("units/web@.service", "web@*.service", "units"),
+            ("web@.service", "web@*.service", ""),
+            ("units/web@*.service", "web@*.service", "units"),
+            ("units/web@1", "web@1.service", "units"),
+            ("api", "api.service", ""),
+            ("a/b/db.socket", "db.socket", "a/b"),
+        ];
+        for (arg, want_pattern, want_dir) in table {
+            let (p, d) = pattern(arg);
+            assert_eq!(
+                (p.as_str(), d.as_path()),
+                (want_pattern, Path::new(want_dir)),
+                "{arg}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_ordered_with_numbers_as_numbers() {
+        let mut v = names(&[
+            "web@10.service",
+            "web@9.service",
+            "web@a.service",
+            "web@1.service",
+            "web@02.service",
+        ]);
+        v.sort_by_cached_key(|n| natural_key(n));
+        assert_eq!(
+            v,
+            names(&[
+                "web@1.service",
+                "web@02.service",
+                "web@9.service",
+                "web@10.service",
+                "web@a.service"
+            ])
+        );
+    }
+
+    /// A local filesystem of unit files, by path.
+    fn local<'a>(files: &'a [(&'a str, UnitFile)]) -> impl Fn(&str) -> Option<Found> + 'a {
+        move |path: &str| {
+            let lookup_name = unit::mangle(path);
+            if let Some((p, f)) = files.iter().find(|(p, _)| *p == path) {
+                return Some(Found {
+                    path: p.into(),
+                    file: Ok(f.clone()),
+                    template: false,
+                });
+            }
+            let n = UnitName::parse(&lookup_name)
+                .ok()
+                .filter(UnitName::is_instance)?;
+            let t = create::template_path(path, &n);
+            files
+                .iter()
+                .find(|(p, _)| Path::new(p) == t)
+                .map(|(p, f)| Found {
+                    path: p.into(),
+                    file: Ok(f.clone()),
+                    template: true,
+                })
+        }
+    }
+
+    #[test]
+    fn selection_takes_running_instances_of_a_template_in_order() {
+        let (old, new) = (file("/bin/old %i"), file("/bin/new %i"));
+        let units = vec![
+            registry_unit("web@.service", &old, "inactive"),
+            registry_unit("web@10.service", &old, "launched"),
+            registry_unit("web@2.service", &old, "launched"),
+            registry_unit("web@3.service", &old, "loaded"),
+            registry_unit("web@4.service", &new, "launched"),
+            registry_unit("api.service", &old, "launched"),
+        ];
+        let fs = [("units/web@.service", new.clone())];
+        let sel = select(&names(&["units/web@.service"]), &units, local(&fs)).unwrap();
+        let got: Vec<&str> = sel.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(got, ["web@2.service", "web@10.service"]);
+        assert!(sel
+            .targets
+            .iter()
+            .all(|t| t.hash == new.hash().to_string() && t.file == new));
+        assert_eq!(
+            sel.templates,
+            vec![("web@.service".to_string(), new.clone())]
+        );
+        assert_eq!(sel.notes.len(), 2, "{:?}", sel.notes);
+        assert!(
+            sel.notes[0].starts_with("Skipping web@3.service: not running (desired state loaded)")
+        );
+        assert!(sel.notes[1].starts_with("web@4.service already runs this content"));
+
+        // The same units through a glob, and an instance file that wins over its template.
+        let fs = [
+            ("units/web@.service", new.clone()),
+            ("units/web@10.service", file("/bin/special")),
+        ];
+        let sel = select(
+            &names(&["units/web@*.service", "units/web@2"]),
+            &units,
+            local(&fs),
+        )
+        .unwrap();
+        let got: Vec<(&str, &UnitFile)> = sel
+            .targets
+            .iter()
+            .map(|t| (t.name.as_str(), &t.file))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web@2.service", &new),
+                ("web@10.service", &file("/bin/special"))
+            ]
+        );
+    }
+
+    #[test]
+    fn selection_refuses_what_it_cannot_roll_before_changing_anything() {
+        let old = file("/bin/old");
+        let global =
+            UnitFile::parse("[Service]\nExecStart=/bin/x\n[X-Fleet]\nGlobal=true\n").unwrap();
+        let units = vec![
+            registry_unit("web@1.service", &old, "launched"),
+            registry_unit("agent.service", &global, "launched"),
+        ];
+        let fs = [
+            ("web@.service", file("/bin/new")),
+            ("agent.service", file("/bin/y")),
+            ("units/web@.service", global.clone()),
+        ];
+        let cases: [(&[&str], &str); 5] = [
+            (&["db.service"], "no unit in the registry matches db.service"),
+            (&["agent.service"], "agent.service is a global unit"),
+            (&["other/web@1.service"], "no new content for web@1.service: neither other/web@1.service or its template other/web@.service exists"),
+            (&["units/web@.service"], "makes it a global unit"),
+            (&["web@.service", "nothing@*.service"], "no unit in the registry matches nothing@*.service"),
+        ];
+        for (args, want) in cases {
+            let err = select(&names(args), &units, local(&fs)).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+        let broken = |_: &str| {
+            Some(Found {
+                path: "web@.service".into(),
+                file: Err("line 3: bad".into()),
+                template: true,
+            })
+        };
+        let err = select(&names(&["web@1.service"]), &units, broken).unwrap_err();
+        assert!(err.contains("line 3: bad"), "{err}");
+    }
+
+    const NEW: &str = "1111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const OLD: &str = "2222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn seen(machine: &str, state: Option<(&str, &str, &str)>) -> Seen {
+        let mut unit = Unit {
+            name: "web@1.service".into(),
+            desired_state: "launched".into(),
+            machine_id: machine.into(),
+            ..Unit::default()
+        };
+        if machine.is_empty() {
+            unit.reason = Some("no machine has region=north".into());
+        }
+        let states = state
+            .map(|(hash, active, sub)| UnitState {
+                name: "web@1.service".into(),
+                machine_id: machine.into(),
+                hash: hash.into(),
+                systemd_active_state: active.into(),
+                systemd_sub_state: sub.into(),
+                ..UnitState::default()
+            })
+            .into_iter()
+            .collect();
+        Seen {
+            unit: Some(unit),
+            states,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_replaced_unit_is_judged_by_its_machines_state_of_the_new_hash() {
+        let active = |m: &str| Progress::Active { machine: m.into() };
+        let pending = |s: &str| Progress::Pending(s.into());
+        let mut moved = seen("m2", Some((NEW, "active", "running")));
+        moved.states[0].machine_id = "m1".into();
+        let mut gone = seen("m1", None);
+        gone.unit = None;
+        let mut stopped = seen("m1", Some((NEW, "active", "running")));
+        if let Some(u) = &mut stopped.unit {
+            u.desired_state = "loaded".into();
+        }
+        let unreadable = Seen {
+            error: Some("connection refused".into()),
+            ..Seen::default()
+        };
+        let table = [
+            (seen("m1", Some((NEW, "active", "running"))), active("m1")),
+            (
+                seen("m1", Some((OLD, "active", "running"))),
+                pending("machine m1 still reports hash 2222222"),
+            ),
+            (
+                seen("m1", Some((NEW, "activating", "start-post"))),
+                pending("activating on m1"),
+            ),
+            (
+                seen("m1", Some((NEW, "failed", "failed"))),
+                Progress::Failed("failed on m1 (failed)".into()),
+            ),
+            (
+                seen("m1", None),
+                pending("no state from its machine m1 yet"),
+            ),
+            (
+                seen("", None),
+                pending("not placed: no machine has region=north"),
+            ),
+            (moved, pending("no state from its machine m2 yet")),
+            (
+                gone,
+                Progress::Failed("it was removed from the registry".into()),
+            ),
+            (
+                stopped,
+                Progress::Failed("its desired state was changed to loaded meanwhile".into()),
+            ),
+            (
+                unreadable,
+                pending("cannot read its state: connection refused"),
+            ),
+        ];
+        for (i, (s, want)) in table.into_iter().enumerate() {
+            assert_eq!(judge(NEW, &s), want, "case {i}");
+        }
+    }
+
+    fn targets(n: usize) -> Vec<(String, String)> {
+        (1..=n)
+            .map(|i| (format!("web@{i}.service"), NEW.to_string()))
+            .collect()
+    }
+
+    fn observed(units: &[(&str, Reported)]) -> Input {
+        Input::Observed(
+            units
+                .iter()
+                .map(|(u, s)| (u.to_string(), seen(&format!("m-{u}"), *s)))
+                .collect(),
+        )
+    }
+
+    /// A machine's report of a unit: (hash, active state, sub state).
+    type Reported = Option<(&'static str, &'static str, &'static str)>;
+
+    const UP: Reported = Some((NEW, "active", "running"));
+    const STARTING: Reported = Some((NEW, "activating", "start"));
+    const FAILED: Reported = Some((NEW, "failed", "failed"));
+
+    #[test]
+    fn batches_go_one_after_the_other_each_active_before_the_next() {
+        let mut r = Rollout::new(&targets(5), 2, false);
+        let s = r.start();
+        assert_eq!(s.lines[0], "Replacing 5 unit(s), 2 at a time: 3 batch(es)");
+        assert_eq!(
+            s.lines[1],
+            "batch 1/3: web@1.service web@2.service: replacing (new hash 1111111)"
+        );
+        assert_eq!(
+            s.next,
+            Next::Replace(names(&["web@1.service", "web@2.service"]))
+        );
+        let s = r.on(Input::Replaced { failed: vec![] });
+        assert_eq!(
+            s.next,
+            Next::Poll(names(&["web@1.service", "web@2.service"]))
+        );
+        // One up, the other still starting: only the one left is polled again.
+        let s = r.on(observed(&[
+            ("web@1.service", UP),
+            ("web@2.service", STARTING),
+        ]));
+        assert_eq!(
+            s.lines,
+            ["batch 1/3: web@1.service active on m-web@1.service (hash 1111111)"]
+        );
+        assert_eq!(s.next, Next::Poll(names(&["web@2.service"])));
+        let s = r.on(observed(&[("web@2.service", UP)]));
+        assert_eq!(
+            s.lines,
+            [
+                "batch 1/3: web@2.service active on m-web@2.service (hash 1111111)",
+                "batch 1/3: web@1.service web@2.service: active (new hash 1111111)",
+                "batch 2/3: web@3.service web@4.service: replacing (new hash 1111111)",
+            ]
+        );
+        assert_eq!(
+            s.next,
+            Next::Replace(names(&["web@3.service", "web@4.service"]))
+        );
+        r.on(Input::Replaced { failed: vec![] });
+        let s = r.on(observed(&[("web@3.service", UP), ("web@4.service", UP)]));
+        assert_eq!(s.next, Next::Replace(names(&["web@5.service"])));
+        r.on(Input::Replaced { failed: vec![] });
+        let s = r.on(observed(&[("web@5.service", UP)]));
+        assert_eq!(
+            s.lines.last().unwrap(),
+            "All 5 unit(s) run their new content"
+        );
+        assert_eq!(s.next, Next::Done);
+    }
+
+    #[test]
+    fn nothing_to_replace_is_done_at_once() {
+        let s = Rollout::new(&[], 2, false).start();
+        assert_eq!(s.next, Next::Done);
+    }
+
+    fn failure(s: Step) -> Failure {
+        match s.next {
+            Next::Failed(f) => f,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    /// Takes a rollout of 6 units 2 at a time through its first batch.
+    fn past_first_batch(health: bool) -> Rollout {
+        let mut r = Rollout::new(&targets(6), 2, health);
+        r.start();
+        r.on(Input::Replaced { failed: vec![] });
+        let s = r.on(observed(&[("web@1.service", UP), ("web@2.service", UP)]));
+        if health {
+            r.on(Input::Checked(
+                [("web@1.service", Ok(())), ("web@2.service", Ok(()))]
+                    .into_iter()
+                    .map(|(u, o)| (u.to_string(), o))
+                    .collect(),
+            ));
+        } else {
+            assert_eq!(
+                s.next,
+                Next::Replace(names(&["web@3.service", "web@4.service"]))
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn a_failed_unit_stops_the_rollout_and_leaves_the_rest_on_the_old_content() {
+        let mut r = past_first_batch(false);
+        r.on(Input::Replaced { failed: vec![] });
+        let f = failure(r.on(observed(&[
+            ("web@3.service", UP),
+            ("web@4.service", FAILED),
+        ])));
+        assert_eq!(
+            (f.batch, f.batches, f.unit.as_str()),
+            (2, 3, "web@4.service")
+        );
+        assert_eq!(f.reason, "failed on m-web@4.service (failed)");
+        assert_eq!(
+            f.replaced,
+            names(&[
+                "web@1.service",
+                "web@2.service",
+                "web@3.service",
+                "web@4.service"
+            ])
+        );
+        assert_eq!(f.old, names(&["web@5.service", "web@6.service"]));
+        assert_eq!(
+            f.lines(),
+            [
+                "Rolling replace stopped in batch 2/3: web@4.service failed on m-web@4.service (failed)",
+                "Replaced with the new content: web@1.service web@2.service web@3.service web@4.service",
+                "Still running the old content: web@5.service web@6.service",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_replacement_keeps_that_unit_on_the_old_content() {
+        let mut r = past_first_batch(false);
+        let f = failure(r.on(Input::Replaced {
+            failed: vec![("web@4.service".into(), "403 role read".into())],
+        }));
+        assert_eq!(f.unit, "web@4.service");
+        assert_eq!(f.reason, "could not be replaced: 403 role read");
+        assert_eq!(
+            f.replaced,
+            names(&["web@1.service", "web@2.service", "web@3.service"])
+        );
+        assert_eq!(
+            f.old,
+            names(&["web@4.service", "web@5.service", "web@6.service"])
+        );
+    }
+
+    #[test]
+    fn a_batch_out_of_time_fails_naming_what_its_unit_was_doing() {
+        let mut r = Rollout::new(&targets(3), 3, false);
+        r.start();
+        r.on(Input::Replaced { failed: vec![] });
+        r.on(observed(&[
+            ("web@1.service", UP),
+            ("web@2.service", STARTING),
+            ("web@3.service", UP),
+        ]));
+        let f = failure(r.on(Input::TimedOut));
+        assert_eq!(f.unit, "web@2.service");
+        assert_eq!(
+            f.reason,
+            "has not become active with its new content in time: activating on m-web@2.service"
+        );
+        assert!(f.old.is_empty());
+        assert_eq!(
+            f.lines().last().unwrap(),
+            "No unit was left on the old content"
+        );
+    }
+
+    #[test]
+    fn the_health_command_is_retried_until_it_passes_or_time_is_up() {
+        let mut r = past_first_batch(true);
+        let checked = |v: &[(&str, Result<(), &str>)]| {
+            Input::Checked(
+                v.iter()
+                    .map(|(u, o)| (u.to_string(), o.map_err(str::to_string)))
+                    .collect(),
+            )
+        };
+        r.on(Input::Replaced { failed: vec![] });
+        let s = r.on(observed(&[("web@3.service", UP), ("web@4.service", UP)]));
+        assert_eq!(
+            s.next,
+            Next::Check(vec![
+                ("web@3.service".into(), "m-web@3.service".into()),
+                ("web@4.service".into(), "m-web@4.service".into()),
+            ])
+        );
+        let s = r.on(checked(&[
+            ("web@3.service", Ok(())),
+            ("web@4.service", Err("exit status 1")),
+        ]));
+        assert_eq!(
+            s.lines,
+            ["batch 2/3: web@3.service passed the health check"]
+        );
+        assert_eq!(
+            s.next,
+            Next::Check(vec![("web@4.service".into(), "m-web@4.service".into())])
+        );
+        let s = r.on(checked(&[("web@4.service", Ok(()))]));
+        assert_eq!(
+            s.next,
+            Next::Replace(names(&["web@5.service", "web@6.service"]))
+        );
+        r.on(Input::Replaced { failed: vec![] });
+        r.on(observed(&[("web@5.service", UP), ("web@6.service", UP)]));
+        r.on(checked(&[(
+            "web@5.service",
+            Err("exit status 7: not ready"),
+        )]));
+        let f = failure(r.on(Input::TimedOut));
+        assert_eq!(f.unit, "web@5.service");
+        assert_eq!(
+            f.reason,
+            "has not passed the health check in time: health check failing: exit status 7: not ready"
+        );
+        assert_eq!(f.old, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_answer_out_of_turn_stops_the_rollout() {
+        let mut r = Rollout::new(&targets(2), 1, false);
+        r.start();
+        let s = r.on(Input::Checked(BTreeMap::new()));
+        assert!(s.lines[0].starts_with("internal error"), "{:?}", s.lines);
+        assert_eq!(failure(s).unit, "web@1.service");
+    }
+}
