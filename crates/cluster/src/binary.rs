@@ -86,3 +86,41 @@ fn locate(name: &str, env_var: &str) -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// What one fleetctl run printed, and its exit code.
+#[derive(Clone, Debug)]
+pub struct FleetctlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs [`fleetctl_binary`] with `args` against `endpoint` in `cwd` (where its unit files are),
+/// and prints the command and what it printed, for a failing test's log.
+pub async fn run_fleetctl(
+    endpoint: &str,
+    cwd: &std::path::Path,
+    args: &[&str],
+) -> Result<FleetctlRun> {
+    let bin = fleetctl_binary()?;
+    let (endpoint, cwd) = (endpoint.to_string(), cwd.to_path_buf());
+    let line = args.join(" ");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .env("FLEETCTL_ENDPOINT", endpoint)
+            .current_dir(cwd)
+            .output()
+    })
+    .await
+    .context("waiting for fleetctl")?
+    .context("running fleetctl")?;
+    let run = FleetctlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("$ fleetctl {line}\n{}{}", run.stdout, run.stderr);
+    Ok(run)
+}

@@ -584,7 +584,7 @@ impl Rollout {
                 self.waiting = self
                     .active
                     .keys()
-                    .map(|u| (u.clone(), "health check not run yet".to_string()))
+                    .map(|u| (u.clone(), "health check not finished yet".to_string()))
                     .collect();
                 Step {
                     lines,
@@ -824,16 +824,23 @@ async fn check(
             .unwrap_or_default();
         async move { (unit.clone(), health(cmd, unit, machine, &ip, end).await) }
     });
-    futures::future::join_all(runs).await.into_iter().collect()
+    // A run cut short by the deadline says nothing about the unit: left out, so that the
+    // rollout's failure names what the last finished run said.
+    futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .filter_map(|(unit, result)| Some((unit, result?)))
+        .collect()
 }
 
+/// One run of the health command; `None` when it was still running at `end` (then killed).
 async fn health(
     cmd: &str,
     unit: &str,
     machine: &str,
     ip: &str,
     end: Instant,
-) -> Result<(), String> {
+) -> Option<Result<(), String>> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -844,12 +851,12 @@ async fn health(
         .kill_on_drop(true)
         .output();
     let output = match tokio::time::timeout_at(end, child).await {
-        Err(_) => return Err("still running when the batch's time was up".into()),
-        Ok(Err(e)) => return Err(format!("cannot run sh -c {cmd:?}: {e}")),
+        Err(_) => return None,
+        Ok(Err(e)) => return Some(Err(format!("cannot run sh -c {cmd:?}: {e}"))),
         Ok(Ok(o)) => o,
     };
     if output.status.success() {
-        return Ok(());
+        return Some(Ok(()));
     }
     let text = String::from_utf8_lossy(if output.stderr.is_empty() {
         &output.stdout
@@ -865,11 +872,11 @@ async fn health(
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".into(),
     };
-    Err(if text.is_empty() {
+    Some(Err(if text.is_empty() {
         status
     } else {
         format!("{status}: {text}")
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -1362,6 +1369,15 @@ mod tests {
             "web@5.service",
             Err("exit status 7: not ready"),
         )]));
+        // A run cut short by the deadline reports nothing: the last finished one is named.
+        let s = r.on(checked(&[]));
+        assert_eq!(
+            s.next,
+            Next::Check(vec![
+                ("web@5.service".into(), "m-web@5.service".into()),
+                ("web@6.service".into(), "m-web@6.service".into()),
+            ])
+        );
         let f = failure(r.on(Input::TimedOut));
         assert_eq!(f.unit, "web@5.service");
         assert_eq!(
