@@ -10,7 +10,8 @@
 //!
 //! Layout: [`cli`] (flags), [`commands`] (the flows, I/O), and the pure decisions they use:
 //! [`create`] (lazy creation, `--replace`), [`plan`] (state changes per command), [`wait`]
-//! (when a wait is over), [`fields`] + [`tabwriter`] (tables). [`remote`] is everything over
+//! (when a wait is over), [`fields`] + [`tabwriter`] (tables), [`rolling`] (`start --replace
+//! --rolling`: its selection and rollout machine, and the loop around them). [`remote`] is everything over
 //! SSH (the `--tunnel`, `ssh`, `status`, `journal`), on the `fleet-ssh` crate.
 
 pub mod cli;

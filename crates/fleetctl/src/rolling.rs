@@ -18,7 +18,7 @@
 
 use crate::client::Fleet;
 use crate::create::{self, Found};
-use crate::fields::is_global;
+use crate::fields::{is_global, Machines};
 use crate::output::Output;
 use api::types::{Unit, UnitState};
 use api::TargetState;
@@ -260,9 +260,17 @@ fn short(hash: &str) -> &str {
     hash.get(..7).unwrap_or(hash)
 }
 
+/// How machines are named in what fleetctl prints: machine id -> legend (fleetctl's
+/// `1234abcd.../10.0.0.1`); a machine not in it is named by its id.
+pub type Legends = BTreeMap<String, String>;
+
+fn legend<'a>(legends: &'a Legends, id: &'a str) -> &'a str {
+    legends.get(id).map_or(id, String::as_str)
+}
+
 /// Judges one unit of a batch: active when its machine reports it active with `new_hash`,
 /// failed when that machine reports the new content failed.
-pub fn judge(new_hash: &str, seen: &Seen) -> Progress {
+pub fn judge(new_hash: &str, seen: &Seen, legends: &Legends) -> Progress {
     if let Some(e) = &seen.error {
         return Progress::Pending(format!("cannot read its state: {e}"));
     }
@@ -281,8 +289,9 @@ pub fn judge(new_hash: &str, seen: &Seen) -> Progress {
             None => "not placed yet".into(),
         });
     }
-    let machine = &unit.machine_id;
-    let Some(state) = seen.states.iter().find(|s| s.machine_id == *machine) else {
+    let id = &unit.machine_id;
+    let machine = legend(legends, id);
+    let Some(state) = seen.states.iter().find(|s| s.machine_id == *id) else {
         return Progress::Pending(format!("no state from its machine {machine} yet"));
     };
     if state.hash != new_hash {
@@ -293,7 +302,7 @@ pub fn judge(new_hash: &str, seen: &Seen) -> Progress {
     }
     match state.systemd_active_state.as_str() {
         "active" => Progress::Active {
-            machine: machine.clone(),
+            machine: id.clone(),
         },
         "failed" => {
             let mut why = format!("failed on {machine} ({}", state.systemd_sub_state);
@@ -405,6 +414,7 @@ pub struct Rollout {
     waiting: BTreeMap<String, String>,
     /// Units of the batch active with the new content, and their machines.
     active: BTreeMap<String, String>,
+    legends: Legends,
 }
 
 impl Rollout {
@@ -419,7 +429,14 @@ impl Rollout {
             phase: Phase::Over,
             waiting: BTreeMap::new(),
             active: BTreeMap::new(),
+            legends: Legends::new(),
         }
+    }
+
+    /// Names machines by these legends in what it prints.
+    pub fn with_legends(mut self, legends: Legends) -> Rollout {
+        self.legends = legends;
+        self
     }
 
     pub fn batches(&self) -> &[Vec<String>] {
@@ -548,11 +565,12 @@ impl Rollout {
                 let mut lines = Vec::new();
                 for unit in self.waiting.keys().cloned().collect::<Vec<_>>() {
                     let Some(s) = seen.get(&unit) else { continue };
-                    match judge(self.hash_of(&unit), s) {
+                    match judge(self.hash_of(&unit), s, &self.legends) {
                         Progress::Active { machine } => {
                             lines.push(format!(
-                                "{}: {unit} active on {machine} (hash {})",
+                                "{}: {unit} active on {} (hash {})",
                                 self.label(),
+                                legend(&self.legends, &machine),
                                 short(self.hash_of(&unit))
                             ));
                             self.waiting.remove(&unit);
@@ -710,7 +728,15 @@ pub async fn run(
         .iter()
         .map(|t| (t.name.clone(), t.hash.clone()))
         .collect();
-    let mut rollout = Rollout::new(&pairs, size, rolling.health_cmd.is_some());
+    // Machines are named as the other commands name them; without the list, by their ids.
+    let machines = Machines::new(fleet.machines().await.unwrap_or_default());
+    let legends = machines
+        .0
+        .keys()
+        .map(|id| (id.clone(), machines.legend(id, false)))
+        .collect();
+    let mut rollout =
+        Rollout::new(&pairs, size, rolling.health_cmd.is_some()).with_legends(legends);
     let targets: BTreeMap<&str, &Target> = selection
         .targets
         .iter()
@@ -1139,7 +1165,7 @@ mod tests {
             ),
         ];
         for (i, (s, want)) in table.into_iter().enumerate() {
-            assert_eq!(judge(NEW, &s), want, "case {i}");
+            assert_eq!(judge(NEW, &s, &Legends::new()), want, "case {i}");
         }
     }
 
@@ -1167,7 +1193,8 @@ mod tests {
 
     #[test]
     fn batches_go_one_after_the_other_each_active_before_the_next() {
-        let mut r = Rollout::new(&targets(5), 2, false);
+        let legends = Legends::from([("m-web@1.service".into(), "m1.../10.0.0.1".into())]);
+        let mut r = Rollout::new(&targets(5), 2, false).with_legends(legends);
         let s = r.start();
         assert_eq!(s.lines[0], "Replacing 5 unit(s), 2 at a time: 3 batch(es)");
         assert_eq!(
@@ -1190,7 +1217,7 @@ mod tests {
         ]));
         assert_eq!(
             s.lines,
-            ["batch 1/3: web@1.service active on m-web@1.service (hash 1111111)"]
+            ["batch 1/3: web@1.service active on m1.../10.0.0.1 (hash 1111111)"]
         );
         assert_eq!(s.next, Next::Poll(names(&["web@2.service"])));
         let s = r.on(observed(&[("web@2.service", UP)]));
