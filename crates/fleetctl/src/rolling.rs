@@ -923,6 +923,49 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// `start`'s rolling flags as the command line gives them, or the parse error.
+    fn parse(args: &[&str]) -> Result<(Rolling, Vec<String>), String> {
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(["fleetctl", "start", "--replace"].iter().chain(args))
+                .map_err(|e| e.to_string())?;
+        match cli.command {
+            Some(crate::cli::Command::Start { rolling, units, .. }) => Ok((rolling, units)),
+            other => Err(format!("not start: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn rolling_flags_parse_as_documented() {
+        let (r, units) = parse(&["--rolling", "web@.service"]).unwrap();
+        assert_eq!(
+            (r.rolling, r.health_cmd, r.batch_timeout),
+            (Some(1), None, 300.0)
+        );
+        assert_eq!(units, ["web@.service"]);
+        let (r, _) = parse(&[
+            "--rolling=3",
+            "--health-cmd",
+            "true",
+            "--batch-timeout=2.5",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(
+            (r.rolling, r.health_cmd.as_deref(), r.batch_timeout),
+            (Some(3), Some("true"), 2.5)
+        );
+        let (r, _) = parse(&["x"]).unwrap();
+        assert_eq!(r.rolling, None, "a plain start is not rolling");
+        for bad in [
+            &["--rolling=0", "x"][..],
+            &["--rolling=two", "x"],
+            &["--rolling", "--batch-timeout=0", "x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
     #[test]
     fn arguments_name_globs_of_units_and_where_their_files_are() {
         let table = [
