@@ -684,6 +684,13 @@ impl Rollout {
     }
 }
 
+/// `seconds` from now; `None` when that is beyond what the clock can count (no limit, then:
+/// the flags take any number, and a panic over a huge one would help nobody).
+fn after(seconds: f64) -> Option<Instant> {
+    let d = Duration::try_from_secs_f64(seconds).ok()?;
+    Instant::now().checked_add(d)
+}
+
 /// Polls and health-check retries are this far apart.
 const POLL_INTERVAL: Duration = crate::wait::POLL_INTERVAL;
 
@@ -742,15 +749,19 @@ pub async fn run(
         .iter()
         .map(|t| (t.name.as_str(), t))
         .collect();
-    let overall =
-        (block.timeout > 0.0).then(|| Instant::now() + Duration::from_secs_f64(block.timeout));
-    let batch_time = Duration::from_secs_f64(rolling.batch_timeout);
-    let mut deadline = Instant::now() + batch_time;
+    let overall = (block.timeout > 0.0)
+        .then(|| after(block.timeout))
+        .flatten();
+    let mut deadline = after(rolling.batch_timeout);
     let mut step = rollout.start();
     let mut repeat = false;
     loop {
         step.lines.iter().for_each(|l| out.println(l));
-        let end = overall.map_or(deadline, |o| o.min(deadline));
+        let end = match (overall, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let past = end.is_some_and(|e| Instant::now() >= e);
         let input = match step.next {
             Next::Done => break,
             Next::Failed(f) => {
@@ -758,7 +769,7 @@ pub async fn run(
                 return 1;
             }
             Next::Replace(names) => {
-                deadline = Instant::now() + batch_time;
+                deadline = after(rolling.batch_timeout);
                 repeat = false;
                 let puts = names
                     .iter()
@@ -775,7 +786,7 @@ pub async fn run(
                 Input::Replaced { failed }
             }
             Next::Poll(names) => {
-                if Instant::now() >= end {
+                if past {
                     Input::TimedOut
                 } else {
                     tokio::time::sleep(POLL_INTERVAL).await;
@@ -783,7 +794,7 @@ pub async fn run(
                 }
             }
             Next::Check(pairs) => {
-                if Instant::now() >= end {
+                if past {
                     Input::TimedOut
                 } else {
                     if repeat {
@@ -838,7 +849,7 @@ async fn check(
     fleet: &Fleet,
     cmd: &str,
     pairs: &[(String, String)],
-    end: Instant,
+    end: Option<Instant>,
 ) -> BTreeMap<String, Result<(), String>> {
     // The IPs only help the command; a failed listing leaves MACHINE_IP empty.
     let machines = fleet.machines().await.unwrap_or_default();
@@ -865,7 +876,7 @@ async fn health(
     unit: &str,
     machine: &str,
     ip: &str,
-    end: Instant,
+    end: Option<Instant>,
 ) -> Option<Result<(), String>> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
@@ -876,10 +887,13 @@ async fn health(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = match tokio::time::timeout_at(end, child).await {
-        Err(_) => return None,
-        Ok(Err(e)) => return Some(Err(format!("cannot run sh -c {cmd:?}: {e}"))),
-        Ok(Ok(o)) => o,
+    let finished = match end {
+        Some(end) => tokio::time::timeout_at(end, child).await.ok()?,
+        None => child.await,
+    };
+    let output = match finished {
+        Err(e) => return Some(Err(format!("cannot run sh -c {cmd:?}: {e}"))),
+        Ok(o) => o,
     };
     if output.status.success() {
         return Some(Ok(()));
@@ -964,6 +978,13 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn a_time_beyond_the_clock_is_no_limit_rather_than_a_panic() {
+        assert!(after(2.5).is_some());
+        assert_eq!(after(1e30), None);
+        assert_eq!(after(f64::MAX), None);
     }
 
     #[test]
