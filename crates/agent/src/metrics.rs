@@ -68,6 +68,20 @@ impl AgentMetrics {
             "Machine leases the registry let expire while this fleetd ran",
             m.lease_losses.counter(),
         );
+        // Known labels start at 0, so that the series exist (and rate() works) before the
+        // first event.
+        for action in ["load", "start", "stop", "unload", "reload"] {
+            let labels = ActionLabels { action };
+            m.actions.get_or_create(&labels).inc_by(0);
+            m.failures.get_or_create(&labels).inc_by(0);
+        }
+        for state in ["active", "inactive", "failed", "activating", "deactivating"] {
+            m.units
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .inc_by(0);
+        }
         m
     }
 

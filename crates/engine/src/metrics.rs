@@ -100,6 +100,7 @@ impl EngineMetrics {
             "Units by desired state, as the leading engine saw them at its last pass",
             m.units.clone(),
         );
+        m.leading(false);
         m
     }
 

@@ -167,6 +167,16 @@ impl StoreMetrics {
             "Refreshes of this machine's lease by result (ok, expired, failed)",
             m.renewals.clone(),
         );
+        // Known results start at 0, so that the series exist before the first refresh.
+        for r in [
+            registry::LeaseRefresh::Ok,
+            registry::LeaseRefresh::Expired,
+            registry::LeaseRefresh::Failed,
+        ] {
+            m.renewals
+                .get_or_create(&ResultLabels { result: r.label() })
+                .inc_by(0);
+        }
         m
     }
 }
