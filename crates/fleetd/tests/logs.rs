@@ -98,9 +98,10 @@ fn a_bad_log_format_is_refused_naming_the_choices() {
     );
 }
 
-/// Needs a journal (journald's socket and `journalctl`): skipped where there is none, in CI
-/// too, since CI's machines are containers without one; the choice of format and
-/// `JOURNAL_STREAM` are tested in `fleetd::logging`'s unit tests.
+/// Needs a journal on this host (journald's socket and `journalctl`): skipped where there is
+/// none, in CI too, since CI's machines are containers without one. journald's output is
+/// tested for real in `dist_systemd.rs` (fleetd as a unit of a systemd booted with nspawn,
+/// `log_format` auto), and the choice of format in `fleetd::logging`'s unit tests.
 #[test]
 fn journald_lines_carry_their_fields() {
     let socket = std::path::Path::new(fleetd::logging::JOURNAL_SOCKET);
