@@ -1,6 +1,6 @@
 //! `/metrics` scraped as Prometheus would, from three real fleetd over a real etcd, and read
 //! with a Prometheus text-format parser: every family is there, and the figures move as units
-//! start and a machine dies.
+//! start (`fleetctl start`) and a machine dies.
 
 use anyhow::{ensure, Context, Result};
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
@@ -69,6 +69,42 @@ async fn metrics_move_as_units_start_and_a_machine_dies() {
     scenario(&c).await.unwrap();
 }
 
+/// `fleetctl start` of `names`, as a person would: the harness's tagged services written as
+/// files, started through machine 0's socket.
+async fn fleetctl_start(c: &Cluster, names: &[&str]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for name in names {
+        let unit = c.service(name, &[]);
+        let mut text = String::new();
+        let mut section = "";
+        for o in &unit.options {
+            if o.section != section {
+                section = &o.section;
+                text.push_str(&format!("[{section}]\n"));
+            }
+            text.push_str(&format!("{}={}\n", o.name, o.value));
+        }
+        std::fs::write(dir.path().join(name), text)?;
+    }
+    let bin = cluster::binary::fleetctl_binary()?;
+    let out = tokio::process::Command::new(bin)
+        .arg("start")
+        .args(names)
+        .env("FLEETCTL_ENDPOINT", c.machine(0).endpoint())
+        .current_dir(dir.path())
+        .output()
+        .await
+        .context("running fleetctl start")?;
+    println!(
+        "$ fleetctl start {}\n{}{}",
+        names.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "fleetctl start exited {}", out.status);
+    Ok(())
+}
+
 async fn scenario(c: &Cluster) -> Result<()> {
     let leader = c.wait_for_leader().await?;
     for i in 0..3 {
@@ -95,7 +131,7 @@ async fn scenario(c: &Cluster) -> Result<()> {
         cluster_sum(c, "fleet_agent_unit_actions_total", &[("action", "start")]).await?;
 
     let names = ["a.service", "b.service", "c.service"];
-    c.submit(&names.map(|n| c.service(n, &[]))).await?;
+    fleetctl_start(c, &names).await?;
     c.wait_for_active_units("three units active", |a| {
         names.iter().all(|n| a.contains_key(*n))
     })
