@@ -4,6 +4,7 @@
 //! through the [`UnitManager`] and the registry. Every decision is the core's.
 
 use crate::core::{ActionError, Core, Effect, Input};
+use crate::metrics::AgentMetrics;
 use crate::presence::{self, Presence, TokenBucket};
 use crate::reconcile::Action;
 use crate::{Refused, UnitManager};
@@ -41,6 +42,7 @@ pub struct Agent {
     /// it: those writes are paced by `republish_bucket`.
     republish: Arc<AtomicBool>,
     republish_bucket: Arc<std::sync::Mutex<TokenBucket>>,
+    metrics: AgentMetrics,
 }
 
 /// A request for a readable account of the agent's state, answered on the sender with
@@ -56,7 +58,15 @@ impl Agent {
             dumps: None,
             republish: Arc::new(AtomicBool::new(false)),
             republish_bucket: presence::republish_bucket(),
+            metrics: AgentMetrics::default(),
         }
+    }
+
+    /// Keeps `metrics` current (its lease losses are counted only if the presence was given
+    /// them too: [`Presence::with_lease_losses`]).
+    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Agent {
+        self.metrics = metrics;
+        self
     }
 
     /// Answers each request sent here with an account of the agent's state (SIGUSR1).
@@ -90,7 +100,13 @@ impl Agent {
     }
 
     /// Runs until `shutdown` says how to stop.
-    pub async fn run(
+    pub async fn run(self, shutdown: watch::Receiver<Option<Shutdown>>) -> anyhow::Result<()> {
+        // Every line the agent logs names its machine.
+        let span = tracing::info_span!("agent", machine = %self.presence.machine.id);
+        tracing::Instrument::instrument(self.drive(shutdown), span).await
+    }
+
+    async fn drive(
         mut self,
         mut shutdown: watch::Receiver<Option<Shutdown>>,
     ) -> anyhow::Result<()> {
@@ -119,7 +135,10 @@ impl Agent {
                     Some(input) => input,
                     None => continue,
                 },
-                Some(input) = outcomes.recv() => input,
+                Some(input) = outcomes.recv() => {
+                    self.observe(&input);
+                    input
+                }
                 Some(lease) = expired.recv() => {
                     if lease != self.presence.lease.id() {
                         continue;
@@ -163,6 +182,7 @@ impl Agent {
                 core.on(now, Input::Metadata(u));
             }
             while let Ok(input) = outcomes.try_recv() {
+                self.observe(&input);
                 core.on(now, input);
             }
             loop {
@@ -183,10 +203,36 @@ impl Agent {
             let ready = core.ready(now);
             wake_at = ready.wake_at;
             for effect in ready.effects {
+                if let Effect::Run(phase) = &effect {
+                    for (action, _) in phase {
+                        if let Some(unit) = action.unit() {
+                            tracing::info!(
+                                unit = %unit,
+                                revision = %core.revision(unit).map(|h| h.to_string()).unwrap_or_default(),
+                                action = crate::metrics::action_label(action),
+                                "unit action"
+                            );
+                        }
+                    }
+                }
                 if let Some(input) = self.carry_out(effect, &outcomes_tx, &keeper).await {
                     outcomes_tx.send(input).ok();
                 }
             }
+        }
+    }
+
+    /// Counts what an outcome says: an action's end, or unit states read from the manager.
+    fn observe(&self, input: &Input) {
+        match input {
+            Input::Done(action, result) => self.metrics.acted(action, result.is_ok()),
+            Input::States(Ok(states)) => {
+                for (name, state, _) in states {
+                    self.metrics
+                        .reported(name, state.as_ref().map(|s| s.active.as_str()));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -198,6 +244,10 @@ impl Agent {
     ) -> Option<Input> {
         match report {
             Ok(change) => {
+                self.metrics.reported(
+                    &change.name,
+                    change.state.as_ref().map(|s| s.active.as_str()),
+                );
                 let reason = self.manager.failure_reason(&change.name);
                 Some(Input::Reported(change, reason))
             }

@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod core;
 pub mod manager;
+pub mod metrics;
 pub mod presence;
 pub mod process;
 pub mod reconcile;
@@ -28,4 +29,5 @@ pub mod systemd;
 
 pub use agent::{Agent, Shutdown};
 pub use manager::{Refused, StateChange, UnitManager};
+pub use metrics::AgentMetrics;
 pub use presence::Presence;

@@ -8,7 +8,6 @@ use registry::{
     Announcement, LeaseId, LeaseKeeper, MachineLease, MachineState, Registry, UnitState,
 };
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -34,16 +33,21 @@ pub struct Presence {
 /// none, unless the registry was unreachable or too slow for longer than `agent_ttl`. Cheap to
 /// clone; clones count together (fleetd serves it at `/metrics`, fleet-bench sums its machines).
 #[derive(Clone, Debug, Default)]
-pub struct LeaseLosses(Arc<AtomicU64>);
+pub struct LeaseLosses(prometheus_client::metrics::counter::Counter);
 
 impl LeaseLosses {
     /// Counts one loss; the count so far, this one included.
     pub fn record(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
+        self.0.inc() + 1
     }
 
     pub fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.get()
+    }
+
+    /// The counter itself, to register for `/metrics` (clones count together).
+    pub fn counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.0.clone()
     }
 }
 

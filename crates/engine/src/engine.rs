@@ -8,6 +8,7 @@
 //! `agent_ttl`). Engines that do not lead follow only the leader key.
 
 use crate::core::{Core, Effect, Input};
+use crate::metrics::EngineMetrics;
 use registry::{Campaign, Leadership, Registry, ScheduleChange};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -52,8 +53,19 @@ pub async fn run(
 pub async fn run_answering(
     registry: Registry,
     config: EngineConfig,
+    stop: watch::Receiver<bool>,
+    dumps: Option<mpsc::Receiver<DumpRequest>>,
+) -> anyhow::Result<()> {
+    run_observed(registry, config, stop, dumps, EngineMetrics::default()).await
+}
+
+/// [`run_answering`], keeping `metrics` current.
+pub async fn run_observed(
+    registry: Registry,
+    config: EngineConfig,
     mut stop: watch::Receiver<bool>,
     mut dumps: Option<mpsc::Receiver<DumpRequest>>,
+    metrics: EngineMetrics,
 ) -> anyhow::Result<()> {
     let mut backoff = registry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
@@ -64,7 +76,17 @@ pub async fn run_answering(
             Ok(Some(leadership)) => {
                 backoff.reset();
                 tracing::info!(machine = %config.machine_id, "this engine leads");
-                let outcome = lead(&registry, &config, &leadership, &mut stop, &mut dumps).await;
+                metrics.leading(true);
+                let outcome = lead(
+                    &registry,
+                    &config,
+                    &leadership,
+                    &mut stop,
+                    &mut dumps,
+                    &metrics,
+                )
+                .await;
+                metrics.leading(false);
                 // Release at once so another engine can take over without waiting the TTL out.
                 let _ = leadership.resign().await;
                 match outcome {
@@ -136,6 +158,7 @@ async fn lead(
     leadership: &Leadership,
     stop: &mut watch::Receiver<bool>,
     dumps: &mut Option<mpsc::Receiver<DumpRequest>>,
+    metrics: &EngineMetrics,
 ) -> anyhow::Result<()> {
     let mut last_plan: Option<LastPlan> = None;
     let mut jobs = registry.follow_jobs();
@@ -202,7 +225,9 @@ async fn lead(
             let began = Instant::now();
             let ready = core.ready(began);
             if ready.passed {
-                core.pass_took(began, began.elapsed());
+                let took = began.elapsed();
+                core.pass_took(began, took);
+                metrics.passed(core.model(), took);
             }
             wake_at = ready.wake_at;
             if ready.effects.is_empty() {
@@ -223,6 +248,10 @@ async fn lead(
                         tracing::debug!(changes = changes.len(), "writing engine decisions");
                         let mut plan = LastPlan::of(&changes);
                         let written = leadership.apply_schedule(&changes).await;
+                        if let Ok(true) = written {
+                            metrics.written(&changes);
+                            log_placements(&changes);
+                        }
                         plan.outcome = match &written {
                             Ok(true) => "written".to_string(),
                             Ok(false) => "refused: leadership lost".to_string(),
@@ -239,6 +268,31 @@ async fn lead(
                 };
                 core.on(outcome);
             }
+        }
+    }
+}
+
+/// One line per unit placed or taken off a machine, as fleet's engine logged each decision:
+/// with the unit, the machine and the unit's revision (its hash) as fields, to be found by
+/// field in the journal or in JSON logs.
+fn log_placements(changes: &[ScheduleChange]) {
+    for c in changes {
+        match c {
+            ScheduleChange::Place {
+                unit,
+                machine,
+                entry,
+            } => tracing::info!(
+                unit = %unit,
+                machine = %machine,
+                revision = %entry.hash,
+                desired = %entry.desired,
+                "unit placed"
+            ),
+            ScheduleChange::Unplace { unit, machine } => {
+                tracing::info!(unit = %unit, machine = %machine, "unit taken off machine")
+            }
+            ScheduleChange::Update { .. } | ScheduleChange::Reason { .. } => {}
         }
     }
 }

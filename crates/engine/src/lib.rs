@@ -23,7 +23,9 @@
 pub mod core;
 pub mod engine;
 pub mod explain;
+pub mod metrics;
 pub mod model;
 pub mod scheduler;
 
-pub use engine::{run, run_answering, DumpRequest, EngineConfig};
+pub use engine::{run, run_answering, run_observed, DumpRequest, EngineConfig};
+pub use metrics::EngineMetrics;

@@ -230,6 +230,7 @@ impl fmt::Debug for Secret {
 pub struct Config {
     /// Greater than 0 enables debug logging.
     pub verbosity: i32,
+    pub log_format: crate::logging::LogFormat,
     pub etcd_servers: Vec<String>,
     pub etcd_request_timeout: Duration,
     pub etcd_cafile: Option<PathBuf>,
@@ -288,6 +289,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             verbosity: 0,
+            log_format: crate::logging::LogFormat::Auto,
             etcd_servers: vec![
                 "http://127.0.0.1:2379".to_string(),
                 "http://127.0.0.1:4001".to_string(),
@@ -697,6 +699,7 @@ mod tests {
         let mut parsed = Config::default();
         // Start from values unlike every default so each apply must do its work.
         parsed.verbosity = 7;
+        parsed.log_format = crate::logging::LogFormat::Json;
         parsed.etcd_servers.clear();
         parsed.etcd_request_timeout = Duration::from_secs(99);
         parsed.etcd_cafile = Some("/x".into());

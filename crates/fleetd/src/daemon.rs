@@ -171,8 +171,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigusr1 = signal(SignalKind::user_defined1())?;
 
+    // One set of families for the whole process, served at /metrics: each part registers its
+    // own and keeps them current.
+    let mut exposition = prometheus_client::registry::Registry::default();
+    let store_metrics = server::metrics::StoreMetrics::register(&mut exposition);
+    let engine_metrics = engine::EngineMetrics::register(&mut exposition);
+    let agent_metrics = agent::AgentMetrics::register(&mut exposition);
+
     let store = open_store(&cfg).await?;
-    let registry = Registry::new(store, &cfg.etcd_key_prefix);
+    let registry =
+        Registry::new(store, &cfg.etcd_key_prefix).with_observer(Arc::new(store_metrics));
     // What the agent and the engine follow: read every engine_reconcile_interval instead of
     // watched with disable_watches, as fleet did.
     let followed = if cfg.disable_watches {
@@ -211,17 +219,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map(socket_group)
         .transpose()?;
     // The API answers 503 until this machine is registered, as fleet's did.
-    let lease_losses = agent::presence::LeaseLosses::default();
     let api_state = server::ApiState::new(registry.clone(), cfg.token_limit)
         .with_access(access.clone())
-        .with_metrics_source({
-        let losses = lease_losses.clone();
-        std::sync::Arc::new(move |out: &mut String| {
-            out.push_str("# HELP fleet_agent_leases_lost_total Machine leases the registry let expire while this fleetd ran.\n");
-            out.push_str("# TYPE fleet_agent_leases_lost_total counter\n");
-            out.push_str(&format!("fleet_agent_leases_lost_total {}\n", losses.count()));
-        })
-    });
+        .with_metrics(exposition);
     // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
     // among them is not bound again: binding would find systemd's socket alive and refuse, as
     // if another fleetd served it (the default api_listen is fleet.socket's path).
@@ -278,7 +278,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             );
             tokio::select! {
                 r = attempt => match r {
-                    Ok(p) => break p.with_lease_losses(lease_losses.clone()),
+                    Ok(p) => break p.with_lease_losses(agent_metrics.lease_losses.clone()),
                     Err(e) if e.downcast_ref::<agent::presence::DuplicateMachine>().is_some() => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "registering this machine failed; retrying");
@@ -298,6 +298,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (agent_dumps_tx, agent_dumps) = mpsc::channel(1);
     let agent_task = tokio::spawn(
         Agent::new(presence, manager)
+            .with_metrics(agent_metrics)
             .with_machine_updates(machine_rx)
             .with_dump_requests(agent_dumps)
             .run(agent_stop_rx),
@@ -321,11 +322,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             interval: cfg.engine_reconcile_interval,
             agent_ttl: cfg.agent_ttl,
         };
-        Some(tokio::spawn(engine::run_answering(
+        Some(tokio::spawn(engine::run_observed(
             followed.clone(),
             ecfg,
             engine_stop_rx,
             Some(engine_dumps),
+            engine_metrics,
         )))
     };
     let dumpers = crate::dump::Dumpers {

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    fleetd::logging::init(cfg.verbosity);
+    if let Err(e) = fleetd::logging::init(cfg.verbosity, cfg.log_format) {
+        eprintln!("fleetd: {e}");
+        return ExitCode::FAILURE;
+    }
     raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,11 +97,16 @@ impl Machine {
         self.systemctl(&["show", "-P", name, unit])
     }
 
+    /// The journal of `unit`, as text with fleetd's fields ([`common::journal_text`]).
     fn journal(&self, unit: &str) -> String {
+        common::journal_text(&self.journal_json(unit))
+    }
+
+    fn journal_json(&self, unit: &str) -> String {
         let out = self
             .m
             .command("journalctl")
-            .args(["--no-pager", "-o", "cat", "-u", unit])
+            .args(["--no-pager", "-o", "json", "-u", unit])
             .output()
             .expect("journalctl");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -241,6 +246,21 @@ fn socket_activated_fleetd_runs_units_through_systemd() {
     assert_ne!(hello_pid, "0");
     let unit = api.unit("hello.service").expect("unit");
     assert_eq!(unit.current_state, "launched");
+
+    // Under systemd, log_format auto speaks journald's native protocol: the placement is an
+    // entry of fleet.service whose unit, machine and revision are journal fields.
+    let placed = wait_for("the placement in the journal", DEADLINE, || {
+        common::journal_entries(&machine.journal_json("fleet.service"))
+            .into_iter()
+            .find(|e| e["MESSAGE"] == "unit placed" && e["UNIT"] == "hello.service")
+    });
+    assert_eq!(placed["MACHINE"], machine.machine_id().as_str(), "{placed}");
+    let revision = unit::UnitFile::parse(HELLO).expect("HELLO parses").hash();
+    assert_eq!(
+        placed["REVISION"],
+        revision.to_string().as_str(),
+        "{placed}"
+    );
 
     // systemctl reload: SIGHUP, fleetd keeps running and serving.
     machine.systemctl_ok(&["reload", "fleet.service"]);

@@ -92,12 +92,13 @@ impl Machine {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The journal of `unit`, as text with fleetd's fields ([`common::journal_text`]).
     fn journal(&self, unit: &str) -> String {
         self.m
             .command("journalctl")
-            .args(["--no-pager", "-o", "cat", "-u", unit])
+            .args(["--no-pager", "-o", "json", "-u", unit])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .map(|o| common::journal_text(&String::from_utf8_lossy(&o.stdout)))
             .unwrap_or_default()
     }
 

@@ -143,7 +143,8 @@ impl MachineLease {
         let (lease_tx, lease_rx) = watch::channel(self.id);
         let (expired_tx, expired_rx) = mpsc::channel(1);
         let store = self.registry.store.clone();
-        let task = tokio::spawn(refresh(store, self.ttl, lease_rx, expired_tx));
+        let observer = self.registry.observer.clone();
+        let task = tokio::spawn(refresh(store, observer, self.ttl, lease_rx, expired_tx));
         (
             LeaseKeeper {
                 lease: lease_tx,
@@ -204,6 +205,7 @@ pub(crate) fn refresh_budget(period: Duration, left: Duration) -> Duration {
 /// The refreshing loop of [`MachineLease::keep_alive`].
 async fn refresh(
     store: std::sync::Arc<dyn crate::store::Store>,
+    observer: Option<std::sync::Arc<dyn crate::StoreObserver>>,
     ttl: Duration,
     mut lease_rx: watch::Receiver<LeaseId>,
     expired_tx: mpsc::Sender<LeaseId>,
@@ -237,6 +239,13 @@ async fn refresh(
         let outcome = tokio::time::timeout(budget, store.keep_alive(lease)).await;
         let now = Instant::now();
         let latency = now - sent;
+        if let Some(observer) = &observer {
+            observer.lease_refreshed(match &outcome {
+                Ok(Ok(_)) => crate::LeaseRefresh::Ok,
+                Ok(Err(StoreError::LeaseNotFound(_))) => crate::LeaseRefresh::Expired,
+                _ => crate::LeaseRefresh::Failed,
+            });
+        }
         let failure = match outcome {
             Ok(Ok(granted)) => {
                 if let Some((since, _)) = failing.take() {

@@ -57,6 +57,8 @@ pub struct Registry {
     /// Followers read their part this often instead of watching it (fleet's
     /// `disable_watches`); `None`: they watch.
     pub(crate) poll: Option<std::time::Duration>,
+    /// Told of lease refreshes (store requests reach it through the wrapped store).
+    pub(crate) observer: Option<Arc<dyn crate::StoreObserver>>,
 }
 
 impl Registry {
@@ -69,7 +71,20 @@ impl Registry {
             parsed: Arc::default(),
             writes: Arc::default(),
             poll: None,
+            observer: None,
         }
+    }
+
+    /// The same registry, telling `observer` of every request to its store and of every
+    /// refresh of a machine lease (for metrics). Call it before cloning: clones made earlier
+    /// keep the store unobserved.
+    pub fn with_observer(mut self, observer: Arc<dyn crate::StoreObserver>) -> Registry {
+        self.store = Arc::new(crate::observe::ObservedStore {
+            inner: self.store,
+            observer: observer.clone(),
+        });
+        self.observer = Some(observer);
+        self
     }
 
     /// The same registry, whose followers find changes by reading their part every `every`

@@ -44,7 +44,7 @@ mod units;
 pub use body::DEFAULT_MAX_BODY_BYTES;
 pub use error::ApiError;
 pub use machines::{decode_patch, metadata_changes};
-pub use state::{ApiState, MetricsSource};
+pub use state::ApiState;
 pub use units::{decode_put, validate_options, DecodedPut};
 
 use crate::routes::{decode_path, route, Route};
@@ -79,6 +79,7 @@ fn method_label(m: &str) -> &'static str {
 }
 
 async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    let began = std::time::Instant::now();
     let method = req.method().as_str().to_string();
     tracing::debug!(method = %method, uri = %req.uri(), "HTTP request");
     let path = decode_path(req.uri().path());
@@ -129,8 +130,12 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("fleetd/{VERSION}")) {
         resp.headers_mut().insert(header::SERVER, v);
     }
-    s.metrics
-        .count_request(label, method_label(&method), resp.status().as_u16());
+    s.metrics.count_request(
+        label,
+        method_label(&method),
+        resp.status().as_u16(),
+        began.elapsed(),
+    );
     resp
 }
 
@@ -172,23 +177,10 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
 }
 
 fn metrics(s: &ApiState) -> Response {
-    let mut out = String::new();
-    out.push_str(
-        "# HELP fleet_api_available Whether the API serves requests (1) or answers 503 (0).\n",
-    );
-    out.push_str("# TYPE fleet_api_available gauge\n");
-    out.push_str(&format!(
-        "fleet_api_available {}\n",
-        u8::from(s.is_available())
-    ));
-    s.metrics.render(&mut out);
-    for source in &s.metrics_sources {
-        source(&mut out);
-    }
-    let mut resp = out.into_response();
+    let mut resp = metrics::render(&s.exposition).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     resp
 }

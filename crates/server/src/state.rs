@@ -10,9 +10,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Appends Prometheus text lines to the `/metrics` output.
-pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
-
 /// What the API server needs: the registry, fleet's `token_limit`, and whether this machine is
 /// registered yet (until then every request gets 503, as in fleet). Cheap to clone.
 #[derive(Clone)]
@@ -20,8 +17,9 @@ pub struct ApiState {
     pub(crate) registry: Registry,
     pub(crate) token_limit: u16,
     available: Arc<AtomicBool>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) metrics_sources: Vec<MetricsSource>,
+    pub(crate) metrics: Metrics,
+    /// Everything `/metrics` serves: the API's families and those fleetd registered beside.
+    pub(crate) exposition: Arc<prometheus_client::registry::Registry>,
     pub(crate) max_body_bytes: usize,
     pub(crate) listings: Arc<Listings>,
     pub(crate) access: Arc<crate::access::Access>,
@@ -87,12 +85,14 @@ impl ApiState {
     /// A server over `registry` handing out pages of `token_limit` items (fleet's default is
     /// 100; 0 is read as 1). Starts unavailable: call [`ApiState::set_available`].
     pub fn new(registry: Registry, token_limit: u16) -> ApiState {
+        let mut exposition = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut exposition);
         ApiState {
             registry,
             token_limit: token_limit.max(1),
             available: Arc::new(AtomicBool::new(false)),
-            metrics: Arc::new(Metrics::default()),
-            metrics_sources: Vec::new(),
+            metrics,
+            exposition: Arc::new(exposition),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             listings: Arc::default(),
             access: Arc::default(),
@@ -102,6 +102,7 @@ impl ApiState {
     /// Serve requests (`true`) or answer 503 to all but `/metrics` (`false`).
     pub fn set_available(&self, available: bool) {
         self.available.store(available, Ordering::SeqCst);
+        self.metrics.set_available(available);
         // The listings' copy is read now rather than by the first listing, which would
         // otherwise wait for it. Outside a runtime (a server built but not served yet) the
         // first listing starts it.
@@ -114,9 +115,15 @@ impl ApiState {
         self.available.load(Ordering::SeqCst)
     }
 
-    /// Adds lines of other parts of fleetd (engine, agent) to `GET /metrics`.
-    pub fn with_metrics_source(mut self, source: MetricsSource) -> ApiState {
-        self.metrics_sources.push(source);
+    /// Serves `exposition` at `GET /metrics`: the families other parts of fleetd registered
+    /// in it (engine, agent, registry client), and the API's own, registered here.
+    pub fn with_metrics(
+        mut self,
+        mut exposition: prometheus_client::registry::Registry,
+    ) -> ApiState {
+        self.metrics = Metrics::register(&mut exposition);
+        self.metrics.set_available(self.is_available());
+        self.exposition = Arc::new(exposition);
         self
     }
 

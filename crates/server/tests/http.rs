@@ -700,9 +700,15 @@ async fn metrics_count_requests_by_route_and_code() {
     );
     assert!(
         text.contains(
-            "fleet_registry_operation_count{operation=\"get_unit\",result=\"success\"} 2\n"
+            "fleet_api_registry_operations_total{operation=\"get_unit\",result=\"success\"} 2\n"
         ),
         "{text}"
     );
     assert!(text.contains("fleet_api_available 1\n"), "{text}");
+    assert!(
+        text.contains(
+            "fleet_api_request_duration_seconds_count{route=\"units\",method=\"GET\"} 1\n"
+        ),
+        "{text}"
+    );
 }

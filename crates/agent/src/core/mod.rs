@@ -349,6 +349,15 @@ impl Core {
     }
 
     /// Whether the machine left the cluster for its shutdown.
+    /// The revision (body hash) of `name` this machine is asked to run, else the one it holds.
+    pub fn revision(&self, name: &str) -> Option<UnitHash> {
+        self.schedule
+            .get(name)
+            .map(|e| e.hash)
+            .or_else(|| self.globals.get(name).map(|j| j.hash))
+            .or_else(|| self.held.get(name).map(|h| h.hash))
+    }
+
     pub fn left(&self) -> bool {
         self.left
     }

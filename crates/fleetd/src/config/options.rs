@@ -71,6 +71,18 @@ pub(crate) static OPTIONS: &[OptionSpec] = &[
         show: Some(|c| c.verbosity.to_string()),
     },
     OptionSpec {
+        name: "log_format",
+        flag: "log-format",
+        default: "auto",
+        help: "Log format: text, json (one object a line), journald (journald's native protocol, with each field its own), or auto (journald when stderr is the journal, else text)",
+        kind: FlagKind::Value,
+        apply: |c, v, _| {
+            c.log_format = v.parse::<crate::logging::LogFormat>()?;
+            Ok(())
+        },
+        show: Some(|c| c.log_format.to_string()),
+    },
+    OptionSpec {
         name: "etcd_servers",
         flag: "etcd-servers",
         default: "http://127.0.0.1:2379,http://127.0.0.1:4001",

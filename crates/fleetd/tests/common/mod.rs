@@ -523,3 +523,59 @@ pub fn run_fleetctl(endpoint: &str, cwd: Option<&Path>, args: &[&str]) -> std::p
     );
     out
 }
+
+/// The entries of `journalctl -o json` output (one object a line; others are skipped).
+#[allow(dead_code)] // not every test binary reads a journal
+pub fn journal_entries(json: &str) -> Vec<serde_json::Value> {
+    json.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `journalctl -o json` output as lines of text: each entry's message followed by the fields
+/// fleetd logged with it (`registry=embedded`), as its text log shows them. Under systemd
+/// fleetd logs in journald's native protocol, where those fields are journal fields of their
+/// own that `-o cat` would not show.
+#[allow(dead_code)]
+pub fn journal_text(json: &str) -> String {
+    // Fields of journald and of tracing-journald's own, not fleetd's.
+    const NOT_FLEETD: &[&str] = &[
+        "MESSAGE",
+        "PRIORITY",
+        "SYSLOG_IDENTIFIER",
+        "SYSLOG_FACILITY",
+        "SYSLOG_PID",
+        "SYSLOG_TIMESTAMP",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+        "TARGET",
+        "SPAN_NAME",
+        "SPAN_TARGET",
+        "SPAN_CODE_FILE",
+        "SPAN_CODE_LINE",
+        "MESSAGE_ID",
+        "INVOCATION_ID",
+        "UNIT_RESULT",
+        "JOB_ID",
+        "JOB_TYPE",
+        "JOB_RESULT",
+        "USER_INVOCATION_ID",
+    ];
+    let mut out = String::new();
+    for e in journal_entries(json) {
+        let Some(fields) = e.as_object() else {
+            continue;
+        };
+        out.push_str(fields.get("MESSAGE").and_then(|m| m.as_str()).unwrap_or(""));
+        for (k, v) in fields {
+            let Some(v) = v.as_str() else { continue };
+            if k.starts_with('_') || NOT_FLEETD.contains(&k.as_str()) {
+                continue;
+            }
+            out.push_str(&format!(" {}={v}", k.to_lowercase()));
+        }
+        out.push('\n');
+    }
+    out
+}
