@@ -105,6 +105,17 @@ impl MachineState {
     }
 }
 
+/// A machine's drain mark (`drain/<machine>`): it takes no new units and the engine moves its
+/// units elsewhere, one at a time. Not under the machine's lease: it outlives restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainMark {
+    /// When the machine was drained, in seconds since the Unix epoch.
+    pub since: u64,
+    /// Who drained it (the API token's name), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
 /// systemd's three state names for a unit, as systemd spells them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SystemdState {
