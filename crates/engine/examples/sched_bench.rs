@@ -92,6 +92,7 @@ fn cluster(units: usize, machines: usize) -> Cluster {
         machines,
         units: list,
         placements: BTreeMap::new(),
+        ..Default::default()
     }
 }
 
