@@ -111,9 +111,6 @@ impl MachineState {
 pub struct DrainMark {
     /// When the machine was drained, in seconds since the Unix epoch.
     pub since: u64,
-    /// Who drained it (the API token's name), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
 }
 
 /// systemd's three state names for a unit, as systemd spells them.

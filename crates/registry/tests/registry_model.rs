@@ -553,16 +553,10 @@ async fn drain_marks_are_set_once_followed_and_taken_away() {
     let (_dir, reg) = registry();
     let mut follower = reg.follow_drains();
     assert_eq!(follower.recv().await, Some(Update::Reset(vec![])));
-    let first = registry::DrainMark {
-        since: 100,
-        by: Some("ops".into()),
-    };
+    let first = registry::DrainMark { since: 100 };
     assert!(reg.drain_machine("m1", &first).await.unwrap());
     // Draining again keeps the first mark: `since` says how long it has been drained.
-    let again = registry::DrainMark {
-        since: 200,
-        by: None,
-    };
+    let again = registry::DrainMark { since: 200 };
     assert!(!reg.drain_machine("m1", &again).await.unwrap());
     assert_eq!(reg.drain_mark("m1").await.unwrap(), Some(first.clone()));
     assert_eq!(
