@@ -408,7 +408,28 @@ pub async fn list_unit_files(fleet: &Fleet, list: &List) -> i32 {
 }
 
 pub async fn list_machines(fleet: &Fleet, list: &List) -> i32 {
-    let fields = match fields_or_fail(list, &fields::MACHINE_FIELDS) {
+    // Drain is an extension: a server without it (fleet's own) answers as if none is drained;
+    // any other failure to read it leaves the state out rather than fail the listing.
+    let drained: std::collections::BTreeSet<String> = match fleet.drains().await {
+        Ok(d) => d.into_iter().map(|m| m.machine_id).collect(),
+        Err(e) => {
+            if list
+                .fields
+                .as_deref()
+                .is_some_and(|f| f.split(',').any(|f| f == "state"))
+            {
+                eprintln!("Error retrieving the drained machines: {e}");
+                return 1;
+            }
+            Default::default()
+        }
+    };
+    let set = if drained.is_empty() {
+        fields::MACHINE_FIELDS
+    } else {
+        fields::MACHINE_FIELDS_DRAINED
+    };
+    let fields = match fields_or_fail(list, &set) {
         Ok(f) => f,
         Err(code) => return code,
     };
@@ -416,7 +437,7 @@ pub async fn list_machines(fleet: &Fleet, list: &List) -> i32 {
         Ok(machines) => {
             print!(
                 "{}",
-                fields::machines_table(machines, &fields, list.full, list.no_legend)
+                fields::machines_table(machines, &drained, &fields, list.full, list.no_legend)
             );
             0
         }
