@@ -13,6 +13,38 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// What one fleetctl run printed, and how it exited.
+pub struct FleetctlRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs fleetctl against `endpoint` in `cwd`, printing what it printed (for a failing test's
+/// log).
+pub async fn fleetctl(endpoint: &str, cwd: &std::path::Path, args: &[&str]) -> Result<FleetctlRun> {
+    let bin = fleetctl_binary()?;
+    let (endpoint, cwd) = (endpoint.to_string(), cwd.to_path_buf());
+    let line = args.join(" ");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args(&args)
+            .env("FLEETCTL_ENDPOINT", endpoint)
+            .current_dir(cwd)
+            .output()
+    })
+    .await?
+    .context("running fleetctl")?;
+    let run = FleetctlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("$ fleetctl {line}\n{}{}", run.stdout, run.stderr);
+    Ok(run)
+}
+
 /// The workspace root, two levels above this crate's manifest.
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
