@@ -194,6 +194,12 @@ impl Core {
         &self.model
     }
 
+    /// Units moved off drained machines that do not run at their new place yet, with that
+    /// place.
+    pub fn in_motion(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.moving.iter().map(|(u, m)| (u.as_str(), m.to.as_str()))
+    }
+
     /// Takes in one input. Effects it calls for come out of the next [`Core::ready`].
     pub fn on(&mut self, input: Input) {
         match input {
@@ -638,6 +644,10 @@ mod tests {
         let ready = core.ready(t);
         assert_eq!(placed(&ready.effects), vec![(s("a.service"), s("m2"))]);
         core.on(Input::Written(Ok(true)));
+        assert_eq!(
+            core.in_motion().collect::<Vec<_>>(),
+            vec![("a.service", "m2")]
+        );
         // a is in motion: its state is read, and b stays.
         let ready = core.ready(t);
         assert_eq!(

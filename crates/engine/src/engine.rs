@@ -318,6 +318,23 @@ fn leading_dump(machine: &str, core: &Core, last: Option<&LastPlan>) -> String {
         model.placed.len(),
         model.reasons.len(),
     );
+    if !model.drains.is_empty() {
+        let drained: Vec<&str> = model.drains.keys().map(String::as_str).collect();
+        let moving: Vec<String> = core
+            .in_motion()
+            .map(|(unit, to)| format!("{unit} to {to}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "  drained machines: {}; in motion off them: {}",
+            drained.join(", "),
+            if moving.is_empty() {
+                "none".to_string()
+            } else {
+                moving.join(", ")
+            }
+        );
+    }
     match last {
         None => {
             let _ = writeln!(text, "  no plan written since it leads");
