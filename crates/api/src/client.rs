@@ -19,7 +19,8 @@ pub use tls::{TlsConfig, TlsFiles};
 pub use transport::{BoxStream, ConnectFuture, Stream, TcpTransport, Transport, UnixTransport};
 
 use crate::types::{
-    self, Machine, MachineMetadataOp, PlanAnswer, PlanRequest, TargetState, Unit, UnitState,
+    self, DrainedMachine, Machine, MachineMetadataOp, PlanAnswer, PlanRequest, TargetState, Unit,
+    UnitState,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -766,6 +767,58 @@ impl Client {
     /// machine (`GET /why/<unit>`, an extension of fleet's API).
     pub async fn why(&self, name: &str) -> Result<PlanAnswer, ClientError> {
         self.get(&format!("/why/{}", segment(name))).await
+    }
+
+    /// Every drained machine and what becomes of its units (`GET /drain`, an extension of
+    /// fleet's API). A server without drain (fleet's own) answers 404: no machine is drained
+    /// there, so that reads as an empty list.
+    pub async fn drains(&self) -> Result<Vec<DrainedMachine>, ClientError> {
+        match self
+            .expect(
+                Method::GET,
+                "/drain",
+                None,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?
+        {
+            (StatusCode::OK, bytes) => Ok(self.decode::<types::DrainPage>(&bytes)?.machines),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// One drained machine, `None` if it is not drained.
+    pub async fn drain_status(&self, machine: &str) -> Result<Option<DrainedMachine>, ClientError> {
+        self.get_optional(&format!("/drain/{}", segment(machine)))
+            .await
+    }
+
+    /// Drains a machine (`PUT /drain/<machineID>`): it takes no new units and the engine moves
+    /// its units elsewhere one at a time. Draining a drained machine changes nothing.
+    pub async fn drain(&self, machine: &str) -> Result<DrainedMachine, ClientError> {
+        let (_, bytes) = self
+            .expect(
+                Method::PUT,
+                &format!("/drain/{}", segment(machine)),
+                None,
+                &[StatusCode::OK, StatusCode::CREATED],
+            )
+            .await?;
+        self.decode(&bytes)
+    }
+
+    /// Returns a drained machine to service (`DELETE /drain/<machineID>`); `false` if it was
+    /// not drained.
+    pub async fn undrain(&self, machine: &str) -> Result<bool, ClientError> {
+        let (status, _) = self
+            .expect(
+                Method::DELETE,
+                &format!("/drain/{}", segment(machine)),
+                None,
+                &[StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        Ok(status == StatusCode::NO_CONTENT)
     }
 
     /// The discovery document.

@@ -464,3 +464,49 @@ pub struct PlanMove {
     #[serde(default, deserialize_with = "null_as_default")]
     pub to: String,
 }
+
+/// The answer of `GET /fleet/v1/drain`: every drained machine and what becomes of its units.
+/// Not one of fleet's resources: an extension beside them (fleet's machine entity is left as
+/// fleet has it), and not in the discovery document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainPage {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub machines: Vec<DrainedMachine>,
+}
+
+/// One drained machine (`GET`/`PUT /fleet/v1/drain/<machineID>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainedMachine {
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    /// When it was drained, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub since: u64,
+    /// Whether the machine is in the cluster now (a drained machine that left stays drained).
+    #[serde(default)]
+    pub present: bool,
+    /// The non-global units still scheduled on it, by name.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub units: Vec<DrainedUnit>,
+}
+
+/// A unit still on a drained machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainedUnit {
+    pub name: String,
+    /// `moves` (its turn: the engine moves it now, to `machineID`), `waits` (it can move, after
+    /// the unit in motion runs at its new place) or `stays` (it cannot move: `reason`).
+    pub status: String,
+    /// Where it moves, for `moves`.
+    #[serde(rename = "machineID", default, deserialize_with = "null_as_default")]
+    pub machine_id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub reason: String,
+}
+
+impl DrainedMachine {
+    /// Whether the drain is done: every unit left on the machine stays there.
+    pub fn settled(&self) -> bool {
+        self.units.iter().all(|u| u.status == "stays")
+    }
+}

@@ -3,42 +3,11 @@
 //! the leader: the printed reasons name the rule per machine, and nothing changes.
 
 use anyhow::{ensure, Context, Result};
-use cluster::binary::fleetctl_binary;
+use cluster::binary::run_fleetctl;
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs fleetctl against `endpoint` in `cwd`, printing what it printed (for a failing test's
-/// log).
-async fn fleetctl(endpoint: &str, cwd: &Path, args: &[&str]) -> Result<Run> {
-    let bin = fleetctl_binary()?;
-    let (endpoint, cwd) = (endpoint.to_string(), cwd.to_path_buf());
-    let line = args.join(" ");
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(&args)
-            .env("FLEETCTL_ENDPOINT", endpoint)
-            .current_dir(cwd)
-            .output()
-    })
-    .await?
-    .context("running fleetctl")?;
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    println!("$ fleetctl {line}\n{}{}", run.stdout, run.stderr);
-    Ok(run)
-}
 
 /// The line of `text` that starts with `machine` (a `why` table row).
 fn row<'a>(text: &'a str, machine: &str) -> Result<&'a str> {
@@ -112,7 +81,7 @@ async fn scenario(c: &Cluster) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // Ask machine 2: any fleetd answers.
     let endpoint = c.machine(2).endpoint();
-    let ctl = |args: &'static [&'static str]| fleetctl(&endpoint, dir.path(), args);
+    let ctl = |args: &'static [&'static str]| run_fleetctl(&endpoint, dir.path(), args);
 
     // Metadata: runs on m0, and m1 is told why not.
     let why = ctl(&["why", "db.service"]).await?;

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! For each size it prints the time of: a full pass placing every unit from nothing, a steady
-//! pass over the settled cluster (nothing to do), and the pass after one machine is lost.
+//! pass over the settled cluster (nothing to do), the pass after one machine is lost, and the
+//! pass after another machine is drained (it moves one unit with its MachineOf followers).
 
 use engine::scheduler::{plan, Cluster, ClusterUnit};
 use registry::{MachineState, TargetState};
@@ -92,6 +93,7 @@ fn cluster(units: usize, machines: usize) -> Cluster {
         machines,
         units: list,
         placements: BTreeMap::new(),
+        ..Default::default()
     }
 }
 
@@ -142,8 +144,15 @@ fn main() {
         _ => vec![(1_000, 100), (10_000, 1_000), (50_000, 2_000)],
     };
     println!(
-        "{:>8} {:>8} {:>12} {:>12} {:>14} {:>8} {:>11}",
-        "units", "machines", "full pass", "steady pass", "machine lost", "moved", "unplaceable"
+        "{:>8} {:>8} {:>12} {:>12} {:>14} {:>8} {:>11} {:>12}",
+        "units",
+        "machines",
+        "full pass",
+        "steady pass",
+        "machine lost",
+        "moved",
+        "unplaceable",
+        "drain pass"
     );
     for &(units, machines) in &sizes {
         let mut c = cluster(units, machines);
@@ -154,13 +163,18 @@ fn main() {
         let lost = c.placements.values().next().cloned().unwrap_or_default();
         c.machines.retain(|m| m.id != lost);
         let (after_loss, moved) = time(|| plan(&c));
+        c.apply(&moved);
+        let busiest = c.placements.values().max().cloned().unwrap_or_default();
+        c.drain.machines.insert(busiest);
+        let (drain, _) = time(|| plan(&c));
         println!(
-            "{units:>8} {machines:>8} {:>10.1}ms {:>10.1}ms {:>12.1}ms {:>8} {:>11}",
+            "{units:>8} {machines:>8} {:>10.1}ms {:>10.1}ms {:>12.1}ms {:>8} {:>11} {:>10.1}ms",
             full.as_secs_f64() * 1e3,
             steady.as_secs_f64() * 1e3,
             after_loss.as_secs_f64() * 1e3,
             moved.add.len(),
             p.unplaceable.len(),
+            drain.as_secs_f64() * 1e3,
         );
     }
     if args.is_empty() {

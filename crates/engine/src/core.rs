@@ -26,6 +26,7 @@
 //!     Input::Schedule(Update::Reset(vec![])),
 //!     Input::Reasons(Update::Reset(vec![])),
 //!     Input::Texts(Update::Reset(vec![])),
+//!     Input::Drains(Update::Reset(vec![])),
 //! ] {
 //!     core.on(input);
 //! }
@@ -34,7 +35,10 @@
 //! ```
 
 use crate::model::Model;
-use registry::{Job, MachineState, ScheduleChange, ScheduleEntry, Update};
+use registry::{
+    DrainMark, Job, MachineState, ScheduleChange, ScheduleEntry, TargetState, UnitState, Update,
+};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use unit::{UnitFile, UnitHash};
@@ -52,6 +56,10 @@ pub enum Input {
     Reasons(Update<String, String>),
     /// Unit texts, by hash.
     Texts(Update<UnitHash, String>),
+    /// Drain marks, by machine id.
+    Drains(Update<String, DrainMark>),
+    /// The published states of units asked for with [`Effect::ReadStates`], by unit.
+    States(Vec<(String, Result<Vec<UnitState>, String>)>),
     /// Bodies asked for with [`Effect::FetchBodies`].
     Bodies(Vec<(UnitHash, Result<Option<UnitFile>, String>)>),
     /// The outcome of [`Effect::Write`]: `Ok(false)` if the leader lease no longer held.
@@ -71,8 +79,24 @@ pub enum Effect {
     /// Follow the schedule afresh (a failed write may have been written in part): the next
     /// pass waits for its first delivery, so that no unit is placed twice.
     RereadSchedule,
+    /// Read the published states of these units (moved off drained machines, not yet seen
+    /// running at their new place); answer with [`Input::States`].
+    ReadStates(Vec<String>),
     /// Leadership is lost: stop leading.
     Resign,
+}
+
+/// How often the states of units in motion off a drained machine are read.
+pub const MOTION_POLL: Duration = Duration::from_millis(500);
+/// How long a unit moved off a drained machine may take to run at its new place before the
+/// drain moves the next one anyway (a unit that fails to start must not stop a drain).
+pub const MOTION_LIMIT: Duration = Duration::from_secs(60);
+
+/// A unit moved off a drained machine that does not run at its new place yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Motion {
+    to: String,
+    since: Instant,
 }
 
 /// What [`Core::ready`] hands over.
@@ -95,11 +119,18 @@ struct Read {
     schedule: bool,
     reasons: bool,
     texts: bool,
+    drains: bool,
 }
 
 impl Read {
     fn all(&self) -> bool {
-        self.jobs && self.machines && self.metadata && self.schedule && self.reasons && self.texts
+        self.jobs
+            && self.machines
+            && self.metadata
+            && self.schedule
+            && self.reasons
+            && self.texts
+            && self.drains
     }
 }
 
@@ -111,8 +142,8 @@ enum Pass {
     Fetching,
     /// Bodies came: decide with what came (a body still missing leaves its unit out).
     Fetched,
-    /// Waiting for the decisions to be written.
-    Writing(Vec<ScheduleChange>),
+    /// Waiting for the decisions to be written, and the drain moves among them.
+    Writing(Vec<ScheduleChange>, Vec<(String, String)>, Instant),
 }
 
 /// The leader's state and decisions.
@@ -132,6 +163,11 @@ pub struct Core {
     resigned: bool,
     /// A write failed: the schedule is to be followed afresh.
     reread: bool,
+    /// Units moved off drained machines and not yet running at their new place, by unit.
+    moving: BTreeMap<String, Motion>,
+    /// An [`Effect::ReadStates`] is out.
+    reading_states: bool,
+    next_state_read: Instant,
 }
 
 impl Core {
@@ -147,12 +183,21 @@ impl Core {
             next_periodic: now + interval,
             resigned: false,
             reread: false,
+            moving: BTreeMap::new(),
+            reading_states: false,
+            next_state_read: now,
         }
     }
 
     /// The model the decisions are made over.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Units moved off drained machines that do not run at their new place yet, with that
+    /// place.
+    pub fn in_motion(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.moving.iter().map(|(u, m)| (u.as_str(), m.to.as_str()))
     }
 
     /// Takes in one input. Effects it calls for come out of the next [`Core::ready`].
@@ -186,6 +231,28 @@ impl Core {
                 self.model.apply_texts(u);
                 self.read.texts = true;
             }
+            Input::Drains(u) => {
+                self.model.apply_drains(u);
+                self.read.drains = true;
+                self.dirty = true;
+            }
+            Input::States(read) => {
+                self.reading_states = false;
+                for (unit, states) in read {
+                    let states = match states {
+                        Ok(states) => states,
+                        Err(e) => {
+                            tracing::warn!(unit = %unit, error = %e, "reading the state of a unit in motion failed");
+                            continue;
+                        }
+                    };
+                    if self.settled(&unit, &states) {
+                        tracing::info!(unit = %unit, "drain: the unit runs at its new place");
+                        self.moving.remove(&unit);
+                        self.dirty = true;
+                    }
+                }
+            }
             Input::Bodies(read) => {
                 if matches!(self.pass, Pass::Fetching) {
                     self.model.take_bodies(read);
@@ -193,11 +260,18 @@ impl Core {
                 }
             }
             Input::Written(result) => {
-                let Pass::Writing(changes) = std::mem::replace(&mut self.pass, Pass::Idle) else {
+                let Pass::Writing(changes, moves, at) =
+                    std::mem::replace(&mut self.pass, Pass::Idle)
+                else {
                     return;
                 };
                 match result {
-                    Ok(true) => self.model.applied(&changes),
+                    Ok(true) => {
+                        for (unit, to) in moves {
+                            self.moving.insert(unit, Motion { to, since: at });
+                        }
+                        self.model.applied(&changes)
+                    }
                     Ok(false) => self.resigned = true,
                     Err(e) => {
                         tracing::warn!(error = %e, "writing engine decisions failed; re-reading the schedule");
@@ -225,6 +299,7 @@ impl Core {
             self.dirty = true;
             self.next_periodic = now + self.interval;
         }
+        self.expire_motion(now);
         let fetched = matches!(self.pass, Pass::Fetched);
         if fetched || (self.dirty && matches!(self.pass, Pass::Idle) && self.read.all()) {
             if !fetched && now < self.next_pass {
@@ -242,7 +317,17 @@ impl Core {
                         self.model.take_bodies(Vec::new());
                     }
                     ready.passed = true;
+                    self.model.moving = self.moving.keys().cloned().collect();
                     let changes = self.model.decide();
+                    let moves: Vec<(String, String)> = self
+                        .model
+                        .drain_moves(&changes)
+                        .into_iter()
+                        .map(|(unit, from, to)| {
+                            tracing::info!(unit = %unit, from = %from, to = %to, "drain: moving a unit off a drained machine");
+                            (unit, to)
+                        })
+                        .collect();
                     tracing::debug!(
                         jobs = self.model.jobs.len(),
                         machines = self.model.machines.len(),
@@ -251,7 +336,7 @@ impl Core {
                     );
                     if !changes.is_empty() {
                         ready.effects.push(Effect::Write(changes.clone()));
-                        self.pass = Pass::Writing(changes);
+                        self.pass = Pass::Writing(changes, moves, now);
                     }
                 } else {
                     self.pass = Pass::Fetching;
@@ -259,11 +344,64 @@ impl Core {
                 }
             }
         }
-        ready.wake_at = [ready.wake_at, Some(self.next_periodic)]
+        let state_read = self.watch_motion(now, &mut ready);
+        ready.wake_at = [ready.wake_at, Some(self.next_periodic), state_read]
             .into_iter()
             .flatten()
             .min();
         ready
+    }
+
+    /// Gives up on units in motion past [`MOTION_LIMIT`]: the next pass moves the next unit.
+    fn expire_motion(&mut self, now: Instant) {
+        let before = self.moving.len();
+        self.moving.retain(|unit, m| {
+            let keep = now < m.since + MOTION_LIMIT;
+            if !keep {
+                tracing::warn!(unit = %unit, machine = %m.to, "drain: the unit did not run at its new place in time; moving the next one");
+            }
+            keep
+        });
+        if self.moving.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// Asks for the states of the units in motion every [`MOTION_POLL`]; returns when to look
+    /// again.
+    fn watch_motion(&mut self, now: Instant, ready: &mut Ready) -> Option<Instant> {
+        if self.moving.is_empty() || self.reading_states {
+            return None;
+        }
+        if now >= self.next_state_read {
+            ready
+                .effects
+                .push(Effect::ReadStates(self.moving.keys().cloned().collect()));
+            self.reading_states = true;
+            self.next_state_read = now + MOTION_POLL;
+            return None;
+        }
+        Some(self.next_state_read)
+    }
+
+    /// Whether a unit in motion is done moving: it runs at its new place as its job asks, or
+    /// it is no longer there to wait for (gone, moved again, or not to run).
+    fn settled(&self, unit: &str, states: &[UnitState]) -> bool {
+        let Some(motion) = self.moving.get(unit) else {
+            return false;
+        };
+        let Some(job) = self.model.jobs.get(unit) else {
+            return true;
+        };
+        if self.model.placed.get(unit).map(|(m, _)| m) != Some(&motion.to) {
+            return true;
+        }
+        states.iter().any(|s| {
+            s.machine_id == motion.to
+                && s.hash == job.hash
+                && s.agent_state == job.desired
+                && (job.desired != TargetState::Launched || s.systemd.active == "active")
+        })
     }
 
     /// The pass [`Core::ready`] ran at `began` took `cost`: the next waits as long.
@@ -312,6 +450,7 @@ mod tests {
         core.on(Input::Schedule(Update::Reset(vec![])));
         core.on(Input::Reasons(Update::Reset(vec![])));
         core.on(Input::Texts(Update::Reset(vec![])));
+        core.on(Input::Drains(Update::Reset(vec![])));
         core
     }
 
@@ -351,6 +490,7 @@ mod tests {
         core.on(Input::Metadata(Update::Reset(vec![])));
         core.on(Input::Schedule(Update::Reset(vec![])));
         core.on(Input::Reasons(Update::Reset(vec![])));
+        core.on(Input::Drains(Update::Reset(vec![])));
         let ready = core.ready(t);
         assert_eq!(ready.effects, vec![]);
         assert!(!ready.passed);
@@ -451,5 +591,122 @@ mod tests {
         );
         core.on(Input::Written(Ok(false)));
         assert_eq!(core.ready(t2).effects, vec![Effect::Resign]);
+    }
+
+    /// A core leading over m1 (drained, holding `units`) and m2.
+    fn draining(t: Instant, units: &[&str]) -> Core {
+        let jobs: Vec<Job> = units.iter().map(|u| job(u, Some(vec![]))).collect();
+        let mut core = leading(t, jobs.clone());
+        core.on(Input::Machines(Update::Changes(vec![Change::Put(
+            s("m2"),
+            machine("m2"),
+        )])));
+        core.on(Input::Schedule(Update::Reset(
+            jobs.iter()
+                .map(|j| {
+                    let entry = ScheduleEntry {
+                        hash: j.hash,
+                        desired: j.desired,
+                        raw: None,
+                    };
+                    ((s("m1"), j.name.clone()), entry)
+                })
+                .collect(),
+        )));
+        core.on(Input::Drains(Update::Reset(vec![(
+            s("m1"),
+            DrainMark::default(),
+        )])));
+        core
+    }
+
+    fn state(job: &Job, machine: &str, active: &str) -> UnitState {
+        UnitState {
+            name: job.name.clone(),
+            machine_id: machine.into(),
+            hash: job.hash,
+            systemd: registry::SystemdState {
+                load: s("loaded"),
+                active: active.into(),
+                sub: s("running"),
+            },
+            agent_state: TargetState::Launched,
+            reason: None,
+            global: false,
+        }
+    }
+
+    #[test]
+    fn a_drain_moves_the_next_unit_once_the_last_one_runs_at_its_new_place() {
+        let t = Instant::now();
+        let a = job("a.service", Some(vec![]));
+        let mut core = draining(t, &["a.service", "b.service"]);
+        let ready = core.ready(t);
+        assert_eq!(placed(&ready.effects), vec![(s("a.service"), s("m2"))]);
+        core.on(Input::Written(Ok(true)));
+        assert_eq!(
+            core.in_motion().collect::<Vec<_>>(),
+            vec![("a.service", "m2")]
+        );
+        // a is in motion: its state is read, and b stays.
+        let ready = core.ready(t);
+        assert_eq!(
+            ready.effects,
+            vec![Effect::ReadStates(vec![s("a.service")])]
+        );
+        core.on(Input::States(vec![(
+            s("a.service"),
+            Ok(vec![state(&a, "m2", "activating")]),
+        )]));
+        let ready = core.ready(t);
+        assert_eq!(placed(&ready.effects), vec![]);
+        assert_eq!(ready.wake_at, Some(t + MOTION_POLL));
+        // A periodic pass does not move b either.
+        let t2 = t + INTERVAL;
+        let ready = core.ready(t2);
+        assert_eq!(
+            ready.effects,
+            vec![Effect::ReadStates(vec![s("a.service")])]
+        );
+        // An old state on the machine it left does not count.
+        core.on(Input::States(vec![(
+            s("a.service"),
+            Ok(vec![state(&a, "m1", "active")]),
+        )]));
+        assert_eq!(placed(&core.ready(t2).effects), vec![]);
+        core.on(Input::States(vec![(
+            s("a.service"),
+            Ok(vec![state(&a, "m2", "active")]),
+        )]));
+        let t3 = t2 + MOTION_POLL;
+        core.on(Input::States(vec![(
+            s("a.service"),
+            Ok(vec![state(&a, "m2", "active")]),
+        )]));
+        assert_eq!(
+            placed(&core.ready(t3).effects),
+            vec![(s("b.service"), s("m2"))]
+        );
+    }
+
+    #[test]
+    fn a_unit_that_never_runs_at_its_new_place_holds_a_drain_back_only_for_a_while() {
+        let t = Instant::now();
+        let mut core = draining(t, &["a.service", "b.service"]);
+        assert_eq!(
+            placed(&core.ready(t).effects),
+            vec![(s("a.service"), s("m2"))]
+        );
+        core.on(Input::Written(Ok(true)));
+        assert_eq!(
+            core.ready(t).effects,
+            vec![Effect::ReadStates(vec![s("a.service")])]
+        );
+        core.on(Input::States(vec![(s("a.service"), Ok(vec![]))]));
+        let late = t + MOTION_LIMIT;
+        assert_eq!(
+            placed(&core.ready(late).effects),
+            vec![(s("b.service"), s("m2"))]
+        );
     }
 }

@@ -167,6 +167,7 @@ async fn lead(
     let mut schedule = registry.follow_schedule();
     let mut reasons = registry.follow_reasons();
     let mut texts = registry.follow_bodies();
+    let mut drains = registry.follow_drains();
     let mut core = Core::new(config.interval, Instant::now());
     let mut keepalive = tokio::time::interval(config.leader_ttl() / 3);
     keepalive.tick().await;
@@ -198,6 +199,7 @@ async fn lead(
             Some(u) = schedule.recv() => Input::Schedule(u),
             Some(u) = reasons.recv() => Input::Reasons(u),
             Some(u) = texts.recv() => Input::Texts(u),
+            Some(u) = drains.recv() => Input::Drains(u),
         };
         core.on(input);
         // Take whatever else is queued so that a burst of changes costs one pass.
@@ -218,6 +220,9 @@ async fn lead(
         }
         while let Some(u) = texts.try_recv() {
             core.on(Input::Texts(u));
+        }
+        while let Some(u) = drains.try_recv() {
+            core.on(Input::Drains(u));
         }
         // Effects are carried out here, one after another: a pass's reads and writes finish
         // before the next input is taken, as the fenced writes require.
@@ -259,6 +264,17 @@ async fn lead(
                         };
                         last_plan = Some(plan);
                         Input::Written(written.map_err(|e| format!("{e:#}")))
+                    }
+                    Effect::ReadStates(units) => {
+                        let mut read = Vec::with_capacity(units.len());
+                        for unit in units {
+                            let states = registry
+                                .states_of_unit(&unit)
+                                .await
+                                .map_err(|e| format!("{e:#}"));
+                            read.push((unit, states));
+                        }
+                        Input::States(read)
                     }
                     Effect::RereadSchedule => {
                         schedule = registry.follow_schedule();
@@ -356,6 +372,23 @@ fn leading_dump(machine: &str, core: &Core, last: Option<&LastPlan>) -> String {
         model.placed.len(),
         model.reasons.len(),
     );
+    if !model.drains.is_empty() {
+        let drained: Vec<&str> = model.drains.keys().map(String::as_str).collect();
+        let moving: Vec<String> = core
+            .in_motion()
+            .map(|(unit, to)| format!("{unit} to {to}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "  drained machines: {}; in motion off them: {}",
+            drained.join(", "),
+            if moving.is_empty() {
+                "none".to_string()
+            } else {
+                moving.join(", ")
+            }
+        );
+    }
     match last {
         None => {
             let _ = writeln!(text, "  no plan written since it leads");

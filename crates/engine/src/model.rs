@@ -1,8 +1,8 @@
 //! The leader's model of the cluster, kept current from registry watches, and the translation
 //! of the scheduler's plan into registry writes.
 
-use registry::{Change, Job, MachineState, ScheduleChange, ScheduleEntry, Update};
-use std::collections::{BTreeMap, HashMap};
+use registry::{Change, DrainMark, Job, MachineState, ScheduleChange, ScheduleEntry, Update};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use unit::{Requirements, UnitFile, UnitHash};
 
 #[derive(Default)]
@@ -21,6 +21,11 @@ pub struct Model {
     /// unit -> the hash its requirements were read from, and those requirements: parsing
     /// `[X-Fleet]` of every unit on every pass would dominate a pass at 10,000 units.
     requirements: HashMap<String, (UnitHash, Requirements)>,
+    /// Drain marks, by machine id.
+    pub drains: BTreeMap<String, DrainMark>,
+    /// Units moved off drained machines that do not run at their new place yet (kept by the
+    /// core, which watches their states).
+    pub moving: BTreeSet<String>,
 }
 
 impl Model {
@@ -99,6 +104,26 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// Applies changes of the drain marks, named by machine id.
+    pub fn apply_drains(&mut self, u: Update<String, DrainMark>) {
+        u.apply_to(&mut self.drains);
+    }
+
+    /// The placements `changes` moves off drained machines: (unit, from, to).
+    pub fn drain_moves(&self, changes: &[ScheduleChange]) -> Vec<(String, String, String)> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                ScheduleChange::Place { unit, machine, .. } => {
+                    let (from, _) = self.placed.get(unit)?;
+                    (from != machine && self.drains.contains_key(from))
+                        .then(|| (unit.clone(), from.clone(), machine.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Applies changes of the unit texts, named by hash.
@@ -279,6 +304,10 @@ impl Model {
             machines: self.machines_with_metadata(),
             units,
             placements,
+            drain: crate::scheduler::Drain {
+                machines: self.drains.keys().cloned().collect(),
+                moving: self.moving.clone(),
+            },
         }
     }
 

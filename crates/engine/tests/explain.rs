@@ -48,6 +48,7 @@ fn cluster() -> Cluster {
             ),
         ],
         placements: BTreeMap::from([("web1.service".to_string(), "m2".to_string())]),
+        ..Default::default()
     }
 }
 

@@ -55,6 +55,7 @@ fn cluster(
             .iter()
             .map(|(u, m)| (u.to_string(), m.to_string()))
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -657,4 +658,180 @@ fn few_matching_machines_in_a_large_cluster() {
     assert_eq!(placed(&c, "b.service").as_deref(), Some("m30"));
     // Now both hold two units: the tie goes to the smaller id.
     assert_eq!(placed(&c, "c.service").as_deref(), Some("m07"));
+}
+
+// ----- drain -----
+
+fn drained(mut c: Cluster, ids: &[&str]) -> Cluster {
+    c.drain.machines = ids.iter().map(|s| s.to_string()).collect();
+    c
+}
+
+fn report(c: &Cluster) -> Vec<(String, String, engine::scheduler::DrainStatus)> {
+    engine::scheduler::drain_report(c)
+        .into_iter()
+        .map(|r| (r.unit, r.machine, r.status))
+        .collect()
+}
+
+#[test]
+fn a_drained_machine_sends_its_units_away_one_at_a_time() {
+    use engine::scheduler::DrainStatus::{Moves, Waits};
+    let mut c = drained(
+        cluster(
+            machines(&["m1", "m2", "m3"]),
+            vec![unit("a.service"), unit("b.service"), unit("c.service")],
+            &[
+                ("a.service", "m1"),
+                ("b.service", "m1"),
+                ("c.service", "m2"),
+            ],
+        ),
+        &["m1"],
+    );
+    assert_eq!(
+        report(&c),
+        vec![
+            ("a.service".into(), "m1".into(), Moves("m3".into())),
+            ("b.service".into(), "m1".into(), Waits),
+        ]
+    );
+    let p = plan(&c);
+    assert_eq!(p.remove, vec![Placement::new("a.service", "m1")]);
+    assert_eq!(p.add, vec![Placement::new("a.service", "m3")]);
+    c.apply(&p);
+    // a is in motion: b waits for it to run at its new place.
+    c.drain.moving.insert("a.service".into());
+    assert!(plan(&c).is_empty());
+    c.drain.moving.clear();
+    let p = plan(&c);
+    assert_eq!(p.remove, vec![Placement::new("b.service", "m1")]);
+    assert_eq!(p.add.len(), 1);
+    assert_ne!(p.add[0].machine, "m1");
+    c.apply(&p);
+    assert!(plan(&c).is_empty());
+    assert_eq!(report(&c), vec![]);
+}
+
+#[test]
+fn a_drained_machine_takes_no_new_unit_and_says_so() {
+    let c = drained(
+        cluster(machines(&["m1", "m2"]), vec![unit("a.service")], &[]),
+        &["m1"],
+    );
+    assert_eq!(plan(&c).add, vec![Placement::new("a.service", "m2")]);
+    let c = drained(c, &["m1", "m2"]);
+    let p = plan(&c);
+    assert!(p.add.is_empty());
+    let why = &p.unplaceable["a.service"];
+    assert!(why.contains("machines m1, m2 are drained"), "{why}");
+    let e = engine::explain::explain(&c, &["a.service".to_string()]).unwrap();
+    assert!(e.units[0]
+        .machines
+        .iter()
+        .all(|v| !v.fits && v.verdict.contains("drained")));
+}
+
+#[test]
+fn conflicts_decide_where_drained_units_go_and_whether_they_can() {
+    use engine::scheduler::DrainStatus::{Moves, Stays};
+    let conflicting = |name: &str, other: &str| {
+        let other = other.to_string();
+        with(name, move |r| r.conflicts = vec![other])
+    };
+    // x conflicts with y on m2: x goes to m3, though m2 is as loaded.
+    let c = drained(
+        cluster(
+            machines(&["m1", "m2", "m3"]),
+            vec![
+                conflicting("x.service", "y.service"),
+                unit("y.service"),
+                unit("z.service"),
+            ],
+            &[
+                ("x.service", "m1"),
+                ("y.service", "m2"),
+                ("z.service", "m3"),
+            ],
+        ),
+        &["m1"],
+    );
+    assert_eq!(
+        report(&c),
+        vec![("x.service".into(), "m1".into(), Moves("m3".into()))]
+    );
+    // Without m3, x has nowhere to go: it stays where it runs, and the report says why.
+    let c = drained(
+        cluster(
+            machines(&["m1", "m2"]),
+            vec![conflicting("x.service", "y.service"), unit("y.service")],
+            &[("x.service", "m1"), ("y.service", "m2")],
+        ),
+        &["m1"],
+    );
+    assert!(plan(&c).is_empty());
+    match &report(&c)[..] {
+        [(u, m, Stays(why))] if u == "x.service" && m == "m1" => {
+            assert!(why.contains("conflicts with y.service"), "{why}");
+            assert!(why.contains("machine m1 is drained"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn pinned_units_stay_and_followers_move_with_their_target() {
+    use engine::scheduler::DrainStatus::{Moves, Stays};
+    let c = drained(
+        cluster(
+            machines(&["m1", "m2"]),
+            vec![
+                unit("db.service"),
+                with("db-backup.service", |r| {
+                    r.machine_of = strings(&["db.service"])
+                }),
+                with("pinned.service", |r| r.machine_id = Some("m1".into())),
+                with("pinned-log.service", |r| {
+                    r.machine_of = strings(&["pinned.service"])
+                }),
+            ],
+            &[
+                ("db.service", "m1"),
+                ("db-backup.service", "m1"),
+                ("pinned.service", "m1"),
+                ("pinned-log.service", "m1"),
+            ],
+        ),
+        &["m1"],
+    );
+    // In name order: `-` sorts before `.`.
+    let r = report(&c);
+    assert_eq!(
+        r[0],
+        ("db-backup.service".into(), "m1".into(), Moves("m2".into()))
+    );
+    assert_eq!(r[1], ("db.service".into(), "m1".into(), Moves("m2".into())));
+    assert!(
+        matches!(&r[2], (u, _, Stays(why)) if u == "pinned-log.service" && why.contains("moves only with pinned.service")),
+        "{r:?}"
+    );
+    assert!(
+        matches!(&r[3], (u, _, Stays(why)) if u == "pinned.service" && why.contains("MachineID=m1")),
+        "{r:?}"
+    );
+    let p = plan(&c);
+    assert_eq!(
+        p.add,
+        vec![
+            Placement::new("db-backup.service", "m2"),
+            Placement::new("db.service", "m2")
+        ]
+    );
+    // Moved units say why in `fleetctl why`.
+    let e = engine::explain::explain(&c, &["db.service".to_string()]).unwrap();
+    assert!(
+        e.units[0].reason.starts_with("machine m1 is drained"),
+        "{}",
+        e.units[0].reason
+    );
 }

@@ -146,6 +146,7 @@ fn cluster_of(slots: usize) -> impl Strategy<Value = Cluster> {
                 machines,
                 units: list,
                 placements,
+                ..Default::default()
             }
         })
 }
@@ -408,5 +409,56 @@ proptest! {
             }
         }
         prop_assert!(e.moves.is_empty(), "every unit was asked about: {:?}", e.moves);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Draining a machine of a settled cluster: no pass places a unit on it, each pass moves at
+    /// most one unit that follows no other off it (its MachineOf followers go along), a unit
+    /// taken off it is placed elsewhere in the same pass, no unit moves while one is in motion,
+    /// and every rule holds after each pass. Passes go on until the drain moves nothing more.
+    #[test]
+    fn a_drained_machine_never_receives_a_placement(mut c in cluster(), drained in 0..MACHINE_SLOTS) {
+        settle(&mut c)?;
+        let Some(id) = c.machines.get(drained % c.machines.len().max(1)).map(|m| m.id.clone()) else {
+            return Ok(());
+        };
+        c.drain.machines.insert(id.clone());
+        for _ in 0..=UNIT_SLOTS {
+            // A unit in motion holds every other back.
+            if let Some(any) = c.placements.keys().next().cloned() {
+                let mut busy = c.clone();
+                busy.drain.moving.insert(any);
+                let p = plan(&busy);
+                prop_assert!(p.remove.iter().all(|r| r.machine != id), "moved while busy: {p:?}");
+            }
+            let p = plan(&c);
+            prop_assert!(p.add.iter().all(|a| a.machine != id), "placed on drained {id}: {p:?}");
+            let units = units(&c);
+            let heads: Vec<&str> = p
+                .remove
+                .iter()
+                .filter(|r| r.machine == id && units[r.unit.as_str()].requirements.machine_of.is_empty())
+                .map(|r| r.unit.as_str())
+                .collect();
+            prop_assert!(heads.len() <= 1, "more than one unit moved at once: {p:?}");
+            for r in p.remove.iter().filter(|r| r.machine == id) {
+                prop_assert!(p.add.iter().any(|a| a.unit == r.unit), "{} taken off {id} and placed nowhere: {p:?}", r.unit);
+            }
+            c.apply(&p);
+            check_rules(&c, &p)?;
+            if p.is_empty() {
+                break;
+            }
+        }
+        // What is left on the drained machine is reported as staying.
+        let report = engine::scheduler::drain_report(&c);
+        for r in &report {
+            prop_assert!(matches!(r.status, engine::scheduler::DrainStatus::Stays(_)), "{r:?} left at the end");
+        }
+        let left = c.placements.values().filter(|m| **m == id).count();
+        prop_assert_eq!(report.len(), left);
     }
 }

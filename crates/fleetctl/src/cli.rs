@@ -239,6 +239,34 @@ pub struct List {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Take a machine out of service: no new units, and its units move elsewhere
+    #[command(
+        long_about = "Take a machine out of service: no new units, and its units move elsewhere.\n\n\
+        MACHINE is a unique prefix of a machine id. The engine moves the machine's units one at a\n\
+        time, each with its MachineOf followers, to machines their Conflicts, MachineOf and\n\
+        MachineMetadata allow, and moves the next once the last runs at its new place. A unit\n\
+        that cannot move (MachineID names this machine, or no machine takes it) stays and runs\n\
+        on; global units stay. The machine stays drained across restarts until undrained.\n\n\
+        Prints what becomes of each unit and waits until the machine holds none that can move,\n\
+        unless --no-block.\n\n\
+        \tfleetctl drain 2444264c"
+    )]
+    Drain {
+        #[command(flatten)]
+        block: Block,
+        #[arg(value_name = "MACHINE")]
+        machine: Vec<String>,
+    },
+
+    /// Return a drained machine to service
+    #[command(long_about = "Return a drained machine to service.\n\n\
+        New units may be placed on it again; units that moved away stay where they are.\n\n\
+        \tfleetctl undrain 2444264c")]
+    Undrain {
+        #[arg(value_name = "MACHINE")]
+        machine: Vec<String>,
+    },
+
     /// Output the contents of a submitted unit
     #[command(long_about = "Output the contents of a submitted unit.\n\n\
         Outputs the unit file as the registry stores it (normalized: comments dropped, one\n\
@@ -338,7 +366,8 @@ pub enum Command {
         name = "list-machines",
         long_about = "Enumerate the current hosts in the cluster.\n\n\
         Lists all active machines within the cluster. Previously active machines will not appear\n\
-        in this list. Valid fields: ip,machine,metadata (default machine,ip,metadata)."
+        in this list. Valid fields: ip,machine,metadata,state (default machine,ip,metadata, and\n\
+        state too while some machine is drained). state is active or drained."
     )]
     ListMachines {
         #[command(flatten)]

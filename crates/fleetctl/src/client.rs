@@ -1,7 +1,7 @@
 //! fleetctl's handle on fleetd: [`api::Client`] plus `--debug` logging of every request.
 
 use api::client::{ClientError, StateFilter};
-use api::types::{Machine, PlanAnswer, PlanRequest, Unit, UnitState};
+use api::types::{DrainedMachine, Machine, PlanAnswer, PlanRequest, Unit, UnitState};
 use api::{Client, TargetState};
 use std::time::Instant;
 
@@ -107,6 +107,37 @@ impl Fleet {
         let method = if req.files.is_empty() { "GET" } else { "POST" };
         self.logged(format!("{method} /fleet/v1/plan"), self.client.plan(req))
             .await
+    }
+
+    /// Every drained machine and what becomes of its units (none against fleet's own server).
+    pub async fn drains(&self) -> Result<Vec<DrainedMachine>, ClientError> {
+        self.logged("GET /fleet/v1/drain".into(), self.client.drains())
+            .await
+    }
+
+    /// One drained machine, `None` if it is not drained.
+    pub async fn drain_status(&self, machine: &str) -> Result<Option<DrainedMachine>, ClientError> {
+        self.logged(
+            format!("GET /fleet/v1/drain/{machine}"),
+            self.client.drain_status(machine),
+        )
+        .await
+    }
+
+    pub async fn drain(&self, machine: &str) -> Result<DrainedMachine, ClientError> {
+        self.logged(
+            format!("PUT /fleet/v1/drain/{machine}"),
+            self.client.drain(machine),
+        )
+        .await
+    }
+
+    pub async fn undrain(&self, machine: &str) -> Result<bool, ClientError> {
+        self.logged(
+            format!("DELETE /fleet/v1/drain/{machine}"),
+            self.client.undrain(machine),
+        )
+        .await
     }
 
     /// The engine's reasoning for one unit.

@@ -408,23 +408,48 @@ pub async fn list_unit_files(fleet: &Fleet, list: &List) -> i32 {
 }
 
 pub async fn list_machines(fleet: &Fleet, list: &List) -> i32 {
-    let fields = match fields_or_fail(list, &fields::MACHINE_FIELDS) {
+    // Fields given are checked before fleetd is asked anything, as fleet does.
+    if list.fields.is_some() {
+        if let Err(code) = fields_or_fail(list, &fields::MACHINE_FIELDS) {
+            return code;
+        }
+    }
+    // Machines first: an unreachable fleetd is reported as fleet reports it, after one wait.
+    let machines = match fleet.machines().await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("Error retrieving list of active machines: {e}");
+            return 1;
+        }
+    };
+    // Drain is an extension: a server without it (fleet's own) answers as if none is drained;
+    // any other failure to read it leaves the state out, unless it was asked for.
+    let asked = list
+        .fields
+        .as_deref()
+        .is_some_and(|f| f.split(',').any(|f| f == "state"));
+    let drained: std::collections::BTreeSet<String> = match fleet.drains().await {
+        Ok(d) => d.into_iter().map(|m| m.machine_id).collect(),
+        Err(e) if asked => {
+            eprintln!("Error retrieving the drained machines: {e}");
+            return 1;
+        }
+        Err(_) => Default::default(),
+    };
+    let set = if drained.is_empty() {
+        fields::MACHINE_FIELDS
+    } else {
+        fields::MACHINE_FIELDS_DRAINED
+    };
+    let fields = match fields_or_fail(list, &set) {
         Ok(f) => f,
         Err(code) => return code,
     };
-    match fleet.machines().await {
-        Ok(machines) => {
-            print!(
-                "{}",
-                fields::machines_table(machines, &fields, list.full, list.no_legend)
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("Error retrieving list of active machines: {e}");
-            1
-        }
-    }
+    print!(
+        "{}",
+        fields::machines_table(machines, &drained, &fields, list.full, list.no_legend)
+    );
+    0
 }
 
 pub async fn cat(fleet: &Fleet, args: &[String]) -> i32 {

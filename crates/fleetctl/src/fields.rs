@@ -32,10 +32,18 @@ pub const UNIT_FILE_FIELDS: FieldSet = FieldSet {
     default: "unit,hash,dstate,state,target",
 };
 
-/// `list-machines`: one row per machine.
+/// `list-machines`: one row per machine. `state` is ours (`active` or `drained`), shown by
+/// default only while some machine is drained ([`MACHINE_FIELDS_DRAINED`]), so that fleet's
+/// table stays as it was otherwise.
 pub const MACHINE_FIELDS: FieldSet = FieldSet {
-    valid: &["ip", "machine", "metadata"],
+    valid: &["ip", "machine", "metadata", "state"],
     default: "machine,ip,metadata",
+};
+
+/// [`MACHINE_FIELDS`] while some machine is drained.
+pub const MACHINE_FIELDS_DRAINED: FieldSet = FieldSet {
+    default: "machine,ip,metadata,state",
+    ..MACHINE_FIELDS
 };
 
 /// Splits a `--fields` value and checks every field, with fleet's messages.
@@ -143,9 +151,11 @@ pub fn unit_file_cell(field: &str, u: &Unit, machines: &Machines, full: bool) ->
 }
 
 /// One `list-machines` cell; metadata is `k=v,k2=v2` sorted by key.
-pub fn machine_cell(field: &str, m: &Machine, full: bool) -> String {
+pub fn machine_cell(field: &str, m: &Machine, drained: bool, full: bool) -> String {
     match field {
         "machine" => id_legend(&m.id, full),
+        "state" if drained => "drained".to_string(),
+        "state" => "active".to_string(),
         "ip" => or_dash(&m.primary_ip),
         "metadata" if m.metadata.is_empty() => "-".to_string(),
         "metadata" => m
@@ -227,8 +237,10 @@ pub fn unit_files_table(
 }
 
 /// The `list-machines` table; machines sorted by id.
+/// The `list-machines` table; machines sorted by id. `drained` holds the drained machines' ids.
 pub fn machines_table(
     mut machines: Vec<Machine>,
+    drained: &std::collections::BTreeSet<String>,
     fields: &[String],
     full: bool,
     no_legend: bool,
@@ -236,7 +248,10 @@ pub fn machines_table(
     machines.sort_by(|a, b| a.id.cmp(&b.id));
     let rows = machines
         .iter()
-        .map(|m| fields.iter().map(|f| machine_cell(f, m, full)).collect())
+        .map(|m| {
+            let d = drained.contains(&m.id);
+            fields.iter().map(|f| machine_cell(f, m, d, full)).collect()
+        })
         .collect();
     render(fields, rows, no_legend)
 }
@@ -308,13 +323,27 @@ mod tests {
         let expected = "MACHINE\t\tIP\t\tMETADATA\n\
                         113f16a7...\t172.17.8.101\taz=b,region=us-west\n\
                         e55c0aeb...\t-\t\t-\n";
+        let none = std::collections::BTreeSet::new();
         assert_eq!(
-            machines_table(machines.clone(), &fields, false, false),
+            machines_table(machines.clone(), &none, &fields, false, false),
             expected
         );
         // --full: the 32-character id + 1 -> 40.
         let full = format!("{M1}\t172.17.8.101\taz=b,region=us-west\n{M2}\t-\t\t-\n");
-        assert_eq!(machines_table(machines, &fields, true, true), full);
+        assert_eq!(
+            machines_table(machines.clone(), &none, &fields, true, true),
+            full
+        );
+        // While a machine is drained, the default shows the state.
+        let fields = parse_fields(MACHINE_FIELDS_DRAINED.default, &MACHINE_FIELDS).unwrap();
+        let drained = std::collections::BTreeSet::from([M2.to_string()]);
+        let expected = "MACHINE\t\tIP\t\tMETADATA\t\tSTATE\n\
+                        113f16a7...\t172.17.8.101\taz=b,region=us-west\tactive\n\
+                        e55c0aeb...\t-\t\t-\t\t\tdrained\n";
+        assert_eq!(
+            machines_table(machines, &drained, &fields, false, false),
+            expected
+        );
     }
 
     #[test]

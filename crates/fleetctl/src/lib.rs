@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod create;
+pub mod drain;
 pub mod explain;
 pub mod fdforward;
 pub mod fields;
@@ -287,6 +288,8 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
         } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
         Command::Plan { units } => explain::plan(fleet, &units, false, &out).await,
         Command::Why { unit } => explain::why(fleet, &unit, &out).await,
+        Command::Drain { block, machine } => drain::drain(fleet, &machine, &block, &out).await,
+        Command::Undrain { machine } => drain::undrain(fleet, &machine, &out).await,
         Command::Stop { block, units } => {
             commands::change(fleet, &units, &block, Change::Stop, out).await
         }

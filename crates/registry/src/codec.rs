@@ -3,10 +3,10 @@
 //!
 //! | record | stored as |
 //! |---|---|
-//! | [`Job`], [`GlobalJob`], [`ScheduleEntry`], [`MachineState`], [`UnitState`] | JSON |
+//! | [`Job`], [`GlobalJob`], [`ScheduleEntry`], [`MachineState`], [`UnitState`], [`DrainMark`] | JSON |
 //! | text: a unit body, a placement (machine id), a reason, a metadata value, the leader's id | UTF-8 |
 
-use crate::model::{GlobalJob, Job, MachineState, ScheduleEntry, UnitState};
+use crate::model::{DrainMark, GlobalJob, Job, MachineState, ScheduleEntry, UnitState};
 use crate::registry::{RegistryError, Result};
 use crate::store::KeyValue;
 
@@ -32,7 +32,14 @@ macro_rules! json_records {
     )*};
 }
 
-json_records!(Job, GlobalJob, ScheduleEntry, MachineState, UnitState);
+json_records!(
+    Job,
+    GlobalJob,
+    ScheduleEntry,
+    MachineState,
+    UnitState,
+    DrainMark
+);
 
 /// Text records.
 impl Record for String {

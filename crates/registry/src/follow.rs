@@ -124,7 +124,10 @@ impl<K, T> Follower<K, T> {
 
 /// Follows the records under `base`, named by `K`, decoded as `T`: by a watch, or by reads
 /// every so often if the registry polls.
-fn follower<K: KeyShape, T: Record>(registry: &Registry, base: String) -> Follower<K, T> {
+pub(crate) fn follower<K: KeyShape, T: Record>(
+    registry: &Registry,
+    base: String,
+) -> Follower<K, T> {
     let store = registry.store.clone();
     let raw = match registry.poll {
         None => follow(store, base.clone()),

@@ -15,6 +15,7 @@
 //! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON of a placed unit | the publishing machine's |
 //! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance | the publishing machine's |
 //! | `engine/leader` | the leader's machine id | the leader's |
+//! | `drain/<machine>` | [`crate::DrainMark`] JSON: the machine takes no new units and its units move away | none: outlives the machine's lease |
 //!
 //! Keys are built by [`Keys`] and read back by [`KeyShape`]: one parser per shape of what
 //! follows a prefix (`<name>`, `<a>/<b>`, `<hash>`, or nothing for a single key).
@@ -127,6 +128,12 @@ impl Keys {
     }
     pub fn leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
+    }
+    pub fn drains(&self) -> String {
+        format!("{}drain/", self.prefix)
+    }
+    pub fn drain(&self, machine: &str) -> String {
+        format!("{}drain/{machine}", self.prefix)
     }
 }
 
@@ -247,5 +254,10 @@ mod tests {
         assert_eq!(keys.state("a", "m"), format!("{p}states/a/m"));
         assert_eq!(keys.global_state("a", "m"), format!("{p}gstates/a/m"));
         assert_eq!(keys.leader(), format!("{p}engine/leader"));
+        assert_eq!(keys.drain("m"), format!("{p}drain/m"));
+        assert_eq!(
+            String::under(&keys.drains(), &keys.drain("m")),
+            Some("m".to_string())
+        );
     }
 }

@@ -32,6 +32,7 @@ mod backoff;
 mod codec;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod drain;
 pub mod embedded;
 pub mod etcd;
 mod follow;

@@ -105,6 +105,14 @@ impl MachineState {
     }
 }
 
+/// A machine's drain mark (`drain/<machine>`): it takes no new units and the engine moves its
+/// units elsewhere, one at a time. Not under the machine's lease: it outlives restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainMark {
+    /// When the machine was drained, in seconds since the Unix epoch.
+    pub since: u64,
+}
+
 /// systemd's three state names for a unit, as systemd spells them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SystemdState {

@@ -547,3 +547,36 @@ async fn next_changes(
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_marks_are_set_once_followed_and_taken_away() {
+    let (_dir, reg) = registry();
+    let mut follower = reg.follow_drains();
+    assert_eq!(follower.recv().await, Some(Update::Reset(vec![])));
+    let first = registry::DrainMark { since: 100 };
+    assert!(reg.drain_machine("m1", &first).await.unwrap());
+    // Draining again keeps the first mark: `since` says how long it has been drained.
+    let again = registry::DrainMark { since: 200 };
+    assert!(!reg.drain_machine("m1", &again).await.unwrap());
+    assert_eq!(reg.drain_mark("m1").await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        reg.drains().await.unwrap().into_iter().collect::<Vec<_>>(),
+        vec![("m1".to_string(), first.clone())]
+    );
+    assert_eq!(
+        follower.recv().await,
+        Some(Update::Changes(vec![registry::Change::Put(
+            "m1".to_string(),
+            first
+        )]))
+    );
+    assert!(reg.undrain_machine("m1").await.unwrap());
+    assert!(!reg.undrain_machine("m1").await.unwrap());
+    assert_eq!(reg.drain_mark("m1").await.unwrap(), None);
+    assert_eq!(
+        follower.recv().await,
+        Some(Update::Changes(vec![registry::Change::Delete(
+            "m1".to_string()
+        )]))
+    );
+}

@@ -229,12 +229,15 @@ fn unauthorized(message: &str) -> ApiError {
 pub fn needed_role(route: &Route) -> Role {
     match route {
         Route::UnitPut(_) | Route::UnitDelete(_) => Role::Write,
-        Route::MachinesPatch => Role::Admin,
+        // Draining moves every unit of a machine: as strong as changing its metadata.
+        Route::MachinesPatch | Route::DrainPut(_) | Route::DrainDelete(_) => Role::Admin,
         // Reads, plans (a POST that only asks where units would go), and the answers that
         // refuse a request without changing anything.
         Route::PlanGet
         | Route::PlanPost
         | Route::Why(_)
+        | Route::DrainList
+        | Route::DrainGet(_)
         | Route::Discovery
         | Route::DiscoveryNotGet
         | Route::MachinesList
@@ -360,6 +363,17 @@ mod tests {
             status(tcp, &Route::MachinesPatch, Some(bearer("a-token"))),
             None
         );
+        // Draining a machine moves its units: admin only; reading drains is a read.
+        for r in [
+            Route::DrainPut("m1".into()),
+            Route::DrainDelete("m1".into()),
+        ] {
+            assert_eq!(status(tcp, &r, Some(bearer("w-token"))), Some(403), "{r:?}");
+            assert_eq!(status(tcp, &r, Some(bearer("a-token"))), None, "{r:?}");
+        }
+        for r in [Route::DrainList, Route::DrainGet("m1".into())] {
+            assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");
+        }
         // Unix sockets are trusted by permissions.
         assert_eq!(status(Peer::Local, &Route::MachinesPatch, None), None);
         let err = access

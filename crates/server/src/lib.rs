@@ -29,6 +29,7 @@
 
 pub mod access;
 mod body;
+mod drain;
 mod error;
 pub mod listen;
 mod machines;
@@ -173,6 +174,10 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::PlanGet => plan::get(s, query.as_deref()).await,
         Route::PlanPost => plan::post(s, req).await,
         Route::Why(name) => plan::why(s, &name).await,
+        Route::DrainList => drain::list(s).await,
+        Route::DrainGet(id) => drain::get(s, &id).await,
+        Route::DrainPut(id) => drain::put(s, &id).await,
+        Route::DrainDelete(id) => drain::delete(s, &id).await,
     }
 }
 

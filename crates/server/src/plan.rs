@@ -114,6 +114,11 @@ fn hypothetical(su: types::Unit) -> Result<ClusterUnit, ApiError> {
 /// The scheduler's snapshot at one revision, built as the leader builds its own
 /// ([`Model::cluster`]).
 async fn snapshot(s: &ApiState) -> Result<Cluster, ApiError> {
+    Ok(snapshot_model(s).await?.cluster())
+}
+
+/// The model [`snapshot`] is built from, as the leader's would be after reading everything.
+pub(crate) async fn snapshot_model(s: &ApiState) -> Result<Model, ApiError> {
     let jobs = s.op("list_jobs", s.registry.jobs(None)).await?;
     let at = Some(jobs.revision);
     let machines = s.op("list_machines", s.registry.machines(at)).await?;
@@ -141,13 +146,16 @@ async fn snapshot(s: &ApiState) -> Result<Cluster, ApiError> {
             model.placed.insert(unit, (machine, entry));
         }
     }
+    // Drain marks are not under leases, so no revision ties them to the rest; a mark set or
+    // taken away in between shows in the next answer.
+    model.drains = s.op("list_drains", s.registry.drains()).await?;
     let mut read = Vec::new();
     for hash in model.missing_bodies() {
         let body = s.op("get_body", s.registry.body(&hash, at)).await?;
         read.push((hash, Ok(body)));
     }
     model.take_bodies(read);
-    Ok(model.cluster())
+    Ok(model)
 }
 
 fn to_wire(e: Explanation) -> types::PlanAnswer {

@@ -24,6 +24,14 @@ pub enum Route {
     PlanPost,
     /// `GET /why/<unit>`: an extension beside fleet's resources; reads only.
     Why(String),
+    /// `GET /drain`: the drained machines (an extension beside fleet's resources).
+    DrainList,
+    /// `GET /drain/<machineID>`.
+    DrainGet(String),
+    /// `PUT /drain/<machineID>`: drains the machine.
+    DrainPut(String),
+    /// `DELETE /drain/<machineID>`: returns it to service.
+    DrainDelete(String),
     Metrics,
     /// A non-GET request for the discovery document (fleet answers 400, not 405).
     DiscoveryNotGet,
@@ -45,6 +53,8 @@ impl Route {
             Route::StateGet(_) => "state/{unitName}",
             Route::PlanGet | Route::PlanPost => "plan",
             Route::Why(_) => "why/{unitName}",
+            Route::DrainList => "drain",
+            Route::DrainGet(_) | Route::DrainPut(_) | Route::DrainDelete(_) => "drain/{machineID}",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
@@ -59,7 +69,11 @@ impl Route {
     pub fn changes_nothing(&self) -> bool {
         !matches!(
             self,
-            Route::UnitPut(_) | Route::UnitDelete(_) | Route::MachinesPatch
+            Route::UnitPut(_)
+                | Route::UnitDelete(_)
+                | Route::MachinesPatch
+                | Route::DrainPut(_)
+                | Route::DrainDelete(_)
         )
     }
 }
@@ -136,6 +150,18 @@ pub fn route(method: &str, path: &str) -> Route {
         ("why", Some(name)) => match method {
             "GET" => Route::Why(name),
             _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("drain", None) => match method {
+            "GET" => Route::DrainList,
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("drain", Some(id)) => match method {
+            "GET" => Route::DrainGet(id),
+            "PUT" => Route::DrainPut(id),
+            "DELETE" => Route::DrainDelete(id),
+            _ => {
+                Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
+            }
         },
         _ => Route::NotFound,
     }
@@ -285,6 +311,20 @@ mod tests {
                     Route::MethodNotAllowed(ONLY_GET),
                 ),
                 ("GET", format!("{p}/why"), Route::NotFound),
+                ("GET", format!("{p}/drain"), Route::DrainList),
+                (
+                    "PUT",
+                    format!("{p}/drain"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/drain/m1"), Route::DrainGet(u("m1"))),
+                ("PUT", format!("{p}/drain/m1"), Route::DrainPut(u("m1"))),
+                (
+                    "DELETE",
+                    format!("{p}/drain/m1"),
+                    Route::DrainDelete(u("m1")),
+                ),
+                ("GET", format!("{p}/drain/m1/x"), Route::NotFound),
             ];
             for (method, path, want) in cases {
                 assert_eq!(r(method, &path), want, "{method} {path}");
@@ -298,6 +338,9 @@ mod tests {
         assert!(Route::Why(u("a.service")).changes_nothing());
         assert!(!Route::UnitPut(u("a.service")).changes_nothing());
         assert!(!Route::MachinesPatch.changes_nothing());
+        assert!(!Route::DrainPut(u("m1")).changes_nothing());
+        assert!(!Route::DrainDelete(u("m1")).changes_nothing());
+        assert!(Route::DrainList.changes_nothing());
     }
 
     #[test]

@@ -31,7 +31,12 @@
 //! * global units are never placed here; they run on every machine whose metadata they match,
 //!   except where a global unit whose name sorts earlier conflicts with them, and count there as
 //!   load and as conflict peers. A non-global unit never displaces a global one;
-//! * every unit that cannot be placed gets a reason meant for the user.
+//! * every unit that cannot be placed gets a reason meant for the user;
+//! * a drained machine ([`Drain`]) takes no new placement (verdict "drained"); its units move
+//!   away one at a time, each with its MachineOf followers, and only where a machine takes them
+//!   as they are (no Replaces eviction): a unit that cannot move stays where it runs. While a
+//!   unit moved off a drained machine is not yet running at its new place (`Drain::moving`),
+//!   no other moves. Global units stay: they belong to every machine they match.
 //!
 //! Units are processed in an order fixed by their names, never by hash-map order, so the same
 //! snapshot always gives the same plan.
@@ -41,7 +46,7 @@ mod pass;
 mod relations;
 
 use registry::{MachineState, TargetState};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use unit::Requirements;
 
 /// One unit as the scheduler sees it.
@@ -85,6 +90,39 @@ pub struct Cluster {
     pub units: Vec<ClusterUnit>,
     /// unit -> machine id, as currently scheduled.
     pub placements: BTreeMap<String, String>,
+    /// Drained machines, and the units in motion off them.
+    pub drain: Drain,
+}
+
+/// What drain asks of a pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// Ids of drained machines: no new placement there, and their units move away.
+    pub machines: BTreeSet<String>,
+    /// Units moved off a drained machine that do not run at their new place yet: while there
+    /// is one, no other unit is moved off, so a drain takes one unit (and its MachineOf
+    /// followers) out of service at a time.
+    pub moving: BTreeSet<String>,
+}
+
+/// One unit on a drained machine, and what drain does with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainedUnit {
+    pub unit: String,
+    /// The drained machine it runs on.
+    pub machine: String,
+    pub status: DrainStatus,
+}
+
+/// What drain does with a unit of a drained machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainStatus {
+    /// This pass moves it to this machine.
+    Moves(String),
+    /// It can move, and waits for its turn (another unit is in motion).
+    Waits,
+    /// It cannot move now, and runs on where it is: why.
+    Stays(String),
 }
 
 /// One unit on one machine.
@@ -148,4 +186,11 @@ pub(crate) fn explain_pass(
 /// Decides which units go where. Pure and deterministic.
 pub fn plan(cluster: &Cluster) -> Plan {
     pass::run(cluster)
+}
+
+/// What drain does with each non-global unit on a drained machine, in the order of the
+/// drained machines' ids and then unit names: the pass [`plan`] runs, asked in addition
+/// whether each unit that does not move now could.
+pub fn drain_report(cluster: &Cluster) -> Vec<DrainedUnit> {
+    pass::drain_report(cluster)
 }

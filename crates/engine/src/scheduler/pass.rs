@@ -2,7 +2,7 @@
 
 use super::ix::{GlobIx, Ix, IxVec, MachineIx, UnitIx};
 use super::relations::{Kind, Relations};
-use super::{Cluster, Placement, Plan};
+use super::{Cluster, DrainStatus, DrainedUnit, Placement, Plan};
 use registry::MachineState;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -23,9 +23,28 @@ pub(super) fn run(cluster: &Cluster) -> Plan {
     with_pass(cluster, |pass| pass.into_plan(&cluster.placements))
 }
 
+pub(super) fn drain_report(cluster: &Cluster) -> Vec<DrainedUnit> {
+    surveyed_pass(cluster, true, |pass| {
+        pass.drained_units
+            .iter()
+            .map(|(u, m, status)| DrainedUnit {
+                unit: pass.rel.name(*u).to_string(),
+                machine: pass.machines[*m].id.clone(),
+                status: status.clone(),
+            })
+            .collect()
+    })
+}
+
 /// Runs one whole pass over `cluster` and hands the finished pass to `f`: the plan and the
 /// explanations are both read from it.
 fn with_pass<R>(cluster: &Cluster, f: impl for<'a> FnOnce(Pass<'a>) -> R) -> R {
+    surveyed_pass(cluster, false, f)
+}
+
+/// [`with_pass`]; with `survey`, the drain step also tries every unit of the drained machines
+/// that does not move, to tell the ones waiting for their turn from the ones that cannot move.
+fn surveyed_pass<R>(cluster: &Cluster, survey: bool, f: impl for<'a> FnOnce(Pass<'a>) -> R) -> R {
     let mut machines: Vec<&MachineState> = cluster.machines.iter().collect();
     if !machines.is_sorted_by(|a, b| a.id <= b.id) {
         machines.sort_by(|a, b| a.id.cmp(&b.id));
@@ -33,9 +52,20 @@ fn with_pass<R>(cluster: &Cluster, f: impl for<'a> FnOnce(Pass<'a>) -> R) -> R {
     machines.dedup_by(|later, first| later.id == first.id);
     let rel = Relations::build(&cluster.units);
     let mut pass = Pass::new(IxVec::from_vec(machines), &rel);
+    for m in pass.machines.indices() {
+        pass.drained[m] = cluster.drain.machines.contains(&pass.machines[m].id);
+    }
     pass.place_globals();
     pass.keep(&cluster.placements);
     pass.place_all();
+    if pass.drained.iter().any(|&d| d) {
+        let busy = cluster
+            .drain
+            .moving
+            .iter()
+            .any(|u| cluster.placements.contains_key(u));
+        pass.drain(busy, survey);
+    }
     f(pass)
 }
 
@@ -70,6 +100,8 @@ enum Block {
     WouldEvictTarget(UnitIx),
     /// This pass has moved replaced units as often as it allows.
     EvictionBudget,
+    /// The machine is drained: it takes no new units.
+    Drained,
 }
 
 struct Pass<'a> {
@@ -96,6 +128,10 @@ struct Pass<'a> {
     evicted_in_round: bool,
     /// Reasons of units that found no machine, by what decided it (see `failure_key`).
     failures: HashMap<FailureKey<'a>, String>,
+    /// Drained machines (see [`super::Drain`]).
+    drained: Membership,
+    /// What the drain step did with each unit of a drained machine it looked at.
+    drained_units: Vec<(UnitIx, MachineIx, DrainStatus)>,
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -125,6 +161,8 @@ impl<'a> Pass<'a> {
             evictions_left: 4 * n + 16,
             evicted_in_round: false,
             failures: HashMap::new(),
+            drained: IxVec::filled(m, false),
+            drained_units: Vec::new(),
         }
     }
 
@@ -613,6 +651,9 @@ impl<'a> Pass<'a> {
 
     /// Whether `u` can go on `m` now, given who is there; Ok holds the units it would push off.
     fn fit(&self, u: UnitIx, m: MachineIx) -> Result<Vec<UnitIx>, Block> {
+        if self.drained[m] {
+            return Err(Block::Drained);
+        }
         let rel = self.rel;
         let c = &rel.conflicts;
         if c.involved(u) {
@@ -675,8 +716,12 @@ impl<'a> Pass<'a> {
         let mut replacers = BTreeSet::new();
         let mut targets = BTreeSet::new();
         let mut budget = false;
+        let mut drained = BTreeSet::new();
         for m in machines {
             match self.fit(u, m) {
+                Err(Block::Drained) => {
+                    drained.insert(self.machines[m].id.as_str());
+                }
                 Ok(_) => {}
                 Err(Block::Conflict(v)) => {
                     conflicts.insert(rel.name(v));
@@ -706,7 +751,162 @@ impl<'a> Pass<'a> {
         if budget {
             parts.push("would push off units this pass already moved".to_string());
         }
+        match drained.len() {
+            0 => {}
+            1 => parts.push(format!("machine {} is drained", show_names(&drained))),
+            _ => parts.push(format!("machines {} are drained", show_names(&drained))),
+        }
         format!("{} {scope}", parts.join("; "))
+    }
+
+    /// The drain step, after every other decision: moves one unit (with its MachineOf
+    /// followers) off a drained machine, unless `busy` (one is in motion already). With
+    /// `survey`, the units that do not move are tried too and put back, to report which could.
+    fn drain(&mut self, busy: bool, survey: bool) {
+        let rel = self.rel;
+        let mut moved = busy;
+        let mut decided: IxVec<UnitIx, bool> = IxVec::filled(rel.units.len(), false);
+        let drained: Vec<MachineIx> = self
+            .machines
+            .indices()
+            .filter(|&m| self.drained[m])
+            .collect();
+        for m in drained {
+            // Unit indices follow unit names, so units go in name order.
+            let mut here = self.on[m].clone();
+            here.sort_unstable();
+            for u in here {
+                if decided[u] || self.at[u] != Some(m) {
+                    continue;
+                }
+                // Units tied by MachineOf on this machine move together or not at all.
+                let group = self.group(u, m);
+                let pinned = group
+                    .iter()
+                    .copied()
+                    .find(|&v| rel.units[v].requirements.machine_id.is_some());
+                let (status, cause) = if let Some(p) = pinned {
+                    let id = rel.units[p]
+                        .requirements
+                        .machine_id
+                        .as_deref()
+                        .unwrap_or("");
+                    (
+                        DrainStatus::Stays(format!("MachineID={id} keeps it on this machine")),
+                        p,
+                    )
+                } else if moved && !survey {
+                    (DrainStatus::Waits, group[0])
+                } else {
+                    let status = match self.try_move(&group, m) {
+                        Ok(to) if !moved => {
+                            moved = true;
+                            DrainStatus::Moves(self.machines[to].id.clone())
+                        }
+                        Ok(_) => {
+                            self.put_back(&group, m);
+                            DrainStatus::Waits
+                        }
+                        Err(why) => DrainStatus::Stays(why),
+                    };
+                    (status, group[0])
+                };
+                for &v in &group {
+                    decided[v] = true;
+                    let status = match &status {
+                        DrainStatus::Stays(_) if v != cause => DrainStatus::Stays(format!(
+                            "moves only with {} (MachineOf), which stays",
+                            rel.name(cause)
+                        )),
+                        _ => status.clone(),
+                    };
+                    self.drained_units.push((v, m, status));
+                }
+            }
+        }
+        self.drained_units.sort_by_key(|&(u, m, _)| (m, u));
+        // Trial placements leave cached failures that say nothing about the final state.
+        self.failures.clear();
+    }
+
+    /// The units on `m` tied to `u` by MachineOf (either way, transitively), targets first.
+    fn group(&self, u: UnitIx, m: MachineIx) -> Vec<UnitIx> {
+        let rel = self.rel;
+        let mut group = vec![u];
+        let mut i = 0;
+        while i < group.len() {
+            let v = group[i];
+            for &w in rel.followers[v].iter().chain(&rel.targets[v]) {
+                if self.at[w] == Some(m) && !group.contains(&w) {
+                    group.push(w);
+                }
+            }
+            i += 1;
+        }
+        group.sort_by_key(|&v| (rel.rank[v], v));
+        group
+    }
+
+    /// Moves `group` off `m` to where the pass places it, pushing nothing off; the machine its
+    /// first unit went to, or why it cannot move (and then it is back on `m`).
+    fn try_move(&mut self, group: &[UnitIx], m: MachineIx) -> Result<MachineIx, String> {
+        let rel = self.rel;
+        for &v in group.iter().rev() {
+            self.set_unplaced(v);
+        }
+        let mut placed: Vec<UnitIx> = Vec::new();
+        let mut failure = None;
+        for &v in group {
+            match self.place_one(v) {
+                Ok(evicted) if evicted.is_empty() => placed.push(v),
+                Ok(evicted) => {
+                    let to = self.at[v];
+                    self.set_unplaced(v);
+                    if let Some(to) = to {
+                        for &e in &evicted {
+                            self.set_placed(e, to);
+                            self.chosen[e] = Some(Chosen::Kept);
+                        }
+                    }
+                    let names: Vec<&str> = evicted.iter().map(|&e| rel.name(e)).collect();
+                    failure = Some(format!(
+                        "{} would push off {} (Replaces)",
+                        rel.name(v),
+                        names.join(", ")
+                    ));
+                    break;
+                }
+                Err(why) => {
+                    failure = Some(if v == group[0] {
+                        why
+                    } else {
+                        format!("its MachineOf follower {} {why}", rel.name(v))
+                    });
+                    break;
+                }
+            }
+        }
+        match (failure, placed.first().and_then(|&v| self.at[v])) {
+            (None, Some(to)) => Ok(to),
+            (failure, _) => {
+                for &v in placed.iter().rev() {
+                    self.set_unplaced(v);
+                }
+                self.put_back(group, m);
+                Err(failure.unwrap_or_else(|| "no machine takes it".to_string()))
+            }
+        }
+    }
+
+    /// Puts `group`, moved by [`Pass::try_move`], back on `m` as it was.
+    fn put_back(&mut self, group: &[UnitIx], m: MachineIx) {
+        for &v in group {
+            self.set_unplaced(v);
+        }
+        for &v in group {
+            self.set_placed(v, m);
+            self.chosen[v] = Some(Chosen::Kept);
+        }
     }
 
     fn into_plan(self, placements: &BTreeMap<String, String>) -> Plan {

@@ -128,6 +128,17 @@ impl Pass<'_> {
             }
         };
         // A placement on a machine that left is why a unit moves: no verdict line names it.
+        let drained_from = before.as_ref().filter(|m| {
+            self.machines
+                .iter_enumerated()
+                .any(|(i, x)| x.id == **m && self.drained[i])
+        });
+        let reason = match drained_from {
+            Some(m) if matches!(action, Action::Move) => {
+                format!("machine {m} is drained; {reason}")
+            }
+            _ => reason,
+        };
         let reason = match &before {
             Some(m)
                 if matches!(action, Action::Move | Action::Unplace)
@@ -236,7 +247,21 @@ impl Pass<'_> {
                 Some(_) => {}
             }
         }
+        if self.drained[m] {
+            return if self.at[u] == Some(m) {
+                (true, "runs here; the machine is drained, so it moves when its turn comes and a machine takes it".to_string())
+            } else {
+                (
+                    false,
+                    "machine is drained: it takes no new units".to_string(),
+                )
+            };
+        }
         match self.fit(u, m) {
+            Err(Block::Drained) => (
+                false,
+                "machine is drained: it takes no new units".to_string(),
+            ),
             Err(Block::Conflict(v)) => (
                 false,
                 format!("conflicts with {}, which runs here", rel.name(v)),
