@@ -34,6 +34,7 @@ mod codec;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod events;
 mod follow;
 mod group_commit;
 mod keys;
@@ -50,6 +51,7 @@ mod units;
 mod views;
 
 pub use backoff::Backoff;
+pub use events::{ClusterEvent, ClusterEventKind, Deriver, EventFollower, Fact};
 pub use follow::{recv_or_never, Change, Follower, Update};
 pub use leadership::{Campaign, LeaderWatch, Leadership};
 pub use listing::ListingView;
