@@ -235,6 +235,7 @@ pub fn needed_role(route: &Route) -> Role {
         Route::PlanGet
         | Route::PlanPost
         | Route::Why(_)
+        | Route::Events
         | Route::Discovery
         | Route::DiscoveryNotGet
         | Route::MachinesList
@@ -342,11 +343,12 @@ mod tests {
             None
         );
         assert_eq!(status(tcp, &put, Some(bearer("r-token"))), Some(403));
-        // A plan changes nothing, so a read token may ask for one, even by POST.
+        // A plan changes nothing, so a read token may ask for one, even by POST; events are reads.
         for r in [
             Route::PlanPost,
             Route::PlanGet,
             Route::Why("a.service".into()),
+            Route::Events,
         ] {
             assert!(r.changes_nothing());
             assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");

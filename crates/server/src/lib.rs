@@ -30,6 +30,7 @@
 pub mod access;
 mod body;
 mod error;
+pub mod events;
 pub mod listen;
 mod machines;
 pub mod metrics;
@@ -168,6 +169,7 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::PlanGet => plan::get(s, query.as_deref()).await,
         Route::PlanPost => plan::post(s, req).await,
         Route::Why(name) => plan::why(s, &name).await,
+        Route::Events => events::get(s, query.as_deref()).await,
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Route {
     PlanPost,
     /// `GET /why/<unit>`: an extension beside fleet's resources; reads only.
     Why(String),
+    /// `GET /events`: the cluster's events as server-sent events; an extension, reads only.
+    Events,
     Metrics,
     /// A non-GET request for the discovery document (fleet answers 400, not 405).
     DiscoveryNotGet,
@@ -45,6 +47,7 @@ impl Route {
             Route::StateGet(_) => "state/{unitName}",
             Route::PlanGet | Route::PlanPost => "plan",
             Route::Why(_) => "why/{unitName}",
+            Route::Events => "events",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
@@ -135,6 +138,10 @@ pub fn route(method: &str, path: &str) -> Route {
         },
         ("why", Some(name)) => match method {
             "GET" => Route::Why(name),
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("events", None) => match method {
+            "GET" => Route::Events,
             _ => Route::MethodNotAllowed(ONLY_GET),
         },
         _ => Route::NotFound,
@@ -285,6 +292,13 @@ mod tests {
                     Route::MethodNotAllowed(ONLY_GET),
                 ),
                 ("GET", format!("{p}/why"), Route::NotFound),
+                ("GET", format!("{p}/events"), Route::Events),
+                (
+                    "POST",
+                    format!("{p}/events"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/events/x"), Route::NotFound),
             ];
             for (method, path, want) in cases {
                 assert_eq!(r(method, &path), want, "{method} {path}");
@@ -296,6 +310,7 @@ mod tests {
         assert_eq!(r("GET", ""), Route::NotFound);
         assert!(Route::PlanPost.changes_nothing());
         assert!(Route::Why(u("a.service")).changes_nothing());
+        assert!(Route::Events.changes_nothing());
         assert!(!Route::UnitPut(u("a.service")).changes_nothing());
         assert!(!Route::MachinesPatch.changes_nothing());
     }
