@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod create;
+pub mod events;
 pub mod explain;
 pub mod fdforward;
 pub mod fields;
@@ -272,6 +273,16 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
         } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
         Command::Plan { units } => explain::plan(fleet, &units, false, &out).await,
         Command::Why { unit } => explain::why(fleet, &unit, &out).await,
+        Command::Events {
+            follow,
+            unit,
+            machine,
+            full,
+            no_legend,
+        } => {
+            let filter = api::types::EventFilter { unit, machine };
+            events::print(fleet, &filter, follow, full, no_legend).await
+        }
         Command::Stop { block, units } => {
             commands::change(fleet, &units, &block, Change::Stop, out).await
         }
