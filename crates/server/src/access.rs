@@ -236,6 +236,7 @@ pub fn needed_role(route: &Route) -> Role {
         | Route::PlanPost
         | Route::Why(_)
         | Route::Events
+        | Route::Ui(_)
         | Route::Discovery
         | Route::DiscoveryNotGet
         | Route::MachinesList
@@ -349,6 +350,7 @@ mod tests {
             Route::PlanGet,
             Route::Why("a.service".into()),
             Route::Events,
+            Route::Ui(String::new()),
         ] {
             assert!(r.changes_nothing());
             assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");

@@ -39,6 +39,7 @@ pub mod routes;
 mod state;
 pub mod tls;
 pub mod token;
+pub mod ui;
 mod unit_states;
 mod units;
 
@@ -96,14 +97,12 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
         .copied()
         .unwrap_or(access::Peer::Local);
     let what = format!("{method} {}", req.uri().path());
-    let allowed = s.access.check(
-        peer,
-        &r,
-        &what,
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    );
+    let ui_query = match r {
+        Route::Ui(_) => req.uri().query(),
+        _ => None,
+    };
+    let credentials = ui::credentials(req.headers(), ui_query);
+    let allowed = s.access.check(peer, &r, &what, credentials.as_deref());
     let mut resp = if let Err(e) = allowed {
         tracing::info!(request = %what, status = e.status.as_u16(), "API request refused: {}", e.message);
         let unauthorized = e.status == StatusCode::UNAUTHORIZED;
@@ -170,6 +169,7 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::PlanPost => plan::post(s, req).await,
         Route::Why(name) => plan::why(s, &name).await,
         Route::Events => events::get(s, query.as_deref()).await,
+        Route::Ui(asset) => Ok(ui::get(&asset, query.as_deref())),
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Route {
     Why(String),
     /// `GET /events`: the cluster's events as server-sent events; an extension, reads only.
     Events,
+    /// `GET /ui/<asset>`: the dashboard's files (empty: its page); reads only.
+    Ui(String),
     Metrics,
     /// A non-GET request for the discovery document (fleet answers 400, not 405).
     DiscoveryNotGet,
@@ -48,6 +50,7 @@ impl Route {
             Route::PlanGet | Route::PlanPost => "plan",
             Route::Why(_) => "why/{unitName}",
             Route::Events => "events",
+            Route::Ui(_) => "ui",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
@@ -80,6 +83,15 @@ pub fn route(method: &str, path: &str) -> Route {
     }
     if path == "/" {
         return Route::MethodNotAllowed("");
+    }
+    if let Some(rest) = path.strip_prefix("/ui") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return if method == "GET" {
+                Route::Ui(rest.trim_start_matches('/').to_string())
+            } else {
+                Route::MethodNotAllowed(ONLY_GET)
+            };
+        }
     }
     let Some(rest) = PREFIXES.iter().find_map(|p| path.strip_prefix(p)) else {
         return Route::NotFound;
@@ -306,6 +318,12 @@ mod tests {
         }
         assert_eq!(r("GET", "/"), Route::MethodNotAllowed(""));
         assert_eq!(r("GET", "/metrics"), Route::Metrics);
+        assert_eq!(r("GET", "/ui"), Route::Ui(String::new()));
+        assert_eq!(r("GET", "/ui/"), Route::Ui(String::new()));
+        assert_eq!(r("GET", "/ui/app.js"), Route::Ui("app.js".into()));
+        assert_eq!(r("POST", "/ui"), Route::MethodNotAllowed(ONLY_GET));
+        assert_eq!(r("GET", "/uix"), Route::NotFound);
+        assert!(Route::Ui(String::new()).changes_nothing());
         assert_eq!(r("GET", "/fleet/v2/units"), Route::NotFound);
         assert_eq!(r("GET", ""), Route::NotFound);
         assert!(Route::PlanPost.changes_nothing());
