@@ -56,7 +56,15 @@ function groupStates(list) {
   return m;
 }
 
-async function loadAll() {
+// The listing being read, if one is: unit refreshes wait for it (they would only compete with
+// it for the browser's few connections to the server).
+let loading = null;
+function loadAll() {
+  if (!loading) loading = readAll().finally(() => { loading = null; });
+  return loading;
+}
+
+async function readAll() {
   try {
     const [units, states, machines] = await Promise.all([
       all("/units", "units"), all("/state", "states"), all("/machines", "machines")]);
@@ -76,7 +84,10 @@ async function loadMachines() {
   render();
 }
 
-// One unit again, after an event about it (a few requests, whatever the cluster's size).
+// One unit again, after an event about it (a few requests, whatever the cluster's size). Past
+// this many units at once (a burst, or the recent events replayed on connecting), one listing
+// costs less than a request per unit.
+const REFRESH_MAX = 50;
 const pendingUnits = new Set();
 let unitTimer = null;
 function refreshUnit(name) {
@@ -84,9 +95,11 @@ function refreshUnit(name) {
   if (!unitTimer) unitTimer = setTimeout(refreshPending, 100);
 }
 async function refreshPending() {
+  if (loading) await loading;
   unitTimer = null;
   const names = [...pendingUnits];
   pendingUnits.clear();
+  if (names.length > REFRESH_MAX) return loadAll();
   await Promise.all(names.map(async name => {
     try {
       const q = encodeURIComponent(name);
