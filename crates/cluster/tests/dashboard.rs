@@ -221,3 +221,133 @@ async fn scenario(c: &Cluster, b: &Client) -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// 10,000 units (submitted inactive, so that no process runs): the units page loads them all,
+/// a filter keystroke and a page turn redraw within the page (figures printed, not asserted),
+/// and a unit started meanwhile still appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_units_page_at_10000_units() {
+    let Some(driver) = ChromeDriver::start().expect("starting chromedriver") else {
+        return;
+    };
+    let c = Cluster::start(ClusterSpec {
+        machines: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("starting the cluster");
+    let b = browser(&driver).await.unwrap();
+    let result = many_units(&c, &b).await;
+    let _ = b.close().await;
+    result.unwrap();
+}
+
+async fn many_units(c: &Cluster, b: &Client) -> Result<()> {
+    use futures::StreamExt;
+    const N: usize = 10_000;
+    let client = c.machine(0).client();
+    let submitted = Instant::now();
+    let mut puts = futures::stream::iter((0..N).map(|i| {
+        let unit = cluster::units::with_state(
+            c.service(&format!("bulk-{i:05}.service"), &[]),
+            api::TargetState::Inactive,
+        );
+        let client = client.clone();
+        async move { client.create_or_update_unit(&unit).await }
+    }))
+    .buffer_unordered(32);
+    while let Some(r) = puts.next().await {
+        r.context("submitting a unit")?;
+    }
+    println!(
+        "FIGURE dashboard: {N} units submitted in {} ms",
+        submitted.elapsed().as_millis()
+    );
+
+    let ui = format!("{}/ui#/units", c.machine(0).tcp_endpoint());
+    let opened = Instant::now();
+    b.goto(&ui).await?;
+    wait_for(
+        "all units counted on the units page",
+        DEFAULT_DEADLINE,
+        || async {
+            let v = js(
+                b,
+                "const p = document.getElementById('pager'); return p ? p.textContent : null;",
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+            match v.as_str() {
+                Some(t) if t.contains(&format!("of {N} units")) => Ok(()),
+                _ => Err(v.to_string()),
+            }
+        },
+    )
+    .await?;
+    println!(
+        "FIGURE dashboard: units page with {N} units drawn {} ms after it was opened",
+        opened.elapsed().as_millis()
+    );
+    let rows = unit_rows(b).await?;
+    ensure!(
+        rows.len() == 100,
+        "one page is 100 rows, not {}",
+        rows.len()
+    );
+
+    // A keystroke in the name filter and a page turn, timed inside the page.
+    let v = js(
+        b,
+        "const f = document.getElementById('filter-name'); const t = performance.now(); \
+         f.value = 'bulk-0999'; f.dispatchEvent(new Event('input')); \
+         const ms = performance.now() - t; \
+         const text = document.getElementById('pager').textContent; \
+         f.value = ''; f.dispatchEvent(new Event('input')); \
+         const t2 = performance.now(); document.querySelector('#pager button:last-child').click(); \
+         return [ms, text, performance.now() - t2, document.getElementById('pager').textContent];",
+    )
+    .await?;
+    println!(
+        "FIGURE dashboard: at {N} units, filter redraw {:.0} ms, page turn {:.0} ms",
+        v[0].as_f64().unwrap_or(-1.0),
+        v[2].as_f64().unwrap_or(-1.0)
+    );
+    ensure!(
+        v[1].as_str()
+            .is_some_and(|t| t.contains(&format!("(10 of {N} units)"))),
+        "the filter bulk-0999 should leave 10 units: {v}"
+    );
+    ensure!(
+        v[3].as_str()
+            .is_some_and(|t| t.starts_with("‹ prevpage 2 of 100")),
+        "next should show page 2 of 100: {v}"
+    );
+
+    // A unit submitted now appears (first in name order) without a reload.
+    let started = Instant::now();
+    c.submit(&[cluster::units::with_state(
+        c.service("a-late.service", &[]),
+        api::TargetState::Inactive,
+    )])
+    .await?;
+    b.execute("document.querySelector('#pager button').click();", vec![])
+        .await?;
+    wait_for(
+        "a-late.service on screen among 10,000",
+        DEFAULT_DEADLINE,
+        || async {
+            let rows = unit_rows(b).await.map_err(|e| format!("{e:#}"))?;
+            if rows.contains_key("a-late.service") {
+                Ok(())
+            } else {
+                Err(format!("{} rows", rows.len()))
+            }
+        },
+    )
+    .await?;
+    println!(
+        "FIGURE dashboard: at {N} units, a unit submitted appears on screen {} ms later",
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
