@@ -16,6 +16,7 @@ use crate::state::ApiState;
 use api::types::{Event, EventFilter};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
 use registry::{ClusterEvent, Registry};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -188,6 +189,26 @@ fn lagged(n: u64) -> Event {
     }
 }
 
+/// The events `rx` receives that `filter` lets through, with a `lagged` event in place of those
+/// the channel dropped for this reader; ends when the log is gone.
+fn live(
+    rx: broadcast::Receiver<Arc<Event>>,
+    filter: EventFilter,
+) -> impl Stream<Item = Arc<Event>> {
+    futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if filter.matches(&e) => return Some((e, (rx, filter))),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Some((Arc::new(lagged(n)), (rx, filter)))
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
 /// `GET /events`.
 pub(crate) async fn get(s: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
     let q = parse_query(query)?;
@@ -208,22 +229,10 @@ pub(crate) async fn get(s: &ApiState, query: Option<&str>) -> Result<Response, A
     if !q.follow {
         return Ok(Sse::new(past).into_response());
     }
-    let live = futures::stream::unfold((rx, filter), |(mut rx, filter)| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) if filter.matches(&e) => return Some((message(&e), (rx, filter))),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some((message(&lagged(n)), (rx, filter)))
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    });
-    use futures::StreamExt;
+    let following = live(rx, filter).map(|e| message(&e));
     // Keep-alive comments let a client (and the server) notice a dead connection while the
     // cluster is quiet.
-    Ok(Sse::new(past.chain(live))
+    Ok(Sse::new(past.chain(following))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -239,6 +248,50 @@ mod tests {
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(at(1_796_590_799_999), "2026-12-06T20:59:59.999Z");
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_told_how_many_it_lost_and_goes_on() {
+        let (tx, rx) = broadcast::channel(4);
+        let event = |unit: &str| {
+            Arc::new(Event {
+                kind: "placed".into(),
+                unit: unit.into(),
+                ..Default::default()
+            })
+        };
+        // Ten sent before the reader takes any: the channel keeps the last four.
+        for i in 0..10 {
+            tx.send(event(&format!("u{i}.service"))).unwrap();
+        }
+        drop(tx);
+        let got: Vec<(String, String)> = live(rx, EventFilter::default())
+            .map(|e| {
+                (
+                    e.kind.clone(),
+                    if e.kind == "lagged" {
+                        e.detail.clone()
+                    } else {
+                        e.unit.clone()
+                    },
+                )
+            })
+            .collect()
+            .await;
+        let want: Vec<(String, String)> = [
+            (
+                "lagged",
+                "6 events dropped: this reader took them too slowly",
+            ),
+            ("placed", "u6.service"),
+            ("placed", "u7.service"),
+            ("placed", "u8.service"),
+            ("placed", "u9.service"),
+        ]
+        .iter()
+        .map(|(k, d)| (k.to_string(), d.to_string()))
+        .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
