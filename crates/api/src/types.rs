@@ -484,6 +484,11 @@ pub struct Event {
     pub machine_id: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub detail: String,
+    /// One of the recent events a stream starts with (true), rather than one that happened
+    /// after the request (false): what a reader that reads the current state as it connects
+    /// already has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recent: bool,
 }
 
 /// Which events a reader wants: a unit name glob (`*` and `?`) and a machine (its id or the

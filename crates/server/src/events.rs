@@ -4,7 +4,8 @@
 //! Each fleetd follows the registry's events ([`registry::Registry::follow_events`], one watch
 //! over the keyspace) from when its API becomes available, and keeps the last [`RECENT`] in
 //! memory: a request gets those first (the recent past), then, unless `?follow=false`, every
-//! new one as it comes. `?unit=GLOB` and `?machine=ID` filter. Each event is one SSE message:
+//! new one as it comes (the recent ones marked `"recent": true`). `?unit=GLOB` and `?machine=ID`
+//! filter. Each event is one SSE message:
 //! `id` the registry revision, `event` the kind, `data` an [`api::types::Event`] as JSON.
 //!
 //! Readers share one bounded buffer of [`BUFFER`] events: one too slow to take them loses the
@@ -105,6 +106,7 @@ pub(crate) fn wire(e: &ClusterEvent) -> Event {
         unit: e.unit.clone(),
         machine_id: e.machine.clone(),
         detail: e.detail.clone(),
+        recent: false,
     }
 }
 
@@ -223,7 +225,12 @@ pub(crate) async fn get(s: &ApiState, query: Option<&str>) -> Result<Response, A
     let past: Vec<Result<sse::Event, Infallible>> = recent
         .iter()
         .filter(|e| filter.matches(e))
-        .map(|e| message(e))
+        .map(|e| {
+            message(&Event {
+                recent: true,
+                ..(**e).clone()
+            })
+        })
         .collect();
     let past = futures::stream::iter(past);
     if !q.follow {

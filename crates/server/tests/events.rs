@@ -79,6 +79,10 @@ async fn recent_events_tell_machines_and_units_in_order() {
     assert!(got.windows(2).all(|w| w[0].revision < w[1].revision));
     assert_eq!(got[0].detail, "public IP 10.0.0.1");
     assert!(got[0].time.ends_with('Z'), "{}", got[0].time);
+    assert!(
+        got.iter().all(|e| e.recent),
+        "the recent past is marked so: {got:?}"
+    );
 
     let a = recent_until(&env, "&unit=a.*", |e| e.len() >= 2).await;
     assert_eq!(
@@ -135,6 +139,10 @@ async fn a_followed_stream_delivers_what_happens_after_it_opened() {
     .await
     .expect("no event for b.service within 10 s");
     assert_eq!(kinds(&got), vec![k("submitted", "b.service", "")]);
+    assert!(
+        !got[0].recent,
+        "an event after the request is not of the recent past"
+    );
     assert!(text.contains("event: submitted\n"), "{text}");
     // Dropping the body is the client going away: the stream ends with it.
     drop(body);

@@ -71,6 +71,7 @@ async function readAll() {
     state.units = new Map(units.map(u => [u.name, u]));
     state.states = groupStates(states);
     state.machines = new Map(machines.map(m => [m.id, m]));
+    state.loadedOnce = true;
     showError("");
   } catch (e) { showError(e.message); }
   render();
@@ -114,8 +115,13 @@ async function refreshPending() {
 function follow() {
   const live = document.getElementById("live");
   const es = new EventSource(API + "/events");
-  es.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-  es.onerror = () => { live.textContent = "offline"; live.className = "live off"; };
+  // Read everything once the stream is open (again): the server took its recent events before
+  // answering, so the listing holds their effects, and events from now on are live.
+  es.onopen = () => { live.textContent = "live"; live.className = "live on"; loadAll(); };
+  es.onerror = () => {
+    live.textContent = "offline"; live.className = "live off";
+    if (!state.loadedOnce) loadAll(); // show what there is, if not live
+  };
   const take = msg => {
     let e;
     try { e = JSON.parse(msg.data); } catch (_) { return; }
@@ -127,9 +133,12 @@ function follow() {
       const gone = state.events.shift();
       state.seen.delete(`${gone.revision}/${gone.kind}/${gone.unit}/${gone.machineID}`);
     }
-    if (e.kind === "resync" || e.kind === "lagged") loadAll();
-    else if (e.kind.startsWith("machine-")) loadMachines();
-    if (e.unit) refreshUnit(e.unit);
+    // The recent past replayed on connecting is already in the listing read on `open`.
+    if (!e.recent) {
+      if (e.kind === "resync" || e.kind === "lagged") loadAll();
+      else if (e.kind.startsWith("machine-")) loadMachines();
+      if (e.unit) refreshUnit(e.unit);
+    }
     scheduleRender();
   };
   // Named events reach only listeners of their name, not onmessage.
@@ -332,4 +341,4 @@ function unitView(name) {
 }
 
 window.addEventListener("hashchange", render);
-window.addEventListener("DOMContentLoaded", () => { render(); loadAll(); follow(); });
+window.addEventListener("DOMContentLoaded", () => { render(); follow(); });
