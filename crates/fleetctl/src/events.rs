@@ -9,6 +9,7 @@
 //!     unit: "hello.service".into(),
 //!     machine_id: "2f0dc7a6e4f84c0b9a4e1a7c2e0b1d53".into(),
 //!     detail: String::new(),
+//!     recent: false,
 //! };
 //! assert_eq!(
 //!     fleetctl::events::line(&e, false),
