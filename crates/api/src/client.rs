@@ -508,22 +508,7 @@ impl Client {
         if ok.contains(&status) {
             return Ok((status, bytes));
         }
-        let message = match serde_json::from_slice::<types::ErrorBody>(&bytes) {
-            Ok(e) => e.error.message,
-            Err(_) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let text = text.trim();
-                if text.is_empty() {
-                    status.canonical_reason().unwrap_or("").to_string()
-                } else {
-                    text.chars().take(200).collect()
-                }
-            }
-        };
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            message,
-        })
+        Err(api_error(status, &bytes))
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ClientError> {
@@ -821,9 +806,147 @@ impl Client {
         Ok(status == StatusCode::NO_CONTENT)
     }
 
+    /// The cluster's events (`GET /events`, an extension of fleet's API): the recent ones the
+    /// answering fleetd kept, then, with `follow`, each new one as it happens, until
+    /// `on_event` returns `false` or the connection ends. Only the answer's head is bounded by
+    /// the request timeout: a followed stream is quiet as long as the cluster is.
+    pub async fn events(
+        &self,
+        filter: &types::EventFilter,
+        follow: bool,
+        mut on_event: impl FnMut(types::Event) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut query = format!("follow={follow}");
+        for (key, value) in [("unit", &filter.unit), ("machine", &filter.machine)] {
+            if !value.is_empty() {
+                query.push_str(&format!(
+                    "&{key}={}",
+                    form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>()
+                ));
+            }
+        }
+        let target = self.target();
+        let endpoint = || target.endpoint.clone();
+        let uri = format!("{}{PREFIX}/events?{query}", target.base);
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(&uri)
+            .header(header::ACCEPT, "text/event-stream");
+        if let (Some(bearer), true) = (&self.bearer, target.send_token) {
+            builder = builder.header(header::AUTHORIZATION, bearer.clone());
+        }
+        let req = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol {
+                endpoint: endpoint(),
+                message: format!("cannot build request for {uri}: {e}"),
+            })?;
+        let resp = match tokio::time::timeout(self.timeout, target.http.request(req)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    endpoint: endpoint(),
+                    timeout: self.timeout,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(ClientError::Connect {
+                    endpoint: endpoint(),
+                    message: chain(&e),
+                })
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if status != StatusCode::OK {
+            let bytes = tokio::time::timeout(self.timeout, body.collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        let mut sse = SseReader::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Connect {
+                endpoint: endpoint(),
+                message: format!("the event stream broke: {}", chain(&e)),
+            })?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            for message in sse.push(data) {
+                let event = self.decode::<types::Event>(message.as_bytes())?;
+                if !on_event(event) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The discovery document.
     pub async fn discovery(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/discovery").await
+    }
+}
+
+/// Reads a `text/event-stream` as it arrives: the `data` of each message, once whole
+/// (comments, `id` and `event` lines are left to the JSON, which carries them too).
+/// Hand-written: the format is a few lines of rules, and the SSE client crates bring their own
+/// HTTP stacks, where this one reads the body of the client's own connection.
+#[derive(Default)]
+struct SseReader {
+    /// Bytes of a line not ended yet.
+    line: Vec<u8>,
+    /// The data lines of the message being read.
+    data: Vec<String>,
+}
+
+impl SseReader {
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut done = Vec::new();
+        for &b in bytes {
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            let mut line = String::from_utf8_lossy(&self.line).into_owned();
+            self.line.clear();
+            if line.ends_with('\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    done.push(std::mem::take(&mut self.data).join("\n"));
+                }
+            } else if let Some(value) = line.strip_prefix("data:") {
+                self.data
+                    .push(value.strip_prefix(' ').unwrap_or(value).to_string());
+            }
+        }
+        done
+    }
+}
+
+/// fleetd's error answer as a [`ClientError::Api`]: its message, or the start of the body.
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let message = match serde_json::from_slice::<types::ErrorBody>(bytes) {
+        Ok(e) => e.error.message,
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let text = text.trim();
+            if text.is_empty() {
+                status.canonical_reason().unwrap_or("").to_string()
+            } else {
+                text.chars().take(200).collect()
+            }
+        }
+    };
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
     }
 }
 
@@ -856,6 +979,21 @@ struct NextToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_sent_events_are_read_across_chunks() {
+        let mut r = SseReader::default();
+        assert_eq!(
+            r.push(b": keep-alive\n\nid: 3\nevent: placed\nda"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            r.push(b"ta: {\"a\":1}\r\n\r\ndata:x\ndata: y\n"),
+            vec!["{\"a\":1}"]
+        );
+        assert_eq!(r.push(b"\n"), vec!["x\ny"]);
+        assert_eq!(r.push(b"\n\n"), Vec::<String>::new());
+    }
 
     #[test]
     fn endpoints() {

@@ -510,3 +510,118 @@ impl DrainedMachine {
         self.units.iter().all(|u| u.status == "stays")
     }
 }
+
+/// One of the cluster's events, as `GET /fleet/v1/events` sends it (the `data` of a
+/// server-sent event): an extension beside fleet's resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The registry revision of the change (0 for markers such as `lagged`).
+    #[serde(default)]
+    pub revision: i64,
+    /// When the answering fleetd saw it, RFC 3339 in UTC with milliseconds.
+    pub time: String,
+    /// `submitted`, `desired`, `destroyed`, `placed`, `moved`, `unscheduled`, `unplaceable`,
+    /// `started`, `failed`, `stopped`, `state`, `machine-joined`, `machine-lost`, `leader`,
+    /// `resync` or `lagged`.
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub unit: String,
+    #[serde(rename = "machineID", default, deserialize_with = "null_as_default")]
+    pub machine_id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub detail: String,
+    /// One of the recent events a stream starts with (true), rather than one that happened
+    /// after the request (false): what a reader that reads the current state as it connects
+    /// already has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recent: bool,
+}
+
+/// Which events a reader wants: a unit name glob (`*` and `?`) and a machine (its id or the
+/// 8-character short form). Empty fields match everything; markers (`lagged`, `resync`)
+/// concern every reader and always match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub unit: String,
+    pub machine: String,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &Event) -> bool {
+        if e.kind == "lagged" || e.kind == "resync" {
+            return true;
+        }
+        let unit_ok = self.unit.is_empty() || glob_match(&self.unit, &e.unit);
+        let machine_ok = self.machine.is_empty()
+            || e.machine_id == self.machine
+            || (self.machine.len() == 8 && e.machine_id.starts_with(&self.machine));
+        unit_ok && machine_ok
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters and `?` for one.
+/// Hand-written: unit names are flat (no path separators, no classes), which the glob crates,
+/// shaped for paths, would need configuring away; this is the classic linear backtracking match.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it is taken to end at so far.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    #[test]
+    fn globs_and_filters() {
+        for (p, t, want) in [
+            ("*", "a.service", true),
+            ("web@*.service", "web@1.service", true),
+            ("web@*.service", "web@1.socket", false),
+            ("a?.service", "ab.service", true),
+            ("a?.service", "a.service", false),
+            ("*.service", "", false),
+            ("", "", true),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p:?} {t:?}");
+        }
+        let e = |kind: &str, unit: &str, machine: &str| Event {
+            kind: kind.into(),
+            unit: unit.into(),
+            machine_id: machine.into(),
+            ..Default::default()
+        };
+        let f = EventFilter {
+            unit: "web*".into(),
+            machine: "0123456789abcdef".into(),
+        };
+        assert!(f.matches(&e("placed", "web.service", "0123456789abcdef")));
+        assert!(!f.matches(&e("placed", "db.service", "0123456789abcdef")));
+        assert!(!f.matches(&e("placed", "web.service", "fedcba9876543210")));
+        assert!(f.matches(&e("lagged", "", "")));
+        let short = EventFilter {
+            machine: "01234567".into(),
+            ..Default::default()
+        };
+        assert!(short.matches(&e("machine-lost", "", "0123456789abcdef")));
+    }
+}

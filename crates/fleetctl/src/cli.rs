@@ -514,6 +514,38 @@ pub enum Command {
         unit: String,
     },
 
+    /// Print the cluster's events (units placed, moved, started, failed; machines joined, lost)
+    #[command(
+        long_about = "Print the cluster's events, oldest first: units submitted, placed, moved, started,\n\
+        failed, stopped, destroyed or unplaceable; machines joined or lost; the engine leader.\n\n\
+        Prints the recent events the answering fleetd kept (the last 1000 since it started), then\n\
+        with -f each new one as it happens, until interrupted. One line per event: TIME (UTC),\n\
+        KIND, UNIT, MACHINE, DETAIL.\n\n\
+        \tfleetctl events -f --unit 'web@*'"
+    )]
+    Events {
+        /// Keep printing events as they happen
+        #[arg(short = 'f', long, alias = "f", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false", hide_default_value = true,
+              value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        follow: bool,
+        /// Only events of units whose name matches this glob (`*`, `?`)
+        #[arg(long, value_name = "GLOB", default_value = "")]
+        unit: String,
+        /// Only events of this machine (its ID or the 8-character short form)
+        #[arg(long, value_name = "ID", default_value = "")]
+        machine: String,
+        /// Print machine IDs whole
+        #[arg(short = 'l', long, alias = "l", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", default_value = "false", hide_default_value = true,
+              value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        full: bool,
+        /// Do not print a legend (column headers)
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              default_value = "false", hide_default_value = true, value_parser = BoolishValueParser::new(), hide_possible_values = true, action = ArgAction::Set)]
+        no_legend: bool,
+    },
+
     /// Output the status of one or more units in the cluster
     #[command(
         long_about = "Output the status of one or more units in the cluster.\n\n\

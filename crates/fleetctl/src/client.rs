@@ -43,6 +43,21 @@ impl Fleet {
         result
     }
 
+    /// The cluster's events, handed to `on_event` until it returns `false` (see
+    /// [`Client::events`]).
+    pub async fn events(
+        &self,
+        filter: &api::types::EventFilter,
+        follow: bool,
+        on_event: impl FnMut(api::types::Event) -> bool,
+    ) -> Result<(), ClientError> {
+        self.logged(
+            format!("GET /fleet/v1/events (follow={follow})"),
+            self.client.events(filter, follow, on_event),
+        )
+        .await
+    }
+
     pub async fn units(&self) -> Result<Vec<Unit>, ClientError> {
         self.logged("GET /fleet/v1/units".into(), self.client.units())
             .await

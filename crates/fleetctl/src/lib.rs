@@ -19,6 +19,7 @@ pub mod client;
 pub mod commands;
 pub mod create;
 pub mod drain;
+pub mod events;
 pub mod explain;
 pub mod fdforward;
 pub mod fields;
@@ -290,6 +291,16 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
         Command::Why { unit } => explain::why(fleet, &unit, &out).await,
         Command::Drain { block, machine } => drain::drain(fleet, &machine, &block, &out).await,
         Command::Undrain { machine } => drain::undrain(fleet, &machine, &out).await,
+        Command::Events {
+            follow,
+            unit,
+            machine,
+            full,
+            no_legend,
+        } => {
+            let filter = api::types::EventFilter { unit, machine };
+            events::print(fleet, &filter, follow, full, no_legend).await
+        }
         Command::Stop { block, units } => {
             commands::change(fleet, &units, &block, Change::Stop, out).await
         }

@@ -234,7 +234,7 @@ impl Registry {
 // ----- following one prefix of the store -----
 
 /// What changed under a followed prefix, as the store delivers it.
-enum Raw {
+pub(crate) enum Raw {
     /// The whole prefix as read at one revision: replace any copy held.
     Reset(Vec<KeyValue>),
     /// Changes after the last delivery, in revision order.
@@ -247,7 +247,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Follows `prefix` until the receiver is dropped. Registry outages are retried with backoff
 /// (logged); the receiver sees a `Reset` after each re-read.
-fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
+pub(crate) fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -310,7 +310,7 @@ fn follow(store: Arc<dyn Store>, prefix: String) -> mpsc::Receiver<Raw> {
 /// Follows `prefix` by reading it every `every` until the receiver is dropped: a `Reset` after
 /// the first read (and after a failed one, logged), then the differences between one read and
 /// the next as events, so that readers cannot tell it from [`follow`] but by the delay.
-fn poll(store: Arc<dyn Store>, prefix: String, every: Duration) -> mpsc::Receiver<Raw> {
+pub(crate) fn poll(store: Arc<dyn Store>, prefix: String, every: Duration) -> mpsc::Receiver<Raw> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);

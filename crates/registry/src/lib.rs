@@ -35,6 +35,7 @@ pub mod conformance;
 mod drain;
 pub mod embedded;
 pub mod etcd;
+mod events;
 mod follow;
 mod group_commit;
 mod keys;
@@ -52,6 +53,7 @@ mod units;
 mod views;
 
 pub use backoff::Backoff;
+pub use events::{ClusterEvent, ClusterEventKind, Deriver, EventFollower, Fact};
 pub use follow::{recv_or_never, Change, Follower, Update};
 pub use leadership::{Campaign, LeaderWatch, Leadership};
 pub use listing::ListingView;

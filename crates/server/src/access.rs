@@ -238,6 +238,8 @@ pub fn needed_role(route: &Route) -> Role {
         | Route::Why(_)
         | Route::DrainList
         | Route::DrainGet(_)
+        | Route::Events
+        | Route::Ui(_)
         | Route::Discovery
         | Route::DiscoveryNotGet
         | Route::MachinesList
@@ -345,11 +347,13 @@ mod tests {
             None
         );
         assert_eq!(status(tcp, &put, Some(bearer("r-token"))), Some(403));
-        // A plan changes nothing, so a read token may ask for one, even by POST.
+        // A plan changes nothing, so a read token may ask for one, even by POST; events are reads.
         for r in [
             Route::PlanPost,
             Route::PlanGet,
             Route::Why("a.service".into()),
+            Route::Events,
+            Route::Ui(String::new()),
         ] {
             assert!(r.changes_nothing());
             assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");

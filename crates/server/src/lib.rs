@@ -31,6 +31,7 @@ pub mod access;
 mod body;
 mod drain;
 mod error;
+pub mod events;
 pub mod listen;
 mod machines;
 pub mod metrics;
@@ -39,6 +40,7 @@ pub mod routes;
 mod state;
 pub mod tls;
 pub mod token;
+pub mod ui;
 mod unit_states;
 mod units;
 
@@ -97,14 +99,12 @@ async fn handle(State(s): State<Arc<ApiState>>, req: Request) -> Response {
         .copied()
         .unwrap_or(access::Peer::Local);
     let what = format!("{method} {}", req.uri().path());
-    let allowed = s.access.check(
-        peer,
-        &r,
-        &what,
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    );
+    let ui_query = match r {
+        Route::Ui(_) => req.uri().query(),
+        _ => None,
+    };
+    let credentials = ui::credentials(req.headers(), ui_query);
+    let allowed = s.access.check(peer, &r, &what, credentials.as_deref());
     let mut resp = if let Err(e) = allowed {
         tracing::info!(request = %what, status = e.status.as_u16(), "API request refused: {}", e.message);
         let unauthorized = e.status == StatusCode::UNAUTHORIZED;
@@ -178,6 +178,8 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::DrainGet(id) => drain::get(s, &id).await,
         Route::DrainPut(id) => drain::put(s, &id).await,
         Route::DrainDelete(id) => drain::delete(s, &id).await,
+        Route::Events => events::get(s, query.as_deref()).await,
+        Route::Ui(asset) => Ok(ui::get(&asset, query.as_deref())),
     }
 }
 

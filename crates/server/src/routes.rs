@@ -32,6 +32,10 @@ pub enum Route {
     DrainPut(String),
     /// `DELETE /drain/<machineID>`: returns it to service.
     DrainDelete(String),
+    /// `GET /events`: the cluster's events as server-sent events; an extension, reads only.
+    Events,
+    /// `GET /ui/<asset>`: the dashboard's files (empty: its page); reads only.
+    Ui(String),
     Metrics,
     /// A non-GET request for the discovery document (fleet answers 400, not 405).
     DiscoveryNotGet,
@@ -55,6 +59,8 @@ impl Route {
             Route::Why(_) => "why/{unitName}",
             Route::DrainList => "drain",
             Route::DrainGet(_) | Route::DrainPut(_) | Route::DrainDelete(_) => "drain/{machineID}",
+            Route::Events => "events",
+            Route::Ui(_) => "ui",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
             Route::NotFound => "not_found",
@@ -91,6 +97,15 @@ pub fn route(method: &str, path: &str) -> Route {
     }
     if path == "/" {
         return Route::MethodNotAllowed("");
+    }
+    if let Some(rest) = path.strip_prefix("/ui") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return if method == "GET" {
+                Route::Ui(rest.trim_start_matches('/').to_string())
+            } else {
+                Route::MethodNotAllowed(ONLY_GET)
+            };
+        }
     }
     let Some(rest) = PREFIXES.iter().find_map(|p| path.strip_prefix(p)) else {
         return Route::NotFound;
@@ -162,6 +177,10 @@ pub fn route(method: &str, path: &str) -> Route {
             _ => {
                 Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
             }
+        },
+        ("events", None) => match method {
+            "GET" => Route::Events,
+            _ => Route::MethodNotAllowed(ONLY_GET),
         },
         _ => Route::NotFound,
     }
@@ -325,6 +344,13 @@ mod tests {
                     Route::DrainDelete(u("m1")),
                 ),
                 ("GET", format!("{p}/drain/m1/x"), Route::NotFound),
+                ("GET", format!("{p}/events"), Route::Events),
+                (
+                    "POST",
+                    format!("{p}/events"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/events/x"), Route::NotFound),
             ];
             for (method, path, want) in cases {
                 assert_eq!(r(method, &path), want, "{method} {path}");
@@ -332,10 +358,17 @@ mod tests {
         }
         assert_eq!(r("GET", "/"), Route::MethodNotAllowed(""));
         assert_eq!(r("GET", "/metrics"), Route::Metrics);
+        assert_eq!(r("GET", "/ui"), Route::Ui(String::new()));
+        assert_eq!(r("GET", "/ui/"), Route::Ui(String::new()));
+        assert_eq!(r("GET", "/ui/app.js"), Route::Ui("app.js".into()));
+        assert_eq!(r("POST", "/ui"), Route::MethodNotAllowed(ONLY_GET));
+        assert_eq!(r("GET", "/uix"), Route::NotFound);
+        assert!(Route::Ui(String::new()).changes_nothing());
         assert_eq!(r("GET", "/fleet/v2/units"), Route::NotFound);
         assert_eq!(r("GET", ""), Route::NotFound);
         assert!(Route::PlanPost.changes_nothing());
         assert!(Route::Why(u("a.service")).changes_nothing());
+        assert!(Route::Events.changes_nothing());
         assert!(!Route::UnitPut(u("a.service")).changes_nothing());
         assert!(!Route::MachinesPatch.changes_nothing());
         assert!(!Route::DrainPut(u("m1")).changes_nothing());

@@ -23,6 +23,8 @@ pub struct ApiState {
     pub(crate) max_body_bytes: usize,
     pub(crate) listings: Arc<Listings>,
     pub(crate) access: Arc<crate::access::Access>,
+    /// The cluster's events, followed from when the API becomes available (see `events`).
+    events: Arc<std::sync::OnceLock<Option<crate::events::EventLog>>>,
 }
 
 /// One kept listing: the revision it was read at, and its items.
@@ -96,6 +98,7 @@ impl ApiState {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             listings: Arc::default(),
             access: Arc::default(),
+            events: Arc::default(),
         }
     }
 
@@ -108,6 +111,7 @@ impl ApiState {
         // first listing starts it.
         if available && tokio::runtime::Handle::try_current().is_ok() {
             self.view();
+            self.events();
         }
     }
 
@@ -148,6 +152,18 @@ impl ApiState {
         let r = fut.await;
         self.metrics.count_registry_op(name, r.is_ok());
         r.map_err(|e| ApiError::registry(name, e))
+    }
+
+    /// The cluster's events this fleetd follows, started when the API becomes available (or by
+    /// the first request for them); `None` outside a runtime.
+    pub(crate) fn events(&self) -> Option<&crate::events::EventLog> {
+        self.events
+            .get_or_init(|| {
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .map(|_| crate::events::EventLog::start(&self.registry))
+            })
+            .as_ref()
     }
 
     /// The followed copy of the registry, started by the first listing (`None` when the

@@ -8,6 +8,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod chromedriver;
 pub mod etcd;
 pub mod nspawn;
 pub mod pki;
