@@ -537,9 +537,9 @@ pub struct Event {
     pub recent: bool,
 }
 
-/// Which events a reader wants: a unit name glob (`*` and `?`) and a machine (its id or the
-/// 8-character short form). Empty fields match everything; markers (`lagged`, `resync`)
-/// concern every reader and always match.
+/// Which events a reader wants: a unit name glob (Go's `path.Match`, as fleet's other globs)
+/// and a machine (its id or the 8-character short form). Empty fields match everything; markers
+/// (`lagged`, `resync`) concern every reader and always match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub unit: String,
@@ -551,38 +551,12 @@ impl EventFilter {
         if e.kind == "lagged" || e.kind == "resync" {
             return true;
         }
-        let unit_ok = self.unit.is_empty() || glob_match(&self.unit, &e.unit);
+        let unit_ok = self.unit.is_empty() || unit::glob::path_match(&self.unit, &e.unit);
         let machine_ok = self.machine.is_empty()
             || e.machine_id == self.machine
             || (self.machine.len() == 8 && e.machine_id.starts_with(&self.machine));
         unit_ok && machine_ok
     }
-}
-
-/// Whether `text` matches `pattern`, where `*` stands for any run of characters and `?` for one.
-/// Hand-written: unit names are flat (no path separators, no classes), which the glob crates,
-/// shaped for paths, would need configuring away; this is the classic linear backtracking match.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it is taken to end at so far.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
@@ -602,7 +576,7 @@ mod event_tests {
             ("a*b*c", "aXbYbZc", true),
             ("a*b*c", "aXbYbZ", false),
         ] {
-            assert_eq!(glob_match(p, t), want, "{p:?} {t:?}");
+            assert_eq!(unit::glob::path_match(p, t), want, "{p:?} {t:?}");
         }
         let e = |kind: &str, unit: &str, machine: &str| Event {
             kind: kind.into(),
