@@ -521,8 +521,8 @@ pub struct Event {
     /// When the answering fleetd saw it, RFC 3339 in UTC with milliseconds.
     pub time: String,
     /// `submitted`, `desired`, `destroyed`, `placed`, `moved`, `unscheduled`, `unplaceable`,
-    /// `started`, `failed`, `stopped`, `state`, `machine-joined`, `machine-lost`, `leader`,
-    /// `resync` or `lagged`.
+    /// `started`, `failed`, `stopped`, `state`, `machine-joined`, `machine-lost`, `drained`,
+    /// `undrained`, `leader`, `resync` or `lagged`.
     pub kind: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub unit: String,

@@ -219,6 +219,32 @@ async fn scenario(c: &Cluster, b: &Client) -> Result<()> {
         }
     })
     .await?;
+
+    // A machine drained with fleetctl shows as drained on the machines page, without a reload.
+    b.goto(&format!("{ui}#/machines")).await?;
+    let m0 = c.machine(0).id.clone();
+    let out = tokio::process::Command::new(fleetctl_binary()?)
+        .args(["drain", "--no-block", &m0])
+        .env("FLEETCTL_ENDPOINT", c.machine(0).endpoint())
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "fleetctl drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = format!(
+        "const tr = document.querySelector('#machines tr[data-machine=\"{m0}\"]'); \
+         return tr ? tr.children[4].textContent : null;"
+    );
+    wait_for("m0 drained on screen", DEFAULT_DEADLINE, || async {
+        let v = js(b, &script).await.map_err(|e| format!("{e:#}"))?;
+        match v.as_str() {
+            Some(t) if t.starts_with("drained") => Ok(()),
+            _ => Err(v.to_string()),
+        }
+    })
+    .await?;
     Ok(())
 }
 

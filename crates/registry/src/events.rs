@@ -21,7 +21,7 @@
 use crate::codec::{decode_or_skip, Record};
 use crate::follow::{follow, poll, Raw};
 use crate::keys::{KeyShape, Keys};
-use crate::model::{Job, MachineState, UnitState};
+use crate::model::{DrainMark, Job, MachineState, UnitState};
 use crate::registry::Registry;
 use crate::store::{EventKind as StoreEventKind, KeyValue, Revision};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +58,10 @@ pub enum ClusterEventKind {
     MachineJoined,
     /// A machine's presence expired or it left.
     MachineLost,
+    /// A machine was drained: it takes no new units and its units move away.
+    Drained,
+    /// A drained machine was returned to service.
+    Undrained,
     /// Another engine leads; the machine is the new leader.
     Leader,
     /// The registry was read again (after a compaction or an outage): changes while the watch
@@ -84,6 +88,8 @@ impl ClusterEventKind {
             ClusterEventKind::State => "state",
             ClusterEventKind::MachineJoined => "machine-joined",
             ClusterEventKind::MachineLost => "machine-lost",
+            ClusterEventKind::Drained => "drained",
+            ClusterEventKind::Undrained => "undrained",
             ClusterEventKind::Leader => "leader",
             ClusterEventKind::Resync => "resync",
             ClusterEventKind::Lagged => "lagged",
@@ -129,6 +135,8 @@ pub enum Fact {
     },
     /// The engine leader's machine id.
     Leader(Option<String>),
+    /// A machine's drain mark.
+    Drain(String, Option<DrainMark>),
 }
 
 /// What the events are told against: the last value seen of each record that matters.
@@ -143,6 +151,7 @@ pub struct Deriver {
     machines: BTreeSet<String>,
     active: BTreeMap<(String, String), String>,
     leader: Option<String>,
+    drained: BTreeSet<String>,
 }
 
 impl Deriver {
@@ -316,6 +325,18 @@ impl Deriver {
                 }
             }
             Fact::Leader(None) => self.leader = None,
+            Fact::Drain(id, Some(_)) => {
+                if self.drained.insert(id.clone()) {
+                    let units = self.placements.values().filter(|m| **m == id).count();
+                    let detail = format!("{units} unit(s) placed there move away");
+                    out.push(event(ClusterEventKind::Drained, "", &id, detail));
+                }
+            }
+            Fact::Drain(id, None) => {
+                if self.drained.remove(&id) {
+                    out.push(event(ClusterEventKind::Undrained, "", &id, String::new()));
+                }
+            }
         }
         out
     }
@@ -361,6 +382,9 @@ fn fact(keys: &Keys, key: &str, value: Option<&KeyValue>) -> Option<Fact> {
     }
     if <()>::under(&keys.leader(), key).is_some() {
         return Some(Fact::Leader(record(value)?));
+    }
+    if let Some(id) = String::under(&keys.drains(), key) {
+        return Some(Fact::Drain(id, record(value)?));
     }
     None
 }
@@ -609,6 +633,32 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_drained_and_returned_to_service() {
+        let u = "a.service";
+        let drain =
+            |mark: Option<u64>| Fact::Drain("m1".into(), mark.map(|since| DrainMark { since }));
+        check(vec![
+            (
+                machine("m1"),
+                vec![(MachineJoined, "", "m1", "public IP 10.0.0.1")],
+            ),
+            (
+                Fact::Job(u.into(), Some(job(TargetState::Launched))),
+                vec![(Submitted, u, "", "launched")],
+            ),
+            (place(Some("m1")), vec![(Placed, u, "m1", "")]),
+            (
+                drain(Some(1)),
+                vec![(Drained, "", "m1", "1 unit(s) placed there move away")],
+            ),
+            // Marking a drained machine again tells nothing new.
+            (drain(Some(2)), vec![]),
+            (drain(None), vec![(Undrained, "", "m1", "")]),
+            (drain(None), vec![]),
+        ]);
+    }
+
+    #[test]
     fn unplaceable_units_are_told_once_per_reason() {
         let u = "a.service";
         let reason = |r: Option<&str>| Fact::Reason(u.into(), r.map(str::to_string));
@@ -682,5 +732,9 @@ mod tests {
         let s = kv(keys.schedule("m1", "a.service"), "{}");
         assert_eq!(fact(&keys, &s.key, Some(&s)), None);
         assert_eq!(fact(&keys, &keys.metadata("m1", "zone"), None), None);
+        assert_eq!(
+            fact(&keys, &keys.drain("m1"), None),
+            Some(Fact::Drain("m1".into(), None))
+        );
     }
 }

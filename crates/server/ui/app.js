@@ -7,12 +7,13 @@ const API = "/fleet/v1";
 const PAGE = 100;
 const KINDS = ["submitted", "desired", "destroyed", "placed", "moved", "unscheduled",
   "unplaceable", "started", "failed", "stopped", "state", "machine-joined", "machine-lost",
-  "leader", "resync", "lagged"];
+  "drained", "undrained", "leader", "resync", "lagged"];
 
 const state = {
   units: new Map(),    // name -> unit (API v1 JSON)
   states: new Map(),   // name -> [unit state (API v1 JSON)]
   machines: new Map(), // id -> machine (API v1 JSON)
+  drains: new Map(),   // id -> drained machine (GET /fleet/v1/drain)
   events: [],          // newest last, at most 1000
   seen: new Set(),     // events already taken in (a reconnect replays the recent ones)
   filter: { name: "", state: "", machine: "", meta: "" },
@@ -66,21 +67,29 @@ function loadAll() {
 
 async function readAll() {
   try {
-    const [units, states, machines] = await Promise.all([
-      all("/units", "units"), all("/state", "states"), all("/machines", "machines")]);
+    const [units, states, machines, drains] = await Promise.all([
+      all("/units", "units"), all("/state", "states"), all("/machines", "machines"), readDrains()]);
     state.units = new Map(units.map(u => [u.name, u]));
     state.states = groupStates(states);
     state.machines = new Map(machines.map(m => [m.id, m]));
+    state.drains = drains;
     state.loadedOnce = true;
     showError("");
   } catch (e) { showError(e.message); }
   render();
 }
 
+// The drained machines, by id. A fleetd without drain answers 404 (`api` gives null): none.
+async function readDrains() {
+  const page = await api("/drain");
+  return new Map(((page && page.machines) || []).map(d => [d.machineID, d]));
+}
+
 async function loadMachines() {
   try {
-    const machines = await all("/machines", "machines");
+    const [machines, drains] = await Promise.all([all("/machines", "machines"), readDrains()]);
     state.machines = new Map(machines.map(m => [m.id, m]));
+    state.drains = drains;
   } catch (e) { showError(e.message); }
   render();
 }
@@ -136,7 +145,7 @@ function follow() {
     // The recent past replayed on connecting is already in the listing read on `open`.
     if (!e.recent) {
       if (e.kind === "resync" || e.kind === "lagged") loadAll();
-      else if (e.kind.startsWith("machine-")) loadMachines();
+      else if (e.kind.startsWith("machine-") || e.kind.endsWith("drained")) loadMachines();
       if (e.unit) refreshUnit(e.unit);
     }
     scheduleRender();
@@ -273,13 +282,18 @@ function machinesView() {
       el("td", {}, m.primaryIP || "-"),
       el("td", { class: "wrap" }, Object.entries(m.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
       el("td", {}, count.get(m.id) || 0),
-      // The API does not say a machine's lease age yet: a place kept for it.
-      el("td", { class: "muted", title: "not in the API yet" }, m.leaseAge || "—"),
-      // Drained machines: shown once the machines' data carries the field.
-      el("td", {}, m.drained === undefined ? el("span", { class: "muted" }, "—") : (m.drained ? "drained" : "no"))));
+      drainedCell(state.drains.get(m.id))));
   return el("table", { id: "machines" }, el("thead", {}, el("tr", {},
-    ["MACHINE", "IP", "METADATA", "UNITS", "LEASE AGE", "DRAINED"].map(h => el("th", {}, h)))),
+    ["MACHINE", "IP", "METADATA", "UNITS", "DRAINED"].map(h => el("th", {}, h)))),
   el("tbody", {}, rows));
+}
+
+function drainedCell(d) {
+  if (!d) return el("td", { class: "muted" }, "no");
+  const since = new Date(d.since * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+  const left = (d.units || []).length;
+  return el("td", { class: "s-drained", title: `drained since ${since}` },
+    left ? `drained, ${left} unit(s) left` : "drained");
 }
 
 function eventsTable(events) {
