@@ -178,7 +178,8 @@ mod tests {
     #[test]
     fn parses_each_kind_several_per_line() {
         use DependencyKind::*;
-        let cases: &[(&str, &str, &[(DependencyKind, &str)])] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(DependencyKind, &'a str)]);
+        let cases: &[Case] = &[
             ("[Unit]\nRequires=a.service b.service\n", "x.service", &[(Requires, "a.service"), (Requires, "b.service")]),
             ("[Unit]\nWants=a.service\nWants=b.service\n", "x.service", &[(Wants, "a.service"), (Wants, "b.service")]),
             ("[Unit]\nBindsTo=web@%i.service\n", "disc@8.service", &[(BindsTo, "web@8.service")]),
