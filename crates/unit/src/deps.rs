@@ -11,7 +11,7 @@
 //! let deps = Dependencies::from_unit(&file, "web-discovery@1.service");
 //! let placed: Vec<_> = deps.colocated().collect();
 //! assert_eq!(placed, [("web@1.service", DependencyKind::BindsTo)]);
-//! assert_eq!(deps.start_after(), ["network.target", "web@1.service"]);
+//! assert_eq!(deps.after(), ["network.target", "web@1.service"]);
 //! ```
 
 use crate::fleet::expansion_within;
@@ -128,28 +128,21 @@ impl Dependencies {
         list.into_iter()
     }
 
-    /// Units that must be started before this one when both start together: what it requires
-    /// or wants (systemd starts those first when it is also ordered after them; a unit
-    /// started before its dependency exists here fails to load) and what it is `After=`.
-    /// Sorted, without repeats.
-    pub fn start_after(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .0
-            .iter()
-            .filter(|d| d.kind != DependencyKind::Before)
-            .map(|d| d.unit.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+    /// Units this one is ordered after (`After=`). Sorted, without repeats.
+    pub fn after(&self) -> Vec<&str> {
+        self.named(DependencyKind::After)
     }
 
-    /// Units this one must start before (`Before=`). Sorted, without repeats.
-    pub fn start_before(&self) -> Vec<&str> {
+    /// Units this one is ordered before (`Before=`). Sorted, without repeats.
+    pub fn before(&self) -> Vec<&str> {
+        self.named(DependencyKind::Before)
+    }
+
+    fn named(&self, kind: DependencyKind) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .0
             .iter()
-            .filter(|d| d.kind == DependencyKind::Before)
+            .filter(|d| d.kind == kind)
             .map(|d| d.unit.as_str())
             .collect();
         names.sort_unstable();
@@ -213,8 +206,8 @@ mod tests {
                 ("c.service", DependencyKind::BindsTo)
             ]
         );
-        assert_eq!(d.start_after(), ["a.service", "b.service", "c.service"]);
-        assert!(d.start_before().is_empty());
+        assert_eq!(d.after(), ["a.service", "b.service"]);
+        assert!(d.before().is_empty());
     }
 
     #[test]
