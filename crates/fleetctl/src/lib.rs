@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod create;
+pub mod deps;
 pub mod explain;
 pub mod fdforward;
 pub mod fields;
@@ -268,8 +269,14 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
             block,
             replace,
             units,
+            with_deps,
             ..
-        } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
+        } => {
+            let Ok(units) = deps::bring_along(fleet, &units, with_deps, &out).await else {
+                return 1;
+            };
+            commands::load_or_start(fleet, &units, &block, &replace, true, out).await
+        }
         Command::Plan { units } => explain::plan(fleet, &units, false, &out).await,
         Command::Why { unit } => explain::why(fleet, &unit, &out).await,
         Command::Stop { block, units } => {
