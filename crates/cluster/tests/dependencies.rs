@@ -19,7 +19,8 @@ struct Run {
 }
 
 /// Runs fleetctl against `endpoint` in `cwd`; meanwhile polls the unit states and returns
-/// every state of `watched` units that was failed or not loaded, as `unit: load/active/sub`.
+/// every state of `watched` units that was failed, not loaded or had a reason from the unit
+/// manager (a refused start), as `unit: load/active/sub reason`.
 async fn fleetctl_watching(
     c: &Cluster,
     cwd: &Path,
@@ -40,14 +41,20 @@ async fn fleetctl_watching(
     let mut bad = BTreeSet::new();
     let out = loop {
         for s in c.unit_states().await.unwrap_or_default() {
+            // An empty load state is a unit placed whose state is not reported yet: no failure.
             if watched.contains(&s.name.as_str())
-                && (s.systemd_load_state != "loaded"
+                && (!matches!(s.systemd_load_state.as_str(), "loaded" | "")
                     || s.systemd_active_state == "failed"
-                    || s.systemd_sub_state == "failed")
+                    || s.systemd_sub_state == "failed"
+                    || s.reason.is_some())
             {
                 bad.insert(format!(
-                    "{}: {}/{}/{}",
-                    s.name, s.systemd_load_state, s.systemd_active_state, s.systemd_sub_state
+                    "{}: {}/{}/{} {:?}",
+                    s.name,
+                    s.systemd_load_state,
+                    s.systemd_active_state,
+                    s.systemd_sub_state,
+                    s.reason
                 ));
             }
         }
