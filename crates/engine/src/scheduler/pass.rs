@@ -245,14 +245,23 @@ impl<'a> Pass<'a> {
     /// member fits too; the reason names the member that fits on none of them.
     fn group_pool(&self, u: UnitIx, pool: Pool, scope: String) -> Result<(Pool, String), String> {
         let rel = self.rel;
-        if rel.group[u].is_empty() {
+        // Members with no constraint of their own fit wherever the anchor does (the usual
+        // case): the anchor's pool stays as it is, and so does the cost of placing it.
+        let constrained = |v: UnitIx| {
+            let req = &rel.units[v].requirements;
+            req.machine_id.is_some()
+                || !req.machine_metadata.is_empty()
+                || !rel.global_targets[v].is_empty()
+                || rel.conflicts.involved(v)
+        };
+        if !rel.group[u].iter().any(|&v| constrained(v)) {
             return Ok((pool, scope));
         }
         let mut list: Vec<MachineIx> = match &pool {
             Pool::All => self.machines.indices().collect(),
             Pool::Listed(list, _) => list.to_vec(),
         };
-        for &v in &rel.group[u] {
+        for &v in rel.group[u].iter().filter(|&&v| constrained(v)) {
             list.retain(|&m| self.member_fits(u, v, m, true));
             if list.is_empty() {
                 return Err(format!(
