@@ -255,6 +255,92 @@ pub fn defer(
     (go, wait)
 }
 
+/// Splits the units of one start phase into waves, each started after the one before has
+/// been, by the order systemd would keep: `After=` and `Before=` between units of the phase,
+/// and, for a pair with no such order, a unit after what it `Requires=`/`Wants=`/`BindsTo=`/
+/// `Requisite=`. The process supervisor knows nothing of these options, and systemd starts a
+/// unit's dependencies itself only when their files were there first; starting the
+/// dependencies first is right for both.
+/// Within a wave, units keep their order; units on an ordering cycle share the last wave
+/// (systemd breaks such cycles itself, and the supervisor has no order to keep).
+pub fn start_waves(
+    starts: Vec<String>,
+    requirements: &dyn Fn(&str) -> Option<std::sync::Arc<Requirements>>,
+) -> Vec<Vec<String>> {
+    use std::collections::BTreeSet;
+    let index: BTreeMap<&str, usize> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let found: Vec<Option<std::sync::Arc<Requirements>>> =
+        starts.iter().map(|n| requirements(n)).collect();
+    let within = |names: Vec<&str>, i: usize| -> Vec<usize> {
+        names
+            .into_iter()
+            .filter_map(|n| index.get(n).copied())
+            .filter(|&j| j != i)
+            .collect()
+    };
+    // first[i]: the units of this phase that must start before starts[i].
+    let mut first: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); starts.len()];
+    for (i, req) in found.iter().enumerate() {
+        let Some(req) = req else { continue };
+        for j in within(req.dependencies.after(), i) {
+            first[i].insert(j);
+        }
+        for j in within(req.dependencies.before(), i) {
+            first[j].insert(i);
+        }
+    }
+    let ordered: Vec<BTreeSet<usize>> = first.clone();
+    for (i, req) in found.iter().enumerate() {
+        let Some(req) = req else { continue };
+        let deps = req.dependencies.colocated().map(|(n, _)| n).collect();
+        for j in within(deps, i) {
+            if !ordered[i].contains(&j) && !ordered[j].contains(&i) {
+                first[i].insert(j);
+            }
+        }
+    }
+    if first.iter().all(BTreeSet::is_empty) {
+        return if starts.is_empty() {
+            Vec::new()
+        } else {
+            vec![starts]
+        };
+    }
+    let mut wave_of: Vec<Option<usize>> = vec![None; starts.len()];
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    loop {
+        let ready: Vec<usize> = (0..starts.len())
+            .filter(|&i| {
+                wave_of[i].is_none()
+                    && first[i]
+                        .iter()
+                        .all(|&j| wave_of[j].is_some_and(|w| w < waves.len()))
+            })
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for &i in &ready {
+            wave_of[i] = Some(waves.len());
+        }
+        waves.push(ready);
+    }
+    let stuck: Vec<usize> = (0..starts.len())
+        .filter(|&i| wave_of[i].is_none())
+        .collect();
+    if !stuck.is_empty() {
+        waves.push(stuck);
+    }
+    waves
+        .into_iter()
+        .map(|w| w.into_iter().map(|i| starts[i].clone()).collect())
+        .collect()
+}
+
 /// When the earliest waiting retry is due, if any action waits for a retry.
 pub fn next_retry(failures: &BTreeMap<String, Failure>) -> Option<Instant> {
     failures.values().filter_map(|f| f.retry_at).min()
@@ -459,6 +545,61 @@ mod tests {
         let reload = actions.iter().position(|a| *a == Action::Reload).unwrap();
         assert!(last_load < reload && reload < first_start, "{actions:?}");
         assert_eq!(actions.iter().filter(|a| **a == Action::Reload).count(), 1);
+    }
+
+    #[test]
+    fn starts_come_in_dependency_waves() {
+        fn req(body: &str, name: &str) -> std::sync::Arc<Requirements> {
+            let file = unit::UnitFile::parse(body).unwrap();
+            std::sync::Arc::new(Requirements::from_unit(&file, name))
+        }
+        let bodies: BTreeMap<&str, &str> = BTreeMap::from([
+            ("apache.service", "[Unit]\nWants=apache-discovery.service\n"),
+            (
+                "apache-discovery.service",
+                "[Unit]\nBindsTo=apache.service\nAfter=apache.service\n",
+            ),
+            ("a.service", "[Unit]\nRequires=b.service\n"),
+            ("b.service", "[Unit]\nRequires=c.service\nAfter=c.service\n"),
+            ("c.service", ""),
+            ("early.service", "[Unit]\nBefore=a.service\n"),
+            ("x.service", "[Unit]\nAfter=y.service\n"),
+            ("y.service", "[Unit]\nAfter=x.service\n"),
+            ("loner.service", "[Unit]\nRequires=elsewhere.service\n"),
+        ]);
+        let lookup = |n: &str| bodies.get(n).map(|b| req(b, n));
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(Vec<String>, Vec<Vec<String>>)> = vec![
+            (s(&[]), vec![]),
+            (
+                s(&["c.service", "loner.service"]),
+                vec![s(&["c.service", "loner.service"])],
+            ),
+            // BindsTo with After: the main unit first (as systemd orders them).
+            (
+                s(&["apache-discovery.service", "apache.service"]),
+                vec![s(&["apache.service"]), s(&["apache-discovery.service"])],
+            ),
+            // A chain of three, and a Before= that goes ahead of it.
+            (
+                s(&["a.service", "b.service", "c.service", "early.service"]),
+                vec![
+                    s(&["c.service", "early.service"]),
+                    s(&["b.service"]),
+                    s(&["a.service"]),
+                ],
+            ),
+            // Only units of this phase count: b is running already.
+            (s(&["a.service"]), vec![s(&["a.service"])]),
+            // An ordering cycle does not hold the others back.
+            (
+                s(&["c.service", "x.service", "y.service"]),
+                vec![s(&["c.service"]), s(&["x.service", "y.service"])],
+            ),
+        ];
+        for (starts, want) in cases {
+            assert_eq!(start_waves(starts.clone(), &lookup), want, "{starts:?}");
+        }
     }
 
     fn cand(name: &str, global: bool, conflicts: &[&str], meta: &[(&str, &str)]) -> Candidate {

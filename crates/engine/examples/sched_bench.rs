@@ -7,7 +7,8 @@
 //!
 //! For each size it prints the time of: a full pass placing every unit from nothing, a steady
 //! pass over the settled cluster (nothing to do), the pass after one machine is lost, and the
-//! pass after another machine is drained (it moves one unit with its MachineOf followers).
+//! pass after another machine is drained (it moves one unit with its MachineOf followers); then
+//! a conflict storm and dependency groups (chains of three units placed together).
 
 use engine::scheduler::{plan, Cluster, ClusterUnit};
 use registry::{MachineState, TargetState};
@@ -134,6 +135,48 @@ fn conflict_storm(units: usize, machines: usize) {
     );
 }
 
+/// Dependency groups: `groups` chains of three units (`app@i` Requires `mid@i`, which BindsTo
+/// `db@i`), each of which must land on one machine.
+fn dependency_groups(groups: usize, machines: usize) {
+    let mut c = cluster(0, machines);
+    for i in 0..groups {
+        for (name, body) in [
+            (
+                format!("app@{i}.service"),
+                "[Unit]\nRequires=mid@%i.service\n",
+            ),
+            (
+                format!("mid@{i}.service"),
+                "[Unit]\nBindsTo=db@%i.service\n",
+            ),
+            (format!("db@{i}.service"), ""),
+        ] {
+            let file = unit::UnitFile::parse(body).expect("a unit file");
+            let r = Requirements::from_unit(&file, &name);
+            c.units
+                .push(ClusterUnit::new(name, TargetState::Launched, r));
+        }
+    }
+    c.units.sort_by(|a, b| a.name.cmp(&b.name));
+    let (full, p) = time(|| plan(&c));
+    c.apply(&p);
+    let (steady, again) = time(|| plan(&c));
+    assert!(again.is_empty(), "a settled cluster must not change");
+    let apart = (0..groups)
+        .filter(|i| {
+            let at = |u: &str| c.placements.get(&format!("{u}@{i}.service"));
+            at("app") != at("db") || at("mid") != at("db")
+        })
+        .count();
+    assert_eq!(apart, 0, "every group on one machine");
+    println!(
+        "dependency groups: {groups} chains of 3 on {machines} machines: full pass {:.1}ms, steady pass {:.1}ms, {} placed",
+        full.as_secs_f64() * 1e3,
+        steady.as_secs_f64() * 1e3,
+        p.add.len()
+    );
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -179,5 +222,6 @@ fn main() {
     }
     if args.is_empty() {
         conflict_storm(5_000, 1_000);
+        dependency_groups(10_000, 1_000);
     }
 }

@@ -103,6 +103,7 @@ fn requirements() -> impl Strategy<Value = Requirements> {
                     global,
                     replaces,
                     unknown: Vec::new(),
+                    dependencies: Default::default(),
                 }
             },
         )

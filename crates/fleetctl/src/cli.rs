@@ -484,13 +484,21 @@ pub enum Command {
         Start a single unit:\n\tfleetctl start foo.service\n\n\
         Start an entire directory of units (the shell expands the glob):\n\tfleetctl start myservice/*\n\n\
         Start an instance of a template unit (submitted or beside the path):\n\tfleetctl start units/web@8080.service\n\n\
-        Give every running instance of a template new content, two at a time:\n\tfleetctl start --replace --rolling=2 units/web@.service"
+        Give every running instance of a template new content, two at a time:\n\tfleetctl start --replace --rolling=2 units/web@.service\n\n\
+        Units a unit Requires=, Requisite=, BindsTo= or Wants= that are already submitted are\n\
+        started with it, on its machine. With --with-deps, so are the unit files of those beside\n\
+        the given file and a sidekick's MachineOf= target; each is printed as 'Brought along:'.\n\
+        \tfleetctl start --with-deps examples/apache.service"
     )]
     Start {
         #[command(flatten)]
         block: Block,
         #[command(flatten)]
         replace: Replace,
+        /// Also submit and start the unit files beside the given ones that a unit Requires=,
+        /// Requisite=, BindsTo= or Wants=, and a sidekick's MachineOf= target
+        #[arg(long)]
+        with_deps: bool,
         /// Print where the units would go and what else would move (as `fleetctl plan`), and
         /// change nothing
         #[arg(long)]

@@ -100,18 +100,25 @@ pub async fn lazy_create(
             names.push(lookup.name);
         }
     }
-    let results: Vec<Result<(), String>> = futures::stream::iter(&to_create)
-        .map(|unit| async move {
-            fleet
-                .create_unit(unit)
-                .await
-                .map_err(|e| format!("failed creating unit {}: {e}", unit.name))
-        })
-        .buffered(CONCURRENT_REQUESTS)
-        .collect()
-        .await;
-    for result in results {
-        result.map_err(|e| out.eprintln(&e))?;
+    // A unit that requires another of this batch is created after it: created together, the
+    // engine could place and start it before the unit it requires exists.
+    for wave in crate::deps::creation_waves(&to_create) {
+        let results: Vec<Result<(), String>> = futures::stream::iter(&wave)
+            .map(|&i| {
+                let unit = &to_create[i];
+                async move {
+                    fleet
+                        .create_unit(unit)
+                        .await
+                        .map_err(|e| format!("failed creating unit {}: {e}", unit.name))
+                }
+            })
+            .buffered(CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        for result in results {
+            result.map_err(|e| out.eprintln(&e))?;
+        }
     }
     let (waited, direct): (Vec<Unit>, Vec<Unit>) = to_create
         .into_iter()

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod create;
+pub mod deps;
 pub mod drain;
 pub mod events;
 pub mod explain;
@@ -285,8 +286,14 @@ async fn dispatch(fleet: &client::Fleet, ssh: &remote::Ssh, command: Command) ->
             block,
             replace,
             units,
+            with_deps,
             ..
-        } => commands::load_or_start(fleet, &units, &block, &replace, true, out).await,
+        } => {
+            let Ok(units) = deps::bring_along(fleet, &units, with_deps, &out).await else {
+                return 1;
+            };
+            commands::load_or_start(fleet, &units, &block, &replace, true, out).await
+        }
         Command::Plan { units } => explain::plan(fleet, &units, false, &out).await,
         Command::Why { unit } => explain::why(fleet, &unit, &out).await,
         Command::Drain { block, machine } => drain::drain(fleet, &machine, &block, &out).await,

@@ -16,19 +16,29 @@ pub struct Job {
     pub desired: TargetState,
     #[serde(default)]
     pub global: bool,
-    /// The unit's `[X-Fleet]` options (name, value) in file order: all the engine needs to
-    /// place the unit, so that it never reads bodies. `None` in records written before this
+    /// The unit's `[X-Fleet]` options (name, value) in file order, then its `[Unit]`
+    /// dependency options (see [`Job::fleet_options`]): all the engine needs to place the unit, so that it never reads bodies. `None` in records written before this
     /// field existed (the engine then reads the body).
     #[serde(default, rename = "xFleet", skip_serializing_if = "Option::is_none")]
     pub x_fleet: Option<Vec<(String, String)>>,
 }
 
 impl Job {
-    /// The `[X-Fleet]` options of `file`, as [`Job::x_fleet`] carries them.
+    /// The `[X-Fleet]` options of `file`, as [`Job::x_fleet`] carries them, followed by its
+    /// `[Unit]` dependency options (`Requires=`, `Wants=`, ...: the engine places a unit with
+    /// the submitted units it depends on). No `[X-Fleet]` key has a dependency option's name,
+    /// so the names alone say which section each came from.
     pub fn fleet_options(file: &UnitFile) -> Vec<(String, String)> {
-        file.options
+        let fleet = file
+            .options
             .iter()
-            .filter(|o| o.section == unit::FLEET_SECTION)
+            .filter(|o| o.section == unit::FLEET_SECTION);
+        let deps = file
+            .options
+            .iter()
+            .filter(|o| o.section == unit::deps::UNIT_SECTION && is_dependency(&o.name));
+        fleet
+            .chain(deps)
             .map(|o| (o.name.clone(), o.value.clone()))
             .collect()
     }
@@ -40,7 +50,12 @@ impl Job {
             options: options
                 .iter()
                 .map(|(name, value)| unit::UnitOption {
-                    section: unit::FLEET_SECTION.to_string(),
+                    section: if is_dependency(name) {
+                        unit::deps::UNIT_SECTION
+                    } else {
+                        unit::FLEET_SECTION
+                    }
+                    .to_string(),
                     name: name.clone(),
                     value: value.clone(),
                 })
@@ -48,6 +63,12 @@ impl Job {
         };
         Some(unit::Requirements::from_unit(&file, &self.name))
     }
+}
+
+fn is_dependency(option: &str) -> bool {
+    unit::DependencyKind::ALL
+        .iter()
+        .any(|k| k.as_str() == option)
 }
 
 /// The record of a global unit under `global/<unit>`: its job and its normalized unit text.
@@ -153,7 +174,8 @@ mod tests {
 
     #[test]
     fn job_records_carry_what_placement_needs() {
-        let text = "[Unit]\nDescription=x\n\n[Service]\nExecStart=/bin/true\n\n[X-Fleet]\n\
+        let text = "[Unit]\nDescription=x\nRequires=db@%i.service\nWants=a.service b.service\n\
+                    \n[Service]\nExecStart=/bin/true\n\n[X-Fleet]\n\
                     MachineOf=db@%i.service\nConflicts=web@*.service\nMachineMetadata=zone=a zone=b\n";
         let file = UnitFile::parse(text).unwrap();
         let name = "web@3.service";
@@ -168,6 +190,8 @@ mod tests {
         let req = read.requirements().unwrap();
         assert_eq!(req, unit::Requirements::from_unit(&file, name));
         assert_eq!(req.machine_of, vec!["db@3.service".to_string()]);
+        assert_eq!(req.dependencies.colocated().count(), 3);
+        assert!(req.unknown.is_empty(), "{:?}", req.unknown);
         // A unit without [X-Fleet] carries an empty list: known to need nothing.
         let plain = UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
         assert_eq!(Job::fleet_options(&plain), vec![]);

@@ -32,6 +32,9 @@ pub struct Requirements {
     pub replaces: Vec<String>,
     /// `[X-Fleet]` keys fleet does not know (fleetctl warns about them).
     pub unknown: Vec<String>,
+    /// `[Unit]` dependencies: the scheduler keeps a unit on the machine of the submitted units
+    /// it requires or wants, and the agent starts them first.
+    pub dependencies: crate::Dependencies,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,7 +139,7 @@ pub fn expand_specifiers(value: &str, unit_name: &str) -> String {
 /// building anything larger: each replacement is applied to the previous one's output (as
 /// fleet did, so `%%n` on `Nginx.service` yields a `%N` that the next step expands), and the
 /// length of each step is counted before it is built. `Err` holds the length that went over.
-fn expansion_within(value: &str, unit_name: &str, cap: usize) -> Result<(), usize> {
+pub(crate) fn expansion_within(value: &str, unit_name: &str, cap: usize) -> Result<(), usize> {
     let Some(dot) = unit_name.rfind('.') else {
         return Ok(());
     };
@@ -228,6 +231,7 @@ impl Requirements {
                 .collect(),
             global: get(keys::GLOBAL).last().is_some_and(|v| is_truthy(v)),
             replaces: get(keys::REPLACES).to_vec(),
+            dependencies: crate::Dependencies::from_unit(file, unit_name),
             ..Requirements::default()
         };
         for pair in [

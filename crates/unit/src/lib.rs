@@ -8,6 +8,7 @@
 //! assert_eq!(file.hash().to_string(), "1c6fb6f3684bafb0c173d8b8b957ceff031180c1");
 //! ```
 
+pub mod deps;
 pub mod file;
 pub mod fleet;
 pub mod glob;
@@ -15,6 +16,7 @@ pub mod hash;
 pub mod name;
 pub mod state;
 
+pub use deps::{Dependencies, Dependency, DependencyKind};
 pub use file::{FileError, ParseError, UnitFile, UnitOption, FLEET_SECTION, LINE_MAX};
 pub use fleet::{
     expand_specifiers, is_truthy, metadata_matches, parse_multivalue, validate_unit, InvalidUnit,

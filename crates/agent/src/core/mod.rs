@@ -694,6 +694,30 @@ impl Core {
                 _ => phases.push_back(vec![action]),
             }
         }
+        // Starts go in dependency waves, each a phase of its own.
+        if let Some(at) = phases
+            .iter()
+            .position(|p| matches!(p.first(), Some(Action::Start(_))))
+        {
+            let starts: Vec<String> = phases[at]
+                .iter()
+                .filter_map(|a| a.unit().map(str::to_string))
+                .collect();
+            let requirements = |name: &str| {
+                let hash = wanted.get(name)?.hash;
+                match self.requirements.get(name) {
+                    Some((h, req)) if *h == hash => Some(req.clone()),
+                    _ => None,
+                }
+            };
+            let waves = reconcile::start_waves(starts, &requirements);
+            if waves.len() > 1 {
+                phases.remove(at);
+                for (i, wave) in waves.into_iter().enumerate() {
+                    phases.insert(at + i, wave.into_iter().map(Action::Start).collect());
+                }
+            }
+        }
         self.run = Some(Run {
             wanted,
             phases,

@@ -744,3 +744,50 @@ fn the_dump_lists_scheduled_and_held_units_with_their_states() {
         "{text}"
     );
 }
+
+#[test]
+fn a_group_is_loaded_and_reloaded_once_then_started_dependencies_first() {
+    let t = Instant::now();
+    let body = |text: &str| {
+        let f = UnitFile::parse(text).expect("a unit file");
+        ScheduleEntry {
+            hash: f.hash(),
+            desired: TargetState::Launched,
+            raw: Some(f.serialize()),
+        }
+    };
+    let mut core = Core::new(machine(), Vec::new());
+    let schedule = vec![
+        (
+            a("app.service"),
+            body("[Unit]\nRequires=db.service\n[Service]\nExecStart=/bin/sleep 1\n"),
+        ),
+        (
+            a("db.service"),
+            body("[Unit]\nBindsTo=disk.service\n[Service]\nExecStart=/bin/sleep 2\n"),
+        ),
+        (
+            a("disk.service"),
+            body("[Service]\nExecStart=/bin/sleep 3\n"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    core.on(t, Input::Schedule(Update::Reset(schedule)));
+    core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Metadata(Update::Reset(vec![])));
+    let loads: Vec<Action> = ["app.service", "db.service", "disk.service"]
+        .iter()
+        .map(|n| Action::Load(a(n)))
+        .collect();
+    assert_eq!(runs(&core.ready(t).effects), vec![loads.clone()]);
+    done(t, &mut core, &loads);
+    assert_eq!(runs(&core.ready(t).effects), vec![vec![Action::Reload]]);
+    done(t, &mut core, &[Action::Reload]);
+    for wave in ["disk.service", "db.service", "app.service"] {
+        let start = vec![Action::Start(a(wave))];
+        assert_eq!(runs(&core.ready(t).effects), vec![start.clone()], "{wave}");
+        done(t, &mut core, &start);
+    }
+    assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
+}

@@ -23,6 +23,10 @@
 //!   `MachineMetadata` (OR within a key, AND across keys), `MachineOf` (every peer on the same
 //!   machine), `Conflicts` (Go globs, both directions, a unit never conflicts with itself);
 //! * `MachineOf` chains are placed in one pass (targets before followers); a cycle is reported;
+//! * units joined by `[Unit]` `Requires=`/`Requisite=`/`BindsTo=`/`Wants=` on submitted,
+//!   schedulable units form a dependency group placed on one machine that fits every member
+//!   (systemd resolves those names locally); the group follows a member already placed, and a
+//!   group no machine fits stays unplaced with a reason naming the dependency;
 //! * `Replaces` is deterministic: the replacing unit stays and the replaced unit moves to a
 //!   machine where its own constraints hold, or stays unplaced with a reason; pairs (and longer
 //!   cycles) of units replacing each other are ignored;

@@ -50,7 +50,7 @@ fn surveyed_pass<R>(cluster: &Cluster, survey: bool, f: impl for<'a> FnOnce(Pass
         machines.sort_by(|a, b| a.id.cmp(&b.id));
     }
     machines.dedup_by(|later, first| later.id == first.id);
-    let rel = Relations::build(&cluster.units);
+    let rel = Relations::build(&cluster.units, &cluster.placements);
     let mut pass = Pass::new(IxVec::from_vec(machines), &rel);
     for m in pass.machines.indices() {
         pass.drained[m] = cluster.drain.machines.contains(&pass.machines[m].id);
@@ -250,6 +250,68 @@ impl<'a> Pass<'a> {
                 && self.globals_on[m]
                     .iter()
                     .any(|&g| rel.conflicts.conflict(u, g)))
+            && rel.group[u]
+                .iter()
+                .all(|&v| self.member_fits(u, v, m, false))
+    }
+
+    /// Whether `v`, a member of the dependency group anchored at `anchor`, could run on `m`
+    /// by its MachineID, MachineMetadata, global MachineOf targets and the global units
+    /// there, and, with `now`, the units placed there outside the group. The anchor is placed
+    /// only where its whole group fits, or the group would be split by its first member.
+    fn member_fits(&self, anchor: UnitIx, v: UnitIx, m: MachineIx, now: bool) -> bool {
+        let rel = self.rel;
+        let req = &rel.units[v].requirements;
+        let machine = self.machines[m];
+        let c = &rel.conflicts;
+        req.machine_id
+            .as_deref()
+            .is_none_or(|id| machine.matches_id(id))
+            && metadata_matches(&req.machine_metadata, &machine.metadata)
+            && rel.global_targets[v]
+                .iter()
+                .all(|&g| self.runs_global(g, m))
+            && !(c.involved(v)
+                && (self.globals_on[m].iter().any(|&g| c.conflict(v, g))
+                    || (now
+                        && self.on[m]
+                            .iter()
+                            .any(|&w| !rel.in_group(anchor, w) && c.conflict(v, w)))))
+    }
+
+    /// Narrows the pool of the anchor of a dependency group to the machines where every
+    /// member fits too; the reason names the member that fits on none of them.
+    fn group_pool(&self, u: UnitIx, pool: Pool, scope: String) -> Result<(Pool, String), String> {
+        let rel = self.rel;
+        // Members with no constraint of their own fit wherever the anchor does (the usual
+        // case): the anchor's pool stays as it is, and so does the cost of placing it.
+        let constrained = |v: UnitIx| {
+            let req = &rel.units[v].requirements;
+            req.machine_id.is_some()
+                || !req.machine_metadata.is_empty()
+                || !rel.global_targets[v].is_empty()
+                || rel.conflicts.involved(v)
+        };
+        if !rel.group[u].iter().any(|&v| constrained(v)) {
+            return Ok((pool, scope));
+        }
+        let mut list: Vec<MachineIx> = match &pool {
+            Pool::All => self.machines.indices().collect(),
+            Pool::Listed(list, _) => list.to_vec(),
+        };
+        for &v in rel.group[u].iter().filter(|&&v| constrained(v)) {
+            list.retain(|&m| self.member_fits(u, v, m, true));
+            if list.is_empty() {
+                return Err(format!(
+                    "no machine it may use can also run {}",
+                    rel.relation(u, v)
+                ));
+            }
+        }
+        Ok((
+            Pool::Listed(Rc::new(list), None),
+            format!("{scope} that also fits its dependency group"),
+        ))
     }
 
     /// Re-evaluates current placements: a placement is kept while its machine exists, its unit
@@ -405,6 +467,7 @@ impl<'a> Pass<'a> {
             return Err(why);
         }
         let (pool, scope) = self.pool(u)?;
+        let (pool, scope) = self.group_pool(u, pool, scope)?;
         let key = self.failure_key(u);
         if let Some(reason) = key.as_ref().and_then(|k| self.failures.get(k)) {
             return Err(reason.clone());
@@ -454,6 +517,7 @@ impl<'a> Pass<'a> {
         let rel = self.rel;
         let simple = rel.conflicts.involved(u)
             && rel.targets[u].is_empty()
+            && rel.group[u].is_empty()
             && rel.replaces[u].is_empty()
             && rel.replaced_by[u].is_empty();
         simple.then(|| {
@@ -497,21 +561,16 @@ impl<'a> Pass<'a> {
 
         if let Some((&first, rest)) = rel.targets[u].split_first() {
             let Some(m) = self.at[first] else {
-                return Err(format!(
-                    "MachineOf target {} is not scheduled",
-                    rel.name(first)
-                ));
+                return Err(format!("{} is not scheduled", rel.peer(u, first)));
             };
             for &t in rest {
                 match self.at[t] {
-                    None => {
-                        return Err(format!("MachineOf target {} is not scheduled", rel.name(t)))
-                    }
+                    None => return Err(format!("{} is not scheduled", rel.peer(u, t))),
                     Some(other) if other != m => {
                         return Err(format!(
-                            "MachineOf targets {} and {} are on different machines",
-                            rel.name(first),
-                            rel.name(t)
+                            "{} and {} are on different machines",
+                            rel.peer(u, first),
+                            rel.peer(u, t)
                         ))
                     }
                     Some(_) => {}
@@ -520,14 +579,14 @@ impl<'a> Pass<'a> {
             let id = &self.machines[m].id;
             if !fits_statically(self, m) {
                 return Err(format!(
-                    "machine {id} of MachineOf target {} does not fit: {}",
-                    rel.name(first),
+                    "machine {id} of {} does not fit: {}",
+                    rel.peer(u, first),
                     self.static_misfit(u, m)
                 ));
             }
             return Ok((
                 Pool::Listed(Rc::new(vec![m]), None),
-                format!("on machine {id} of MachineOf target {}", rel.name(first)),
+                format!("on machine {id} of {}", rel.peer(u, first)),
             ));
         }
 

@@ -7,7 +7,7 @@ use super::ix::{GlobIx, Ix, IxVec, UnitIx};
 use super::ClusterUnit;
 use registry::TargetState;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use unit::glob::{is_literal, literal_prefix, path_match};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,8 @@ pub(super) struct Relations<'a> {
     pub replaces: UnitLists,
     /// Schedulable units that push this one off their machine. Sorted.
     pub replaced_by: UnitLists,
-    /// MachineOf peers that are schedulable units.
+    /// MachineOf peers that are schedulable units, and the anchor of the unit's dependency
+    /// group when the unit has no MachineOf target of its own (see `dependency_groups`).
     pub targets: UnitLists,
     /// MachineOf peers that are global units.
     pub global_targets: UnitLists,
@@ -46,10 +47,15 @@ pub(super) struct Relations<'a> {
     pub order: Vec<UnitIx>,
     /// Position in `order`.
     pub rank: IxVec<UnitIx, u32>,
+    /// Per anchor of a dependency group: the group's other members, sorted. Empty for every
+    /// other unit.
+    pub group: UnitLists,
 }
 
 impl<'a> Relations<'a> {
-    pub fn build(all: &'a [ClusterUnit]) -> Relations<'a> {
+    /// `placements` (unit -> machine) only choose which unit of a dependency group the others
+    /// follow: one that is placed already, so a group that grows does not move.
+    pub fn build(all: &'a [ClusterUnit], placements: &BTreeMap<String, String>) -> Relations<'a> {
         let mut sorted: Vec<&ClusterUnit> = all.iter().collect();
         // The registry hands units over sorted already; a stable sort keeps the first of a
         // repeated name first.
@@ -152,6 +158,15 @@ impl<'a> Relations<'a> {
         }
 
         let cycle = machine_of_cycles(&targets, &names);
+        let group = dependency_groups(
+            &units,
+            &kind,
+            &names,
+            &mut targets,
+            &mut followers,
+            &dead_targets,
+            placements,
+        );
         let (order, rank) = placement_order(&kind, &targets, &followers);
         Relations {
             units,
@@ -166,11 +181,173 @@ impl<'a> Relations<'a> {
             cycle,
             order,
             rank,
+            group,
         }
     }
 
     pub fn name(&self, u: UnitIx) -> &'a str {
         &self.units[u].name
+    }
+
+    /// How to name `t`, a unit `u` must share a machine with, in a reason about `u`.
+    pub fn peer(&self, u: UnitIx, t: UnitIx) -> String {
+        let name = self.name(t);
+        if self.units[u]
+            .requirements
+            .machine_of
+            .iter()
+            .any(|p| p == name)
+        {
+            format!("MachineOf target {name}")
+        } else {
+            self.relation(u, t)
+        }
+    }
+
+    /// How `v`, in the dependency group of `u`, is bound to it: `its Requires= unit db.service`,
+    /// `app.service (which Requires= it)`, or, through other members, `x.service of its
+    /// dependency group`.
+    pub fn relation(&self, u: UnitIx, v: UnitIx) -> String {
+        let (un, vn) = (self.name(u), self.name(v));
+        let kind_of = |a: UnitIx, b: &str| {
+            self.units[a]
+                .requirements
+                .dependencies
+                .colocated()
+                .find(|(n, _)| *n == b)
+                .map(|(_, k)| k)
+        };
+        if let Some(k) = kind_of(u, vn) {
+            format!("its {k}= unit {vn}")
+        } else if let Some(k) = kind_of(v, un) {
+            format!("{vn} (which {k}= it)")
+        } else {
+            format!("{vn} of its dependency group")
+        }
+    }
+
+    /// Whether `v` is the anchor of `anchor`'s dependency group or one of its members.
+    pub fn in_group(&self, anchor: UnitIx, v: UnitIx) -> bool {
+        v == anchor || self.group[anchor].binary_search(&v).is_ok()
+    }
+}
+
+/// Dependency groups: schedulable units joined by `Requires=`, `Requisite=`, `BindsTo=` or
+/// `Wants=` of one another (and by MachineOf among them) go on one machine, because systemd
+/// resolves those names on the local machine only (fleet's issues 997, 1003, 1079). Each
+/// group has an anchor, a unit with no MachineOf target of its own; every other such unit of
+/// the group gets the anchor as its MachineOf target, and the rest follow their own MachineOf
+/// targets there. So the pass places the group with the rules it has for MachineOf, and
+/// MachineOf's cycles stay MachineOf's. Dependencies on units that are not submitted, not
+/// schedulable (inactive, global, templates) are left to systemd: they place nothing.
+/// Returns, per anchor, the other members.
+fn dependency_groups(
+    units: &IxVec<UnitIx, &ClusterUnit>,
+    kind: &IxVec<UnitIx, Kind>,
+    names: &IxVec<UnitIx, &str>,
+    targets: &mut UnitLists,
+    followers: &mut UnitLists,
+    dead_targets: &IxVec<UnitIx, Vec<&str>>,
+    placements: &BTreeMap<String, String>,
+) -> UnitLists {
+    let n = units.len();
+    let mut group: UnitLists = IxVec::filled(n, Vec::new());
+    let mut sets = DisjointSets::new(n);
+    let mut any = false;
+    let mut has_dependency: Vec<bool> = vec![false; n];
+    for u in units.indices() {
+        if kind[u] != Kind::Schedulable {
+            continue;
+        }
+        for (dep, _) in units[u].requirements.dependencies.colocated() {
+            if let Ok(t) = names.as_slice().binary_search(&dep).map(UnitIx::new) {
+                if t != u && kind[t] == Kind::Schedulable {
+                    sets.union(u.index(), t.index());
+                    has_dependency[u.index()] = true;
+                    any = true;
+                }
+            }
+        }
+    }
+    if !any {
+        return group;
+    }
+    for u in units.indices() {
+        for &t in &targets[u] {
+            sets.union(u.index(), t.index());
+        }
+    }
+    let mut grouped: Vec<bool> = vec![false; n];
+    for (i, &has) in has_dependency.iter().enumerate() {
+        if has {
+            grouped[sets.find(i)] = true;
+        }
+    }
+    // Members per set, in name order (indices are name order).
+    let mut members: BTreeMap<usize, Vec<UnitIx>> = BTreeMap::new();
+    for u in units.indices() {
+        if kind[u] == Kind::Schedulable {
+            let root = sets.find(u.index());
+            if grouped[root] {
+                members.entry(root).or_default().push(u);
+            }
+        }
+    }
+    for list in members.values() {
+        let free: Vec<UnitIx> = list
+            .iter()
+            .copied()
+            .filter(|&u| targets[u].is_empty())
+            .collect();
+        // A unit with a MachineOf target that runs nowhere can't be placed: anchoring the group
+        // on it would hold every member back.
+        let live = |u: &&UnitIx| dead_targets[**u].is_empty();
+        let Some(&anchor) = free
+            .iter()
+            .filter(live)
+            .find(|&&u| placements.contains_key(names[u]))
+            .or(free.iter().find(live))
+            .or(free.first())
+        else {
+            // Every member follows a MachineOf target: a MachineOf cycle, reported as such.
+            continue;
+        };
+        group[anchor] = list.iter().copied().filter(|&u| u != anchor).collect();
+        for &u in free.iter().filter(|&&u| u != anchor) {
+            targets[u].push(anchor);
+            followers[anchor].push(u);
+        }
+    }
+    group
+}
+
+/// Union-find with path halving. Hand-written: a dozen lines, used once per snapshot, where a
+/// crate would bring its own index types to convert from.
+struct DisjointSets {
+    parent: Vec<usize>,
+}
+
+impl DisjointSets {
+    fn new(n: usize) -> DisjointSets {
+        DisjointSets {
+            parent: (0..n).collect(),
+        }
+    }
+
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.parent[x] != x {
+            self.parent[x] = self.parent[self.parent[x]];
+            x = self.parent[x];
+        }
+        x
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            // The smaller index as root keeps the choice independent of the order of unions.
+            self.parent[ra.max(rb)] = ra.min(rb);
+        }
     }
 }
 

@@ -226,22 +226,19 @@ impl Pass<'_> {
                 ),
             );
         }
+        if let Some(&v) = rel.group[u]
+            .iter()
+            .find(|&&v| !self.member_fits(u, v, m, self.at[u] != Some(m)))
+        {
+            return (false, format!("{} cannot run here", rel.relation(u, v)));
+        }
         for &t in &rel.targets[u] {
             match self.at[t] {
-                None => {
-                    return (
-                        false,
-                        format!("MachineOf target {} is not scheduled", rel.name(t)),
-                    )
-                }
+                None => return (false, format!("{} is not scheduled", rel.peer(u, t))),
                 Some(tm) if tm != m => {
                     return (
                         false,
-                        format!(
-                            "MachineOf target {} runs on {}",
-                            rel.name(t),
-                            self.machines[tm].id
-                        ),
+                        format!("{} runs on {}", rel.peer(u, t), self.machines[tm].id),
                     )
                 }
                 Some(_) => {}
