@@ -42,6 +42,7 @@ fn cluster(units: Vec<ClusterUnit>, placed: &[(&str, &str)]) -> Cluster {
             .iter()
             .map(|(u, m)| (u.to_string(), m.to_string()))
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -319,6 +320,7 @@ fn arb_cluster() -> impl Strategy<Value = Cluster> {
             machines,
             units,
             placements,
+            ..Default::default()
         }
     })
 }
