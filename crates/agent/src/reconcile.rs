@@ -310,32 +310,7 @@ pub fn start_waves(
             vec![starts]
         };
     }
-    let mut wave_of: Vec<Option<usize>> = vec![None; starts.len()];
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    loop {
-        let ready: Vec<usize> = (0..starts.len())
-            .filter(|&i| {
-                wave_of[i].is_none()
-                    && first[i]
-                        .iter()
-                        .all(|&j| wave_of[j].is_some_and(|w| w < waves.len()))
-            })
-            .collect();
-        if ready.is_empty() {
-            break;
-        }
-        for &i in &ready {
-            wave_of[i] = Some(waves.len());
-        }
-        waves.push(ready);
-    }
-    let stuck: Vec<usize> = (0..starts.len())
-        .filter(|&i| wave_of[i].is_none())
-        .collect();
-    if !stuck.is_empty() {
-        waves.push(stuck);
-    }
-    waves
+    unit::deps::waves(&first)
         .into_iter()
         .map(|w| w.into_iter().map(|i| starts[i].clone()).collect())
         .collect()

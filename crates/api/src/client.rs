@@ -754,6 +754,16 @@ impl Client {
         self.get(&format!("/why/{}", segment(name))).await
     }
 
+    /// The last `lines` lines a unit printed (`GET /output/<unit>?lines=N`, an extension of
+    /// fleet's API), as the process supervisor of the answering fleetd's machine kept them. A
+    /// fleetd whose machine does not run the unit answers 404 naming the machine that does.
+    pub async fn unit_output(&self, name: &str, lines: usize) -> Result<Vec<String>, ClientError> {
+        let answer: types::UnitOutput = self
+            .get(&format!("/output/{}?lines={lines}", segment(name)))
+            .await?;
+        Ok(answer.lines)
+    }
+
     /// Every drained machine and what becomes of its units (`GET /drain`, an extension of
     /// fleet's API). A server without drain (fleet's own) answers 404: no machine is drained
     /// there, so that reads as an empty list.

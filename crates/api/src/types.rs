@@ -511,6 +511,15 @@ impl DrainedMachine {
     }
 }
 
+/// A unit's recent output (`GET /fleet/v1/output/<unit>`): an extension beside fleet's
+/// resources, answered by the fleetd whose process supervisor runs the unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOutput {
+    pub unit: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub lines: Vec<String>,
+}
+
 /// One of the cluster's events, as `GET /fleet/v1/events` sends it (the `data` of a
 /// server-sent event): an extension beside fleet's resources.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,6 +45,21 @@ impl Default for ClusterSpec {
     }
 }
 
+impl ClusterSpec {
+    /// The default cluster, one machine per entry, each with metadata `region=<entry>`: what
+    /// the scenario tests use to steer units to some machines and keep others free.
+    pub fn with_regions(regions: &[&str]) -> ClusterSpec {
+        ClusterSpec {
+            machines: regions.len(),
+            metadata: regions
+                .iter()
+                .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
 /// How long the wait helpers wait by default before failing: generous, since the suite runs
 /// many clusters at once on a small machine. They return as soon as the condition holds.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);

@@ -12,7 +12,7 @@ use fantoccini::Client;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use testkit::chromedriver::{ChromeDriver, CHROMIUM};
 
 /// Where the screenshot goes: the target dir (the parent of this test's own temp dir there).
@@ -74,16 +74,7 @@ async fn the_dashboard_shows_units_appear_and_move() {
         return;
     };
     // m0 region a serves the browser; the unit goes to m1 or m2 (region b).
-    let spec = ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        metadata: ["a", "b", "b"]
-            .iter()
-            .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
-            .collect(),
-        ..Default::default()
-    };
+    let spec = ClusterSpec::with_regions(&["a", "b", "b"]);
     let c = Cluster::start(spec).await.expect("starting the cluster");
     let b = browser(&driver).await.unwrap();
     let result = scenario(&c, &b).await;
@@ -218,6 +209,24 @@ async fn scenario(c: &Cluster, b: &Client) -> Result<()> {
             _ => Err(v.to_string()),
         }
     })
+    .await?;
+    // Its output is kept by the machine that runs it, which the page names (m0 serves it).
+    wait_for(
+        "the unit page says where the output is",
+        DEFAULT_DEADLINE,
+        || async {
+            let v = js(
+            b,
+            "const o = document.getElementById('unit-output'); return o ? o.textContent : null;",
+        )
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+            match v.as_str() {
+                Some(t) if t.contains(&format!("runs on machine {moved}")) => Ok(()),
+                _ => Err(v.to_string()),
+            }
+        },
+    )
     .await?;
 
     // A machine drained with fleetctl shows as drained on the machines page, without a reload.

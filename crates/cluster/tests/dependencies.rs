@@ -10,7 +10,6 @@ use cluster::cleanup::TAG_VAR;
 use cluster::{wait_for, Cluster, ClusterSpec, POLL_INTERVAL};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 struct Run {
     code: i32,
@@ -73,12 +72,7 @@ async fn fleetctl_watching(
 }
 
 fn spec() -> ClusterSpec {
-    ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        ..Default::default()
-    }
+    ClusterSpec::default()
 }
 
 /// The repository's examples/ directory.

@@ -6,16 +6,10 @@
 use anyhow::{ensure, Context, Result};
 use cluster::binary::{run_fleetctl, FleetctlRun};
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_units_away_and_undrain_returns_the_machine() {
-    let spec = ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let spec = ClusterSpec::default();
     let c = Cluster::start(spec).await.expect("starting the cluster");
     scenario(&c).await.unwrap();
 }

@@ -7,11 +7,9 @@ use anyhow::{ensure, Context, Result};
 use cluster::binary::fleetctl_binary;
 use cluster::cleanup::TAG_VAR;
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Runs fleetctl to its end against `endpoint` in `cwd`: exit code and stdout (both printed,
@@ -66,16 +64,7 @@ fn find(
 async fn events_tell_a_unit_placed_started_and_moved_off_a_lost_machine() {
     // m0 is region a, m1 and m2 region b: the unit goes to m1 or m2, and the stream is read
     // from m0, which stays up.
-    let spec = ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        metadata: ["a", "b", "b"]
-            .iter()
-            .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
-            .collect(),
-        ..Default::default()
-    };
+    let spec = ClusterSpec::with_regions(&["a", "b", "b"]);
     let c = Cluster::start(spec).await.expect("starting the cluster");
     scenario(&c).await.unwrap();
 }

@@ -7,7 +7,6 @@ use cluster::binary::run_fleetctl;
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The line of `text` that starts with `machine` (a `why` table row).
 fn row<'a>(text: &'a str, machine: &str) -> Result<&'a str> {
@@ -31,16 +30,7 @@ fn plan_row(text: &str, unit: &str) -> Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_why_and_dry_run_on_three_machines() {
-    let spec = ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        metadata: ["east", "west", "west"]
-            .iter()
-            .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
-            .collect(),
-        ..Default::default()
-    };
+    let spec = ClusterSpec::with_regions(&["east", "west", "west"]);
     let c = Cluster::start(spec).await.expect("starting the cluster");
     scenario(&c).await.unwrap();
 }

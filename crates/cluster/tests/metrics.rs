@@ -5,7 +5,6 @@
 use anyhow::{ensure, Context, Result};
 use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
 use prometheus_parse::{Scrape, Value};
-use std::time::Duration;
 
 /// The families fleetd serves (names as sampled: counters with `_total`, histograms as
 /// their `_count`).
@@ -59,12 +58,7 @@ async fn cluster_sum(c: &Cluster, metric: &str, labels: &[(&str, &str)]) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_units_start_and_a_machine_dies() {
-    let spec = ClusterSpec {
-        machines: 3,
-        agent_ttl: Duration::from_secs(3),
-        engine_interval: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let spec = ClusterSpec::default();
     let c = Cluster::start(spec).await.expect("starting the cluster");
     scenario(&c).await.unwrap();
 }

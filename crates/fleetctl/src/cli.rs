@@ -10,7 +10,7 @@ pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
 const ABOUT: &str =
     "fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.";
 
-fn positive_seconds(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;

@@ -133,30 +133,7 @@ pub fn creation_waves(units: &[Unit]) -> Vec<Vec<usize>> {
             }
         }
     }
-    let mut wave_of: Vec<Option<usize>> = vec![None; units.len()];
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    loop {
-        let ready: Vec<usize> = (0..units.len())
-            .filter(|&i| {
-                wave_of[i].is_none()
-                    && first[i]
-                        .iter()
-                        .all(|&j| wave_of[j].is_some_and(|w| w < waves.len()))
-            })
-            .collect();
-        if ready.is_empty() {
-            break;
-        }
-        for &i in &ready {
-            wave_of[i] = Some(waves.len());
-        }
-        waves.push(ready);
-    }
-    let stuck: Vec<usize> = (0..units.len()).filter(|&i| wave_of[i].is_none()).collect();
-    if !stuck.is_empty() {
-        waves.push(stuck);
-    }
-    waves
+    unit::deps::waves(&first)
 }
 
 #[cfg(test)]

@@ -29,17 +29,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use unit::{UnitFile, UnitName};
 
-fn batch_seconds(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("{s:?}: must be more than 0 seconds"))
-    }
-}
-
 /// `start`'s flags for a rolling replace.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Rolling {
@@ -58,7 +47,7 @@ pub struct Rolling {
     pub health_cmd: Option<String>,
 
     /// With --rolling: seconds one batch may take to be active (and pass --health-cmd)
-    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = batch_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = crate::cli::positive_seconds)]
     pub batch_timeout: f64,
 }
 

@@ -219,9 +219,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map(socket_group)
         .transpose()?;
     // The API answers 503 until this machine is registered, as fleet's did.
-    let api_state = server::ApiState::new(registry.clone(), cfg.token_limit)
+    let mut api_state = server::ApiState::new(registry.clone(), cfg.token_limit)
         .with_access(access.clone())
         .with_metrics(exposition);
+    // The process supervisor keeps each unit's output in files here: the API serves their end
+    // (`GET /fleet/v1/output/<unit>`, the dashboard's unit page). systemd's go to the journal.
+    if matches!(
+        cfg.unit_manager.resolve(config::systemd_booted()),
+        UnitManagerKind::Process
+    ) {
+        let dirs = supervisor::inspect::Dirs::new(
+            cfg.state_dir.join("process"),
+            cfg.units_directory.join("process"),
+        );
+        api_state = api_state.with_output(Arc::new(move |unit: &str, lines: usize| {
+            let kept = dirs.log_path(unit).exists();
+            kept.then(|| dirs.log_tail(unit, lines))
+        }));
+    }
     // Sockets passed by systemd (fleet.socket) are served as they are; a configured address
     // among them is not bound again: binding would find systemd's socket alive and refuse, as
     // if another fleetd served it (the default api_listen is fleet.socket's path).

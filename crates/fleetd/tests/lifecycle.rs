@@ -61,6 +61,20 @@ fn hello_runs_within_moments_of_submission_and_its_output_is_logged() {
         "{}",
         node.unit_log("hello.service")
     );
+    // The API serves the end of the same output (the dashboard's unit page reads it).
+    let lines = api.output("hello.service", 3).expect("GET output");
+    assert!(!lines.is_empty() && lines.len() <= 3, "{lines:?}");
+    assert!(
+        lines.last().is_some_and(|l| l.ends_with(" Hello World")),
+        "{lines:?}"
+    );
+    let unknown = api.output("nope.service", 3).expect_err("no such unit");
+    assert!(
+        unknown.to_string().contains("unit does not exist"),
+        "{unknown}"
+    );
+    let bad = api.output("hello.service", 0).expect_err("zero lines");
+    assert!(bad.to_string().contains("from 1 to"), "{bad}");
     assert!(fleetd.running());
 }
 

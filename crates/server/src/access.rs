@@ -236,6 +236,7 @@ pub fn needed_role(route: &Route) -> Role {
         Route::PlanGet
         | Route::PlanPost
         | Route::Why(_)
+        | Route::Output(_)
         | Route::DrainList
         | Route::DrainGet(_)
         | Route::Events
@@ -352,6 +353,7 @@ mod tests {
             Route::PlanPost,
             Route::PlanGet,
             Route::Why("a.service".into()),
+            Route::Output("a.service".into()),
             Route::Events,
             Route::Ui(String::new()),
         ] {

@@ -110,30 +110,9 @@ pub(crate) fn wire(e: &ClusterEvent) -> Event {
     }
 }
 
-/// `t` as RFC 3339 in UTC with milliseconds. Hand-written (Howard Hinnant's days-to-civil
-/// algorithm): the one date format the API needs does not warrant a date crate in fleetd.
+/// `t` as RFC 3339 in UTC with milliseconds, as the process supervisor stamps output lines.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// What a request asks for.

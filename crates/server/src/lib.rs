@@ -35,6 +35,7 @@ pub mod events;
 pub mod listen;
 mod machines;
 pub mod metrics;
+pub mod output;
 mod plan;
 pub mod routes;
 mod state;
@@ -174,6 +175,7 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::PlanGet => plan::get(s, query.as_deref()).await,
         Route::PlanPost => plan::post(s, req).await,
         Route::Why(name) => plan::why(s, &name).await,
+        Route::Output(name) => output::get(s, &name, query.as_deref()).await,
         Route::DrainList => drain::list(s).await,
         Route::DrainGet(id) => drain::get(s, &id).await,
         Route::DrainPut(id) => drain::put(s, &id).await,

@@ -24,6 +24,9 @@ pub enum Route {
     PlanPost,
     /// `GET /why/<unit>`: an extension beside fleet's resources; reads only.
     Why(String),
+    /// `GET /output/<unit>`: the unit's recent output, kept by this machine's process
+    /// supervisor; an extension, reads only.
+    Output(String),
     /// `GET /drain`: the drained machines (an extension beside fleet's resources).
     DrainList,
     /// `GET /drain/<machineID>`.
@@ -57,6 +60,7 @@ impl Route {
             Route::StateGet(_) => "state/{unitName}",
             Route::PlanGet | Route::PlanPost => "plan",
             Route::Why(_) => "why/{unitName}",
+            Route::Output(_) => "output/{unitName}",
             Route::DrainList => "drain",
             Route::DrainGet(_) | Route::DrainPut(_) | Route::DrainDelete(_) => "drain/{machineID}",
             Route::Events => "events",
@@ -164,6 +168,10 @@ pub fn route(method: &str, path: &str) -> Route {
         },
         ("why", Some(name)) => match method {
             "GET" => Route::Why(name),
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
+        ("output", Some(name)) => match method {
+            "GET" => Route::Output(name),
             _ => Route::MethodNotAllowed(ONLY_GET),
         },
         ("drain", None) => match method {
@@ -368,6 +376,16 @@ mod tests {
         assert_eq!(r("GET", ""), Route::NotFound);
         assert!(Route::PlanPost.changes_nothing());
         assert!(Route::Why(u("a.service")).changes_nothing());
+        assert!(Route::Output(u("a.service")).changes_nothing());
+        assert_eq!(
+            r("GET", "/fleet/v1/output/a.service"),
+            Route::Output(u("a.service"))
+        );
+        assert_eq!(
+            r("PUT", "/fleet/v1/output/a.service"),
+            Route::MethodNotAllowed(ONLY_GET)
+        );
+        assert_eq!(r("GET", "/fleet/v1/output"), Route::NotFound);
         assert!(Route::Events.changes_nothing());
         assert!(!Route::UnitPut(u("a.service")).changes_nothing());
         assert!(!Route::MachinesPatch.changes_nothing());

@@ -25,6 +25,8 @@ pub struct ApiState {
     pub(crate) access: Arc<crate::access::Access>,
     /// The cluster's events, followed from when the API becomes available (see `events`).
     events: Arc<std::sync::OnceLock<Option<crate::events::EventLog>>>,
+    /// The recent output of the units this machine's process supervisor runs, if it runs any.
+    pub(crate) output: Option<crate::output::OutputSource>,
 }
 
 /// One kept listing: the revision it was read at, and its items.
@@ -99,6 +101,7 @@ impl ApiState {
             listings: Arc::default(),
             access: Arc::default(),
             events: Arc::default(),
+            output: None,
         }
     }
 
@@ -128,6 +131,13 @@ impl ApiState {
         self.metrics = Metrics::register(&mut exposition);
         self.metrics.set_available(self.is_available());
         self.exposition = Arc::new(exposition);
+        self
+    }
+
+    /// Where `GET /fleet/v1/output/<unit>` reads a unit's recent output: fleetd gives it when
+    /// its unit manager is the process supervisor.
+    pub fn with_output(mut self, source: crate::output::OutputSource) -> ApiState {
+        self.output = Some(source);
         self
     }
 

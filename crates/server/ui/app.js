@@ -314,6 +314,28 @@ function unitFile(u) {
   return [...sections].map(([s, lines]) => `[${s}]\n${lines.join("\n")}\n`).join("\n");
 }
 
+// A unit's recent output (GET /output/NAME): kept by the process supervisor of the machine
+// that runs it, so another machine's fleetd answers 404 naming where it is. Asked again at
+// most every 2 s while the page is drawn.
+const outputCache = new Map(); // name -> { at, lines } or { at, message }
+function outputOf(name) {
+  const kept = outputCache.get(name);
+  if (!kept || Date.now() - kept.at > 2000) {
+    outputCache.set(name, Object.assign({}, kept || { message: "…" }, { at: Date.now() }));
+    fetch(`${API}/output/${encodeURIComponent(name)}?lines=100`, { credentials: "same-origin" })
+      .then(async r => {
+        const body = await r.json().catch(() => ({}));
+        outputCache.set(name, r.ok ? { at: Date.now(), lines: body.lines || [] }
+          : { at: Date.now(), message: (body.error && body.error.message) || `${r.status}` });
+        scheduleRender();
+      })
+      .catch(e => outputCache.set(name, { at: Date.now(), message: e.message }));
+  }
+  const o = outputCache.get(name);
+  return o.lines ? el("pre", { id: "unit-output" }, o.lines.join("\n") || "(no output yet)")
+    : el("p", { class: "muted", id: "unit-output" }, o.message);
+}
+
 const whyCache = new Map();
 function unitView(name) {
   const u = state.units.get(name);
@@ -349,8 +371,7 @@ function unitView(name) {
       el("tbody", {}, states.map(s => el("tr", {}, el("td", { class: "mono" }, machineLabel(s.machineID)),
         el("td", {}, s.systemdLoadState), el("td", { class: `s-${s.systemdActiveState}` }, s.systemdActiveState),
         el("td", {}, s.systemdSubState), el("td", { class: "mono" }, s.hash))))),
-    el("h3", {}, "Recent output"),
-    el("p", { class: "muted" }, `Not served by the API yet: fleetctl journal ${name}`),
+    el("h3", {}, "Recent output"), outputOf(name),
     el("h3", {}, "Events"), eventsTable(state.events.filter(e => e.unit === name)));
 }
 

@@ -155,6 +155,49 @@ impl Dependencies {
     }
 }
 
+/// Orders items into waves where each item comes after everything `first[i]` names: wave 0 holds
+/// the items that wait for nothing, wave 1 those waiting only for wave 0, and so on. Items caught
+/// in a cycle come last, together, in one wave (systemd breaks such cycles itself). Both the
+/// agent (which units to start first on a machine) and fleetctl (which units to create first)
+/// order dependencies this way.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// // 0 waits for 1, 1 waits for 2.
+/// let first = vec![BTreeSet::from([1]), BTreeSet::from([2]), BTreeSet::new()];
+/// assert_eq!(unit::deps::waves(&first), vec![vec![2], vec![1], vec![0]]);
+/// ```
+pub fn waves(first: &[std::collections::BTreeSet<usize>]) -> Vec<Vec<usize>> {
+    let mut wave_of: Vec<Option<usize>> = vec![None; first.len()];
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    loop {
+        let ready: Vec<usize> = (0..first.len())
+            .filter(|&i| {
+                wave_of[i].is_none()
+                    && first[i].iter().all(|&j| {
+                        wave_of
+                            .get(j)
+                            .copied()
+                            .flatten()
+                            .is_some_and(|w| w < waves.len())
+                    })
+            })
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for &i in &ready {
+            wave_of[i] = Some(waves.len());
+        }
+        waves.push(ready);
+    }
+    let stuck: Vec<usize> = (0..first.len()).filter(|&i| wave_of[i].is_none()).collect();
+    if !stuck.is_empty() {
+        waves.push(stuck);
+    }
+    waves
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -448,6 +448,15 @@ impl Api {
         self.states().into_iter().find(|s| s.name == name)
     }
 
+    /// GET /output/<name>: the unit's last `lines` lines of output.
+    pub fn output(
+        &self,
+        name: &str,
+        lines: usize,
+    ) -> Result<Vec<String>, api::client::ClientError> {
+        self.rt.block_on(self.client.unit_output(name, lines))
+    }
+
     /// PUT /units/<name> with the options of unit file `text` and `desired` state.
     pub fn submit(&self, name: &str, text: &str, desired: &str) {
         let file = unit::UnitFile::parse(text).expect("test unit file parses");
