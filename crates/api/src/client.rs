@@ -782,6 +782,23 @@ impl Client {
         }
     }
 
+    /// Each present machine's presence lease (`GET /leases`, an extension). A server without
+    /// it (fleet's own, or an older fleetd) answers 404: `None`, the leases are not known.
+    pub async fn leases(&self) -> Result<Option<Vec<types::MachineLease>>, ClientError> {
+        match self
+            .expect(
+                Method::GET,
+                "/leases",
+                None,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?
+        {
+            (StatusCode::OK, bytes) => Ok(Some(self.decode::<types::LeasePage>(&bytes)?.machines)),
+            _ => Ok(None),
+        }
+    }
+
     /// One drained machine, `None` if it is not drained.
     pub async fn drain_status(&self, machine: &str) -> Result<Option<DrainedMachine>, ClientError> {
         self.get_optional(&format!("/drain/{}", segment(machine)))

@@ -474,6 +474,27 @@ pub struct DrainPage {
     pub machines: Vec<DrainedMachine>,
 }
 
+/// `GET /fleet/v1/leases`: each present machine's presence lease. An extension beside fleet's
+/// resources, not in the discovery document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeasePage {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub machines: Vec<MachineLease>,
+}
+
+/// One machine's presence lease: `granted - remaining` is the time since its last renewal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineLease {
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    /// Seconds left before the lease expires.
+    #[serde(default)]
+    pub remaining: f64,
+    /// The TTL granted, in seconds; absent when the store does not tell it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted: Option<f64>,
+}
+
 /// One drained machine (`GET`/`PUT /fleet/v1/drain/<machineID>`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrainedMachine {

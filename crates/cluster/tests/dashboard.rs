@@ -1,7 +1,8 @@
 //! The dashboard as a person sees it: a real headless Chromium (driven over WebDriver by
-//! chromium-driver) on `/ui` of one of three real fleetd over etcd. The pages render; a unit
-//! started with `fleetctl` appears on the units page without a reload; its machine killed, the
-//! unit moves to another machine on screen. A screenshot of the units page is saved as
+//! chromium-driver) on `/ui` of one of three real fleetd over etcd. The pages render, the
+//! machines page with each machine's last lease renewal; a unit started with `fleetctl` appears
+//! on the units page without a reload; its machine killed, the unit moves to another machine on
+//! screen. A screenshot of the units page is saved as
 //! `ui-units.png` in the target dir.
 
 use anyhow::{ensure, Context, Result};
@@ -95,6 +96,27 @@ async fn scenario(c: &Cluster, b: &Client) -> Result<()> {
         shown.sort();
         if shown == ids { Ok(()) } else { Err(format!("{shown:?}")) }
     })
+    .await?;
+    // Each machine's LEASE cell shows its last renewal (read from /fleet/v1/leases).
+    wait_for(
+        "each machine's lease renewal on the machines page",
+        DEFAULT_DEADLINE,
+        || async {
+            let v = js(
+                b,
+                "return [...document.querySelectorAll('#machines tbody tr')].map(tr => \
+                       tr.querySelector('td.lease').textContent);",
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+            let cells: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            if cells.len() == ids.len() && cells.iter().all(|c| c.contains("ago")) {
+                Ok(())
+            } else {
+                Err(format!("{cells:?}"))
+            }
+        },
+    )
     .await?;
 
     b.goto(&format!("{ui}#/units")).await?;
@@ -244,7 +266,7 @@ async fn scenario(c: &Cluster, b: &Client) -> Result<()> {
     );
     let script = format!(
         "const tr = document.querySelector('#machines tr[data-machine=\"{m0}\"]'); \
-         return tr ? tr.children[4].textContent : null;"
+         return tr ? tr.lastElementChild.textContent : null;"
     );
     wait_for("m0 drained on screen", DEFAULT_DEADLINE, || async {
         let v = js(b, &script).await.map_err(|e| format!("{e:#}"))?;

@@ -68,6 +68,6 @@ pub use views::UnitView;
 /// Operations per transaction: etcd refuses more than 128 by default (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 100;
 pub use store::{
-    Compare, Event, EventKind, KeyValue, LeaseId, Op, RangePage, Revision, Store, StoreError,
-    TxnResult, WatchStream,
+    Compare, Event, EventKind, KeyValue, LeaseId, LeaseTimes, Op, RangePage, Revision, Store,
+    StoreError, TxnResult, WatchStream,
 };

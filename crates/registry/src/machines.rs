@@ -1,10 +1,16 @@
 //! Machines: their presence records (written under their leases, see [`crate::MachineLease`])
 //! and the dynamic metadata set through the API.
 
+use crate::codec::decode_or_skip;
 use crate::model::MachineState;
 use crate::registry::{AtRevision, Registry, Result};
-use crate::store::{Op, Revision};
+use crate::store::{LeaseTimes, Op, Revision};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
+
+/// Lease queries in flight at once: enough to answer a large cluster quickly without a burst
+/// of hundreds of requests at the store.
+const LEASE_QUERIES: usize = 16;
 
 /// Merges dynamic metadata over configured metadata as fleet did: dynamic values win, and an
 /// empty dynamic value removes the key.
@@ -49,6 +55,28 @@ impl Registry {
             items: machines,
             revision,
         })
+    }
+
+    /// machine id -> the times of the lease its presence record is written under. A machine
+    /// whose lease ended between the read and the query, or whose record has no lease, is
+    /// left out: it is on its way out of the cluster.
+    pub async fn machine_leases(&self) -> Result<BTreeMap<String, LeaseTimes>> {
+        let kvs = self.range_at(&self.keys.machines(), None).await?;
+        let owners: Vec<(String, i64)> = kvs
+            .items
+            .iter()
+            .filter(|kv| kv.lease != 0)
+            .filter_map(|kv| decode_or_skip::<MachineState>(kv).map(|m| (m.id, kv.lease)))
+            .collect();
+        let store = &self.store;
+        stream::iter(owners)
+            .map(|(id, lease)| async move {
+                Ok::<_, crate::RegistryError>(store.lease_times(lease).await?.map(|t| (id, t)))
+            })
+            .buffer_unordered(LEASE_QUERIES)
+            .try_filter_map(|found| async move { Ok(found) })
+            .try_collect()
+            .await
     }
 
     /// machine -> key -> value of metadata set through the API.

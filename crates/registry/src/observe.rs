@@ -4,7 +4,8 @@
 //! [`crate::Registry::with_observer`].
 
 use crate::store::{
-    Compare, KeyValue, LeaseId, Op, RangePage, Result, Revision, Store, TxnResult, WatchStream,
+    Compare, KeyValue, LeaseId, LeaseTimes, Op, RangePage, Result, Revision, Store, TxnResult,
+    WatchStream,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -103,6 +104,12 @@ impl Store for ObservedStore {
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         let began = Instant::now();
         let r = self.inner.lease_ttl(lease).await;
+        self.seen("lease_ttl", began, r)
+    }
+
+    async fn lease_times(&self, lease: LeaseId) -> Result<Option<LeaseTimes>> {
+        let began = Instant::now();
+        let r = self.inner.lease_times(lease).await;
         self.seen("lease_ttl", began, r)
     }
 

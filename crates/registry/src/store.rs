@@ -24,6 +24,14 @@ pub struct KeyValue {
     pub lease: LeaseId,
 }
 
+/// A live lease's remaining time and the TTL it was granted (each keep-alive restores the
+/// remaining time to the granted one, so their difference is the time since the last renewal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTimes {
+    pub remaining: Duration,
+    pub granted: Option<Duration>,
+}
+
 /// One page of a prefix range, all read at `revision`.
 #[derive(Clone, Debug, Default)]
 pub struct RangePage {
@@ -176,6 +184,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Remaining time of a lease, or `None` if it does not exist (expired or revoked).
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>>;
+
+    /// Remaining and granted time of a lease, or `None` if it does not exist. Stores that
+    /// cannot tell the granted TTL answer `granted: None` (the default, from [`Store::lease_ttl`]).
+    async fn lease_times(&self, lease: LeaseId) -> Result<Option<LeaseTimes>> {
+        Ok(self.lease_ttl(lease).await?.map(|remaining| LeaseTimes {
+            remaining,
+            granted: None,
+        }))
+    }
 
     /// Revokes a lease, deleting every key attached to it. Revoking a missing lease is not an error.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;

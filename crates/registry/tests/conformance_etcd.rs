@@ -64,6 +64,9 @@ impl Store for OwnedEtcd {
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         self.store.lease_ttl(lease).await
     }
+    async fn lease_times(&self, lease: LeaseId) -> Result<Option<registry::LeaseTimes>> {
+        self.store.lease_times(lease).await
+    }
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
         self.store.revoke_lease(lease).await
     }

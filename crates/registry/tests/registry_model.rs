@@ -469,6 +469,12 @@ impl Store for NoWatches {
     ) -> registry::store::Result<Option<std::time::Duration>> {
         self.0.lease_ttl(lease).await
     }
+    async fn lease_times(
+        &self,
+        lease: registry::LeaseId,
+    ) -> registry::store::Result<Option<registry::LeaseTimes>> {
+        self.0.lease_times(lease).await
+    }
     async fn revoke_lease(&self, lease: registry::LeaseId) -> registry::store::Result<()> {
         self.0.revoke_lease(lease).await
     }

@@ -240,6 +240,7 @@ pub fn needed_role(route: &Route) -> Role {
         | Route::DrainList
         | Route::DrainGet(_)
         | Route::Events
+        | Route::Leases
         | Route::Ui(_)
         | Route::Discovery
         | Route::DiscoveryNotGet
@@ -355,6 +356,7 @@ mod tests {
             Route::Why("a.service".into()),
             Route::Output("a.service".into()),
             Route::Events,
+            Route::Leases,
             Route::Ui(String::new()),
         ] {
             assert!(r.changes_nothing());

@@ -32,6 +32,7 @@ mod body;
 mod drain;
 mod error;
 pub mod events;
+mod leases;
 pub mod listen;
 mod machines;
 pub mod metrics;
@@ -181,6 +182,7 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::DrainPut(id) => drain::put(s, &id).await,
         Route::DrainDelete(id) => drain::delete(s, &id).await,
         Route::Events => events::get(s, query.as_deref()).await,
+        Route::Leases => leases::list(s).await,
         Route::Ui(asset) => Ok(ui::get(&asset, query.as_deref())),
     }
 }

@@ -35,6 +35,8 @@ pub enum Route {
     DrainPut(String),
     /// `DELETE /drain/<machineID>`: returns it to service.
     DrainDelete(String),
+    /// `GET /leases`: each machine's presence lease; an extension, reads only.
+    Leases,
     /// `GET /events`: the cluster's events as server-sent events; an extension, reads only.
     Events,
     /// `GET /ui/<asset>`: the dashboard's files (empty: its page); reads only.
@@ -64,6 +66,7 @@ impl Route {
             Route::DrainList => "drain",
             Route::DrainGet(_) | Route::DrainPut(_) | Route::DrainDelete(_) => "drain/{machineID}",
             Route::Events => "events",
+            Route::Leases => "leases",
             Route::Ui(_) => "ui",
             Route::Metrics => "metrics",
             Route::MethodNotAllowed(_) => "method_not_allowed",
@@ -186,6 +189,10 @@ pub fn route(method: &str, path: &str) -> Route {
                 Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
             }
         },
+        ("leases", None) => match method {
+            "GET" => Route::Leases,
+            _ => Route::MethodNotAllowed(ONLY_GET),
+        },
         ("events", None) => match method {
             "GET" => Route::Events,
             _ => Route::MethodNotAllowed(ONLY_GET),
@@ -267,6 +274,13 @@ mod tests {
                     Route::MethodNotAllowed("only GET and PATCH supported against this resource"),
                 ),
                 ("GET", format!("{p}/machines/abc"), Route::NotFound),
+                ("GET", format!("{p}/leases"), Route::Leases),
+                (
+                    "DELETE",
+                    format!("{p}/leases"),
+                    Route::MethodNotAllowed(ONLY_GET),
+                ),
+                ("GET", format!("{p}/leases/m1"), Route::NotFound),
                 ("GET", format!("{p}/units"), Route::UnitsList),
                 (
                     "POST",
@@ -387,6 +401,7 @@ mod tests {
         );
         assert_eq!(r("GET", "/fleet/v1/output"), Route::NotFound);
         assert!(Route::Events.changes_nothing());
+        assert!(Route::Leases.changes_nothing());
         assert!(!Route::UnitPut(u("a.service")).changes_nothing());
         assert!(!Route::MachinesPatch.changes_nothing());
         assert!(!Route::DrainPut(u("m1")).changes_nothing());

@@ -14,6 +14,7 @@ const state = {
   states: new Map(),   // name -> [unit state (API v1 JSON)]
   machines: new Map(), // id -> machine (API v1 JSON)
   drains: new Map(),   // id -> drained machine (GET /fleet/v1/drain)
+  leases: null,        // id -> presence lease (GET /fleet/v1/leases); null: not known
   events: [],          // newest last, at most 1000
   seen: new Set(),     // events already taken in (a reconnect replays the recent ones)
   filter: { name: "", state: "", machine: "", meta: "" },
@@ -67,12 +68,14 @@ function loadAll() {
 
 async function readAll() {
   try {
-    const [units, states, machines, drains] = await Promise.all([
-      all("/units", "units"), all("/state", "states"), all("/machines", "machines"), readDrains()]);
+    const [units, states, machines, drains, leases] = await Promise.all([
+      all("/units", "units"), all("/state", "states"), all("/machines", "machines"), readDrains(),
+      readLeases()]);
     state.units = new Map(units.map(u => [u.name, u]));
     state.states = groupStates(states);
     state.machines = new Map(machines.map(m => [m.id, m]));
     state.drains = drains;
+    state.leases = leases;
     state.loadedOnce = true;
     showError("");
   } catch (e) { showError(e.message); }
@@ -85,14 +88,34 @@ async function readDrains() {
   return new Map(((page && page.machines) || []).map(d => [d.machineID, d]));
 }
 
+// Each machine's presence lease, by id. A fleetd without the route answers 404: null, "not
+// known" (shown as a dash).
+async function readLeases() {
+  const page = await api("/leases");
+  return page ? new Map((page.machines || []).map(l => [l.machineID, l])) : null;
+}
+
 async function loadMachines() {
   try {
-    const [machines, drains] = await Promise.all([all("/machines", "machines"), readDrains()]);
+    const [machines, drains, leases] = await Promise.all([
+      all("/machines", "machines"), readDrains(), readLeases()]);
     state.machines = new Map(machines.map(m => [m.id, m]));
     state.drains = drains;
+    state.leases = leases;
   } catch (e) { showError(e.message); }
   render();
 }
+
+// Leases are renewed every few seconds and no event says so: while the machines page is
+// shown, they are read again on a timer (one small request).
+const LEASE_REFRESH_MS = 2000;
+setInterval(async () => {
+  if (route().view !== "machines" || document.hidden) return;
+  try {
+    state.leases = await readLeases();
+  } catch (e) { showError(e.message); return; }
+  render();
+}, LEASE_REFRESH_MS);
 
 // One unit again, after an event about it (a few requests, whatever the cluster's size). Past
 // this many units at once (a burst, or the recent events replayed on connecting), one listing
@@ -282,10 +305,22 @@ function machinesView() {
       el("td", {}, m.primaryIP || "-"),
       el("td", { class: "wrap" }, Object.entries(m.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
       el("td", {}, count.get(m.id) || 0),
+      leaseCell(state.leases && state.leases.get(m.id)),
       drainedCell(state.drains.get(m.id))));
   return el("table", { id: "machines" }, el("thead", {}, el("tr", {},
-    ["MACHINE", "IP", "METADATA", "UNITS", "DRAINED"].map(h => el("th", {}, h)))),
+    ["MACHINE", "IP", "METADATA", "UNITS", "LEASE", "DRAINED"].map(h => el("th", {}, h)))),
   el("tbody", {}, rows));
+}
+
+// Lease age: each renewal restores the remaining time to the granted TTL, so granted -
+// remaining is the time since the last one. Without the granted TTL, the time left is shown.
+function leaseCell(l) {
+  if (!l) return el("td", { class: "muted lease" }, "—");
+  const left = `${l.remaining.toFixed(1)} s left`;
+  if (l.granted == null) return el("td", { class: "lease" }, `lease: ${left}`);
+  const age = Math.max(0, l.granted - l.remaining);
+  return el("td", { class: "lease", title: left },
+    `renewed ${age.toFixed(1)} s ago (TTL ${l.granted} s)`);
 }
 
 function drainedCell(d) {

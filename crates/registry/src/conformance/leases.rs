@@ -82,8 +82,9 @@ pub async fn lease_expiry(store: Arc<dyn Store>) -> Result<()> {
     Ok(())
 }
 
-/// A lease kept alive outlives its TTL several times over, with its keys; `lease_ttl` reports
-/// a remaining time no longer than the TTL.
+/// A lease kept alive outlives its TTL several times over, with its keys; `lease_ttl` and
+/// `lease_times` report a remaining time no longer than the TTL, and `lease_times` the TTL
+/// granted.
 pub async fn lease_keep_alive(store: Arc<dyn Store>) -> Result<()> {
     let p = unique_prefix("lease_keep_alive");
     let s = &*store;
@@ -114,6 +115,17 @@ pub async fn lease_keep_alive(store: Arc<dyn Store>) -> Result<()> {
         .await?
         .context("lease_ttl of a live lease is None")?;
     ensure!(left <= ttl, "remaining {left:?} exceeds the TTL {ttl:?}");
+    let times = s
+        .lease_times(lease)
+        .await?
+        .context("lease_times of a live lease is None")?;
+    ensure!(
+        times.remaining <= ttl,
+        "lease_times: remaining {:?} exceeds the TTL {ttl:?}",
+        times.remaining
+    );
+    // Both stores know the TTL they granted (the dashboard's lease age depends on it).
+    ensure_eq!(times.granted, Some(ttl), "granted TTL from lease_times");
     s.revoke_lease(lease).await?;
     Ok(())
 }

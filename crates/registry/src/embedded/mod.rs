@@ -46,8 +46,8 @@ pub use disk::FILE_NAME;
 pub use state::HistoryLimits;
 
 use crate::store::{
-    Compare, KeyValue, LeaseId, Op, RangePage, Result, Revision, Store, StoreError, TxnResult,
-    WatchStream,
+    Compare, KeyValue, LeaseId, LeaseTimes, Op, RangePage, Result, Revision, Store, StoreError,
+    TxnResult, WatchStream,
 };
 use async_trait::async_trait;
 use batch::Batch;
@@ -375,6 +375,10 @@ impl Store for EmbeddedStore {
 
     async fn lease_ttl(&self, lease: LeaseId) -> Result<Option<Duration>> {
         Ok(read(&self.shared.state).lease_ttl(lease, Instant::now()))
+    }
+
+    async fn lease_times(&self, lease: LeaseId) -> Result<Option<LeaseTimes>> {
+        Ok(read(&self.shared.state).lease_times(lease, Instant::now()))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {

@@ -8,7 +8,7 @@
 //! durable.
 
 use super::batch::Batch;
-use crate::store::{Event, KeyValue, LeaseId, RangePage, Result, Revision, StoreError};
+use crate::store::{Event, KeyValue, LeaseId, LeaseTimes, RangePage, Result, Revision, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
@@ -313,6 +313,16 @@ impl State {
     pub fn lease_ttl(&self, id: LeaseId, now: Instant) -> Option<Duration> {
         match self.leases.get(&id) {
             Some(e) if !e.dying && e.deadline > now => Some(e.deadline - now),
+            _ => None,
+        }
+    }
+
+    pub fn lease_times(&self, id: LeaseId, now: Instant) -> Option<LeaseTimes> {
+        match self.leases.get(&id) {
+            Some(e) if !e.dying && e.deadline > now => Some(LeaseTimes {
+                remaining: e.deadline - now,
+                granted: Some(ttl_duration(e.ttl_secs)),
+            }),
             _ => None,
         }
     }

@@ -33,8 +33,8 @@ mod watch;
 pub use options::EtcdOptions;
 
 use crate::store::{
-    Compare, KeyValue, LeaseId, Op, RangePage, Result, Revision, Store, StoreError, TxnResult,
-    WatchStream,
+    Compare, KeyValue, LeaseId, LeaseTimes, Op, RangePage, Result, Revision, Store, StoreError,
+    TxnResult, WatchStream,
 };
 use async_trait::async_trait;
 use convert::{
@@ -372,6 +372,23 @@ impl Store for EtcdStore {
             .await;
         match res {
             Ok(resp) if resp.ttl() >= 0 => Ok(Some(Duration::from_secs(resp.ttl().unsigned_abs()))),
+            Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn lease_times(&self, lease: LeaseId) -> Result<Option<LeaseTimes>> {
+        let res = self
+            .call("lease ttl", true, |mut c| async move {
+                c.lease.time_to_live(lease, None).await
+            })
+            .await;
+        match res {
+            Ok(resp) if resp.ttl() >= 0 => Ok(Some(LeaseTimes {
+                remaining: Duration::from_secs(resp.ttl().unsigned_abs()),
+                granted: (resp.granted_ttl() > 0)
+                    .then(|| Duration::from_secs(resp.granted_ttl().unsigned_abs())),
+            })),
             Ok(_) | Err(StoreError::LeaseNotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
