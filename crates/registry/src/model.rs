@@ -134,6 +134,33 @@ pub struct DrainMark {
     pub since: u64,
 }
 
+/// A rolling replace of a global unit in progress (`rollout/<unit>`): while the unit's job
+/// names `new`, a machine not in `allowed` keeps running `old`, so that new content reaches the
+/// machines a few at a time instead of all at once (fleet's issue 960). Not under any lease: a
+/// rollout stopped by a failure stays until it is resumed, finished or dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRollout {
+    /// The content machines keep until they are allowed the new one.
+    pub old: UnitHash,
+    /// The content the unit's job names.
+    pub new: UnitHash,
+    /// The machines allowed `new`.
+    #[serde(default)]
+    pub allowed: std::collections::BTreeSet<String>,
+}
+
+impl GlobalRollout {
+    /// The content `machine` is to run of a global unit whose job names `job`: `old` while
+    /// the rollout holds it back, else the job's.
+    pub fn hash_for(&self, job: UnitHash, machine: &str) -> UnitHash {
+        if job == self.new && !self.allowed.contains(machine) {
+            self.old
+        } else {
+            job
+        }
+    }
+}
+
 /// systemd's three state names for a unit, as systemd spells them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SystemdState {

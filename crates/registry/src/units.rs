@@ -211,7 +211,7 @@ impl Registry {
     }
 
     /// Adds to a transaction the deletion of the body `hash` if `leaving` is its last user.
-    async fn collect_body(
+    pub(crate) async fn collect_body(
         &self,
         hash: &UnitHash,
         leaving: &str,

@@ -15,6 +15,7 @@
 //! let now = Instant::now();
 //! core.on(now, Input::Schedule(Update::Reset(vec![("hello.service".into(), entry)])));
 //! core.on(now, Input::Globals(Update::Reset(vec![])));
+//! core.on(now, Input::Rollouts(Update::Reset(vec![])));
 //! core.on(now, Input::Metadata(Update::Reset(vec![])));
 //! let ready = core.ready(now);
 //! assert!(matches!(&ready.effects[0], Effect::Run(phase) if phase.len() == 1));
@@ -26,8 +27,8 @@ pub use dump::{AgentDump, UnitDump};
 use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
 use crate::StateChange;
 use registry::{
-    merge_metadata, GlobalJob, Job, MachineState, ScheduleEntry, SystemdState, TargetState,
-    UnitState, Update,
+    merge_metadata, GlobalJob, GlobalRollout, Job, MachineState, ScheduleEntry, SystemdState,
+    TargetState, UnitState, Update,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -60,6 +61,8 @@ pub enum Input {
     Schedule(Update<String, ScheduleEntry>),
     /// The global units changed.
     Globals(Update<String, GlobalJob>),
+    /// The rollouts of global units changed: which machines run a global unit's new content.
+    Rollouts(Update<String, GlobalRollout>),
     /// This machine's dynamic metadata changed.
     Metadata(Update<String, String>),
     /// Bodies asked for with [`Effect::FetchBodies`]: `None` where the registry has none, an
@@ -236,10 +239,13 @@ pub struct Core {
     machine: MachineState,
     schedule: BTreeMap<String, ScheduleEntry>,
     globals: BTreeMap<String, Job>,
+    /// Rollouts of global units, by unit: a machine they do not allow yet runs the old content.
+    rollouts: BTreeMap<String, GlobalRollout>,
     dynamic_metadata: BTreeMap<String, String>,
-    /// Nothing is decided until the schedule, the global units and the metadata have each been
-    /// read once.
-    ready: [bool; 3],
+    /// Nothing is decided until the schedule, the global units, the metadata and the rollouts
+    /// have each been read once (a global unit decided before its rollout is known would be
+    /// replaced here ahead of its turn).
+    ready: [bool; 4],
     bodies: HashMap<UnitHash, UnitFile>,
     /// unit -> the hash its requirements were read from, and those requirements (specifiers
     /// depend on the unit's name, so one body can give several).
@@ -302,8 +308,9 @@ impl Core {
             machine,
             schedule: BTreeMap::new(),
             globals: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
-            ready: [false; 3],
+            ready: [false; 4],
             bodies: HashMap::new(),
             requirements: HashMap::new(),
             fetching: false,
@@ -354,8 +361,16 @@ impl Core {
         self.schedule
             .get(name)
             .map(|e| e.hash)
-            .or_else(|| self.globals.get(name).map(|j| j.hash))
+            .or_else(|| self.globals.get(name).map(|j| self.global_hash(j)))
             .or_else(|| self.held.get(name).map(|h| h.hash))
+    }
+
+    /// The content this machine runs of the global unit `job`: the job's, unless a rollout
+    /// holds this machine back on the old one.
+    fn global_hash(&self, job: &Job) -> UnitHash {
+        self.rollouts
+            .get(&job.name)
+            .map_or(job.hash, |r| r.hash_for(job.hash, &self.machine.id))
     }
 
     pub fn left(&self) -> bool {
@@ -404,6 +419,13 @@ impl Core {
             Input::Metadata(update) => {
                 update.apply_to(&mut self.dynamic_metadata);
                 self.ready[2] = true;
+                self.dirty = true;
+            }
+            Input::Rollouts(update) => {
+                update.apply_to(&mut self.rollouts);
+                // An old body missing before may be the one a rollout now names.
+                self.not_found.clear();
+                self.ready[3] = true;
                 self.dirty = true;
             }
             Input::Bodies(fetched) => {
@@ -620,16 +642,25 @@ impl Core {
             .map(|e| e.hash)
             .filter(|h| !self.bodies.contains_key(h))
             .collect();
+        // A global unit's record carries its job's text, but not the old content a rollout
+        // holds this machine on: that one is read like a scheduled unit's.
+        let missing_global: BTreeSet<UnitHash> = self
+            .globals
+            .values()
+            .map(|g| self.global_hash(g))
+            .filter(|h| !self.bodies.contains_key(h))
+            .collect();
+        let ask: Vec<UnitHash> = missing
+            .union(&missing_global)
+            .filter(|h| !self.not_found.contains(h))
+            .copied()
+            .collect();
+        if !ask.is_empty() {
+            self.fetching = true;
+            effects.push(Effect::FetchBodies(ask));
+            return;
+        }
         if !missing.is_empty() {
-            let ask: Vec<UnitHash> = missing
-                .iter()
-                .filter(|h| !self.not_found.contains(h))
-                .copied()
-                .collect();
-            if !ask.is_empty() {
-                self.fetching = true;
-                effects.push(Effect::FetchBodies(ask));
-            }
             // Without a unit's body nothing can be decided for it; what runs stays as it is
             // until the body comes or the schedule changes.
             return;
@@ -655,7 +686,7 @@ impl Core {
         let globals: Vec<(String, UnitHash, TargetState)> = self
             .globals
             .values()
-            .map(|g| (g.name.clone(), g.hash, g.desired))
+            .map(|g| (g.name.clone(), self.global_hash(g), g.desired))
             .collect();
         for (name, hash, desired) in globals {
             if let Some(requirements) = self.requirements(&name, &hash) {
@@ -866,7 +897,10 @@ impl Core {
     /// Forgets bodies and requirements no unit of this machine's view uses any more.
     fn prune_bodies(&mut self) {
         let mut used: HashSet<UnitHash> = self.schedule.values().map(|e| e.hash).collect();
+        // Both contents of a global unit under a rollout: the job's came with its record and
+        // is needed when the rollout reaches this machine.
         used.extend(self.globals.values().map(|g| g.hash));
+        used.extend(self.globals.values().map(|g| self.global_hash(g)));
         used.extend(self.held.values().map(|h| h.hash));
         self.bodies.retain(|h, _| used.contains(h));
         self.requirements.retain(|_, (h, _)| used.contains(h));

@@ -38,6 +38,7 @@ fn started(t: Instant, units: &[(&str, u32)]) -> Core {
         .collect();
     core.on(t, Input::Schedule(Update::Reset(schedule)));
     core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     core
 }
@@ -100,6 +101,7 @@ fn nothing_is_decided_before_everything_was_read_once() {
         )])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     assert_eq!(
@@ -514,6 +516,7 @@ fn missing_bodies_are_fetched_together_once() {
         ])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let ready = core.ready(t);
     assert_eq!(
@@ -667,6 +670,7 @@ fn adopted_units_are_not_started_again() {
         )])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let ready = core.ready(t);
     assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
@@ -775,6 +779,7 @@ fn a_group_is_loaded_and_reloaded_once_then_started_dependencies_first() {
     .collect();
     core.on(t, Input::Schedule(Update::Reset(schedule)));
     core.on(t, Input::Globals(Update::Reset(vec![])));
+    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let loads: Vec<Action> = ["app.service", "db.service", "disk.service"]
         .iter()
@@ -790,4 +795,123 @@ fn a_group_is_loaded_and_reloaded_once_then_started_dependencies_first() {
         done(t, &mut core, &start);
     }
     assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
+}
+
+fn global_file(n: u32) -> UnitFile {
+    UnitFile::parse(&format!(
+        "[Service]\nExecStart=/bin/sleep {n}\n\n[X-Fleet]\nGlobal=true\n"
+    ))
+    .expect("a unit file")
+}
+
+fn global(name: &str, n: u32) -> (String, GlobalJob) {
+    let f = global_file(n);
+    (
+        a(name),
+        GlobalJob {
+            job: Job {
+                name: a(name),
+                hash: f.hash(),
+                desired: TargetState::Launched,
+                global: true,
+                x_fleet: None,
+            },
+            raw: f.serialize(),
+        },
+    )
+}
+
+fn rollout(old: u32, new: u32, allowed: &[&str]) -> GlobalRollout {
+    GlobalRollout {
+        old: global_file(old).hash(),
+        new: global_file(new).hash(),
+        allowed: allowed.iter().map(|m| a(m)).collect(),
+    }
+}
+
+#[test]
+fn a_global_unit_runs_the_content_its_rollout_gives_this_machine() {
+    let t = Instant::now();
+    // (the rollout of g.service, whose job names content 2; the content m1 runs)
+    let cases: &[(Option<GlobalRollout>, u32)] = &[
+        (None, 2),
+        (Some(rollout(1, 2, &[])), 1),
+        (Some(rollout(1, 2, &["m2"])), 1),
+        (Some(rollout(1, 2, &["m1", "m2"])), 2),
+        // A rollout of other content than the job's holds nothing back.
+        (Some(rollout(2, 3, &[])), 2),
+    ];
+    for (r, runs) in cases {
+        let mut core = started(t, &[]);
+        core.on(
+            t,
+            Input::Globals(Update::Reset(vec![global("g.service", 2)])),
+        );
+        let rollouts = r.iter().map(|r| (a("g.service"), r.clone())).collect();
+        core.on(t, Input::Rollouts(Update::Reset(rollouts)));
+        assert_eq!(
+            core.revision("g.service"),
+            Some(global_file(*runs).hash()),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_machine_held_back_keeps_the_old_content_until_the_rollout_allows_it() {
+    let t = Instant::now();
+    let old = global_file(1);
+    // The machine runs content 1; the job names 2, and the rollout holds m1 on 1.
+    let mut core = Core::new(
+        machine(),
+        vec![(a("g.service"), old.hash(), Some(active()))],
+    );
+    core.on(t, Input::Schedule(Update::Reset(vec![])));
+    core.on(t, Input::Metadata(Update::Reset(vec![])));
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![global("g.service", 2)])),
+    );
+    // Nothing is decided before the rollouts were read: content 2 would replace 1 here.
+    let ready = core.ready(t);
+    assert!(
+        !ready
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Run(_) | Effect::FetchBodies(_))),
+        "{:?}",
+        ready.effects
+    );
+    core.on(
+        t,
+        Input::Rollouts(Update::Reset(vec![(
+            a("g.service"),
+            rollout(1, 2, &["m2"]),
+        )])),
+    );
+    // The old body is not carried by the global record: it is read from the registry.
+    assert_eq!(
+        core.ready(t).effects,
+        vec![Effect::FetchBodies(vec![old.hash()])]
+    );
+    let t = t + RECONCILE_INTERVAL;
+    core.on(t, Input::Bodies(vec![(old.hash(), Ok(Some(old.clone())))]));
+    let ready = core.ready(t);
+    assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
+    assert_eq!(core.revision("g.service"), Some(old.hash()));
+    // Its turn: the rollout allows m1, and the new content replaces the old.
+    let t = t + RECONCILE_INTERVAL;
+    core.on(
+        t,
+        Input::Rollouts(Update::Changes(vec![registry::Change::Put(
+            a("g.service"),
+            rollout(1, 2, &["m1", "m2"]),
+        )])),
+    );
+    // The replacement's first phase: the old file goes (then the new one is loaded and
+    // started, as for any replaced unit).
+    assert_eq!(
+        runs(&core.ready(t).effects),
+        vec![vec![Action::Unload(a("g.service"))]]
+    );
 }
