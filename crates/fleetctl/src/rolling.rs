@@ -41,7 +41,8 @@ pub struct Rolling {
     /// With --replace: replace the running units matching the arguments N at a time (default
     /// 1), each batch active with its new content before the next starts; stops at the first
     /// failure, leaving the rest on their old content. An argument is a unit file, a template
-    /// file (web@.service: every running instance) or a glob of unit names ('web@*.service')
+    /// file (web@.service: every running instance) or a glob of unit names ('web@*.service');
+    /// a global unit is replaced N machines at a time
     #[arg(long, value_name = "N", num_args = 0..=1, require_equals = true,
           default_missing_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub rolling: Option<u32>,
