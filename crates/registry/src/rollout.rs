@@ -49,7 +49,7 @@ impl Registry {
             if let Some(before) = &before {
                 if before.old != rollout.old {
                     ops.push(Op::delete(self.keys.body_ref(&before.old, &holder)));
-                    self.collect_body(&before.old, &holder, &mut compares, &mut ops)
+                    self.collect_body(&before.old, &[&holder], &mut compares, &mut ops)
                         .await?;
                 }
             }
@@ -79,7 +79,7 @@ impl Registry {
                 Op::delete(key.clone()),
                 Op::delete(self.keys.body_ref(&rollout.old, &holder)),
             ];
-            self.collect_body(&rollout.old, &holder, &mut compares, &mut ops)
+            self.collect_body(&rollout.old, &[&holder], &mut compares, &mut ops)
                 .await?;
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
                 return Ok(true);

@@ -1,8 +1,8 @@
 //! Units: jobs, bodies and what the API and the engine read and write of them.
 
 use crate::codec::{decode, Record};
-use crate::keys::KeyShape;
-use crate::model::{GlobalJob, Job, TargetState, Unit};
+use crate::keys::{KeyShape, Keys};
+use crate::model::{GlobalJob, GlobalRollout, Job, TargetState, Unit};
 use crate::registry::{AtRevision, Registry, RegistryError, Result, CAS_RETRIES};
 use crate::store::{Compare, KeyValue, Op, Revision};
 use std::collections::HashMap;
@@ -199,7 +199,7 @@ impl Registry {
             if let Some(old_job) = &old_job {
                 if old_job.hash != job.hash {
                     ops.push(Op::delete(self.keys.body_ref(&old_job.hash, name)));
-                    self.collect_body(&old_job.hash, name, &mut compares, &mut ops)
+                    self.collect_body(&old_job.hash, &[name], &mut compares, &mut ops)
                         .await?;
                 }
             }
@@ -210,22 +210,24 @@ impl Registry {
         Err(RegistryError::Contended(name.to_string()))
     }
 
-    /// Adds to a transaction the deletion of the body `hash` if `leaving` is its last user.
+    /// Adds to a transaction the deletion of the body `hash` if the users in `leaving` (units,
+    /// or a rollout's [`Keys::rollout_holder`]) are its last ones.
     pub(crate) async fn collect_body(
         &self,
         hash: &UnitHash,
-        leaving: &str,
+        leaving: &[&str],
         compares: &mut Vec<Compare>,
         ops: &mut Vec<Op>,
     ) -> Result<()> {
         let refs = self
             .store
-            .range(&self.keys.body_refs(hash), None, 2, None)
+            .range(&self.keys.body_refs(hash), None, leaving.len() + 1, None)
             .await?;
-        let others = refs
-            .kvs
+        let theirs: Vec<String> = leaving
             .iter()
-            .any(|kv| !kv.key.ends_with(&format!("/{leaving}")));
+            .map(|l| self.keys.body_ref(hash, l))
+            .collect();
+        let others = refs.kvs.iter().any(|kv| !theirs.contains(&kv.key));
         if others {
             return Ok(());
         }
@@ -252,7 +254,23 @@ impl Registry {
                 Op::delete(self.keys.body_ref(&job.hash, name)),
                 Op::delete(self.keys.reason(name)),
             ];
-            self.collect_body(&job.hash, name, &mut compares, &mut ops)
+            // A rollout of the unit goes with it: a unit created later under the name would
+            // otherwise find machines held back on content nobody asked it for.
+            let holder = Keys::rollout_holder(name);
+            let mut leaving = vec![name];
+            if let Some(kv) = self.store.get(&self.keys.rollout(name)).await? {
+                let rollout: GlobalRollout = decode(&kv)?;
+                compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                ops.push(Op::delete(kv.key));
+                ops.push(Op::delete(self.keys.body_ref(&rollout.old, &holder)));
+                if rollout.old == job.hash {
+                    leaving.push(&holder);
+                } else {
+                    self.collect_body(&rollout.old, &[&holder], &mut compares, &mut ops)
+                        .await?;
+                }
+            }
+            self.collect_body(&job.hash, &leaving, &mut compares, &mut ops)
                 .await?;
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
                 return Ok(true);

@@ -652,3 +652,40 @@ async fn a_rollout_holds_the_old_body_until_it_is_dropped() {
     assert!(reg.body(&v1.hash(), None).await.unwrap().is_none());
     assert!(reg.body(&v2.hash(), None).await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_unit_drops_its_rollout_and_the_bodies_it_held() {
+    let (_dir, reg) = registry();
+    let global = |exec: &str| {
+        unit::UnitFile::parse(&format!(
+            "[Service]\nExecStart={exec}\n\n[X-Fleet]\nGlobal=true\n"
+        ))
+        .unwrap()
+    };
+    let (v1, v2) = (global("/bin/true"), global("/bin/false"));
+    let rollout = registry::GlobalRollout {
+        old: v1.hash(),
+        new: v2.hash(),
+        allowed: ["m1".to_string()].into(),
+    };
+    // (whether the unit got the new content before it was destroyed)
+    for replaced in [true, false] {
+        reg.create_unit("g.service", &v1, TargetState::Launched)
+            .await
+            .unwrap();
+        reg.put_rollout("g.service", &rollout).await.unwrap();
+        if replaced {
+            reg.create_unit("g.service", &v2, TargetState::Launched)
+                .await
+                .unwrap();
+        }
+        assert!(reg.destroy_unit("g.service").await.unwrap());
+        assert_eq!(reg.rollout("g.service").await.unwrap(), None, "{replaced}");
+        for hash in [v1.hash(), v2.hash()] {
+            assert!(
+                reg.body(&hash, None).await.unwrap().is_none(),
+                "replaced {replaced}: body {hash} left behind"
+            );
+        }
+    }
+}
