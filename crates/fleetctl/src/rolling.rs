@@ -1127,7 +1127,15 @@ pub fn plan_global(
 ) -> Result<Option<(api::types::GlobalRollout, bool)>, String> {
     let name = &g.target.name;
     match existing {
-        Some(r) if r.new_hash == g.target.hash => Ok(Some((r, true))),
+        Some(r) if r.new_hash == g.target.hash && g.current == g.target.hash => {
+            Ok(Some((r, true)))
+        }
+        // Given other content since it stopped (by a client that knows no rollouts): every
+        // machine runs that content now, and resuming would move them back all at once.
+        Some(r) if r.new_hash == g.target.hash => Err(format!(
+            "{name} was given other content (hash {}) since its rollout to this content stopped, so every machine runs that: run fleetctl start --replace {name} to drop the rollout, then roll again",
+            short(&g.current)
+        )),
         Some(r) => Err(format!(
             "a rollout of {name} to other content (hash {}) is stopped, {} machine(s) allowed it: run this command with that content to resume it, or fleetctl start --replace {name} to give every machine the content {name} has (which drops the rollout), then roll again",
             short(&r.new_hash),
@@ -1984,6 +1992,11 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(err.contains("resume"), "{err}");
+        let err = plan_global(&global_target(other), Some(record(NEW, &["m1"]))).unwrap_err();
+        assert!(
+            err.contains("was given other content (hash 3333333)"),
+            "{err}"
+        );
         let err = plan_global(&global_target(NEW), Some(record(other, &["m1"]))).unwrap_err();
         assert!(
             err.contains("other content (hash 3333333)") && err.contains("1 machine(s)"),
