@@ -114,7 +114,6 @@ impl Agent {
         let me = self.presence.machine.id.clone();
         let mut schedule = registry.follow_machine_schedule(&me);
         let mut globals = registry.follow_globals();
-        let mut rollouts = registry.follow_rollouts();
         let mut metadata = registry.follow_machine_metadata(&me);
         let mut reports = self.manager.subscribe();
         let mut machine_stopping = self.manager.machine_stopping();
@@ -131,7 +130,6 @@ impl Agent {
             let input = tokio::select! {
                 Some(u) = schedule.recv() => Input::Schedule(u),
                 Some(u) = globals.recv() => Input::Globals(u),
-                Some(u) = rollouts.recv() => Input::Rollouts(u),
                 Some(u) = metadata.recv() => Input::Metadata(u),
                 report = reports.recv() => match self.report(report, &mut reports) {
                     Some(input) => input,
@@ -179,9 +177,6 @@ impl Agent {
             }
             while let Some(u) = globals.try_recv() {
                 core.on(now, Input::Globals(u));
-            }
-            while let Some(u) = rollouts.try_recv() {
-                core.on(now, Input::Rollouts(u));
             }
             while let Some(u) = metadata.try_recv() {
                 core.on(now, Input::Metadata(u));

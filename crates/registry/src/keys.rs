@@ -4,7 +4,7 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `job/<unit>` | [`crate::Job`] JSON | none |
-//! | `global/<unit>` | [`crate::GlobalJob`] JSON (the job and its text), global units only (what agents watch) | none |
+//! | `global/<unit>` | [`crate::GlobalJob`] JSON (the job, its text and its rollout), global units only (what agents watch) | none |
 //! | `unit/<hash>` | normalized unit text | none; removed with its last reference |
 //! | `unitref/<hash>/<unit>` | empty: one per unit using the body | none |
 //! | `schedule/<machine>/<unit>` | [`crate::ScheduleEntry`] JSON, with the unit's text when the engine has it | none; engine-written |

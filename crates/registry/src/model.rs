@@ -79,6 +79,12 @@ pub struct GlobalJob {
     #[serde(flatten)]
     pub job: Job,
     pub raw: String,
+    /// The unit's rollout (`rollout/<unit>`), copied here by every write of either, so that
+    /// new content and the rollout that holds machines back on the old one reach an agent in
+    /// one delivery: followed apart, an agent could see the content first and restart the unit
+    /// ahead of its turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<GlobalRollout>,
 }
 
 /// A job together with its unit file.

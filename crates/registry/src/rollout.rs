@@ -3,12 +3,14 @@
 //! [`GlobalRollout::hash_for`], which the agents apply). The record holds the old body with a
 //! reference of its own (`unitref/<old>/rollout=<unit>`), so that replacing the unit's content
 //! does not collect the body the held-back machines still run; dropping the record lets it go.
+//! Each write copies the rollout into the unit's global record (`global/<unit>`), which is what
+//! agents follow, so that they see the unit's content and its rollout together.
 
 use crate::codec::{decode, Record};
 use crate::keys::Keys;
-use crate::model::GlobalRollout;
+use crate::model::{GlobalJob, GlobalRollout};
 use crate::registry::{Registry, RegistryError, Result, CAS_RETRIES};
-use crate::store::{Compare, Op};
+use crate::store::{Compare, KeyValue, Op};
 use std::collections::BTreeMap;
 
 /// What [`Registry::put_rollout`] did.
@@ -46,6 +48,8 @@ impl Registry {
                 Op::put(body.key, body.value),
                 Op::put(self.keys.body_ref(&rollout.old, &holder), Vec::new()),
             ];
+            self.copy_to_global(unit, Some(rollout), &mut compares, &mut ops)
+                .await?;
             if let Some(before) = &before {
                 if before.old != rollout.old {
                     ops.push(Op::delete(self.keys.body_ref(&before.old, &holder)));
@@ -79,6 +83,8 @@ impl Registry {
                 Op::delete(key.clone()),
                 Op::delete(self.keys.body_ref(&rollout.old, &holder)),
             ];
+            self.copy_to_global(unit, None, &mut compares, &mut ops)
+                .await?;
             self.collect_body(&rollout.old, &[&holder], &mut compares, &mut ops)
                 .await?;
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
@@ -86,6 +92,29 @@ impl Registry {
             }
         }
         Err(RegistryError::Contended(key))
+    }
+
+    /// Adds to a transaction the rewrite of `unit`'s global record with `rollout`, if it has
+    /// one (only a global unit has).
+    async fn copy_to_global(
+        &self,
+        unit: &str,
+        rollout: Option<&GlobalRollout>,
+        compares: &mut Vec<Compare>,
+        ops: &mut Vec<Op>,
+    ) -> Result<()> {
+        let key = self.keys.global(unit);
+        let kv: Option<KeyValue> = self.store.get(&key).await?;
+        compares.push(Compare::ModRevision(
+            key.clone(),
+            kv.as_ref().map_or(0, |kv| kv.mod_revision),
+        ));
+        if let Some(kv) = kv {
+            let mut record: GlobalJob = decode(&kv)?;
+            record.rollout = rollout.cloned();
+            ops.push(Op::put(key, record.encode()));
+        }
+        Ok(())
     }
 
     /// The rollout of `unit`, if one is in progress.
@@ -99,10 +128,5 @@ impl Registry {
             .record_map::<String, GlobalRollout>(&self.keys.rollouts(), None)
             .await?
             .items)
-    }
-
-    /// Every rollout, by unit (what agents hold global units back with).
-    pub fn follow_rollouts(&self) -> crate::Follower<String, GlobalRollout> {
-        crate::follow::follower(self, self.keys.rollouts())
     }
 }

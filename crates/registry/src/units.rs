@@ -127,8 +127,15 @@ impl Registry {
         Ok(file.map(|file| Unit { job, file }))
     }
 
-    /// The job record of `name` running `file`, and the writes that store it with its body.
-    fn unit_writes(&self, name: &str, file: &UnitFile, desired: TargetState) -> (Job, Vec<Op>) {
+    /// The job record of `name` running `file`, and the writes that store it with its body
+    /// (a global unit's record with `rollout`, the unit's rollout as stored).
+    fn unit_writes(
+        &self,
+        name: &str,
+        file: &UnitFile,
+        desired: TargetState,
+        rollout: Option<GlobalRollout>,
+    ) -> (Job, Vec<Op>) {
         let hash = file.hash();
         let global = unit::Requirements::from_unit(file, name).global;
         let job = Job {
@@ -150,6 +157,7 @@ impl Registry {
             let record = GlobalJob {
                 job: job.clone(),
                 raw,
+                rollout,
             };
             ops.push(Op::put(self.keys.global(name), record.encode()));
         }
@@ -165,8 +173,9 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<bool> {
-        // No job means no global record either (destroying a unit removes both).
-        let (_, ops) = self.unit_writes(name, file, desired);
+        // No job means no global record either (destroying a unit removes both), nor a
+        // rollout (destroying drops it, and one is only made for a unit that exists).
+        let (_, ops) = self.unit_writes(name, file, desired, None);
         let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
         Ok(self
             .writes
@@ -182,16 +191,26 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<()> {
-        let (job, new_ops) = self.unit_writes(name, file, desired);
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
             let old = self.store.get(&job_key).await?;
             let old_job: Option<Job> = old.as_ref().map(decode).transpose()?;
-            let mut compares = vec![Compare::ModRevision(
-                job_key.clone(),
-                old.as_ref().map_or(0, |kv| kv.mod_revision),
-            )];
-            let mut ops = new_ops.clone();
+            let rollout_key = self.keys.rollout(name);
+            let rollout = self.store.get(&rollout_key).await?;
+            let mut compares = vec![
+                Compare::ModRevision(
+                    job_key.clone(),
+                    old.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
+                // The global record carries the rollout as read: a rollout written meanwhile
+                // makes this write go round again.
+                Compare::ModRevision(
+                    rollout_key,
+                    rollout.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
+            ];
+            let rollout: Option<GlobalRollout> = rollout.as_ref().map(decode).transpose()?;
+            let (job, mut ops) = self.unit_writes(name, file, desired, rollout);
             if !job.global {
                 // A global unit replaced by a plain one loses its global record.
                 ops.push(Op::delete(self.keys.global(name)));

@@ -594,8 +594,6 @@ async fn a_rollout_holds_the_old_body_until_it_is_dropped() {
         .unwrap();
     let v2 = unit::UnitFile::parse("[Service]\nExecStart=/bin/false\n\n[X-Fleet]\nGlobal=true\n")
         .unwrap();
-    let mut follower = reg.follow_rollouts();
-    assert_eq!(follower.recv().await, Some(Update::Reset(vec![])));
     let rollout = registry::GlobalRollout {
         old: v1.hash(),
         new: v2.hash(),
@@ -640,14 +638,27 @@ async fn a_rollout_holds_the_old_body_until_it_is_dropped() {
     assert_eq!(allowed.hash_for(v2.hash(), "m2"), v1.hash());
     // A job naming other content than the rollout's new one is not held back.
     assert_eq!(allowed.hash_for(v1.hash(), "m2"), v1.hash());
+    // The unit's global record, which agents follow, carries the rollout through every write.
     assert_eq!(
-        follower.recv().await,
-        Some(Update::Changes(vec![registry::Change::Put(
-            "g.service".to_string(),
-            rollout
-        )]))
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(Some(allowed.clone()))
+    );
+    assert!(reg
+        .set_target_state("g.service", TargetState::Loaded)
+        .await
+        .unwrap());
+    reg.create_unit("g.service", &v2, TargetState::Launched)
+        .await
+        .unwrap();
+    assert_eq!(
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(Some(allowed))
     );
     assert!(reg.delete_rollout("g.service").await.unwrap());
+    assert_eq!(
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(None)
+    );
     assert!(!reg.delete_rollout("g.service").await.unwrap());
     assert!(reg.body(&v1.hash(), None).await.unwrap().is_none());
     assert!(reg.body(&v2.hash(), None).await.unwrap().is_some());

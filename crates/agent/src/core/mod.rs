@@ -15,7 +15,6 @@
 //! let now = Instant::now();
 //! core.on(now, Input::Schedule(Update::Reset(vec![("hello.service".into(), entry)])));
 //! core.on(now, Input::Globals(Update::Reset(vec![])));
-//! core.on(now, Input::Rollouts(Update::Reset(vec![])));
 //! core.on(now, Input::Metadata(Update::Reset(vec![])));
 //! let ready = core.ready(now);
 //! assert!(matches!(&ready.effects[0], Effect::Run(phase) if phase.len() == 1));
@@ -59,10 +58,9 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 pub enum Input {
     /// This machine's schedule changed.
     Schedule(Update<String, ScheduleEntry>),
-    /// The global units changed.
+    /// The global units changed (with their rollouts: which machines run a global unit's new
+    /// content).
     Globals(Update<String, GlobalJob>),
-    /// The rollouts of global units changed: which machines run a global unit's new content.
-    Rollouts(Update<String, GlobalRollout>),
     /// This machine's dynamic metadata changed.
     Metadata(Update<String, String>),
     /// Bodies asked for with [`Effect::FetchBodies`]: `None` where the registry has none, an
@@ -239,13 +237,13 @@ pub struct Core {
     machine: MachineState,
     schedule: BTreeMap<String, ScheduleEntry>,
     globals: BTreeMap<String, Job>,
-    /// Rollouts of global units, by unit: a machine they do not allow yet runs the old content.
+    /// Rollouts of global units, by unit, as their global records carry them: a machine they
+    /// do not allow yet runs the old content.
     rollouts: BTreeMap<String, GlobalRollout>,
     dynamic_metadata: BTreeMap<String, String>,
-    /// Nothing is decided until the schedule, the global units, the metadata and the rollouts
-    /// have each been read once (a global unit decided before its rollout is known would be
-    /// replaced here ahead of its turn).
-    ready: [bool; 4],
+    /// Nothing is decided until the schedule, the global units and the metadata have each been
+    /// read once.
+    ready: [bool; 3],
     bodies: HashMap<UnitHash, UnitFile>,
     /// unit -> the hash its requirements were read from, and those requirements (specifiers
     /// depend on the unit's name, so one body can give several).
@@ -310,7 +308,7 @@ impl Core {
             globals: BTreeMap::new(),
             rollouts: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
-            ready: [false; 4],
+            ready: [false; 3],
             bodies: HashMap::new(),
             requirements: HashMap::new(),
             fetching: false,
@@ -406,12 +404,27 @@ impl Core {
             }
             Input::Globals(update) => {
                 let mut carried = Vec::new();
+                let mut rollouts = Vec::new();
+                if matches!(update, Update::Reset(_)) {
+                    self.rollouts.clear();
+                }
                 update
                     .map(|record| {
                         carried.push((record.job.hash, record.raw));
+                        rollouts.push((record.job.name.clone(), record.rollout));
                         record.job
                     })
                     .apply_to(&mut self.globals);
+                for (name, rollout) in rollouts {
+                    match rollout {
+                        Some(r) => self.rollouts.insert(name, r),
+                        None => self.rollouts.remove(&name),
+                    };
+                }
+                let globals = &self.globals;
+                self.rollouts.retain(|name, _| globals.contains_key(name));
+                // An old body missing before may be the one a rollout now names.
+                self.not_found.clear();
                 self.keep_carried(carried);
                 self.ready[1] = true;
                 self.dirty = true;
@@ -421,13 +434,7 @@ impl Core {
                 self.ready[2] = true;
                 self.dirty = true;
             }
-            Input::Rollouts(update) => {
-                update.apply_to(&mut self.rollouts);
-                // An old body missing before may be the one a rollout now names.
-                self.not_found.clear();
-                self.ready[3] = true;
-                self.dirty = true;
-            }
+
             Input::Bodies(fetched) => {
                 self.fetching = false;
                 for (hash, read) in fetched {

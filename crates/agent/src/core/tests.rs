@@ -38,7 +38,6 @@ fn started(t: Instant, units: &[(&str, u32)]) -> Core {
         .collect();
     core.on(t, Input::Schedule(Update::Reset(schedule)));
     core.on(t, Input::Globals(Update::Reset(vec![])));
-    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     core
 }
@@ -101,7 +100,6 @@ fn nothing_is_decided_before_everything_was_read_once() {
         )])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
-    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     assert_eq!(
@@ -516,7 +514,6 @@ fn missing_bodies_are_fetched_together_once() {
         ])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
-    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let ready = core.ready(t);
     assert_eq!(
@@ -670,7 +667,6 @@ fn adopted_units_are_not_started_again() {
         )])),
     );
     core.on(t, Input::Globals(Update::Reset(vec![])));
-    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let ready = core.ready(t);
     assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
@@ -779,7 +775,6 @@ fn a_group_is_loaded_and_reloaded_once_then_started_dependencies_first() {
     .collect();
     core.on(t, Input::Schedule(Update::Reset(schedule)));
     core.on(t, Input::Globals(Update::Reset(vec![])));
-    core.on(t, Input::Rollouts(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
     let loads: Vec<Action> = ["app.service", "db.service", "disk.service"]
         .iter()
@@ -804,7 +799,8 @@ fn global_file(n: u32) -> UnitFile {
     .expect("a unit file")
 }
 
-fn global(name: &str, n: u32) -> (String, GlobalJob) {
+/// The global record of `name` with content `n`, under `rollout`.
+fn global(name: &str, n: u32, rollout: Option<GlobalRollout>) -> (String, GlobalJob) {
     let f = global_file(n);
     (
         a(name),
@@ -817,6 +813,7 @@ fn global(name: &str, n: u32) -> (String, GlobalJob) {
                 x_fleet: None,
             },
             raw: f.serialize(),
+            rollout,
         },
     )
 }
@@ -843,18 +840,26 @@ fn a_global_unit_runs_the_content_its_rollout_gives_this_machine() {
     ];
     for (r, runs) in cases {
         let mut core = started(t, &[]);
-        core.on(
-            t,
-            Input::Globals(Update::Reset(vec![global("g.service", 2)])),
-        );
-        let rollouts = r.iter().map(|r| (a("g.service"), r.clone())).collect();
-        core.on(t, Input::Rollouts(Update::Reset(rollouts)));
+        let record = global("g.service", 2, r.clone());
+        core.on(t, Input::Globals(Update::Reset(vec![record])));
         assert_eq!(
             core.revision("g.service"),
             Some(global_file(*runs).hash()),
             "{r:?}"
         );
     }
+    // A record without its rollout any more (the rollout dropped, or a Reset) lets it go.
+    let mut core = started(t, &[]);
+    let held = global("g.service", 2, Some(rollout(1, 2, &[])));
+    core.on(t, Input::Globals(Update::Reset(vec![held])));
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g.service"),
+            global("g.service", 2, None).1,
+        )])),
+    );
+    assert_eq!(core.revision("g.service"), Some(global_file(2).hash()));
 }
 
 #[test]
@@ -868,32 +873,18 @@ fn a_machine_held_back_keeps_the_old_content_until_the_rollout_allows_it() {
     );
     core.on(t, Input::Schedule(Update::Reset(vec![])));
     core.on(t, Input::Metadata(Update::Reset(vec![])));
-    core.on(
-        t,
-        Input::Globals(Update::Reset(vec![global("g.service", 2)])),
-    );
-    // Nothing is decided before the rollouts were read: content 2 would replace 1 here.
+    let record = global("g.service", 2, Some(rollout(1, 2, &["m2"])));
+    core.on(t, Input::Globals(Update::Reset(vec![record])));
+    // The old body is not carried by the global record: it is read from the registry.
     let ready = core.ready(t);
     assert!(
-        !ready
+        ready
             .effects
-            .iter()
-            .any(|e| matches!(e, Effect::Run(_) | Effect::FetchBodies(_))),
+            .contains(&Effect::FetchBodies(vec![old.hash()])),
         "{:?}",
         ready.effects
     );
-    core.on(
-        t,
-        Input::Rollouts(Update::Reset(vec![(
-            a("g.service"),
-            rollout(1, 2, &["m2"]),
-        )])),
-    );
-    // The old body is not carried by the global record: it is read from the registry.
-    assert_eq!(
-        core.ready(t).effects,
-        vec![Effect::FetchBodies(vec![old.hash()])]
-    );
+    assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
     let t = t + RECONCILE_INTERVAL;
     core.on(t, Input::Bodies(vec![(old.hash(), Ok(Some(old.clone())))]));
     let ready = core.ready(t);
@@ -903,9 +894,9 @@ fn a_machine_held_back_keeps_the_old_content_until_the_rollout_allows_it() {
     let t = t + RECONCILE_INTERVAL;
     core.on(
         t,
-        Input::Rollouts(Update::Changes(vec![registry::Change::Put(
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
             a("g.service"),
-            rollout(1, 2, &["m1", "m2"]),
+            global("g.service", 2, Some(rollout(1, 2, &["m1", "m2"]))).1,
         )])),
     );
     // The replacement's first phase: the old file goes (then the new one is loaded and
