@@ -833,6 +833,49 @@ impl Client {
         Ok(status == StatusCode::NO_CONTENT)
     }
 
+    /// The rollout of a global unit in progress (`GET /rollouts/<unit>`, an extension of
+    /// fleet's API); `None` if there is none (or the server has no rollouts, as fleet's own).
+    pub async fn rollout(&self, unit: &str) -> Result<Option<types::GlobalRollout>, ClientError> {
+        self.get_optional(&format!("/rollouts/{}", segment(unit)))
+            .await
+    }
+
+    /// Creates or replaces the rollout of a global unit (`PUT /rollouts/<unit>`): the machines
+    /// it does not allow run its old content while the unit's content is its new one.
+    pub async fn put_rollout(
+        &self,
+        unit: &str,
+        rollout: &types::GlobalRollout,
+    ) -> Result<types::GlobalRollout, ClientError> {
+        let body = serde_json::to_vec(rollout).map_err(|e| ClientError::Protocol {
+            endpoint: self.endpoint().to_string(),
+            message: e.to_string(),
+        })?;
+        let (_, bytes) = self
+            .expect(
+                Method::PUT,
+                &format!("/rollouts/{}", segment(unit)),
+                Some(body),
+                &[StatusCode::OK, StatusCode::CREATED],
+            )
+            .await?;
+        self.decode(&bytes)
+    }
+
+    /// Drops the rollout of a global unit (`DELETE /rollouts/<unit>`): every machine runs its
+    /// content. `false` if there was none.
+    pub async fn delete_rollout(&self, unit: &str) -> Result<bool, ClientError> {
+        let (status, _) = self
+            .expect(
+                Method::DELETE,
+                &format!("/rollouts/{}", segment(unit)),
+                None,
+                &[StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        Ok(status == StatusCode::NO_CONTENT)
+    }
+
     /// The cluster's events (`GET /events`, an extension of fleet's API): the recent ones the
     /// answering fleetd kept, then, with `follow`, each new one as it happens, until
     /// `on_event` returns `false` or the connection ends. Only the answer's head is bounded by

@@ -474,6 +474,26 @@ pub struct DrainPage {
     pub machines: Vec<DrainedMachine>,
 }
 
+/// A rolling replace of a global unit (`GET`/`PUT /fleet/v1/rollouts/<unit>`): while the
+/// unit's content is `newHash`, the machines not in `allowedMachines` keep running `oldHash`.
+/// An extension beside fleet's resources, not in the discovery document.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRollout {
+    /// The unit (filled in by the server; a PUT names it in its path).
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "oldHash")]
+    pub old_hash: String,
+    #[serde(rename = "newHash")]
+    pub new_hash: String,
+    #[serde(
+        rename = "allowedMachines",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub allowed_machines: Vec<String>,
+}
+
 /// `GET /fleet/v1/leases`: each present machine's presence lease. An extension beside fleet's
 /// resources, not in the discovery document.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

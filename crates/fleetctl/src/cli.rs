@@ -485,6 +485,7 @@ pub enum Command {
         Start an entire directory of units (the shell expands the glob):\n\tfleetctl start myservice/*\n\n\
         Start an instance of a template unit (submitted or beside the path):\n\tfleetctl start units/web@8080.service\n\n\
         Give every running instance of a template new content, two at a time:\n\tfleetctl start --replace --rolling=2 units/web@.service\n\n\
+        Give a global unit new content one machine at a time:\n\tfleetctl start --replace --rolling units/monitor.service\n\n\
         Units a unit Requires=, Requisite=, BindsTo= or Wants= that are already submitted are\n\
         started with it, on its machine. With --with-deps, so are the unit files of those beside\n\
         the given file and a sidekick's MachineOf= target; each is printed as 'Brought along:'.\n\

@@ -124,6 +124,42 @@ impl Fleet {
             .await
     }
 
+    /// A global unit's rollout in progress (none against fleet's own server).
+    pub async fn rollout(
+        &self,
+        unit: &str,
+    ) -> Result<Option<api::types::GlobalRollout>, ClientError> {
+        self.logged(
+            format!("GET /fleet/v1/rollouts/{unit}"),
+            self.client.rollout(unit),
+        )
+        .await
+    }
+
+    pub async fn put_rollout(
+        &self,
+        unit: &str,
+        rollout: &api::types::GlobalRollout,
+    ) -> Result<api::types::GlobalRollout, ClientError> {
+        self.logged(
+            format!(
+                "PUT /fleet/v1/rollouts/{unit} ({} machine(s) allowed)",
+                rollout.allowed_machines.len()
+            ),
+            self.client.put_rollout(unit, rollout),
+        )
+        .await
+    }
+
+    /// Drops a global unit's rollout; `false` if it had none (or the server has no rollouts).
+    pub async fn delete_rollout(&self, unit: &str) -> Result<bool, ClientError> {
+        self.logged(
+            format!("DELETE /fleet/v1/rollouts/{unit}"),
+            self.client.delete_rollout(unit),
+        )
+        .await
+    }
+
     /// Every drained machine and what becomes of its units (none against fleet's own server).
     pub async fn drains(&self) -> Result<Vec<DrainedMachine>, ClientError> {
         self.logged("GET /fleet/v1/drain".into(), self.client.drains())

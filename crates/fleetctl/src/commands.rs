@@ -79,8 +79,19 @@ pub async fn lazy_create(
     let mut to_create: Vec<Unit> = Vec::new();
     let mut replaced: HashSet<String> = HashSet::new();
     let mut names: Vec<String> = Vec::new();
+    // Global units given with --replace: a rollout of theirs (`start --replace --rolling`)
+    // is dropped, so that every machine runs the content the unit has.
+    let mut everywhere: Vec<String> = Vec::new();
     for lookup in lookups {
         let lookup = lookup.map_err(|e| out.eprintln(&e))?;
+        if replace.replace
+            && lookup
+                .registry
+                .as_ref()
+                .is_some_and(crate::fields::is_global)
+        {
+            everywhere.push(lookup.name.clone());
+        }
         let decision =
             create::decide(purpose, replace.replace, &lookup).map_err(|e| out.eprintln(&e))?;
         decision.messages.iter().for_each(|m| say(out, m));
@@ -118,6 +129,21 @@ pub async fn lazy_create(
             .await;
         for result in results {
             result.map_err(|e| out.eprintln(&e))?;
+        }
+    }
+    for name in &everywhere {
+        match fleet.delete_rollout(name).await {
+            Ok(true) => say(
+                out,
+                &Message::Stdout(format!(
+                    "Rollout of {name} dropped: every machine runs its content now"
+                )),
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                out.eprintln(&format!("failed dropping the rollout of {name} (some machines may keep its old content): {e}; run fleetctl start --replace {name} again"));
+                return Err(());
+            }
         }
     }
     let (waited, direct): (Vec<Unit>, Vec<Unit>) = to_create

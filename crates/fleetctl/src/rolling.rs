@@ -10,8 +10,14 @@
 //! the unit; `--health-cmd` is the one the operator brings, run here with `UNIT`, `MACHINE`
 //! and `MACHINE_IP` set, retried until it passes or the batch's time is up.
 //!
-//! Global units are refused: fleet runs one content of a global unit on every machine, so a
-//! replaced global unit restarts everywhere at once (fleet's issue 960); see [`select`].
+//! A global unit is rolled machine by machine (fleet runs one content of a global unit on
+//! every machine, so a plain replace restarts it everywhere at once: fleet's issue 960). A
+//! rollout record (`/fleet/v1/rollouts/UNIT`) names the old and new content and the machines
+//! allowed the new one; the agents of the others keep the old content. [`run`] creates it
+//! allowing none, gives the unit its new content, then allows the machines that run the unit a
+//! batch at a time, the same [`Rollout`] machine ordering the work with machines in place of
+//! units ([`Rollout::machines`]), and drops the record once all run the new content. A failure
+//! leaves the record: the same command resumes it, a plain `start --replace` drops it.
 //!
 //! [`select`] picks the units and their new files and [`Rollout`] orders the work (both
 //! pure: states observed go in, the next request comes out); [`run`] is the I/O around them.
@@ -35,7 +41,8 @@ pub struct Rolling {
     /// With --replace: replace the running units matching the arguments N at a time (default
     /// 1), each batch active with its new content before the next starts; stops at the first
     /// failure, leaving the rest on their old content. An argument is a unit file, a template
-    /// file (web@.service: every running instance) or a glob of unit names ('web@*.service')
+    /// file (web@.service: every running instance) or a glob of unit names ('web@*.service');
+    /// a global unit is replaced N machines at a time
     #[arg(long, value_name = "N", num_args = 0..=1, require_equals = true,
           default_missing_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub rolling: Option<u32>,
@@ -71,6 +78,17 @@ pub struct Selection {
     /// Templates in the registry whose local file was used: given the new content once every
     /// instance runs it, so that instances started later get it too.
     pub templates: Vec<(String, UnitFile)>,
+    /// Global units, rolled machine by machine after the others.
+    pub globals: Vec<GlobalTarget>,
+}
+
+/// A global unit to roll.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalTarget {
+    pub target: Target,
+    /// The hash of the content the unit has in the registry (the new one's when a rollout of
+    /// it stopped and is resumed).
+    pub current: String,
 }
 
 /// The glob of unit names an argument stands for, and the directory its local files are in:
@@ -122,8 +140,10 @@ fn natural_key(name: &str) -> Vec<Part> {
 /// Picks the units `args` name among the registry's `units`, with the new file of each from
 /// `local` (what [`create::local_lookup`] finds for a path: the file, else the template
 /// beside it). Only units whose desired state is `launched` are rolled; others are noted and
-/// left. Errors (nothing changed yet): an argument matching no unit, a unit without a local
-/// file, a bad file, a global unit.
+/// left. Global units go to [`Selection::globals`], even with content they already have (a
+/// stopped rollout of it is resumed). Errors (nothing changed yet): an argument matching no
+/// unit, a unit without a local file, a bad file, a unit that would change between global and
+/// not.
 pub fn select(
     args: &[String],
     units: &[Unit],
@@ -146,12 +166,6 @@ pub fn select(
         for u in matched {
             if !seen.insert(u.name.clone()) {
                 continue;
-            }
-            if is_global(u) {
-                return Err(format!(
-                    "{} is a global unit, and a rolling replace of global units is not supported: fleet runs one content of a global unit on every machine, so new content reaches all of them at once (fleet issue 960). Replace it everywhere at once with fleetctl start --replace, or run it as one instance of a template per machine (X-Fleet Conflicts=) and roll those",
-                    u.name
-                ));
             }
             if u.desired_state != TargetState::Launched.to_string() {
                 sel.notes.push(format!(
@@ -184,13 +198,33 @@ pub fn select(
                 let (create::Message::Stderr(t) | create::Message::Stdout(t)) = w;
                 sel.notes.push(t);
             }
-            if is_global(&Unit::new(&u.name, &file, TargetState::Launched)) {
-                return Err(format!(
-                    "the new content of {} makes it a global unit (X-Fleet Global=true); a rolling replace keeps units where they are: destroy it and start it as a global unit instead",
-                    u.name
-                ));
+            let global = is_global(u);
+            if is_global(&Unit::new(&u.name, &file, TargetState::Launched)) != global {
+                return Err(if global {
+                    format!(
+                        "the new content of {} is not global (no X-Fleet Global=true), and {} is a global unit; a rolling replace keeps units where they are: destroy it and start it anew instead",
+                        u.name, u.name
+                    )
+                } else {
+                    format!(
+                        "the new content of {} makes it a global unit (X-Fleet Global=true); a rolling replace keeps units where they are: destroy it and start it as a global unit instead",
+                        u.name
+                    )
+                });
             }
             let hash = file.hash();
+            if global {
+                sel.globals.push(GlobalTarget {
+                    target: Target {
+                        name: u.name.clone(),
+                        hash: hash.to_string(),
+                        file,
+                        desired: TargetState::Launched,
+                    },
+                    current: u.file().hash().to_string(),
+                });
+                continue;
+            }
             if hash == u.file().hash() {
                 sel.notes.push(format!(
                     "{} already runs this content (hash {})",
@@ -348,11 +382,17 @@ pub struct Failure {
     pub replaced: Vec<String>,
     /// Units left on their old content.
     pub old: Vec<String>,
+    /// The global unit rolled, when the rollout was of machines (then `unit`, `replaced` and
+    /// `old` name machines).
+    pub global: Option<String>,
 }
 
 impl Failure {
     /// What fleetctl prints on stderr.
     pub fn lines(&self) -> Vec<String> {
+        if let Some(unit) = &self.global {
+            return self.global_lines(unit);
+        }
         let mut lines = vec![format!(
             "Rolling replace stopped in batch {}/{}: {} {}",
             self.batch, self.batches, self.unit, self.reason
@@ -371,6 +411,29 @@ impl Failure {
                 self.old.join(" ")
             ));
         }
+        lines
+    }
+
+    fn global_lines(&self, unit: &str) -> Vec<String> {
+        let mut lines = vec![format!(
+            "Rolling replace of {unit} stopped in batch {}/{}: {} {}",
+            self.batch, self.batches, self.unit, self.reason
+        )];
+        if !self.replaced.is_empty() {
+            lines.push(format!(
+                "Allowed the new content: {}",
+                self.replaced.join(", ")
+            ));
+        }
+        if !self.old.is_empty() {
+            lines.push(format!(
+                "Still running the old content: {}",
+                self.old.join(", ")
+            ));
+        }
+        lines.push(format!(
+            "The rollout is kept (GET /fleet/v1/rollouts/{unit}): run this command again to resume it, or fleetctl start --replace {unit} to give every machine the new content at once (which drops the rollout)"
+        ));
         lines
     }
 }
@@ -404,6 +467,8 @@ pub struct Rollout {
     /// Units of the batch active with the new content, and their machines.
     active: BTreeMap<String, String>,
     legends: Legends,
+    /// The global unit whose machines are rolled ([`Rollout::machines`]).
+    global: Option<String>,
 }
 
 impl Rollout {
@@ -419,7 +484,45 @@ impl Rollout {
             waiting: BTreeMap::new(),
             active: BTreeMap::new(),
             legends: Legends::new(),
+            global: None,
         }
+    }
+
+    /// A rollout of the global unit `unit`'s new content (hash `new_hash`) over `machines` (ids,
+    /// in order), `size` machines at a time: a machine stands where a unit stands otherwise.
+    /// Its [`Next::Replace`] names the machines to allow the new content, its [`Next::Poll`]
+    /// the machines whose state of the unit to read ([`Seen`] by machine), its
+    /// [`Next::Check`] (machine, machine) pairs.
+    pub fn machines(
+        unit: &str,
+        new_hash: &str,
+        machines: &[String],
+        size: usize,
+        health: bool,
+    ) -> Rollout {
+        let targets: Vec<(String, String)> = machines
+            .iter()
+            .map(|m| (m.clone(), new_hash.to_string()))
+            .collect();
+        let mut r = Rollout::new(&targets, size, health);
+        r.global = Some(unit.to_string());
+        r
+    }
+
+    /// How a unit, or a machine of a global unit's rollout, is named in what is printed.
+    fn name(&self, key: &str) -> String {
+        match self.global {
+            Some(_) => format!("machine {}", legend(&self.legends, key)),
+            None => key.to_string(),
+        }
+    }
+
+    fn names(&self, keys: &[String]) -> String {
+        let sep = if self.global.is_some() { ", " } else { " " };
+        keys.iter()
+            .map(|k| self.name(k))
+            .collect::<Vec<_>>()
+            .join(sep)
     }
 
     /// Names machines by these legends in what it prints.
@@ -459,10 +562,14 @@ impl Rollout {
         }
         let total: usize = self.batches.iter().map(Vec::len).sum();
         let mut step = self.begin_batch();
+        let what = match &self.global {
+            Some(unit) => format!("{unit} on {total} machine(s)"),
+            None => format!("{total} unit(s)"),
+        };
         step.lines.insert(
             0,
             format!(
-                "Replacing {total} unit(s), {} at a time: {} batch(es)",
+                "Replacing {what}, {} at a time: {} batch(es)",
                 self.batches[0].len(),
                 self.batches.len()
             ),
@@ -478,11 +585,15 @@ impl Rollout {
             .iter()
             .map(|u| (u.clone(), "being replaced".to_string()))
             .collect();
+        let what = match &self.global {
+            Some(unit) => format!("allowed the new content of {unit}"),
+            None => "replacing".to_string(),
+        };
         Step {
             lines: vec![format!(
-                "{}: {}: replacing (new hash {})",
+                "{}: {}: {what} (new hash {})",
                 self.label(),
-                units.join(" "),
+                self.names(&units),
                 self.batch_hashes()
             )],
             next: Next::Replace(units),
@@ -502,15 +613,17 @@ impl Rollout {
             .cloned()
             .chain(self.batches[self.batch + 1..].iter().flatten().cloned())
             .collect();
+        let named = |keys: Vec<String>| keys.iter().map(|k| self.name(k)).collect();
         Step {
             lines: vec![],
             next: Next::Failed(Failure {
                 batch: self.batch + 1,
                 batches: self.batches.len(),
-                unit: unit.to_string(),
+                unit: self.name(unit),
                 reason,
-                replaced,
-                old,
+                replaced: named(replaced),
+                old: named(old),
+                global: self.global.clone(),
             }),
         }
     }
@@ -519,15 +632,19 @@ impl Rollout {
         let line = format!(
             "{}: {}: active (new hash {})",
             self.label(),
-            self.batches[self.batch].join(" "),
+            self.names(&self.batches[self.batch]),
             self.batch_hashes()
         );
         self.batch += 1;
         if self.batch == self.batches.len() {
             self.phase = Phase::Over;
             let total: usize = self.batches.iter().map(Vec::len).sum();
+            let done = match &self.global {
+                Some(unit) => format!("All {total} machine(s) run the new content of {unit}"),
+                None => format!("All {total} unit(s) run their new content"),
+            };
             return Step {
-                lines: vec![line, format!("All {total} unit(s) run their new content")],
+                lines: vec![line, done],
                 next: Next::Done,
             };
         }
@@ -556,12 +673,20 @@ impl Rollout {
                     let Some(s) = seen.get(&unit) else { continue };
                     match judge(self.hash_of(&unit), s, &self.legends) {
                         Progress::Active { machine } => {
-                            lines.push(format!(
-                                "{}: {unit} active on {} (hash {})",
-                                self.label(),
-                                legend(&self.legends, &machine),
-                                short(self.hash_of(&unit))
-                            ));
+                            lines.push(match self.global {
+                                Some(_) => format!(
+                                    "{}: {} active (new hash {})",
+                                    self.label(),
+                                    self.name(&unit),
+                                    short(self.hash_of(&unit))
+                                ),
+                                None => format!(
+                                    "{}: {unit} active on {} (hash {})",
+                                    self.label(),
+                                    legend(&self.legends, &machine),
+                                    short(self.hash_of(&unit))
+                                ),
+                            });
                             self.waiting.remove(&unit);
                             self.active.insert(unit, machine);
                         }
@@ -606,7 +731,11 @@ impl Rollout {
                     }
                     match result {
                         Ok(()) => {
-                            lines.push(format!("{}: {unit} passed the health check", self.label()));
+                            lines.push(format!(
+                                "{}: {} passed the health check",
+                                self.label(),
+                                self.name(&unit)
+                            ));
                             self.waiting.remove(&unit);
                         }
                         Err(e) => {
@@ -719,28 +848,79 @@ pub async fn run(
     };
     selection.notes.iter().for_each(|n| out.eprintln(n));
     let size = rolling.rolling.unwrap_or(1) as usize;
-    let pairs: Vec<(String, String)> = selection
-        .targets
-        .iter()
-        .map(|t| (t.name.clone(), t.hash.clone()))
-        .collect();
     // Machines are named as the other commands name them; without the list, by their ids.
     let machines = Machines::new(fleet.machines().await.unwrap_or_default());
-    let legends = machines
+    let legends: Legends = machines
         .0
         .keys()
         .map(|id| (id.clone(), machines.legend(id, false)))
         .collect();
-    let mut rollout =
-        Rollout::new(&pairs, size, rolling.health_cmd.is_some()).with_legends(legends);
-    let targets: BTreeMap<&str, &Target> = selection
-        .targets
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
     let overall = (block.timeout > 0.0)
         .then(|| after(block.timeout))
         .flatten();
+    if !selection.targets.is_empty() || selection.globals.is_empty() {
+        let pairs: Vec<(String, String)> = selection
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), t.hash.clone()))
+            .collect();
+        let rollout =
+            Rollout::new(&pairs, size, rolling.health_cmd.is_some()).with_legends(legends.clone());
+        let mut subject = Subject::Units(
+            selection
+                .targets
+                .iter()
+                .map(|t| (t.name.as_str(), t))
+                .collect(),
+        );
+        if !drive(fleet, rollout, &mut subject, rolling, overall, out).await {
+            return 1;
+        }
+        for (name, file) in &selection.templates {
+            // Instances copy their template's content when they are created (fleet's rule),
+            // so the template gets the new content for instances started from now on.
+            let unit = Unit::new(name, file, TargetState::Inactive);
+            match fleet.create_unit(&unit).await {
+                Ok(()) => out.println(&format!("Template {name} updated to the new content")),
+                Err(e) => {
+                    out.eprintln(&format!(
+                        "Every instance runs the new content, but updating template {name} failed: {e}; run fleetctl submit --replace with it"
+                    ));
+                    return 1;
+                }
+            }
+        }
+    }
+    for g in &selection.globals {
+        let code = run_global(fleet, g, size, &legends, rolling, overall, out).await;
+        if code != 0 {
+            return code;
+        }
+    }
+    0
+}
+
+/// What a [`Rollout`] is carried out on.
+enum Subject<'a> {
+    /// Units, each replaced by a PUT of its new content.
+    Units(BTreeMap<&'a str, &'a Target>),
+    /// The machines of a global unit, each allowed its new content in the rollout record.
+    Global {
+        unit: &'a str,
+        record: api::types::GlobalRollout,
+    },
+}
+
+/// Carries out `rollout` to its end, printing its lines. True when every unit (or machine)
+/// runs the new content; false when it stopped (why is printed).
+async fn drive(
+    fleet: &Fleet,
+    mut rollout: Rollout,
+    subject: &mut Subject<'_>,
+    rolling: &Rolling,
+    overall: Option<Instant>,
+    out: &Output,
+) -> bool {
     let mut deadline = after(rolling.batch_timeout);
     let mut step = rollout.start();
     let mut repeat = false;
@@ -752,34 +932,27 @@ pub async fn run(
         };
         let past = end.is_some_and(|e| Instant::now() >= e);
         let input = match step.next {
-            Next::Done => break,
+            Next::Done => return true,
             Next::Failed(f) => {
                 f.lines().iter().for_each(|l| out.eprintln(l));
-                return 1;
+                return false;
             }
             Next::Replace(names) => {
                 deadline = after(rolling.batch_timeout);
                 repeat = false;
-                let puts = names
-                    .iter()
-                    .filter_map(|n| targets.get(n.as_str()))
-                    .map(|t| {
-                        let unit = Unit::new(&t.name, &t.file, t.desired);
-                        async move { (t.name.clone(), fleet.create_unit(&unit).await) }
-                    });
-                let results = futures::future::join_all(puts).await;
-                let failed = results
-                    .into_iter()
-                    .filter_map(|(n, r)| r.err().map(|e| (n, e.to_string())))
-                    .collect();
-                Input::Replaced { failed }
+                Input::Replaced {
+                    failed: replace(fleet, subject, &names).await,
+                }
             }
             Next::Poll(names) => {
                 if past {
                     Input::TimedOut
                 } else {
                     tokio::time::sleep(POLL_INTERVAL).await;
-                    Input::Observed(observe(fleet, &names).await)
+                    Input::Observed(match subject {
+                        Subject::Units(_) => observe(fleet, &names).await,
+                        Subject::Global { unit, .. } => observe_machines(fleet, unit, &names).await,
+                    })
                 }
             }
             Next::Check(pairs) => {
@@ -791,27 +964,238 @@ pub async fn run(
                     }
                     repeat = true;
                     let cmd = rolling.health_cmd.as_deref().unwrap_or("true");
-                    Input::Checked(check(fleet, cmd, &pairs, end).await)
+                    let unit = match subject {
+                        Subject::Units(_) => None,
+                        Subject::Global { unit, .. } => Some(*unit),
+                    };
+                    Input::Checked(check(fleet, cmd, &pairs, end, unit).await)
                 }
             }
         };
         step = rollout.on(input);
     }
-    for (name, file) in &selection.templates {
-        // Instances copy their template's content when they are created (fleet's rule), so
-        // the template gets the new content for instances started from now on.
-        let unit = Unit::new(name, file, TargetState::Inactive);
-        match fleet.create_unit(&unit).await {
-            Ok(()) => out.println(&format!("Template {name} updated to the new content")),
-            Err(e) => {
-                out.eprintln(&format!(
-                    "Every instance runs the new content, but updating template {name} failed: {e}; run fleetctl submit --replace with it"
-                ));
-                return 1;
+}
+
+/// Replaces `names` (units, or machines of a global unit); returns those that failed, with why.
+async fn replace(
+    fleet: &Fleet,
+    subject: &mut Subject<'_>,
+    names: &[String],
+) -> Vec<(String, String)> {
+    match subject {
+        Subject::Units(targets) => {
+            let puts = names
+                .iter()
+                .filter_map(|n| targets.get(n.as_str()))
+                .map(|t| {
+                    let unit = Unit::new(&t.name, &t.file, t.desired);
+                    async move { (t.name.clone(), fleet.create_unit(&unit).await) }
+                });
+            futures::future::join_all(puts)
+                .await
+                .into_iter()
+                .filter_map(|(n, r)| r.err().map(|e| (n, e.to_string())))
+                .collect()
+        }
+        Subject::Global { unit, record } => {
+            let mut next = record.clone();
+            for m in names {
+                if !next.allowed_machines.contains(m) {
+                    next.allowed_machines.push(m.clone());
+                }
+            }
+            match fleet.put_rollout(unit, &next).await {
+                Ok(_) => {
+                    *record = next;
+                    Vec::new()
+                }
+                Err(e) => names
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.clone(),
+                            format!("allowing it the new content failed: {e}"),
+                        )
+                    })
+                    .collect(),
             }
         }
     }
-    0
+}
+
+/// Rolls the global unit of `g` over the machines that run it, `size` at a time. Returns the
+/// exit code.
+async fn run_global(
+    fleet: &Fleet,
+    g: &GlobalTarget,
+    size: usize,
+    legends: &Legends,
+    rolling: &Rolling,
+    overall: Option<Instant>,
+    out: &Output,
+) -> i32 {
+    let name = g.target.name.as_str();
+    let new = g.target.hash.as_str();
+    let existing = match fleet.rollout(name).await {
+        Ok(r) => r,
+        Err(e) => {
+            out.eprintln(&format!("cannot read the rollout of {name}: {e}"));
+            return 1;
+        }
+    };
+    let (record, resumed) = match plan_global(g, existing) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            out.eprintln(&format!(
+                "{name} already runs this content (hash {})",
+                short(new)
+            ));
+            return 0;
+        }
+        Err(e) => {
+            out.eprintln(&e);
+            return 1;
+        }
+    };
+    let states = match fleet.unit_states(Some(name)).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.eprintln(&format!(
+                "cannot read which machines run {name}: {e}; nothing was changed"
+            ));
+            return 1;
+        }
+    };
+    let order = machine_order(&states, &record.allowed_machines);
+    if order.is_empty() {
+        out.eprintln(&format!(
+            "no machine reports {name}, so there is nothing to roll; replace it with fleetctl start --replace"
+        ));
+        return 1;
+    }
+    if resumed {
+        out.println(&format!(
+            "Resuming the rollout of {name}: {} machine(s) already allowed the new content (hash {})",
+            record.allowed_machines.len(),
+            short(new)
+        ));
+    } else {
+        // The record first, allowing no machine, then the content: every agent keeps the old
+        // content when the new one reaches it.
+        if let Err(e) = fleet.put_rollout(name, &record).await {
+            out.eprintln(&format!(
+                "cannot start a rollout of {name}: {e}; nothing was changed"
+            ));
+            return 1;
+        }
+        let unit = Unit::new(name, &g.target.file, g.target.desired);
+        if let Err(e) = fleet.create_unit(&unit).await {
+            out.eprintln(&format!(
+                "cannot give {name} its new content: {e}; no machine runs it"
+            ));
+            if let Err(e) = fleet.delete_rollout(name).await {
+                out.eprintln(&format!(
+                    "dropping the rollout failed too: {e}; run fleetctl start --replace {name} to drop it"
+                ));
+            }
+            return 1;
+        }
+    }
+    let rollout = Rollout::machines(name, new, &order, size, rolling.health_cmd.is_some())
+        .with_legends(legends.clone());
+    let mut subject = Subject::Global { unit: name, record };
+    if !drive(fleet, rollout, &mut subject, rolling, overall, out).await {
+        return 1;
+    }
+    match fleet.delete_rollout(name).await {
+        Ok(_) => 0,
+        Err(e) => {
+            out.eprintln(&format!(
+                "Every machine runs the new content of {name}, but dropping its rollout failed: {e}; run fleetctl start --replace {name} to drop it"
+            ));
+            1
+        }
+    }
+}
+
+/// The rollout record to drive for `g`, given the one in the registry, and whether it is
+/// resumed; `None` when the unit already runs this content with no rollout of it. A rollout of
+/// other content is not taken over: its machines would be moved to content nobody asked for.
+pub fn plan_global(
+    g: &GlobalTarget,
+    existing: Option<api::types::GlobalRollout>,
+) -> Result<Option<(api::types::GlobalRollout, bool)>, String> {
+    let name = &g.target.name;
+    match existing {
+        Some(r) if r.new_hash == g.target.hash && g.current == g.target.hash => {
+            Ok(Some((r, true)))
+        }
+        // Given other content since it stopped (by a client that knows no rollouts): every
+        // machine runs that content now, and resuming would move them back all at once.
+        Some(r) if r.new_hash == g.target.hash => Err(format!(
+            "{name} was given other content (hash {}) since its rollout to this content stopped, so every machine runs that: run fleetctl start --replace {name} to drop the rollout, then roll again",
+            short(&g.current)
+        )),
+        Some(r) => Err(format!(
+            "a rollout of {name} to other content (hash {}) is stopped, {} machine(s) allowed it: run this command with that content to resume it, or fleetctl start --replace {name} to give every machine the content {name} has (which drops the rollout), then roll again",
+            short(&r.new_hash),
+            r.allowed_machines.len()
+        )),
+        None if g.current == g.target.hash => Ok(None),
+        None => Ok(Some((
+            api::types::GlobalRollout {
+                name: name.clone(),
+                old_hash: g.current.clone(),
+                new_hash: g.target.hash.clone(),
+                allowed_machines: Vec::new(),
+            },
+            false,
+        ))),
+    }
+}
+
+/// The machines to roll a global unit over: those that report a state of it, the ones already
+/// allowed first (a resumed rollout checks them again), each part in id order.
+pub fn machine_order(states: &[UnitState], allowed: &[String]) -> Vec<String> {
+    let running: BTreeSet<&str> = states.iter().map(|s| s.machine_id.as_str()).collect();
+    let (first, rest): (Vec<&str>, Vec<&str>) = running
+        .into_iter()
+        .partition(|m| allowed.iter().any(|a| a == m));
+    first.into_iter().chain(rest).map(str::to_string).collect()
+}
+
+/// Reads the global unit `unit` and its state on each of `machines`: a [`Seen`] per machine, as
+/// if the unit were placed there.
+async fn observe_machines(
+    fleet: &Fleet,
+    unit: &str,
+    machines: &[String],
+) -> BTreeMap<String, Seen> {
+    let (read, states) = futures::join!(fleet.unit(unit), fleet.unit_states(Some(unit)));
+    machines
+        .iter()
+        .map(|m| {
+            let seen = match (&read, &states) {
+                (Ok(u), Ok(states)) => Seen {
+                    unit: u.clone().map(|mut u| {
+                        u.machine_id = m.clone();
+                        u
+                    }),
+                    states: states
+                        .iter()
+                        .filter(|s| s.machine_id == *m)
+                        .cloned()
+                        .collect(),
+                    error: None,
+                },
+                (Err(e), _) | (_, Err(e)) => Seen {
+                    error: Some(e.to_string()),
+                    ..Seen::default()
+                },
+            };
+            (m.clone(), seen)
+        })
+        .collect()
 }
 
 async fn observe(fleet: &Fleet, names: &[String]) -> BTreeMap<String, Seen> {
@@ -834,11 +1218,14 @@ async fn observe(fleet: &Fleet, names: &[String]) -> BTreeMap<String, Seen> {
 }
 
 /// Runs the health command for each (unit, machine), side by side, each bounded by `end`.
+/// With `global`, the pairs are (machine, machine) of that global unit's rollout: `UNIT` is
+/// the global unit.
 async fn check(
     fleet: &Fleet,
     cmd: &str,
     pairs: &[(String, String)],
     end: Option<Instant>,
+    global: Option<&str>,
 ) -> BTreeMap<String, Result<(), String>> {
     // The IPs only help the command; a failed listing leaves MACHINE_IP empty.
     let machines = fleet.machines().await.unwrap_or_default();
@@ -848,7 +1235,8 @@ async fn check(
             .find(|m| m.id == *machine)
             .map(|m| m.primary_ip.clone())
             .unwrap_or_default();
-        async move { (unit.clone(), health(cmd, unit, machine, &ip, end).await) }
+        let name = global.unwrap_or(unit);
+        async move { (unit.clone(), health(cmd, name, machine, &ip, end).await) }
     });
     // A run cut short by the deadline says nothing about the unit: left out, so that the
     // rollout's failure names what the last finished run said.
@@ -1114,7 +1502,7 @@ mod tests {
         ];
         let cases: [(&[&str], &str); 5] = [
             (&["db.service"], "no unit in the registry matches db.service"),
-            (&["agent.service"], "agent.service is a global unit"),
+            (&["agent.service"], "the new content of agent.service is not global"),
             (&["other/web@1.service"], "no new content for web@1.service: neither other/web@1.service or its template other/web@.service exists"),
             (&["units/web@.service"], "makes it a global unit"),
             (&["web@.service", "nothing@*.service"], "no unit in the registry matches nothing@*.service"),
@@ -1474,5 +1862,201 @@ mod tests {
         let s = r.on(Input::Checked(BTreeMap::new()));
         assert!(s.lines[0].starts_with("internal error"), "{:?}", s.lines);
         assert_eq!(failure(s).unit, "web@1.service");
+    }
+
+    /// A poll of a global unit's rollout: each machine's report of the unit.
+    fn machines_seen(reports: &[(&str, Reported)]) -> Input {
+        Input::Observed(
+            reports
+                .iter()
+                .map(|(m, r)| {
+                    let mut s = seen(m, *r);
+                    s.unit.iter_mut().for_each(|u| u.name = "g.service".into());
+                    (m.to_string(), s)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_global_unit_is_rolled_machine_by_machine() {
+        let machines = names(&["m1", "m2", "m3"]);
+        let legends = Legends::from([("m2".into(), "m2.../10.0.0.2".into())]);
+        let mut r = Rollout::machines("g.service", NEW, &machines, 1, false).with_legends(legends);
+        let s = r.start();
+        assert_eq!(
+            s.lines,
+            [
+                "Replacing g.service on 3 machine(s), 1 at a time: 3 batch(es)",
+                "batch 1/3: machine m1: allowed the new content of g.service (new hash 1111111)",
+            ]
+        );
+        assert_eq!(s.next, Next::Replace(names(&["m1"])));
+        let s = r.on(Input::Replaced { failed: vec![] });
+        assert_eq!(s.next, Next::Poll(names(&["m1"])));
+        let s = r.on(machines_seen(&[("m1", Some((OLD, "active", "running")))]));
+        assert_eq!(s.next, Next::Poll(names(&["m1"])));
+        let s = r.on(machines_seen(&[("m1", UP)]));
+        assert_eq!(
+            s.lines,
+            [
+                "batch 1/3: machine m1 active (new hash 1111111)",
+                "batch 1/3: machine m1: active (new hash 1111111)",
+                "batch 2/3: machine m2.../10.0.0.2: allowed the new content of g.service (new hash 1111111)",
+            ]
+        );
+        assert_eq!(s.next, Next::Replace(names(&["m2"])));
+        r.on(Input::Replaced { failed: vec![] });
+        r.on(machines_seen(&[("m2", UP)]));
+        r.on(Input::Replaced { failed: vec![] });
+        let s = r.on(machines_seen(&[("m3", UP)]));
+        assert_eq!(
+            s.lines.last().map(String::as_str),
+            Some("All 3 machine(s) run the new content of g.service")
+        );
+        assert_eq!(s.next, Next::Done);
+    }
+
+    #[test]
+    fn a_global_rollout_stops_at_the_first_failed_machine_and_says_how_to_go_on() {
+        let machines = names(&["m1", "m2", "m3"]);
+        let mut r = Rollout::machines("g.service", NEW, &machines, 1, true);
+        r.start();
+        r.on(Input::Replaced { failed: vec![] });
+        let f = failure(r.on(machines_seen(&[("m1", FAILED)])));
+        assert_eq!(f.unit, "machine m1");
+        assert_eq!(f.replaced, ["machine m1"]);
+        assert_eq!(f.old, ["machine m2", "machine m3"]);
+        let lines = f.lines();
+        assert_eq!(
+            lines[0],
+            "Rolling replace of g.service stopped in batch 1/3: machine m1 failed on m1 (failed)"
+        );
+        assert_eq!(
+            lines[2],
+            "Still running the old content: machine m2, machine m3"
+        );
+        assert!(
+            lines[3].contains("run this command again to resume it")
+                && lines[3].contains("fleetctl start --replace g.service"),
+            "{lines:?}"
+        );
+        // A failed write of the record leaves the batch's machines on the old content.
+        let mut r = Rollout::machines("g.service", NEW, &machines, 2, false);
+        r.start();
+        let f = failure(r.on(Input::Replaced {
+            failed: vec![
+                (
+                    "m1".into(),
+                    "allowing it the new content failed: 503".into(),
+                ),
+                (
+                    "m2".into(),
+                    "allowing it the new content failed: 503".into(),
+                ),
+            ],
+        }));
+        assert_eq!(f.replaced, Vec::<String>::new());
+        assert_eq!(f.old, ["machine m1", "machine m2", "machine m3"]);
+    }
+
+    fn global_target(current: &str) -> GlobalTarget {
+        let f = UnitFile::parse("[Service]\nExecStart=/bin/x\n[X-Fleet]\nGlobal=true\n").unwrap();
+        GlobalTarget {
+            target: Target {
+                name: "g.service".into(),
+                hash: NEW.into(),
+                file: f,
+                desired: TargetState::Launched,
+            },
+            current: current.into(),
+        }
+    }
+
+    #[test]
+    fn a_global_rollout_starts_resumes_or_refuses_to_take_over_another() {
+        let record = |new: &str, allowed: &[&str]| api::types::GlobalRollout {
+            name: "g.service".into(),
+            old_hash: OLD.into(),
+            new_hash: new.into(),
+            allowed_machines: names(allowed),
+        };
+        // (the unit's content in the registry, its rollout) -> what is driven
+        let started = plan_global(&global_target(OLD), None).unwrap();
+        assert_eq!(started, Some((record(NEW, &[]), false)));
+        let resumed = plan_global(&global_target(NEW), Some(record(NEW, &["m1"]))).unwrap();
+        assert_eq!(resumed, Some((record(NEW, &["m1"]), true)));
+        assert_eq!(plan_global(&global_target(NEW), None).unwrap(), None);
+        let other = "3333333ccccccccccccccccccccccccccccccccc";
+        let err = plan_global(&global_target(other), Some(record(other, &[])))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("resume"), "{err}");
+        let err = plan_global(&global_target(other), Some(record(NEW, &["m1"]))).unwrap_err();
+        assert!(
+            err.contains("was given other content (hash 3333333)"),
+            "{err}"
+        );
+        let err = plan_global(&global_target(NEW), Some(record(other, &["m1"]))).unwrap_err();
+        assert!(
+            err.contains("other content (hash 3333333)") && err.contains("1 machine(s)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn machines_already_allowed_come_first_then_the_rest_in_id_order() {
+        let state = |m: &str| UnitState {
+            name: "g.service".into(),
+            machine_id: m.into(),
+            ..UnitState::default()
+        };
+        let states = [state("m3"), state("m1"), state("m2"), state("m4")];
+        assert_eq!(machine_order(&states, &[]), ["m1", "m2", "m3", "m4"]);
+        // An allowed machine that no longer reports the unit is not waited for.
+        assert_eq!(
+            machine_order(&states, &names(&["m3", "m9"])),
+            ["m3", "m1", "m2", "m4"]
+        );
+    }
+
+    #[test]
+    fn selection_takes_global_units_whose_content_stays_global() {
+        let global = |exec: &str| {
+            UnitFile::parse(&format!(
+                "[Service]\nExecStart={exec}\n[X-Fleet]\nGlobal=true\n"
+            ))
+            .unwrap()
+        };
+        let units = vec![
+            registry_unit("g.service", &global("/bin/old"), "launched"),
+            registry_unit("web@1.service", &file("/bin/old"), "launched"),
+        ];
+        let fs = [
+            ("g.service", global("/bin/new")),
+            ("web@1.service", file("/bin/new")),
+        ];
+        let sel = select(&names(&["g.service", "web@1.service"]), &units, local(&fs)).unwrap();
+        assert_eq!(
+            sel.targets
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web@1.service"]
+        );
+        assert_eq!(sel.globals.len(), 1);
+        assert_eq!(sel.globals[0].target.name, "g.service");
+        assert_eq!(
+            sel.globals[0].target.hash,
+            global("/bin/new").hash().to_string()
+        );
+        assert_eq!(
+            sel.globals[0].current,
+            global("/bin/old").hash().to_string()
+        );
+        // The same content is selected too: a stopped rollout of it is resumed.
+        let fs = [("g.service", global("/bin/old"))];
+        let sel = select(&names(&["g.service"]), &units, local(&fs)).unwrap();
+        assert_eq!(sel.globals[0].current, sel.globals[0].target.hash);
     }
 }

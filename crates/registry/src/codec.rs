@@ -3,10 +3,12 @@
 //!
 //! | record | stored as |
 //! |---|---|
-//! | [`Job`], [`GlobalJob`], [`ScheduleEntry`], [`MachineState`], [`UnitState`], [`DrainMark`] | JSON |
+//! | [`Job`], [`GlobalJob`], [`ScheduleEntry`], [`MachineState`], [`UnitState`], [`DrainMark`], [`GlobalRollout`] | JSON |
 //! | text: a unit body, a placement (machine id), a reason, a metadata value, the leader's id | UTF-8 |
 
-use crate::model::{DrainMark, GlobalJob, Job, MachineState, ScheduleEntry, UnitState};
+use crate::model::{
+    DrainMark, GlobalJob, GlobalRollout, Job, MachineState, ScheduleEntry, UnitState,
+};
 use crate::registry::{RegistryError, Result};
 use crate::store::KeyValue;
 
@@ -38,7 +40,8 @@ json_records!(
     ScheduleEntry,
     MachineState,
     UnitState,
-    DrainMark
+    DrainMark,
+    GlobalRollout
 );
 
 /// Text records.

@@ -4,7 +4,7 @@
 //! | key | value | lease |
 //! |---|---|---|
 //! | `job/<unit>` | [`crate::Job`] JSON | none |
-//! | `global/<unit>` | [`crate::GlobalJob`] JSON (the job and its text), global units only (what agents watch) | none |
+//! | `global/<unit>` | [`crate::GlobalJob`] JSON (the job, its text and its rollout), global units only (what agents watch) | none |
 //! | `unit/<hash>` | normalized unit text | none; removed with its last reference |
 //! | `unitref/<hash>/<unit>` | empty: one per unit using the body | none |
 //! | `schedule/<machine>/<unit>` | [`crate::ScheduleEntry`] JSON, with the unit's text when the engine has it | none; engine-written |
@@ -15,6 +15,8 @@
 //! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON of a placed unit | the publishing machine's |
 //! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance | the publishing machine's |
 //! | `engine/leader` | the leader's machine id | the leader's |
+//! | `rollout/<unit>` | [`crate::GlobalRollout`] JSON: a global unit's new content reaches only the machines it allows | none: stays until finished or dropped |
+//! | `unitref/<hash>/rollout=<unit>` | empty: a rollout's hold on the old body (`=` is in no unit name) | none |
 //! | `drain/<machine>` | [`crate::DrainMark`] JSON: the machine takes no new units and its units move away | none: outlives the machine's lease |
 //!
 //! Keys are built by [`Keys`] and read back by [`KeyShape`]: one parser per shape of what
@@ -128,6 +130,16 @@ impl Keys {
     }
     pub fn leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
+    }
+    pub fn rollouts(&self) -> String {
+        format!("{}rollout/", self.prefix)
+    }
+    pub fn rollout(&self, unit: &str) -> String {
+        format!("{}rollout/{unit}", self.prefix)
+    }
+    /// The name a rollout's reference to its old body goes by among the units' references.
+    pub fn rollout_holder(unit: &str) -> String {
+        format!("rollout={unit}")
     }
     pub fn drains(&self) -> String {
         format!("{}drain/", self.prefix)
@@ -255,6 +267,11 @@ mod tests {
         assert_eq!(keys.global_state("a", "m"), format!("{p}gstates/a/m"));
         assert_eq!(keys.leader(), format!("{p}engine/leader"));
         assert_eq!(keys.drain("m"), format!("{p}drain/m"));
+        assert_eq!(keys.rollout("g"), format!("{p}rollout/g"));
+        assert_eq!(
+            keys.body_ref(&hash, &Keys::rollout_holder("g")),
+            format!("{p}unitref/{hash}/rollout=g")
+        );
         assert_eq!(
             String::under(&keys.drains(), &keys.drain("m")),
             Some("m".to_string())

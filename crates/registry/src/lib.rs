@@ -46,6 +46,7 @@ pub mod model;
 mod observe;
 mod presence;
 mod registry;
+mod rollout;
 mod schedule;
 mod states;
 pub mod store;
@@ -62,6 +63,7 @@ pub use model::*;
 pub use observe::{LeaseRefresh, StoreObserver};
 pub use presence::{Announcement, LeaseKeeper, MachineLease};
 pub use registry::{AtRevision, Registry, RegistryError, Result};
+pub use rollout::RolloutWrite;
 pub use schedule::ScheduleChange;
 pub use views::UnitView;
 

@@ -79,6 +79,12 @@ pub struct GlobalJob {
     #[serde(flatten)]
     pub job: Job,
     pub raw: String,
+    /// The unit's rollout (`rollout/<unit>`), copied here by every write of either, so that
+    /// new content and the rollout that holds machines back on the old one reach an agent in
+    /// one delivery: followed apart, an agent could see the content first and restart the unit
+    /// ahead of its turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<GlobalRollout>,
 }
 
 /// A job together with its unit file.
@@ -132,6 +138,33 @@ impl MachineState {
 pub struct DrainMark {
     /// When the machine was drained, in seconds since the Unix epoch.
     pub since: u64,
+}
+
+/// A rolling replace of a global unit in progress (`rollout/<unit>`): while the unit's job
+/// names `new`, a machine not in `allowed` keeps running `old`, so that new content reaches the
+/// machines a few at a time instead of all at once (fleet's issue 960). Not under any lease: a
+/// rollout stopped by a failure stays until it is resumed, finished or dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRollout {
+    /// The content machines keep until they are allowed the new one.
+    pub old: UnitHash,
+    /// The content the unit's job names.
+    pub new: UnitHash,
+    /// The machines allowed `new`.
+    #[serde(default)]
+    pub allowed: std::collections::BTreeSet<String>,
+}
+
+impl GlobalRollout {
+    /// The content `machine` is to run of a global unit whose job names `job`: `old` while
+    /// the rollout holds it back, else the job's.
+    pub fn hash_for(&self, job: UnitHash, machine: &str) -> UnitHash {
+        if job == self.new && !self.allowed.contains(machine) {
+            self.old
+        } else {
+            job
+        }
+    }
 }
 
 /// systemd's three state names for a unit, as systemd spells them.

@@ -1,8 +1,8 @@
 //! Units: jobs, bodies and what the API and the engine read and write of them.
 
 use crate::codec::{decode, Record};
-use crate::keys::KeyShape;
-use crate::model::{GlobalJob, Job, TargetState, Unit};
+use crate::keys::{KeyShape, Keys};
+use crate::model::{GlobalJob, GlobalRollout, Job, TargetState, Unit};
 use crate::registry::{AtRevision, Registry, RegistryError, Result, CAS_RETRIES};
 use crate::store::{Compare, KeyValue, Op, Revision};
 use std::collections::HashMap;
@@ -127,8 +127,15 @@ impl Registry {
         Ok(file.map(|file| Unit { job, file }))
     }
 
-    /// The job record of `name` running `file`, and the writes that store it with its body.
-    fn unit_writes(&self, name: &str, file: &UnitFile, desired: TargetState) -> (Job, Vec<Op>) {
+    /// The job record of `name` running `file`, and the writes that store it with its body
+    /// (a global unit's record with `rollout`, the unit's rollout as stored).
+    fn unit_writes(
+        &self,
+        name: &str,
+        file: &UnitFile,
+        desired: TargetState,
+        rollout: Option<GlobalRollout>,
+    ) -> (Job, Vec<Op>) {
         let hash = file.hash();
         let global = unit::Requirements::from_unit(file, name).global;
         let job = Job {
@@ -150,6 +157,7 @@ impl Registry {
             let record = GlobalJob {
                 job: job.clone(),
                 raw,
+                rollout,
             };
             ops.push(Op::put(self.keys.global(name), record.encode()));
         }
@@ -165,8 +173,9 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<bool> {
-        // No job means no global record either (destroying a unit removes both).
-        let (_, ops) = self.unit_writes(name, file, desired);
+        // No job means no global record either (destroying a unit removes both), nor a
+        // rollout (destroying drops it, and one is only made for a unit that exists).
+        let (_, ops) = self.unit_writes(name, file, desired, None);
         let absent = vec![Compare::ModRevision(self.keys.job(name), 0)];
         Ok(self
             .writes
@@ -182,16 +191,26 @@ impl Registry {
         file: &UnitFile,
         desired: TargetState,
     ) -> Result<()> {
-        let (job, new_ops) = self.unit_writes(name, file, desired);
         for _ in 0..CAS_RETRIES {
             let job_key = self.keys.job(name);
             let old = self.store.get(&job_key).await?;
             let old_job: Option<Job> = old.as_ref().map(decode).transpose()?;
-            let mut compares = vec![Compare::ModRevision(
-                job_key.clone(),
-                old.as_ref().map_or(0, |kv| kv.mod_revision),
-            )];
-            let mut ops = new_ops.clone();
+            let rollout_key = self.keys.rollout(name);
+            let rollout = self.store.get(&rollout_key).await?;
+            let mut compares = vec![
+                Compare::ModRevision(
+                    job_key.clone(),
+                    old.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
+                // The global record carries the rollout as read: a rollout written meanwhile
+                // makes this write go round again.
+                Compare::ModRevision(
+                    rollout_key,
+                    rollout.as_ref().map_or(0, |kv| kv.mod_revision),
+                ),
+            ];
+            let rollout: Option<GlobalRollout> = rollout.as_ref().map(decode).transpose()?;
+            let (job, mut ops) = self.unit_writes(name, file, desired, rollout);
             if !job.global {
                 // A global unit replaced by a plain one loses its global record.
                 ops.push(Op::delete(self.keys.global(name)));
@@ -199,7 +218,7 @@ impl Registry {
             if let Some(old_job) = &old_job {
                 if old_job.hash != job.hash {
                     ops.push(Op::delete(self.keys.body_ref(&old_job.hash, name)));
-                    self.collect_body(&old_job.hash, name, &mut compares, &mut ops)
+                    self.collect_body(&old_job.hash, &[name], &mut compares, &mut ops)
                         .await?;
                 }
             }
@@ -210,22 +229,24 @@ impl Registry {
         Err(RegistryError::Contended(name.to_string()))
     }
 
-    /// Adds to a transaction the deletion of the body `hash` if `leaving` is its last user.
-    async fn collect_body(
+    /// Adds to a transaction the deletion of the body `hash` if the users in `leaving` (units,
+    /// or a rollout's [`Keys::rollout_holder`]) are its last ones.
+    pub(crate) async fn collect_body(
         &self,
         hash: &UnitHash,
-        leaving: &str,
+        leaving: &[&str],
         compares: &mut Vec<Compare>,
         ops: &mut Vec<Op>,
     ) -> Result<()> {
         let refs = self
             .store
-            .range(&self.keys.body_refs(hash), None, 2, None)
+            .range(&self.keys.body_refs(hash), None, leaving.len() + 1, None)
             .await?;
-        let others = refs
-            .kvs
+        let theirs: Vec<String> = leaving
             .iter()
-            .any(|kv| !kv.key.ends_with(&format!("/{leaving}")));
+            .map(|l| self.keys.body_ref(hash, l))
+            .collect();
+        let others = refs.kvs.iter().any(|kv| !theirs.contains(&kv.key));
         if others {
             return Ok(());
         }
@@ -252,7 +273,23 @@ impl Registry {
                 Op::delete(self.keys.body_ref(&job.hash, name)),
                 Op::delete(self.keys.reason(name)),
             ];
-            self.collect_body(&job.hash, name, &mut compares, &mut ops)
+            // A rollout of the unit goes with it: a unit created later under the name would
+            // otherwise find machines held back on content nobody asked it for.
+            let holder = Keys::rollout_holder(name);
+            let mut leaving = vec![name];
+            if let Some(kv) = self.store.get(&self.keys.rollout(name)).await? {
+                let rollout: GlobalRollout = decode(&kv)?;
+                compares.push(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+                ops.push(Op::delete(kv.key));
+                ops.push(Op::delete(self.keys.body_ref(&rollout.old, &holder)));
+                if rollout.old == job.hash {
+                    leaving.push(&holder);
+                } else {
+                    self.collect_body(&rollout.old, &[&holder], &mut compares, &mut ops)
+                        .await?;
+                }
+            }
+            self.collect_body(&job.hash, &leaving, &mut compares, &mut ops)
                 .await?;
             if self.store.txn(compares, ops, vec![]).await?.succeeded {
                 return Ok(true);

@@ -586,3 +586,117 @@ async fn drain_marks_are_set_once_followed_and_taken_away() {
         )]))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_holds_the_old_body_until_it_is_dropped() {
+    let (_dir, reg) = registry();
+    let v1 = unit::UnitFile::parse("[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nGlobal=true\n")
+        .unwrap();
+    let v2 = unit::UnitFile::parse("[Service]\nExecStart=/bin/false\n\n[X-Fleet]\nGlobal=true\n")
+        .unwrap();
+    let rollout = registry::GlobalRollout {
+        old: v1.hash(),
+        new: v2.hash(),
+        allowed: Default::default(),
+    };
+    // No body stored under the old hash: nothing could be held back on it.
+    assert_eq!(
+        reg.put_rollout("g.service", &rollout).await.unwrap(),
+        registry::RolloutWrite::OldBodyMissing
+    );
+    reg.create_unit("g.service", &v1, TargetState::Launched)
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.put_rollout("g.service", &rollout).await.unwrap(),
+        registry::RolloutWrite::Created
+    );
+    reg.create_unit("g.service", &v2, TargetState::Launched)
+        .await
+        .unwrap();
+    // The unit moved on to v2, and v1 stays stored for the machines the rollout holds back.
+    assert!(reg.body(&v1.hash(), None).await.unwrap().is_some());
+    let mut allowed = rollout.clone();
+    allowed.allowed.insert("m1".into());
+    assert_eq!(
+        reg.put_rollout("g.service", &allowed).await.unwrap(),
+        registry::RolloutWrite::Updated
+    );
+    assert_eq!(
+        reg.rollout("g.service").await.unwrap(),
+        Some(allowed.clone())
+    );
+    assert_eq!(
+        reg.rollouts()
+            .await
+            .unwrap()
+            .into_keys()
+            .collect::<Vec<_>>(),
+        vec!["g.service".to_string()]
+    );
+    assert_eq!(allowed.hash_for(v2.hash(), "m1"), v2.hash());
+    assert_eq!(allowed.hash_for(v2.hash(), "m2"), v1.hash());
+    // A job naming other content than the rollout's new one is not held back.
+    assert_eq!(allowed.hash_for(v1.hash(), "m2"), v1.hash());
+    // The unit's global record, which agents follow, carries the rollout through every write.
+    assert_eq!(
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(Some(allowed.clone()))
+    );
+    assert!(reg
+        .set_target_state("g.service", TargetState::Loaded)
+        .await
+        .unwrap());
+    reg.create_unit("g.service", &v2, TargetState::Launched)
+        .await
+        .unwrap();
+    assert_eq!(
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(Some(allowed))
+    );
+    assert!(reg.delete_rollout("g.service").await.unwrap());
+    assert_eq!(
+        global_record(&reg, "g.service").await.map(|g| g.rollout),
+        Some(None)
+    );
+    assert!(!reg.delete_rollout("g.service").await.unwrap());
+    assert!(reg.body(&v1.hash(), None).await.unwrap().is_none());
+    assert!(reg.body(&v2.hash(), None).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_unit_drops_its_rollout_and_the_bodies_it_held() {
+    let (_dir, reg) = registry();
+    let global = |exec: &str| {
+        unit::UnitFile::parse(&format!(
+            "[Service]\nExecStart={exec}\n\n[X-Fleet]\nGlobal=true\n"
+        ))
+        .unwrap()
+    };
+    let (v1, v2) = (global("/bin/true"), global("/bin/false"));
+    let rollout = registry::GlobalRollout {
+        old: v1.hash(),
+        new: v2.hash(),
+        allowed: ["m1".to_string()].into(),
+    };
+    // (whether the unit got the new content before it was destroyed)
+    for replaced in [true, false] {
+        reg.create_unit("g.service", &v1, TargetState::Launched)
+            .await
+            .unwrap();
+        reg.put_rollout("g.service", &rollout).await.unwrap();
+        if replaced {
+            reg.create_unit("g.service", &v2, TargetState::Launched)
+                .await
+                .unwrap();
+        }
+        assert!(reg.destroy_unit("g.service").await.unwrap());
+        assert_eq!(reg.rollout("g.service").await.unwrap(), None, "{replaced}");
+        for hash in [v1.hash(), v2.hash()] {
+            assert!(
+                reg.body(&hash, None).await.unwrap().is_none(),
+                "replaced {replaced}: body {hash} left behind"
+            );
+        }
+    }
+}

@@ -228,7 +228,11 @@ fn unauthorized(message: &str) -> ApiError {
 /// The weakest role that may make a request of `route`.
 pub fn needed_role(route: &Route) -> Role {
     match route {
-        Route::UnitPut(_) | Route::UnitDelete(_) => Role::Write,
+        // A rollout decides which content of a unit runs where: as strong as replacing it.
+        Route::UnitPut(_)
+        | Route::UnitDelete(_)
+        | Route::RolloutPut(_)
+        | Route::RolloutDelete(_) => Role::Write,
         // Draining moves every unit of a machine: as strong as changing its metadata.
         Route::MachinesPatch | Route::DrainPut(_) | Route::DrainDelete(_) => Role::Admin,
         // Reads, plans (a POST that only asks where units would go), and the answers that
@@ -239,6 +243,7 @@ pub fn needed_role(route: &Route) -> Role {
         | Route::Output(_)
         | Route::DrainList
         | Route::DrainGet(_)
+        | Route::RolloutGet(_)
         | Route::Events
         | Route::Leases
         | Route::Ui(_)
@@ -382,6 +387,16 @@ mod tests {
         for r in [Route::DrainList, Route::DrainGet("m1".into())] {
             assert_eq!(status(tcp, &r, Some(bearer("r-token"))), None, "{r:?}");
         }
+        // A rollout decides which content of a unit runs where: write, as a replace is.
+        for r in [
+            Route::RolloutPut("g.service".into()),
+            Route::RolloutDelete("g.service".into()),
+        ] {
+            assert_eq!(status(tcp, &r, Some(bearer("r-token"))), Some(403), "{r:?}");
+            assert_eq!(status(tcp, &r, Some(bearer("w-token"))), None, "{r:?}");
+        }
+        let get = Route::RolloutGet("g.service".into());
+        assert_eq!(status(tcp, &get, Some(bearer("r-token"))), None);
         // Unix sockets are trusted by permissions.
         assert_eq!(status(Peer::Local, &Route::MachinesPatch, None), None);
         let err = access

@@ -38,6 +38,7 @@ mod machines;
 pub mod metrics;
 pub mod output;
 mod plan;
+mod rollouts;
 pub mod routes;
 mod state;
 pub mod tls;
@@ -181,6 +182,9 @@ async fn dispatch(s: &ApiState, r: Route, path: &str, req: Request) -> Result<Re
         Route::DrainGet(id) => drain::get(s, &id).await,
         Route::DrainPut(id) => drain::put(s, &id).await,
         Route::DrainDelete(id) => drain::delete(s, &id).await,
+        Route::RolloutGet(unit) => rollouts::get(s, &unit).await,
+        Route::RolloutPut(unit) => rollouts::put(s, &unit, req).await,
+        Route::RolloutDelete(unit) => rollouts::delete(s, &unit).await,
         Route::Events => events::get(s, query.as_deref()).await,
         Route::Leases => leases::list(s).await,
         Route::Ui(asset) => Ok(ui::get(&asset, query.as_deref())),

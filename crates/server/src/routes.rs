@@ -35,6 +35,13 @@ pub enum Route {
     DrainPut(String),
     /// `DELETE /drain/<machineID>`: returns it to service.
     DrainDelete(String),
+    /// `GET /rollouts/<unit>`: a global unit's rollout (an extension beside fleet's
+    /// resources).
+    RolloutGet(String),
+    /// `PUT /rollouts/<unit>`: creates or changes it.
+    RolloutPut(String),
+    /// `DELETE /rollouts/<unit>`: drops it (every machine runs the unit's content).
+    RolloutDelete(String),
     /// `GET /leases`: each machine's presence lease; an extension, reads only.
     Leases,
     /// `GET /events`: the cluster's events as server-sent events; an extension, reads only.
@@ -65,6 +72,9 @@ impl Route {
             Route::Output(_) => "output/{unitName}",
             Route::DrainList => "drain",
             Route::DrainGet(_) | Route::DrainPut(_) | Route::DrainDelete(_) => "drain/{machineID}",
+            Route::RolloutGet(_) | Route::RolloutPut(_) | Route::RolloutDelete(_) => {
+                "rollouts/{unitName}"
+            }
             Route::Events => "events",
             Route::Leases => "leases",
             Route::Ui(_) => "ui",
@@ -87,6 +97,8 @@ impl Route {
                 | Route::MachinesPatch
                 | Route::DrainPut(_)
                 | Route::DrainDelete(_)
+                | Route::RolloutPut(_)
+                | Route::RolloutDelete(_)
         )
     }
 }
@@ -185,6 +197,14 @@ pub fn route(method: &str, path: &str) -> Route {
             "GET" => Route::DrainGet(id),
             "PUT" => Route::DrainPut(id),
             "DELETE" => Route::DrainDelete(id),
+            _ => {
+                Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
+            }
+        },
+        ("rollouts", Some(unit)) => match method {
+            "GET" => Route::RolloutGet(unit),
+            "PUT" => Route::RolloutPut(unit),
+            "DELETE" => Route::RolloutDelete(unit),
             _ => {
                 Route::MethodNotAllowed("only GET, PUT and DELETE supported against this resource")
             }
@@ -366,6 +386,22 @@ mod tests {
                     Route::DrainDelete(u("m1")),
                 ),
                 ("GET", format!("{p}/drain/m1/x"), Route::NotFound),
+                (
+                    "GET",
+                    format!("{p}/rollouts/g.service"),
+                    Route::RolloutGet(u("g.service")),
+                ),
+                (
+                    "PUT",
+                    format!("{p}/rollouts/g.service"),
+                    Route::RolloutPut(u("g.service")),
+                ),
+                (
+                    "DELETE",
+                    format!("{p}/rollouts/g.service"),
+                    Route::RolloutDelete(u("g.service")),
+                ),
+                ("GET", format!("{p}/rollouts"), Route::NotFound),
                 ("GET", format!("{p}/events"), Route::Events),
                 (
                     "POST",
@@ -407,6 +443,13 @@ mod tests {
         assert!(!Route::DrainPut(u("m1")).changes_nothing());
         assert!(!Route::DrainDelete(u("m1")).changes_nothing());
         assert!(Route::DrainList.changes_nothing());
+        assert!(!Route::RolloutPut(u("g.service")).changes_nothing());
+        assert!(!Route::RolloutDelete(u("g.service")).changes_nothing());
+        assert!(Route::RolloutGet(u("g.service")).changes_nothing());
+        assert_eq!(
+            Route::RolloutPut(u("g.service")).label(),
+            "rollouts/{unitName}"
+        );
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub use dump::{AgentDump, UnitDump};
 use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
 use crate::StateChange;
 use registry::{
-    merge_metadata, GlobalJob, Job, MachineState, ScheduleEntry, SystemdState, TargetState,
-    UnitState, Update,
+    merge_metadata, GlobalJob, GlobalRollout, Job, MachineState, ScheduleEntry, SystemdState,
+    TargetState, UnitState, Update,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -58,7 +58,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 pub enum Input {
     /// This machine's schedule changed.
     Schedule(Update<String, ScheduleEntry>),
-    /// The global units changed.
+    /// The global units changed (with their rollouts: which machines run a global unit's new
+    /// content).
     Globals(Update<String, GlobalJob>),
     /// This machine's dynamic metadata changed.
     Metadata(Update<String, String>),
@@ -236,6 +237,9 @@ pub struct Core {
     machine: MachineState,
     schedule: BTreeMap<String, ScheduleEntry>,
     globals: BTreeMap<String, Job>,
+    /// Rollouts of global units, by unit, as their global records carry them: a machine they
+    /// do not allow yet runs the old content.
+    rollouts: BTreeMap<String, GlobalRollout>,
     dynamic_metadata: BTreeMap<String, String>,
     /// Nothing is decided until the schedule, the global units and the metadata have each been
     /// read once.
@@ -302,6 +306,7 @@ impl Core {
             machine,
             schedule: BTreeMap::new(),
             globals: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
             ready: [false; 3],
             bodies: HashMap::new(),
@@ -354,8 +359,16 @@ impl Core {
         self.schedule
             .get(name)
             .map(|e| e.hash)
-            .or_else(|| self.globals.get(name).map(|j| j.hash))
+            .or_else(|| self.globals.get(name).map(|j| self.global_hash(j)))
             .or_else(|| self.held.get(name).map(|h| h.hash))
+    }
+
+    /// The content this machine runs of the global unit `job`: the job's, unless a rollout
+    /// holds this machine back on the old one.
+    fn global_hash(&self, job: &Job) -> UnitHash {
+        self.rollouts
+            .get(&job.name)
+            .map_or(job.hash, |r| r.hash_for(job.hash, &self.machine.id))
     }
 
     pub fn left(&self) -> bool {
@@ -391,12 +404,27 @@ impl Core {
             }
             Input::Globals(update) => {
                 let mut carried = Vec::new();
+                let mut rollouts = Vec::new();
+                if matches!(update, Update::Reset(_)) {
+                    self.rollouts.clear();
+                }
                 update
                     .map(|record| {
                         carried.push((record.job.hash, record.raw));
+                        rollouts.push((record.job.name.clone(), record.rollout));
                         record.job
                     })
                     .apply_to(&mut self.globals);
+                for (name, rollout) in rollouts {
+                    match rollout {
+                        Some(r) => self.rollouts.insert(name, r),
+                        None => self.rollouts.remove(&name),
+                    };
+                }
+                let globals = &self.globals;
+                self.rollouts.retain(|name, _| globals.contains_key(name));
+                // An old body missing before may be the one a rollout now names.
+                self.not_found.clear();
                 self.keep_carried(carried);
                 self.ready[1] = true;
                 self.dirty = true;
@@ -406,6 +434,7 @@ impl Core {
                 self.ready[2] = true;
                 self.dirty = true;
             }
+
             Input::Bodies(fetched) => {
                 self.fetching = false;
                 for (hash, read) in fetched {
@@ -620,16 +649,25 @@ impl Core {
             .map(|e| e.hash)
             .filter(|h| !self.bodies.contains_key(h))
             .collect();
+        // A global unit's record carries its job's text, but not the old content a rollout
+        // holds this machine on: that one is read like a scheduled unit's.
+        let missing_global: BTreeSet<UnitHash> = self
+            .globals
+            .values()
+            .map(|g| self.global_hash(g))
+            .filter(|h| !self.bodies.contains_key(h))
+            .collect();
+        let ask: Vec<UnitHash> = missing
+            .union(&missing_global)
+            .filter(|h| !self.not_found.contains(h))
+            .copied()
+            .collect();
+        if !ask.is_empty() {
+            self.fetching = true;
+            effects.push(Effect::FetchBodies(ask));
+            return;
+        }
         if !missing.is_empty() {
-            let ask: Vec<UnitHash> = missing
-                .iter()
-                .filter(|h| !self.not_found.contains(h))
-                .copied()
-                .collect();
-            if !ask.is_empty() {
-                self.fetching = true;
-                effects.push(Effect::FetchBodies(ask));
-            }
             // Without a unit's body nothing can be decided for it; what runs stays as it is
             // until the body comes or the schedule changes.
             return;
@@ -655,7 +693,7 @@ impl Core {
         let globals: Vec<(String, UnitHash, TargetState)> = self
             .globals
             .values()
-            .map(|g| (g.name.clone(), g.hash, g.desired))
+            .map(|g| (g.name.clone(), self.global_hash(g), g.desired))
             .collect();
         for (name, hash, desired) in globals {
             if let Some(requirements) = self.requirements(&name, &hash) {
@@ -866,7 +904,10 @@ impl Core {
     /// Forgets bodies and requirements no unit of this machine's view uses any more.
     fn prune_bodies(&mut self) {
         let mut used: HashSet<UnitHash> = self.schedule.values().map(|e| e.hash).collect();
+        // Both contents of a global unit under a rollout: the job's came with its record and
+        // is needed when the rollout reaches this machine.
         used.extend(self.globals.values().map(|g| g.hash));
+        used.extend(self.globals.values().map(|g| self.global_hash(g)));
         used.extend(self.held.values().map(|h| h.hash));
         self.bodies.retain(|h, _| used.contains(h));
         self.requirements.retain(|_, (h, _)| used.contains(h));

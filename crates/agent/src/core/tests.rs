@@ -791,3 +791,118 @@ fn a_group_is_loaded_and_reloaded_once_then_started_dependencies_first() {
     }
     assert_eq!(runs(&core.ready(t).effects), Vec::<Vec<Action>>::new());
 }
+
+fn global_file(n: u32) -> UnitFile {
+    UnitFile::parse(&format!(
+        "[Service]\nExecStart=/bin/sleep {n}\n\n[X-Fleet]\nGlobal=true\n"
+    ))
+    .expect("a unit file")
+}
+
+/// The global record of `name` with content `n`, under `rollout`.
+fn global(name: &str, n: u32, rollout: Option<GlobalRollout>) -> (String, GlobalJob) {
+    let f = global_file(n);
+    (
+        a(name),
+        GlobalJob {
+            job: Job {
+                name: a(name),
+                hash: f.hash(),
+                desired: TargetState::Launched,
+                global: true,
+                x_fleet: None,
+            },
+            raw: f.serialize(),
+            rollout,
+        },
+    )
+}
+
+fn rollout(old: u32, new: u32, allowed: &[&str]) -> GlobalRollout {
+    GlobalRollout {
+        old: global_file(old).hash(),
+        new: global_file(new).hash(),
+        allowed: allowed.iter().map(|m| a(m)).collect(),
+    }
+}
+
+#[test]
+fn a_global_unit_runs_the_content_its_rollout_gives_this_machine() {
+    let t = Instant::now();
+    // (the rollout of g.service, whose job names content 2; the content m1 runs)
+    let cases: &[(Option<GlobalRollout>, u32)] = &[
+        (None, 2),
+        (Some(rollout(1, 2, &[])), 1),
+        (Some(rollout(1, 2, &["m2"])), 1),
+        (Some(rollout(1, 2, &["m1", "m2"])), 2),
+        // A rollout of other content than the job's holds nothing back.
+        (Some(rollout(2, 3, &[])), 2),
+    ];
+    for (r, runs) in cases {
+        let mut core = started(t, &[]);
+        let record = global("g.service", 2, r.clone());
+        core.on(t, Input::Globals(Update::Reset(vec![record])));
+        assert_eq!(
+            core.revision("g.service"),
+            Some(global_file(*runs).hash()),
+            "{r:?}"
+        );
+    }
+    // A record without its rollout any more (the rollout dropped, or a Reset) lets it go.
+    let mut core = started(t, &[]);
+    let held = global("g.service", 2, Some(rollout(1, 2, &[])));
+    core.on(t, Input::Globals(Update::Reset(vec![held])));
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g.service"),
+            global("g.service", 2, None).1,
+        )])),
+    );
+    assert_eq!(core.revision("g.service"), Some(global_file(2).hash()));
+}
+
+#[test]
+fn a_machine_held_back_keeps_the_old_content_until_the_rollout_allows_it() {
+    let t = Instant::now();
+    let old = global_file(1);
+    // The machine runs content 1; the job names 2, and the rollout holds m1 on 1.
+    let mut core = Core::new(
+        machine(),
+        vec![(a("g.service"), old.hash(), Some(active()))],
+    );
+    core.on(t, Input::Schedule(Update::Reset(vec![])));
+    core.on(t, Input::Metadata(Update::Reset(vec![])));
+    let record = global("g.service", 2, Some(rollout(1, 2, &["m2"])));
+    core.on(t, Input::Globals(Update::Reset(vec![record])));
+    // The old body is not carried by the global record: it is read from the registry.
+    let ready = core.ready(t);
+    assert!(
+        ready
+            .effects
+            .contains(&Effect::FetchBodies(vec![old.hash()])),
+        "{:?}",
+        ready.effects
+    );
+    assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
+    let t = t + RECONCILE_INTERVAL;
+    core.on(t, Input::Bodies(vec![(old.hash(), Ok(Some(old.clone())))]));
+    let ready = core.ready(t);
+    assert_eq!(runs(&ready.effects), Vec::<Vec<Action>>::new());
+    assert_eq!(core.revision("g.service"), Some(old.hash()));
+    // Its turn: the rollout allows m1, and the new content replaces the old.
+    let t = t + RECONCILE_INTERVAL;
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g.service"),
+            global("g.service", 2, Some(rollout(1, 2, &["m1", "m2"]))).1,
+        )])),
+    );
+    // The replacement's first phase: the old file goes (then the new one is loaded and
+    // started, as for any replaced unit).
+    assert_eq!(
+        runs(&core.ready(t).effects),
+        vec![vec![Action::Unload(a("g.service"))]]
+    );
+}
