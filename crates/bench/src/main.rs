@@ -113,6 +113,11 @@ struct ScaleArgs {
     /// Steady-state window, seconds [default: 10; 2 with --smoke].
     #[arg(long)]
     steady: Option<f64>,
+    /// Seconds after every unit is active to read the settled RSS (at least the steady window
+    /// and the listings) [default: 35, past fleetd's first release of freed memory; 0 with
+    /// --smoke].
+    #[arg(long)]
+    settle: Option<f64>,
     /// Share of machines killed, in percent (0: skip).
     #[arg(long, default_value_t = 10.0)]
     kill_percent: f64,
@@ -146,6 +151,9 @@ fn beside_me(name: &str) -> Option<PathBuf> {
 }
 
 fn main() -> ExitCode {
+    // The engine, API and agents run in this process as in fleetd, with fleetd's malloc
+    // settings, so that its RSS stands for theirs.
+    fleetd::memory::limit_arenas();
     // With --process, this binary can serve as the supervisor's log forwarder.
     supervisor::run_helper_if_requested();
     let cli = Cli::parse();
@@ -218,6 +226,7 @@ fn main_result(cli: ScaleArgs) -> anyhow::Result<bool> {
         submit_via: cli.submit_via,
         submit_concurrency: cli.submit_concurrency,
         steady: Duration::from_secs_f64(cli.steady.unwrap_or(if cli.smoke { 2.0 } else { 10.0 })),
+        settle: Duration::from_secs_f64(cli.settle.unwrap_or(if cli.smoke { 0.0 } else { 35.0 })),
         kill_percent: if cli.process { 0.0 } else { cli.kill_percent },
         deadline: Duration::from_secs_f64(cli.deadline),
         token_limit: cli.token_limit,
@@ -243,6 +252,7 @@ fn main_result(cli: ScaleArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    runtime.spawn(fleetd::memory::release_periodically());
     let report = runtime.block_on(run::run(&opts, &endpoint, &metrics_url, etcd_pid))?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     drop(etcd);

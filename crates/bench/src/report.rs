@@ -15,8 +15,16 @@ pub struct Memory {
     pub rss_half_agents: u64,
     /// After every agent started, before any unit.
     pub rss_all_agents: u64,
-    /// After every unit became active.
+    /// After every unit became active: what the leader (engine, API) and the agents hold
+    /// right after the burst.
     pub rss_all_active: u64,
+    /// Its anonymous part (heap and stacks).
+    pub anon_all_active: u64,
+    /// `settled_after_s` after every unit became active (after the steady window and the
+    /// listings): what is kept once the burst is over.
+    pub rss_settled: u64,
+    pub anon_settled: u64,
+    pub settled_after_s: f64,
     /// (all agents - before) / machines: an idle agent.
     pub per_agent_idle: u64,
     /// (all agents - half) / second half: the cost of adding one agent.
@@ -253,6 +261,17 @@ pub fn table(r: &RunReport) -> String {
         (
             "CPU time (bench process) / etcd".into(),
             format!("{:.1} s / {:.1} s", r.cpu_s, r.etcd_cpu_s),
+        ),
+        (
+            "RSS (bench process) all active / settled".into(),
+            format!(
+                "{} (anon {}) / {} (anon {}) {:.0} s later",
+                mb(m.rss_all_active),
+                mb(m.anon_all_active),
+                mb(m.rss_settled),
+                mb(m.anon_settled),
+                m.settled_after_s
+            ),
         ),
         (
             "peak RSS (bench process) / etcd RSS".into(),

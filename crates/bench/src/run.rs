@@ -47,6 +47,9 @@ pub struct Options {
     pub submit_via: SubmitVia,
     pub submit_concurrency: usize,
     pub steady: Duration,
+    /// How long after every unit is active the settled RSS is read (at least the steady
+    /// window and the listings).
+    pub settle: Duration,
     /// Share of machines killed; 0 skips the machine-loss phase.
     pub kill_percent: f64,
     /// Longest wait for a phase to complete.
@@ -482,7 +485,9 @@ pub async fn run(
         "{}: submitted in {:.2} s, all active: {:?}",
         opts.run, report.submit_s, report.all_active_s
     );
+    let burst_over = Instant::now();
     report.memory.rss_all_active = sys::rss_bytes("self");
+    report.memory.anon_all_active = sys::rss_anon_bytes("self");
     report.memory.per_agent_loaded = report
         .memory
         .rss_all_active
@@ -499,6 +504,20 @@ pub async fn run(
         let (listing, errors) = listing(opts, &client, &api_endpoint).await;
         report.listing = listing;
         report.errors.extend(errors);
+        if let Some(rest) = opts.settle.checked_sub(burst_over.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+        let m = &mut report.memory;
+        m.settled_after_s = burst_over.elapsed().as_secs_f64();
+        m.rss_settled = sys::rss_bytes("self");
+        m.anon_settled = sys::rss_anon_bytes("self");
+        eprintln!(
+            "{}: RSS {:.1} MB when all active, {:.1} MB {:.0} s later",
+            opts.run,
+            m.rss_all_active as f64 / 1048576.0,
+            m.rss_settled as f64 / 1048576.0,
+            m.settled_after_s
+        );
     }
 
     // Machine loss: stop 10% of the agents abruptly (no leave, no keep-alives).

@@ -23,11 +23,22 @@ pub fn peak_rss_bytes() -> u64 {
 /// Current resident set of process `pid` (`self` for this one), in bytes, from
 /// `/proc/<pid>/status`.
 pub fn rss_bytes(pid: &str) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The anonymous part of [`rss_bytes`] (heap and stacks; the rest is the binary's and
+/// libraries' pages).
+pub fn rss_anon_bytes(pid: &str) -> u64 {
+    status_bytes(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in bytes; 0 if unreadable.
+fn status_bytes(pid: &str, field: &str) -> u64 {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -121,6 +132,8 @@ mod tests {
         assert!(cpu_seconds() > 0.0);
         assert!(peak_rss_bytes() > 0);
         assert!(rss_bytes("self") > 0);
+        assert!(rss_anon_bytes("self") > 0);
+        assert!(rss_anon_bytes("self") <= rss_bytes("self"));
         assert!(process_cpu_seconds(std::process::id()) >= 0.0);
         assert_eq!(rss_bytes("no-such-pid"), 0);
     }

@@ -15,12 +15,20 @@
 //! counted too, every 0.5 s (`systemctl show` in each machine, between listings: it delays
 //! them); with `FLEET_TIMELINE_LOG=1` machine 0's agent logs at debug level (its reads of
 //! systemd and its publications, with their times), and its journal is printed at the end.
+//!
+//! Memory: each fleetd's resident set (`VmRSS`, and `RssAnon`, its heap and stacks) is printed
+//! as `FIGURE` lines before the burst, when all are listed active and after a settle period,
+//! `FLEET_TIMELINE_SETTLE_SECS` (default 30; 0 skips it), the engine's leader marked.
+//! `FLEET_TIMELINE_FLEETD_ENV` gives every fleetd more environment, space-separated `NAME=value`
+//! words: `TOKIO_WORKER_THREADS=16` runs it as on a 16-core machine (more threads, more malloc
+//! arenas), `MALLOC_ARENA_MAX=2` caps glibc's arenas.
 
 use anyhow::{ensure, Context, Result};
 use cluster::nspawn::{NspawnCluster, NspawnSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bounds a hang; a healthy run takes a few seconds.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -30,6 +38,85 @@ fn burst() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000)
+}
+
+fn settle() -> Duration {
+    Duration::from_secs(
+        std::env::var("FLEET_TIMELINE_SETTLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+    )
+}
+
+/// fleetd's resident set in machine `i`, in KiB: (`VmRSS`, `RssAnon`), read from its
+/// `/proc/PID/status` inside the container (fleetd's PID there is systemd's `MainPID`).
+fn fleetd_rss(c: &NspawnCluster, i: usize) -> Result<(u64, u64)> {
+    let out = c.machines[i]
+        .nspawn
+        .command("sh")
+        .args([
+            "-c",
+            "cat /proc/$(systemctl show -p MainPID --value fleetd-test)/status",
+        ])
+        .output()
+        .context("reading fleetd's /proc status through nsenter")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    match (field("VmRSS:"), field("RssAnon:")) {
+        (Some(rss), Some(anon)) => Ok((rss, anon)),
+        _ => anyhow::bail!(
+            "no VmRSS/RssAnon in fleetd's status on machine {i}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Whether machine `i`'s engine leads, from its `/metrics` (`fleet_engine_leader 1`). By
+/// hand: the API client speaks only fleet's JSON resources.
+async fn leads(c: &NspawnCluster, i: usize) -> Result<bool> {
+    let endpoint = c.machines[i].client.endpoint();
+    let authority = endpoint
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http:// endpoint: {endpoint}"))?
+        .trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\r\n")
+        .await
+        .context("sending GET /metrics")?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .with_context(|| format!("no answer to GET /metrics from machine {i}"))?
+        .context("reading GET /metrics")?;
+    Ok(out.lines().any(|l| l.trim() == "fleet_engine_leader 1"))
+}
+
+/// One `FIGURE` line: every fleetd's RSS and anonymous RSS, in MB, the leader marked.
+async fn print_rss(c: &NspawnCluster, when: &str) -> Result<()> {
+    let mut parts = Vec::new();
+    for i in 0..c.machines.len() {
+        let (rss, anon) = tokio::task::block_in_place(|| fleetd_rss(c, i))?;
+        let role = match (i, leads(c, i).await?) {
+            (0, true) => " (leader, API)",
+            (0, false) => " (API)",
+            (_, true) => " (leader)",
+            _ => "",
+        };
+        parts.push(format!(
+            "m{i}{role} {:.1} MB (anon {:.1} MB)",
+            rss as f64 / 1024.0,
+            anon as f64 / 1024.0
+        ));
+    }
+    println!("FIGURE fleetd RSS {when}: {}", parts.join(", "));
+    Ok(())
 }
 
 fn fleetctl() -> Result<PathBuf> {
@@ -74,9 +161,19 @@ async fn three_machines_list_a_burst_as_systemd_starts_it() {
     let diagnose = std::env::var_os("FLEET_TIMELINE_SYSTEMD").is_some();
     let log = std::env::var_os("FLEET_TIMELINE_LOG").is_some();
     let mut spec = NspawnSpec::machines(3);
+    let extra: Vec<String> = std::env::var("FLEET_TIMELINE_FLEETD_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for i in 0..3 {
+        spec.env.insert(i, extra.clone());
+    }
     if log {
         spec.env
-            .insert(0, vec!["RUST_LOG=info,agent=debug".to_string()]);
+            .entry(0)
+            .or_default()
+            .push("RUST_LOG=info,agent=debug".to_string());
     }
     let c = tokio::task::block_in_place(|| NspawnCluster::start(spec)).unwrap();
     let result = async {
@@ -94,6 +191,7 @@ async fn three_machines_list_a_burst_as_systemd_starts_it() {
             }
         })
         .await?;
+        print_rss(&c, "before the burst").await?;
         let files = tempfile::tempdir()?;
         let mut paths = Vec::new();
         for i in 0..n {
@@ -151,6 +249,12 @@ async fn three_machines_list_a_burst_as_systemd_starts_it() {
                 "{active} of {n} active after {DEADLINE:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        print_rss(&c, "when all are listed active").await?;
+        let settle = settle();
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+            print_rss(&c, &format!("{} s later", settle.as_secs())).await?;
         }
         let all = samples.iter().find(|(_, a)| *a >= n).map(|(t, _)| *t);
         let mut steps: BTreeMap<u32, usize> = BTreeMap::new();

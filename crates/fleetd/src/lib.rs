@@ -15,3 +15,4 @@ pub mod config;
 pub mod daemon;
 pub mod dump;
 pub mod logging;
+pub mod memory;

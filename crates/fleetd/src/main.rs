@@ -5,6 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Before any thread starts, so that none gets an arena past the cap (the log forwarders
+    // below are fleetd too).
+    let arenas = fleetd::memory::limit_arenas();
     // The process supervisor re-executes fleetd as each unit's log forwarder.
     supervisor::run_helper_if_requested();
     let loaded = config::load(
@@ -40,6 +43,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     raise_open_files_limit();
+    match arenas {
+        Some(n) => tracing::debug!(arenas = n, "malloc arenas capped"),
+        None => tracing::debug!("malloc arenas as the environment sets them"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,6 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(fleetd::memory::release_periodically());
     match runtime.block_on(fleetd::daemon::run(*cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
