@@ -473,9 +473,21 @@ pub async fn run(
         t0,
         opts.deadline,
     ));
-    report
-        .errors
-        .extend(submit(&units, opts, &registry, &client, &api_endpoint).await);
+    // A registry too slow to take the units would otherwise hold the run forever (each request
+    // waits out its timeout in turn): past the deadline the run ends, saying how far it got.
+    match tokio::time::timeout(
+        opts.deadline,
+        submit(&units, opts, &registry, &client, &api_endpoint),
+    )
+    .await
+    {
+        Ok(errors) => report.errors.extend(errors),
+        Err(_) => report.errors.push(format!(
+            "submitting {} units did not finish within the deadline of {:?} (--deadline)",
+            units.len(),
+            opts.deadline
+        )),
+    }
     report.submit_s = t0.elapsed().as_secs_f64();
     let (all_active, timeline) = waiter.await.context("waiting for units")?;
     report.all_active_s = all_active;
