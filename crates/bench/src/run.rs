@@ -132,14 +132,19 @@ fn track_states(
     tracker: Arc<Mutex<Tracker>>,
     global: bool,
 ) -> tokio::task::JoinHandle<()> {
-    let mut states = if global {
-        registry.follow_global_states()
-    } else {
-        registry.follow_placed_states()
-    };
+    // Global units' instances are computed from the machines' summaries and exceptions, as
+    // the API lists them.
+    let mut placed = (!global).then(|| registry.follow_placed_states());
+    let mut instances = global.then(|| registry.follow_global_instances());
     tokio::spawn(async move {
         let active = |s: &registry::UnitState| s.systemd.active == "active";
-        while let Some(update) = states.recv().await {
+        loop {
+            let update = match (&mut placed, &mut instances) {
+                (Some(f), _) => f.recv().await,
+                (None, Some(f)) => f.recv().await,
+                (None, None) => None,
+            };
+            let Some(update) = update else { break };
             let mut t = lock(&tracker);
             match update {
                 Update::Reset(items) => {

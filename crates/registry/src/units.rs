@@ -150,6 +150,7 @@ impl Registry {
             let record = GlobalJob {
                 job: job.clone(),
                 raw,
+                revision: 0,
             };
             ops.push(Op::put(self.keys.global(name), record.encode()));
         }

@@ -26,8 +26,8 @@ pub use dump::{AgentDump, UnitDump};
 use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
 use crate::StateChange;
 use registry::{
-    merge_metadata, GlobalJob, Job, MachineState, ScheduleEntry, SystemdState, TargetState,
-    UnitState, Update,
+    merge_metadata, GlobalJob, GlobalSummary, Job, MachineState, Revision, ScheduleEntry,
+    SystemdState, TargetState, UnitState, Update,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -111,12 +111,14 @@ pub enum Effect {
     /// Read these units' states from the unit manager; answer with [`Input::States`].
     ReadStates(Vec<String>),
     /// Publish unit states: first remove `moved` (states changing between the placed and the
-    /// global prefixes), then write `save` and remove `remove`, in one batch. Answer with
+    /// global prefixes), then write `save`, the machine's summary of its global units if it
+    /// changed, and remove `remove`, in that order (see `MachineLease::publish`). Answer with
     /// [`Input::Published`].
     Publish {
         moved: Vec<String>,
         save: Vec<UnitState>,
         remove: Vec<String>,
+        summary: Option<GlobalSummary>,
     },
     /// Register the machine again under a new lease; answer with [`Input::Renewed`].
     Renew,
@@ -236,6 +238,9 @@ pub struct Core {
     machine: MachineState,
     schedule: BTreeMap<String, ScheduleEntry>,
     globals: BTreeMap<String, Job>,
+    /// The revision each global unit's record was written at: the summary vouches up to the
+    /// latest (a record written later is one this machine has not seen yet).
+    global_written: BTreeMap<String, Revision>,
     dynamic_metadata: BTreeMap<String, String>,
     /// Nothing is decided until the schedule, the global units and the metadata have each been
     /// read once.
@@ -254,6 +259,13 @@ pub struct Core {
     failures: BTreeMap<String, Failure>,
     systemd: BTreeMap<String, SystemdState>,
     published: BTreeMap<String, UnitState>,
+    /// Global units published by the summary alone: held exactly as their jobs want
+    /// ([`desired_instance`]), with no state of their own in the registry.
+    covered: BTreeSet<String>,
+    /// The summary last written under the current lease.
+    summary: Option<GlobalSummary>,
+    /// The summary must be looked at again even if no unit changed (a failed publication).
+    summary_stale: bool,
     /// Units whose published state may be out of date.
     stale: HashSet<String>,
     /// Every unit's published state may be out of date (a new lease, lost reports).
@@ -282,6 +294,10 @@ struct Publication {
     names: Vec<String>,
     save: Vec<UnitState>,
     remove: Vec<String>,
+    summary: Option<GlobalSummary>,
+    /// Global units now covered by the summary, and those no longer.
+    cover: Vec<String>,
+    uncover: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -302,6 +318,7 @@ impl Core {
             machine,
             schedule: BTreeMap::new(),
             globals: BTreeMap::new(),
+            global_written: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
             ready: [false; 3],
             bodies: HashMap::new(),
@@ -312,6 +329,9 @@ impl Core {
             failures: BTreeMap::new(),
             systemd: BTreeMap::new(),
             published: BTreeMap::new(),
+            covered: BTreeSet::new(),
+            summary: None,
+            summary_stale: false,
             stale: HashSet::new(),
             all_stale: true,
             dirty: false,
@@ -391,12 +411,32 @@ impl Core {
             }
             Input::Globals(update) => {
                 let mut carried = Vec::new();
+                let mut written = Vec::new();
+                // Every global unit changed is looked at again: its job, so what its instance
+                // is compared with, may have changed.
+                match &update {
+                    Update::Reset(items) => {
+                        self.stale.extend(self.globals.keys().cloned());
+                        self.stale.extend(items.iter().map(|(n, _)| n.clone()));
+                        self.global_written.clear();
+                    }
+                    Update::Changes(changes) => {
+                        self.stale.extend(changes.iter().map(|c| match c {
+                            registry::Change::Put(n, _) | registry::Change::Delete(n) => n.clone(),
+                        }))
+                    }
+                }
                 update
                     .map(|record| {
                         carried.push((record.job.hash, record.raw));
+                        written.push((record.job.name.clone(), record.revision));
                         record.job
                     })
                     .apply_to(&mut self.globals);
+                self.global_written
+                    .retain(|name, _| self.globals.contains_key(name));
+                self.global_written.extend(written);
+                self.summary_stale = true;
                 self.keep_carried(carried);
                 self.ready[1] = true;
                 self.dirty = true;
@@ -453,12 +493,20 @@ impl Core {
                         for state in sent.save {
                             self.published.insert(state.name.clone(), state);
                         }
+                        for name in &sent.uncover {
+                            self.covered.remove(name);
+                        }
+                        self.covered.extend(sent.cover);
+                        if sent.summary.is_some() {
+                            self.summary = sent.summary;
+                        }
                     }
                     Err(e) => {
                         // Looked at again on the next change or at the retry time.
                         if !self.all_stale {
                             self.stale.extend(sent.names);
                         }
+                        self.summary_stale = true;
                         self.publish_retry_at = Some(now + RETRY_INTERVAL);
                         tracing::warn!(error = %e, "publishing unit states failed; will retry");
                     }
@@ -471,8 +519,10 @@ impl Core {
             }
             Input::Renewed(Ok(())) => {
                 self.lease = LeaseStatus::Held;
-                // The old lease took every published state with it.
+                // The old lease took every published state and the summary with it.
                 self.published.clear();
+                self.covered.clear();
+                self.summary = None;
                 self.all_stale = true;
             }
             Input::Renewed(Err(e)) => {
@@ -529,7 +579,8 @@ impl Core {
             self.dirty = false;
             self.plan(now, &mut effects);
         }
-        let due = self.publishing.due(now, self.stale.len(), self.all_stale);
+        let waiting = self.stale.len() + usize::from(self.summary_stale);
+        let due = self.publishing.due(now, waiting, self.all_stale);
         if due == Due::Now
             && self.publication.is_none()
             && self.lease == LeaseStatus::Held
@@ -904,26 +955,76 @@ impl Core {
             names
         };
         let held_back = self.run.as_ref().map(|r| &r.held_back);
+        let mut uncover: Vec<String> = Vec::new();
         let names: Vec<String> = names
             .into_iter()
-            .filter(|n| held_back.is_none_or(|h| !h.contains(n)))
+            .filter(|n| match held_back {
+                // A unit just loaded has no state from the manager yet: it is not published,
+                // and no summary vouches for it until it is.
+                Some(h) if h.contains(n) => {
+                    uncover.push(n.clone());
+                    false
+                }
+                _ => true,
+            })
             .collect();
         let mut save: Vec<UnitState> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
+        let mut cover: Vec<String> = Vec::new();
         for name in &names {
             match self.held.get(name) {
                 Some(held) => {
                     let state = self.state_of(name, held);
+                    if state.global && Some(&state) == self.desired_instance(name).as_ref() {
+                        // As its job wants it: the summary vouches for it, and a state of
+                        // its own published earlier goes (after the summary, see `remove`).
+                        cover.push(name.clone());
+                        if self.published.contains_key(name) {
+                            remove.push(name.clone());
+                        }
+                        continue;
+                    }
+                    uncover.push(name.clone());
                     if self.published.get(name) != Some(&state) {
                         save.push(state);
                     }
                 }
-                None if self.published.contains_key(name) => remove.push(name.clone()),
-                None => {}
+                None => {
+                    uncover.push(name.clone());
+                    if self.published.contains_key(name) {
+                        remove.push(name.clone());
+                    }
+                }
             }
         }
         self.all_stale = false;
-        if save.is_empty() && remove.is_empty() {
+        self.summary_stale = false;
+        let summary = {
+            let (now_covered, not_now): (HashSet<&String>, HashSet<&String>) =
+                (cover.iter().collect(), uncover.iter().collect());
+            let covered = |name: &String| {
+                !not_now.contains(name)
+                    && (now_covered.contains(name) || self.covered.contains(name))
+            };
+            let absent = self
+                .globals
+                .values()
+                .filter(|j| j.desired != TargetState::Inactive && !covered(&j.name))
+                .map(|j| j.name.clone())
+                .collect();
+            GlobalSummary {
+                revision: self.global_written.values().copied().max().unwrap_or(0),
+                absent,
+            }
+        };
+        // A machine that never saw a global unit has nothing to vouch for: no summary.
+        let nothing = self.summary.is_none() && self.globals.is_empty();
+        let summary = (!nothing && self.summary.as_ref() != Some(&summary)).then_some(summary);
+        if save.is_empty() && remove.is_empty() && summary.is_none() {
+            for name in &uncover {
+                self.covered.remove(name);
+            }
+            self.covered.extend(cover);
             return;
         }
         // A state moving between the placed and global prefixes leaves nothing behind.
@@ -940,12 +1041,21 @@ impl Core {
             moved,
             save: save.clone(),
             remove: remove.clone(),
+            summary: summary.clone(),
         });
         self.publication = Some(Publication {
             names,
             save,
             remove,
+            summary,
+            cover,
+            uncover,
         });
+    }
+
+    /// The state a global unit's instance has here when it is as its job wants it.
+    fn desired_instance(&self, name: &str) -> Option<UnitState> {
+        registry::desired_instance(self.globals.get(name)?, &self.machine.id)
     }
 }
 
