@@ -134,7 +134,6 @@ async fn scenario(c: &Cluster) -> Result<()> {
     )
     .with_context(|| format!("killing flaky.service's process {pid}"))?;
     let failed = row("flaky.service", 2, "failed", "failed");
-    let mut expected = expected;
     for r in expected.iter_mut() {
         if (r.0.as_str(), r.1.as_str()) == ("flaky.service", ids[2].as_str()) {
             *r = failed.clone();
