@@ -468,6 +468,9 @@ pub async fn run(
         report.agents_start_s,
         units.len()
     );
+    // etcd's writes and keys from the first submission to all active: what the agents'
+    // publications cost the registry.
+    let writes_before = etcd_metrics::scrape(metrics_url).await.ok();
     let t0 = Instant::now();
     let waiter = tokio::spawn(wait_all_active(
         tracker.clone(),
@@ -487,6 +490,17 @@ pub async fn run(
         "{}: submitted in {:.2} s, all active: {:?}",
         opts.run, report.submit_s, report.all_active_s
     );
+    if let (Some(before), Ok(after)) = (writes_before, etcd_metrics::scrape(metrics_url).await) {
+        let delta = |name: &str| after.total(name) - before.total(name);
+        eprintln!(
+            "{}: etcd from submission to all active: {} puts, {} deletes, {} txns; {} keys after",
+            opts.run,
+            delta("etcd_debugging_mvcc_put_total"),
+            delta("etcd_debugging_mvcc_delete_total"),
+            delta("etcd_debugging_mvcc_txn_total"),
+            after.total("etcd_debugging_mvcc_keys_total"),
+        );
+    }
     report.memory.rss_all_active = sys::rss_bytes("self");
     report.memory.per_agent_loaded = report
         .memory

@@ -223,6 +223,10 @@ struct Run {
     /// reloaded: a unit whose file was just written has no state from the manager yet. Every
     /// other unit's state goes out while the loads and the reload run.
     held_back: BTreeSet<String>,
+    /// Global units this run starts, until their starts end: their state on the way (loaded,
+    /// not started) is not published as an exception, to be deleted a moment later when the
+    /// start succeeds; the summary names them not run meanwhile.
+    starting: BTreeSet<String>,
     in_flight: usize,
     failed: BTreeMap<String, Failure>,
     /// Units whose start or stop the manager took: it reports their outcome itself
@@ -769,10 +773,19 @@ impl Core {
                 }
             }
         }
+        let starting = phases
+            .iter()
+            .flatten()
+            .filter_map(|a| match a {
+                Action::Start(name) if self.globals.contains_key(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         self.run = Some(Run {
             wanted,
             phases,
             held_back: BTreeSet::new(),
+            starting,
             in_flight: 0,
             failed: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -821,6 +834,9 @@ impl Core {
             return;
         };
         run.in_flight = run.in_flight.saturating_sub(1);
+        if let Action::Start(name) = &action {
+            run.starting.remove(name);
+        }
         if result.is_ok() {
             match &action {
                 Action::Unload(name) => {
@@ -954,14 +970,15 @@ impl Core {
             names.sort_unstable();
             names
         };
-        let held_back = self.run.as_ref().map(|r| &r.held_back);
+        let held_back = self.run.as_ref().map(|r| (&r.held_back, &r.starting));
         let mut uncover: Vec<String> = Vec::new();
         let names: Vec<String> = names
             .into_iter()
             .filter(|n| match held_back {
-                // A unit just loaded has no state from the manager yet: it is not published,
-                // and no summary vouches for it until it is.
-                Some(h) if h.contains(n) => {
+                // A unit just loaded has no state from the manager yet, and a global unit
+                // being started is on its way to what its job wants: neither is published,
+                // and no summary vouches for them until they are.
+                Some((h, s)) if h.contains(n) || s.contains(n) => {
                     uncover.push(n.clone());
                     false
                 }
