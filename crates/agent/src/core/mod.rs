@@ -49,6 +49,12 @@ pub const PUBLISH_BATCH: usize = 256;
 /// changes (a global unit is a change on every machine) would otherwise cost one pass each.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A summary that changes alone (no state of its own written or removed with it) is written at
+/// most this often: while global units are being created one after another, every machine
+/// would otherwise rewrite its summary for each, as many writes as the states it replaces.
+/// A global unit's rows wait at most this long for it.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a failed publication or registration waits before it is tried again (failed unit
 /// actions wait for their own retry time, see [`reconcile::retry_delay`]).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -268,8 +274,12 @@ pub struct Core {
     covered: BTreeSet<String>,
     /// The summary last written under the current lease.
     summary: Option<GlobalSummary>,
-    /// The summary must be looked at again even if no unit changed (a failed publication).
+    /// The summary must be looked at again even if no unit changed (a failed publication, one
+    /// held back by [`SUMMARY_INTERVAL`]).
     summary_stale: bool,
+    /// When the last summary was written, and when one held back is due.
+    summary_written_at: Option<Instant>,
+    summary_due: Option<Instant>,
     /// Units whose published state may be out of date.
     stale: HashSet<String>,
     /// Every unit's published state may be out of date (a new lease, lost reports).
@@ -336,6 +346,8 @@ impl Core {
             covered: BTreeSet::new(),
             summary: None,
             summary_stale: false,
+            summary_written_at: None,
+            summary_due: None,
             stale: HashSet::new(),
             all_stale: true,
             dirty: false,
@@ -583,14 +595,15 @@ impl Core {
             self.dirty = false;
             self.plan(now, &mut effects);
         }
-        let waiting = self.stale.len() + usize::from(self.summary_stale);
+        let summary_waits = self.summary_stale && self.summary_due.is_none_or(|due| due <= now);
+        let waiting = self.stale.len() + usize::from(summary_waits);
         let due = self.publishing.due(now, waiting, self.all_stale);
         if due == Due::Now
             && self.publication.is_none()
             && self.lease == LeaseStatus::Held
             && self.publish_retry_at.is_none_or(|at| at <= now)
         {
-            self.publish(&mut effects);
+            self.publish(now, &mut effects);
             self.publishing.sent();
         }
         let wake_at = [
@@ -610,6 +623,7 @@ impl Core {
                 Due::At(_) | Due::Nothing | Due::Now => None,
             },
             self.publish_retry_at,
+            self.summary_due.filter(|_| self.summary_stale),
             match self.lease {
                 LeaseStatus::Lapsed { retry_at } => retry_at,
                 _ => None,
@@ -958,7 +972,7 @@ impl Core {
 
     /// Publishes what changed since the last publication, in one batch. Units held back by the
     /// run in flight are left out: they come back as changed when it releases them.
-    fn publish(&mut self, effects: &mut Vec<Effect>) {
+    fn publish(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         let names: Vec<String> = if self.all_stale {
             let mut all: BTreeSet<String> = self.held.keys().cloned().collect();
             all.extend(self.published.keys().cloned());
@@ -1037,7 +1051,19 @@ impl Core {
         // A machine that never saw a global unit has nothing to vouch for: no summary.
         let nothing = self.summary.is_none() && self.globals.is_empty();
         let summary = (!nothing && self.summary.as_ref() != Some(&summary)).then_some(summary);
-        if save.is_empty() && remove.is_empty() && summary.is_none() {
+        let paced = save.is_empty()
+            && remove.is_empty()
+            && summary.is_some()
+            && self
+                .summary_written_at
+                .is_some_and(|at| now < at + SUMMARY_INTERVAL);
+        if paced {
+            // Written later with what changes meanwhile; the units it would cover keep no
+            // state of their own meanwhile, so taking them as covered now is safe.
+            self.summary_stale = true;
+            self.summary_due = self.summary_written_at.map(|at| at + SUMMARY_INTERVAL);
+        }
+        if save.is_empty() && remove.is_empty() && (summary.is_none() || paced) {
             for name in &uncover {
                 self.covered.remove(name);
             }
@@ -1054,6 +1080,10 @@ impl Core {
             })
             .map(|s| s.name.clone())
             .collect();
+        if summary.is_some() {
+            self.summary_written_at = Some(now);
+            self.summary_due = None;
+        }
         effects.push(Effect::Publish {
             moved,
             save: save.clone(),

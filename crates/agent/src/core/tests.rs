@@ -843,13 +843,11 @@ fn settle(
     world: &BTreeMap<String, SystemdState>,
     written: &mut Written,
 ) {
-    let mut idle = 0;
-    while idle < 30 {
+    // Until nothing is left to do, now or later (a summary held back for its interval).
+    for _ in 0..10_000 {
         let ready = core.ready(*t);
-        if ready.effects.is_empty() {
-            idle += 1;
-        } else {
-            idle = 0;
+        if ready.effects.is_empty() && ready.wake_at.is_none() {
+            return;
         }
         for effect in ready.effects {
             match &effect {
@@ -1068,4 +1066,77 @@ fn the_summary_is_written_when_there_is_something_to_vouch_for() {
     settle(&mut t, &mut core, &world, &mut again);
     assert_eq!(again.summary, summary);
     assert_eq!(again.states.keys().collect::<Vec<_>>(), vec!["a.service"]);
+}
+
+/// Global units created one after another: a summary that changes alone is written at most
+/// once per `SUMMARY_INTERVAL`, with everything that changed meanwhile.
+#[test]
+fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    let g = |i: u32| {
+        global_record(
+            &format!("g{i}.service"),
+            i,
+            TargetState::Launched,
+            "",
+            i64::from(i),
+        )
+    };
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![(a("g1.service"), g(1))])),
+    );
+    let mut world: BTreeMap<String, SystemdState> = BTreeMap::new();
+    world.insert(a("g1.service"), active());
+    let mut written = Written::default();
+    settle(&mut t, &mut core, &world, &mut written);
+    assert_eq!(written.summary.as_ref().map(|s| s.revision), Some(1));
+
+    // Three more global units, 100 ms apart, each started at once.
+    let mut summaries: Vec<(Duration, GlobalSummary)> = Vec::new();
+    let first = t;
+    let last_written = core.summary_written_at.expect("a summary written");
+    for i in 2..=4 {
+        world.insert(format!("g{i}.service"), active());
+        core.on(
+            t,
+            Input::Globals(Update::Changes(vec![registry::Change::Put(
+                format!("g{i}.service"),
+                g(i),
+            )])),
+        );
+        for _ in 0..20 {
+            let ready = core.ready(t);
+            for effect in ready.effects {
+                if let Effect::Publish {
+                    summary: Some(s), ..
+                } = &effect
+                {
+                    summaries.push((t - first, s.clone()));
+                }
+                match effect {
+                    Effect::Run(phase) => {
+                        for (action, _) in phase {
+                            core.on(t, Input::Done(action.clone(), Ok(())));
+                            if let Action::Start(u) = &action {
+                                report(t, &mut core, u, world.get(u).cloned());
+                            }
+                        }
+                    }
+                    Effect::Publish { .. } => core.on(t, Input::Published(Ok(()))),
+                    _ => {}
+                }
+            }
+            t += Duration::from_millis(5);
+        }
+    }
+    settle(&mut t, &mut core, &world, &mut written);
+    let last = core.summary.clone().expect("a summary");
+    assert_eq!(last.revision, 4);
+    assert!(last.absent.is_empty(), "{last:?}");
+    // During the 300 ms of creations, less than an interval after the last summary, no
+    // summary went out: they waited for the interval, then went as one.
+    assert!(first - last_written + Duration::from_millis(300) < SUMMARY_INTERVAL);
+    assert!(summaries.is_empty(), "{summaries:?}");
 }
