@@ -280,6 +280,9 @@ pub struct Core {
     /// When the last summary was written, and when one held back is due.
     summary_written_at: Option<Instant>,
     summary_due: Option<Instant>,
+    /// Global units whose start succeeded and whose state the manager has not reported since:
+    /// held back from publication as while they start.
+    awaiting_report: BTreeSet<String>,
     /// Units whose published state may be out of date.
     stale: HashSet<String>,
     /// Every unit's published state may be out of date (a new lease, lost reports).
@@ -348,6 +351,7 @@ impl Core {
             summary_stale: false,
             summary_written_at: None,
             summary_due: None,
+            awaiting_report: BTreeSet::new(),
             stale: HashSet::new(),
             all_stale: true,
             dirty: false,
@@ -640,6 +644,7 @@ impl Core {
     }
 
     fn take_state(&mut self, name: String, state: Option<SystemdState>, reason: Option<String>) {
+        self.awaiting_report.remove(&name);
         self.stale.insert(name.clone());
         match reason {
             Some(r) => self.reasons.insert(name.clone(), r),
@@ -849,13 +854,21 @@ impl Core {
         };
         run.in_flight = run.in_flight.saturating_sub(1);
         if let Action::Start(name) = &action {
-            run.starting.remove(name);
+            if run.starting.remove(name)
+                && result.is_ok()
+                && self.systemd.get(name).is_none_or(|s| s.active != "active")
+            {
+                // The manager reports the outcome of the start it took: until it does, the
+                // state known is the one before the start.
+                self.awaiting_report.insert(name.clone());
+            }
         }
         if result.is_ok() {
             match &action {
                 Action::Unload(name) => {
                     self.held.remove(name);
                     self.systemd.remove(name);
+                    self.awaiting_report.remove(name);
                 }
                 Action::Load(name) => {
                     if let Some(w) = run.wanted.get(name) {
@@ -985,6 +998,7 @@ impl Core {
             names
         };
         let held_back = self.run.as_ref().map(|r| (&r.held_back, &r.starting));
+        let awaiting = &self.awaiting_report;
         let mut uncover: Vec<String> = Vec::new();
         let names: Vec<String> = names
             .into_iter()
@@ -993,6 +1007,10 @@ impl Core {
                 // being started is on its way to what its job wants: neither is published,
                 // and no summary vouches for them until they are.
                 Some((h, s)) if h.contains(n) || s.contains(n) => {
+                    uncover.push(n.clone());
+                    false
+                }
+                _ if awaiting.contains(n) => {
                     uncover.push(n.clone());
                     false
                 }

@@ -1140,3 +1140,55 @@ fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
     assert!(first - last_written + Duration::from_millis(300) < SUMMARY_INTERVAL);
     assert!(summaries.is_empty(), "{summaries:?}");
 }
+
+/// A global unit whose start is done before the manager reports it active is not published
+/// as an exception (its state before the start) meanwhile: the report brings it covered.
+#[test]
+fn a_started_global_unit_waits_for_its_report() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![(
+            a("g.service"),
+            global_record("g.service", 1, TargetState::Launched, "", 4),
+        )])),
+    );
+    let mut saved: Vec<String> = Vec::new();
+    let mut summaries: Vec<GlobalSummary> = Vec::new();
+    // Run the plan; the starts are done, and the manager says nothing yet.
+    for _ in 0..400 {
+        let ready = core.ready(t);
+        for effect in ready.effects {
+            match effect {
+                Effect::Run(phase) => {
+                    for (action, _) in phase {
+                        if let Action::Load(u) = &action {
+                            report(t, &mut core, u, Some(inactive()));
+                        }
+                        core.on(t, Input::Done(action, Ok(())));
+                    }
+                }
+                Effect::Publish { save, summary, .. } => {
+                    saved.extend(save.into_iter().map(|s| s.name));
+                    summaries.extend(summary);
+                    core.on(t, Input::Published(Ok(())));
+                }
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(5);
+    }
+    assert_eq!(saved, Vec::<String>::new());
+    assert!(core.held.contains_key("g.service"));
+    report(t, &mut core, "g.service", Some(active()));
+    settle(&mut t, &mut core, &BTreeMap::new(), &mut Written::default());
+    assert_eq!(saved, Vec::<String>::new());
+    assert_eq!(
+        core.summary,
+        Some(GlobalSummary {
+            revision: 4,
+            absent: BTreeSet::new()
+        })
+    );
+}
