@@ -169,7 +169,7 @@ impl MachineLease {
     }
 
     /// Publishes as [`MachineLease::publish_states`] does, and the machine's summary of its
-    /// global units (see [`crate::instances`]) if given. The summary goes after every state
+    /// global units (see [`crate::instances`]) if given (an empty one is deleted). The summary goes after every state
     /// saved and before or with every state removed: a reader never finds a global unit that
     /// the machine neither vouches for nor publishes an exception of (a unit just covered by
     /// the summary keeps its stale exception at most until the next transaction).
@@ -189,12 +189,18 @@ impl MachineLease {
                 self.id,
             ));
         }
-        if let Some(summary) = summary {
-            ops.push(Op::put_leased(
+        match summary {
+            // An empty summary vouches for nothing, as no summary does: the key goes, so a
+            // machine without global units leaves no record of them behind.
+            Some(summary) if *summary == GlobalSummary::default() => {
+                ops.push(Op::delete(keys.global_summary(machine)))
+            }
+            Some(summary) => ops.push(Op::put_leased(
                 keys.global_summary(machine),
                 summary.encode(),
                 self.id,
-            ));
+            )),
+            None => {}
         }
         for u in remove {
             ops.push(Op::delete(keys.state(u, machine)));

@@ -198,6 +198,24 @@ async fn the_copy_matches_the_registry_at_each_revision() {
         reg.states_of_unit("g.service").await.expect("read"),
         vec![state(gh, "g.service", "m1", true), loaded]
     );
+    // An empty summary (a machine without global units) leaves no key behind.
+    lease
+        .publish("m3", &[], &[], Some(&GlobalSummary::default()))
+        .await
+        .expect("summary");
+    let keys: Vec<String> = reg
+        .dump()
+        .await
+        .expect("dump")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.iter().any(|k| k.ends_with("/gsummary/m2")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.ends_with("/gsummary/m3")),
+        "{keys:?}"
+    );
+    same_as_registry(&reg, &view).await;
     let units = view.units().expect("copy");
     let a_view = units
         .items

@@ -1069,9 +1069,13 @@ impl Core {
         // A machine that never saw a global unit has nothing to vouch for: no summary.
         let nothing = self.summary.is_none() && self.globals.is_empty();
         let summary = (!nothing && self.summary.as_ref() != Some(&summary)).then_some(summary);
+        // An empty summary (no global unit left) goes at once: its key is deleted, and a
+        // machine without global units keeps no record of them.
         let paced = save.is_empty()
             && remove.is_empty()
-            && summary.is_some()
+            && summary
+                .as_ref()
+                .is_some_and(|s| *s != GlobalSummary::default())
             && self
                 .summary_written_at
                 .is_some_and(|at| now < at + SUMMARY_INTERVAL);
