@@ -336,6 +336,7 @@ impl Agent {
                 moved,
                 save,
                 remove,
+                summary,
             } => {
                 let lease = self.presence.lease.clone();
                 let me = self.presence.machine.id.clone();
@@ -353,11 +354,14 @@ impl Agent {
                         result =
                             presence::republish_paced(&lease, &me, &save, &remove, &bucket, delay)
                                 .await;
+                        if result.is_ok() && summary.is_some() {
+                            result = lease.publish(&me, &[], &[], summary.as_ref()).await;
+                        }
                         if result.is_ok() {
                             republish.store(false, Ordering::Relaxed);
                         }
                     } else if result.is_ok() {
-                        result = lease.publish_states(&me, &save, &remove).await;
+                        result = lease.publish(&me, &save, &remove, summary.as_ref()).await;
                     }
                     tracing::debug!(saved = save.len(), removed = remove.len(),
                         took = ?asked.elapsed(), "published unit states");

@@ -135,14 +135,19 @@ fn track_states(
     tracker: Arc<Mutex<Tracker>>,
     global: bool,
 ) -> tokio::task::JoinHandle<()> {
-    let mut states = if global {
-        registry.follow_global_states()
-    } else {
-        registry.follow_placed_states()
-    };
+    // Global units' instances are computed from the machines' summaries and exceptions, as
+    // the API lists them.
+    let mut placed = (!global).then(|| registry.follow_placed_states());
+    let mut instances = global.then(|| registry.follow_global_instances());
     tokio::spawn(async move {
         let active = |s: &registry::UnitState| s.systemd.active == "active";
-        while let Some(update) = states.recv().await {
+        loop {
+            let update = match (&mut placed, &mut instances) {
+                (Some(f), _) => f.recv().await,
+                (None, Some(f)) => f.recv().await,
+                (None, None) => None,
+            };
+            let Some(update) = update else { break };
             let mut t = lock(&tracker);
             match update {
                 Update::Reset(items) => {
@@ -466,6 +471,9 @@ pub async fn run(
         report.agents_start_s,
         units.len()
     );
+    // etcd's writes and keys from the first submission to all active: what the agents'
+    // publications cost the registry.
+    let writes_before = etcd_metrics::scrape(metrics_url).await.ok();
     let t0 = Instant::now();
     let waiter = tokio::spawn(wait_all_active(
         tracker.clone(),
@@ -497,6 +505,17 @@ pub async fn run(
         "{}: submitted in {:.2} s, all active: {:?}",
         opts.run, report.submit_s, report.all_active_s
     );
+    if let (Some(before), Ok(after)) = (writes_before, etcd_metrics::scrape(metrics_url).await) {
+        let delta = |name: &str| after.total(name) - before.total(name);
+        eprintln!(
+            "{}: etcd from submission to all active: {} puts, {} deletes, {} txns; {} keys after",
+            opts.run,
+            delta("etcd_debugging_mvcc_put_total"),
+            delta("etcd_debugging_mvcc_delete_total"),
+            delta("etcd_debugging_mvcc_txn_total"),
+            after.total("etcd_debugging_mvcc_keys_total"),
+        );
+    }
     let burst_over = Instant::now();
     report.memory.rss_all_active = sys::rss_bytes("self");
     report.memory.anon_all_active = sys::rss_anon_bytes("self");

@@ -3,11 +3,11 @@
 //!
 //! | record | stored as |
 //! |---|---|
-//! | [`Job`], [`GlobalJob`], [`ScheduleEntry`], [`MachineState`], [`UnitState`], [`DrainMark`], [`GlobalRollout`] | JSON |
+//! | [`Job`], [`GlobalJob`], [`GlobalSummary`], [`ScheduleEntry`], [`MachineState`], [`UnitState`], [`DrainMark`], [`GlobalRollout`] | JSON |
 //! | text: a unit body, a placement (machine id), a reason, a metadata value, the leader's id | UTF-8 |
 
 use crate::model::{
-    DrainMark, GlobalJob, GlobalRollout, Job, MachineState, ScheduleEntry, UnitState,
+    DrainMark, GlobalJob, GlobalRollout, GlobalSummary, Job, MachineState, ScheduleEntry, UnitState,
 };
 use crate::registry::{RegistryError, Result};
 use crate::store::KeyValue;
@@ -18,6 +18,11 @@ pub(crate) trait Record: Sized {
     fn encode(&self) -> Vec<u8>;
     /// The record from stored bytes, or why they are not one.
     fn decode(value: &[u8]) -> std::result::Result<Self, String>;
+    /// The record as read at a key last written at `revision`: records that carry their
+    /// revision ([`GlobalJob`]) take it in.
+    fn written_at(self, _revision: crate::store::Revision) -> Self {
+        self
+    }
 }
 
 macro_rules! json_records {
@@ -36,13 +41,26 @@ macro_rules! json_records {
 
 json_records!(
     Job,
-    GlobalJob,
     ScheduleEntry,
+    GlobalSummary,
     MachineState,
     UnitState,
     DrainMark,
     GlobalRollout
 );
+
+impl Record for GlobalJob {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    fn decode(value: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(value).map_err(|e| e.to_string())
+    }
+    fn written_at(mut self, revision: crate::store::Revision) -> Self {
+        self.revision = revision;
+        self
+    }
+}
 
 /// Text records.
 impl Record for String {
@@ -57,17 +75,19 @@ impl Record for String {
 /// The record stored at `kv`; a record that does not decode is reported as corrupt, naming
 /// its key.
 pub(crate) fn decode<T: Record>(kv: &KeyValue) -> Result<T> {
-    T::decode(&kv.value).map_err(|message| RegistryError::Corrupt {
-        key: kv.key.clone(),
-        message,
-    })
+    T::decode(&kv.value)
+        .map(|v| v.written_at(kv.mod_revision))
+        .map_err(|message| RegistryError::Corrupt {
+            key: kv.key.clone(),
+            message,
+        })
 }
 
 /// The record stored at `kv`, or `None` (logged) if it does not decode: a follower must not
 /// stop on one bad record.
 pub(crate) fn decode_or_skip<T: Record>(kv: &KeyValue) -> Option<T> {
     match T::decode(&kv.value) {
-        Ok(v) => Some(v),
+        Ok(v) => Some(v.written_at(kv.mod_revision)),
         Err(e) => {
             tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable registry record");
             None

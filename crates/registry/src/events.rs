@@ -20,8 +20,9 @@
 
 use crate::codec::{decode_or_skip, Record};
 use crate::follow::{follow, poll, Raw};
+use crate::instances::Instances;
 use crate::keys::{KeyShape, Keys};
-use crate::model::{DrainMark, Job, MachineState, UnitState};
+use crate::model::{DrainMark, GlobalJob, GlobalSummary, Job, MachineState, UnitState};
 use crate::registry::Registry;
 use crate::store::{EventKind as StoreEventKind, KeyValue, Revision};
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,8 +128,19 @@ pub enum Fact {
     /// Why the engine cannot place the unit.
     Reason(String, Option<String>),
     Machine(String, Option<MachineState>),
-    /// A machine's published state of a unit (placed or global).
+    /// A machine's state of a unit: a placed unit's published state, or a global unit's
+    /// instance row (see [`crate::instances`]).
     State {
+        unit: String,
+        machine: String,
+        state: Option<UnitState>,
+    },
+    /// A global unit's record, with the revision it was written at.
+    Global(String, Option<(Job, Revision)>),
+    /// A machine's summary of its global units.
+    Summary(String, Option<GlobalSummary>),
+    /// A machine's exception for a global unit (its instance not as its job wants it).
+    Exception {
         unit: String,
         machine: String,
         state: Option<UnitState>,
@@ -152,11 +164,41 @@ pub struct Deriver {
     active: BTreeMap<(String, String), String>,
     leader: Option<String>,
     drained: BTreeSet<String>,
+    /// Global units' instance rows: a unit as desired on a machine through its summary tells
+    /// the same events as a published state would.
+    instances: Instances,
 }
 
 impl Deriver {
     /// Takes `fact` (a change at `revision`, seen at `now`) in, and says what happened.
     pub fn on(&mut self, fact: Fact, revision: Revision, now: SystemTime) -> Vec<ClusterEvent> {
+        let mut out = Vec::new();
+        let rows = match fact {
+            Fact::Global(unit, job) => self.instances.global(&unit, job),
+            Fact::Summary(machine, summary) => self.instances.summary(&machine, summary),
+            Fact::Exception {
+                unit,
+                machine,
+                state,
+            } => self.instances.exception(&unit, &machine, state),
+            other => return self.told(other, revision, now),
+        };
+        for ((unit, machine), state) in rows {
+            out.extend(self.told(
+                Fact::State {
+                    unit,
+                    machine,
+                    state,
+                },
+                revision,
+                now,
+            ));
+        }
+        out
+    }
+
+    /// The events of a fact about a record told directly (not a global unit's instance).
+    fn told(&mut self, fact: Fact, revision: Revision, now: SystemTime) -> Vec<ClusterEvent> {
         let event = |kind, unit: &str, machine: &str, detail: String| ClusterEvent {
             revision,
             time: now,
@@ -167,6 +209,7 @@ impl Deriver {
         };
         let mut out = Vec::new();
         match fact {
+            Fact::Global(..) | Fact::Summary(..) | Fact::Exception { .. } => {}
             Fact::Job(unit, Some(job)) => match self.desired.insert(unit.clone(), job.desired) {
                 None => out.push(event(
                     ClusterEventKind::Submitted,
@@ -371,14 +414,26 @@ fn fact(keys: &Keys, key: &str, value: Option<&KeyValue>) -> Option<Fact> {
     if let Some(id) = String::under(&keys.machines(), key) {
         return Some(Fact::Machine(id, record(value)?));
     }
-    let state = <(String, String)>::under(&keys.states(), key)
-        .or_else(|| <(String, String)>::under(&keys.global_states(), key));
-    if let Some((unit, machine)) = state {
+    if let Some((unit, machine)) = <(String, String)>::under(&keys.states(), key) {
         return Some(Fact::State {
             unit,
             machine,
             state: record(value)?,
         });
+    }
+    if let Some((unit, machine)) = <(String, String)>::under(&keys.global_states(), key) {
+        return Some(Fact::Exception {
+            unit,
+            machine,
+            state: record(value)?,
+        });
+    }
+    if let Some(unit) = String::under(&keys.globals(), key) {
+        let global: Option<GlobalJob> = record(value)?;
+        return Some(Fact::Global(unit, global.map(|g| (g.job, g.revision))));
+    }
+    if let Some(machine) = String::under(&keys.global_summaries(), key) {
+        return Some(Fact::Summary(machine, record(value)?));
     }
     if <()>::under(&keys.leader(), key).is_some() {
         return Some(Fact::Leader(record(value)?));
@@ -685,6 +740,59 @@ mod tests {
         ]);
     }
 
+    /// A global unit as desired on a machine through its summary tells what its published
+    /// state would: started; a failure is an exception, and its removal (the unit running
+    /// again, covered by the summary) a start again.
+    #[test]
+    fn global_instances_tell_events_through_summaries_and_exceptions() {
+        let g = "g.service";
+        let mut j = job(TargetState::Launched);
+        j.name = g.into();
+        j.global = true;
+        let summary = |revision: Revision| {
+            Fact::Summary(
+                "m1".into(),
+                Some(GlobalSummary {
+                    revision,
+                    absent: BTreeSet::new(),
+                }),
+            )
+        };
+        let failed = UnitState {
+            name: g.into(),
+            systemd: SystemdState {
+                load: "loaded".into(),
+                active: "failed".into(),
+                sub: "failed".into(),
+            },
+            reason: Some("exit 1".into()),
+            ..crate::desired_instance(&j, "m1").unwrap()
+        };
+        let exception = |state: Option<UnitState>| Fact::Exception {
+            unit: g.into(),
+            machine: "m1".into(),
+            state,
+        };
+        check(vec![
+            (summary(3), vec![]),
+            (Fact::Global(g.into(), Some((j.clone(), 4))), vec![]),
+            (
+                summary(4),
+                vec![(Started, g, "m1", "loaded/active/running")],
+            ),
+            (
+                exception(Some(failed)),
+                vec![(Failed, g, "m1", "loaded/failed/failed: exit 1")],
+            ),
+            (
+                exception(None),
+                vec![(Started, g, "m1", "loaded/active/running")],
+            ),
+            // The machine gone: its row goes silently, as a published state's would.
+            (Fact::Summary("m1".into(), None), vec![]),
+        ]);
+    }
+
     #[test]
     fn a_reset_takes_the_present_in_silently() {
         let mut d = Deriver::default();
@@ -724,7 +832,11 @@ mod tests {
         );
         assert_eq!(
             fact(&keys, &keys.global_state("a.service", "m1"), None),
-            Some(st("m1", None))
+            Some(Fact::Exception {
+                unit: "a.service".into(),
+                machine: "m1".into(),
+                state: None
+            })
         );
         assert_eq!(fact(&keys, &keys.leader(), None), Some(Fact::Leader(None)));
         let bad = kv(keys.job("a.service"), "not json");

@@ -220,7 +220,9 @@ impl Registry {
         follower(self, self.keys.states())
     }
 
-    /// The published states of global units' instances, by (unit, machine).
+    /// The states machines published of global units' instances, by (unit, machine): the
+    /// exceptions only (see [`crate::instances`]); [`Registry::follow_global_instances`] gives
+    /// every instance's row.
     pub fn follow_global_states(&self) -> Follower<(String, String), UnitState> {
         follower(self, self.keys.global_states())
     }

@@ -13,7 +13,8 @@
 //! | `machines/<id>` | [`crate::MachineState`] JSON | the machine's |
 //! | `metadata/<id>/<key>` | dynamic metadata value | none |
 //! | `states/<unit>/<machine>` | [`crate::UnitState`] JSON of a placed unit | the publishing machine's |
-//! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance | the publishing machine's |
+//! | `gstates/<unit>/<machine>` | [`crate::UnitState`] JSON of a global unit's instance that is not as its job wants it (an exception: failed, starting, another body, present where it should not run) | the publishing machine's |
+//! | `gsummary/<machine>` | [`crate::GlobalSummary`] JSON: the global units the machine runs as their jobs want without a `gstates/` record of their own (see [`crate::desired_instance`]) | the machine's |
 //! | `engine/leader` | the leader's machine id | the leader's |
 //! | `rollout/<unit>` | [`crate::GlobalRollout`] JSON: a global unit's new content reaches only the machines it allows | none: stays until finished or dropped |
 //! | `unitref/<hash>/rollout=<unit>` | empty: a rollout's hold on the old body (`=` is in no unit name) | none |
@@ -119,6 +120,12 @@ impl Keys {
     }
     pub fn global_state(&self, unit: &str, machine: &str) -> String {
         format!("{}gstates/{unit}/{machine}", self.prefix)
+    }
+    pub fn global_summaries(&self) -> String {
+        format!("{}gsummary/", self.prefix)
+    }
+    pub fn global_summary(&self, machine: &str) -> String {
+        format!("{}gsummary/{machine}", self.prefix)
     }
     /// The key of a published state, by whether it belongs to a global unit.
     pub fn state_of(&self, unit: &str, machine: &str, global: bool) -> String {
@@ -265,6 +272,11 @@ mod tests {
         assert_eq!(keys.metadata("m", "k"), format!("{p}metadata/m/k"));
         assert_eq!(keys.state("a", "m"), format!("{p}states/a/m"));
         assert_eq!(keys.global_state("a", "m"), format!("{p}gstates/a/m"));
+        assert_eq!(keys.global_summary("m"), format!("{p}gsummary/m"));
+        assert_eq!(
+            String::under(&keys.global_summaries(), &keys.global_summary("m")),
+            Some("m".to_string())
+        );
         assert_eq!(keys.leader(), format!("{p}engine/leader"));
         assert_eq!(keys.drain("m"), format!("{p}drain/m"));
         assert_eq!(keys.rollout("g"), format!("{p}rollout/g"));

@@ -9,8 +9,9 @@
 //! the copy has moved on.
 
 use crate::codec::decode;
+use crate::instances::{merge_rows, vouched};
 use crate::keys::{KeyShape, Keys};
-use crate::model::{Job, TargetState, UnitState};
+use crate::model::{desired_instance, GlobalJob, GlobalSummary, Job, TargetState, UnitState};
 use crate::registry::{AtRevision, Registry, Result};
 use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
 use crate::views::UnitView;
@@ -56,13 +57,30 @@ struct Held {
     placements: HashMap<String, String>,
     reasons: HashMap<String, String>,
     placed: BTreeMap<(String, String), Arc<UnitState>>,
+    /// Global units' exceptions (see [`crate::instances`]).
     global: BTreeMap<(String, String), Arc<UnitState>>,
+    /// Global units' jobs, with the revision each record was written at (the text dropped).
+    global_jobs: BTreeMap<String, (Job, Revision)>,
+    summaries: BTreeMap<String, GlobalSummary>,
+    /// The instance rows computed from summaries, by unit then machine, with the (hash,
+    /// desired state) they were computed for: kept between listings, so that a listing of a
+    /// million instances copies pointers rather than building a million states each time.
+    computed: HashMap<String, ComputedRows>,
     units: Option<(Revision, Arc<Vec<UnitView>>)>,
     states: Option<(Revision, Arc<Vec<Arc<UnitState>>>)>,
 }
 
+/// The instance rows of one global unit computed for its job's (hash, desired state).
+struct ComputedRows {
+    hash: unit::UnitHash,
+    desired: TargetState,
+    rows: HashMap<String, Arc<UnitState>>,
+}
+
 /// Which followed record a key holds.
 enum Slot {
+    GlobalJob(String),
+    Summary(String),
     Job(String),
     Body(String),
     Placement(String),
@@ -76,6 +94,8 @@ enum Slot {
 struct Bases {
     states: String,
     global_states: String,
+    globals: String,
+    summaries: String,
     jobs: String,
     bodies: String,
     placements: String,
@@ -87,6 +107,8 @@ impl Bases {
         Bases {
             states: keys.states(),
             global_states: keys.global_states(),
+            globals: keys.globals(),
+            summaries: keys.global_summaries(),
             jobs: keys.jobs(),
             bodies: keys.bodies(),
             placements: keys.placements(),
@@ -105,6 +127,12 @@ fn slot(keys: &Bases, key: &str) -> Option<Slot> {
     }
     if let Some(k) = String::under(&keys.jobs, key) {
         return Some(Slot::Job(k));
+    }
+    if let Some(k) = String::under(&keys.summaries, key) {
+        return Some(Slot::Summary(k));
+    }
+    if let Some(k) = String::under(&keys.globals, key) {
+        return Some(Slot::GlobalJob(k));
     }
     if let Some(k) = String::under(&keys.bodies, key) {
         return Some(Slot::Body(k));
@@ -133,6 +161,22 @@ impl Held {
             return;
         };
         match slot {
+            Slot::GlobalJob(name) => match decoded::<GlobalJob>(kv) {
+                Some(g) => {
+                    self.global_jobs.insert(name, (g.job, g.revision));
+                }
+                None => {
+                    self.global_jobs.remove(&name);
+                }
+            },
+            Slot::Summary(machine) => match decoded::<GlobalSummary>(kv) {
+                Some(s) => {
+                    self.summaries.insert(machine, s);
+                }
+                None => {
+                    self.summaries.remove(&machine);
+                }
+            },
             Slot::Job(name) => match decoded::<Job>(kv) {
                 Some(job) => {
                     self.jobs.insert(name, job);
@@ -194,6 +238,12 @@ impl Held {
 
     fn delete(&mut self, keys: &Bases, key: &str) {
         match slot(keys, key) {
+            Some(Slot::GlobalJob(n)) => {
+                self.global_jobs.remove(&n);
+            }
+            Some(Slot::Summary(m)) => {
+                self.summaries.remove(&m);
+            }
             Some(Slot::Job(n)) => {
                 self.jobs.remove(&n);
             }
@@ -257,37 +307,79 @@ impl Held {
         items
     }
 
-    /// Every published state as [`Registry::unit_states`] shows it, sorted by (unit, machine).
+    /// Every state as [`Registry::unit_states`] shows it (global units' instances computed
+    /// from the summaries and exceptions), sorted by (unit, machine).
     fn states(&mut self) -> Arc<Vec<Arc<UnitState>>> {
         if let Some((r, states)) = &self.states {
             if *r == self.revision {
                 return states.clone();
             }
         }
-        let mut items: Vec<Arc<UnitState>> =
-            Vec::with_capacity(self.placed.len() + self.global.len());
-        // Both maps are sorted by (unit, machine): merge them.
-        let mut placed = self.placed.iter().peekable();
-        let mut global = self.global.iter().peekable();
-        loop {
-            let take_placed = match (placed.peek(), global.peek()) {
-                (Some((a, _)), Some((b, _))) => a <= b,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let next = if take_placed {
-                placed.next()
-            } else {
-                global.next()
-            };
-            if let Some((_, s)) = next {
-                items.push(s.clone());
-            }
+        let computed = self.computed_rows();
+        let exceptions: Vec<Arc<UnitState>> = self.global.values().cloned().collect();
+        fn key(s: &Arc<UnitState>) -> (&str, &str) {
+            (s.name.as_str(), s.machine_id.as_str())
         }
+        let instances = merge_rows(computed, exceptions, key);
+        let placed: Vec<Arc<UnitState>> = self.placed.values().cloned().collect();
+        let items = merge_rows(placed, instances, key);
         let items = Arc::new(items);
         self.states = Some((self.revision, items.clone()));
         items
+    }
+}
+
+impl Held {
+    /// The instance rows the summaries give, sorted by (unit, machine), reusing the rows
+    /// computed by earlier listings where the job is unchanged.
+    fn computed_rows(&mut self) -> Vec<Arc<UnitState>> {
+        let Held {
+            global_jobs,
+            summaries,
+            computed,
+            ..
+        } = self;
+        computed.retain(|unit, _| global_jobs.contains_key(unit));
+        let mut out = Vec::new();
+        let vouched = vouched(global_jobs.values().map(|(j, r)| (j, *r)), summaries);
+        for (job, machine) in vouched {
+            let cache = match computed.get_mut(&job.name) {
+                Some(c) if c.hash == job.hash && c.desired == job.desired => c,
+                _ => {
+                    computed.insert(
+                        job.name.clone(),
+                        ComputedRows {
+                            hash: job.hash,
+                            desired: job.desired,
+                            rows: HashMap::new(),
+                        },
+                    );
+                    match computed.get_mut(&job.name) {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                }
+            };
+            let row = match cache.rows.get(machine) {
+                Some(row) => row.clone(),
+                None => {
+                    let Some(state) = desired_instance(job, machine) else {
+                        continue;
+                    };
+                    let row = Arc::new(state);
+                    cache.rows.insert(machine.to_string(), row.clone());
+                    row
+                }
+            };
+            out.push(row);
+        }
+        // Rows of machines gone (their summaries with their leases) are dropped.
+        for cache in computed.values_mut() {
+            if cache.rows.len() > summaries.len() {
+                cache.rows.retain(|m, _| summaries.contains_key(m));
+            }
+        }
+        out
     }
 }
 
@@ -331,20 +423,26 @@ impl Registry {
             keys.reasons(),
             keys.states(),
             keys.global_states(),
+            keys.globals(),
+            keys.global_summaries(),
         ];
-        let (bodies, placements, reasons, placed, global) = tokio::try_join!(
+        let (bodies, placements, reasons, placed, global, globals, summaries) = tokio::try_join!(
             self.range_at(&prefixes[0], at),
             self.range_at(&prefixes[1], at),
             self.range_at(&prefixes[2], at),
             self.range_at(&prefixes[3], at),
             self.range_at(&prefixes[4], at),
+            self.range_at(&prefixes[5], at),
+            self.range_at(&prefixes[6], at),
         )?;
         let mut copy = Held {
             revision: jobs.revision,
             ..Held::default()
         };
         let bases = Bases::new(keys);
-        for part in [jobs, bodies, placements, reasons, placed, global] {
+        for part in [
+            jobs, bodies, placements, reasons, placed, global, globals, summaries,
+        ] {
             for kv in &part.items {
                 copy.put(&bases, kv);
             }

@@ -2,7 +2,7 @@
 //! `codec` module, and the keys in its `keys` module).
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use unit::{UnitFile, UnitHash};
 
 pub use unit::{TargetState, TargetStateError};
@@ -85,6 +85,10 @@ pub struct GlobalJob {
     /// ahead of its turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<GlobalRollout>,
+    /// The registry revision the record was last written at (its key's mod revision; not
+    /// stored in the record): what a machine's [`GlobalSummary`] vouches up to.
+    #[serde(skip)]
+    pub revision: crate::store::Revision,
 }
 
 /// A job together with its unit file.
@@ -199,6 +203,54 @@ pub struct UnitState {
     /// placed units, so that listing units never reads one state per global unit per machine.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub global: bool,
+}
+
+/// What one machine vouches for about the global units (`gsummary/<machine>`, under its
+/// lease): every global unit whose record was last written at or before `revision` is, on this
+/// machine, exactly as its job wants it ([`desired_instance`]), unless the machine published a
+/// state of its own for it (an exception, under `gstates/<unit>/<machine>`) or names it in
+/// `absent` (not run here: its metadata does not match, it conflicts with another unit, or it
+/// is not loaded yet). A few dozen bytes per machine, however many global units there are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalSummary {
+    pub revision: crate::store::Revision,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub absent: BTreeSet<String>,
+}
+
+impl GlobalSummary {
+    /// Whether the machine vouches for `job`, whose global record was last written at
+    /// `written`: the instance is then as [`desired_instance`] says, unless an exception was
+    /// published.
+    pub fn vouches(&self, job: &Job, written: crate::store::Revision) -> bool {
+        written <= self.revision && !self.absent.contains(&job.name)
+    }
+}
+
+/// The state a machine publishes for global unit `job` when it runs it as its job wants: the
+/// body of the job, loaded, and active/running if launched, inactive/dead if only loaded.
+/// `None` for a job that wants the unit inactive (no machine holds it then). A machine whose
+/// state equals this publishes none (its [`GlobalSummary`] covers it), and readers compute it
+/// back from the job: one function on both sides keeps the two identical.
+pub fn desired_instance(job: &Job, machine: &str) -> Option<UnitState> {
+    let (active, sub) = match job.desired {
+        TargetState::Launched => ("active", "running"),
+        TargetState::Loaded => ("inactive", "dead"),
+        TargetState::Inactive => return None,
+    };
+    Some(UnitState {
+        name: job.name.clone(),
+        machine_id: machine.to_string(),
+        hash: job.hash,
+        systemd: SystemdState {
+            load: "loaded".to_string(),
+            active: active.to_string(),
+            sub: sub.to_string(),
+        },
+        agent_state: job.desired,
+        reason: None,
+        global: true,
+    })
 }
 
 #[cfg(test)]

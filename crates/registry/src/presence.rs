@@ -15,7 +15,7 @@
 //! ```
 
 use crate::codec::Record;
-use crate::model::{MachineState, UnitState};
+use crate::model::{GlobalSummary, MachineState, UnitState};
 use crate::registry::{Registry, Result};
 use crate::store::{Compare, LeaseId, Op, StoreError};
 use std::time::Duration;
@@ -165,14 +165,42 @@ impl MachineLease {
         save: &[UnitState],
         remove: &[String],
     ) -> Result<()> {
+        self.publish(machine, save, remove, None).await
+    }
+
+    /// Publishes as [`MachineLease::publish_states`] does, and the machine's summary of its
+    /// global units (see [`crate::instances`]) if given (an empty one is deleted). The summary goes after every state
+    /// saved and before or with every state removed: a reader never finds a global unit that
+    /// the machine neither vouches for nor publishes an exception of (a unit just covered by
+    /// the summary keeps its stale exception at most until the next transaction).
+    pub async fn publish(
+        &self,
+        machine: &str,
+        save: &[UnitState],
+        remove: &[String],
+        summary: Option<&GlobalSummary>,
+    ) -> Result<()> {
         let keys = &self.registry.keys;
-        let mut ops: Vec<Op> = Vec::with_capacity(2 * (save.len() + remove.len()));
+        let mut ops: Vec<Op> = Vec::with_capacity(1 + save.len() + 2 * remove.len());
         for s in save {
             ops.push(Op::put_leased(
                 keys.state_of(&s.name, machine, s.global),
                 s.encode(),
                 self.id,
             ));
+        }
+        match summary {
+            // An empty summary vouches for nothing, as no summary does: the key goes, so a
+            // machine without global units leaves no record of them behind.
+            Some(summary) if *summary == GlobalSummary::default() => {
+                ops.push(Op::delete(keys.global_summary(machine)))
+            }
+            Some(summary) => ops.push(Op::put_leased(
+                keys.global_summary(machine),
+                summary.encode(),
+                self.id,
+            )),
+            None => {}
         }
         for u in remove {
             ops.push(Op::delete(keys.state(u, machine)));

@@ -158,6 +158,7 @@ impl Registry {
                 job: job.clone(),
                 raw,
                 rollout,
+                revision: 0,
             };
             ops.push(Op::put(self.keys.global(name), record.encode()));
         }

@@ -2,8 +2,8 @@
 //! reading the registry at that revision shows.
 
 use registry::{
-    Campaign, ListingView, Registry, ScheduleChange, ScheduleEntry, SystemdState, TargetState,
-    UnitState,
+    desired_instance, Campaign, GlobalSummary, ListingView, Registry, ScheduleChange,
+    ScheduleEntry, SystemdState, TargetState, UnitState,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +128,93 @@ async fn the_copy_matches_the_registry_at_each_revision() {
         )
         .await
         .expect("publish");
+    same_as_registry(&reg, &view).await;
+
+    // Global instances by exception: m2 vouches for g (its row is computed from the job), m3
+    // does not run it; m1's state of its own stays as published.
+    let vouched = reg.current_revision().await.expect("revision");
+    let summary = |absent: &[&str]| GlobalSummary {
+        revision: vouched,
+        absent: absent.iter().map(|s| s.to_string()).collect(),
+    };
+    lease
+        .publish("m2", &[], &[], Some(&summary(&[])))
+        .await
+        .expect("summary");
+    lease
+        .publish("m3", &[], &[], Some(&summary(&["g.service"])))
+        .await
+        .expect("summary");
+    same_as_registry(&reg, &view).await;
+    let g_job = reg.unit("g.service").await.expect("read").expect("g").job;
+    let rows = |view: &ListingView| -> Vec<UnitState> {
+        let states = view.states().expect("copy");
+        states
+            .items
+            .iter()
+            .filter(|s| s.name == "g.service")
+            .map(|s| UnitState::clone(s))
+            .collect()
+    };
+    assert_eq!(
+        rows(&view),
+        vec![
+            state(gh, "g.service", "m1", true),
+            desired_instance(&g_job, "m2").expect("launched"),
+        ]
+    );
+    // The job changed after m2's summary: m2 vouches for it no more until it writes again.
+    reg.set_target_state("g.service", TargetState::Loaded)
+        .await
+        .expect("set");
+    same_as_registry(&reg, &view).await;
+    assert_eq!(rows(&view), vec![state(gh, "g.service", "m1", true)]);
+    assert_eq!(
+        reg.states_of_unit("g.service").await.expect("read"),
+        vec![state(gh, "g.service", "m1", true)]
+    );
+    let vouched = reg.current_revision().await.expect("revision");
+    lease
+        .publish(
+            "m2",
+            &[],
+            &[],
+            Some(&GlobalSummary {
+                revision: vouched,
+                absent: Default::default(),
+            }),
+        )
+        .await
+        .expect("summary");
+    same_as_registry(&reg, &view).await;
+    let g_job = reg.unit("g.service").await.expect("read").expect("g").job;
+    let loaded = desired_instance(&g_job, "m2").expect("loaded");
+    assert_eq!(loaded.systemd.active, "inactive");
+    assert_eq!(
+        rows(&view),
+        vec![state(gh, "g.service", "m1", true), loaded.clone()]
+    );
+    assert_eq!(
+        reg.states_of_unit("g.service").await.expect("read"),
+        vec![state(gh, "g.service", "m1", true), loaded]
+    );
+    // An empty summary (a machine without global units) leaves no key behind.
+    lease
+        .publish("m3", &[], &[], Some(&GlobalSummary::default()))
+        .await
+        .expect("summary");
+    let keys: Vec<String> = reg
+        .dump()
+        .await
+        .expect("dump")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.iter().any(|k| k.ends_with("/gsummary/m2")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.ends_with("/gsummary/m3")),
+        "{keys:?}"
+    );
     same_as_registry(&reg, &view).await;
     let units = view.units().expect("copy");
     let a_view = units

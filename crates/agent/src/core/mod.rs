@@ -26,8 +26,8 @@ pub use dump::{AgentDump, UnitDump};
 use crate::reconcile::{self, Action, Candidate, Failure, Held, Wanted};
 use crate::StateChange;
 use registry::{
-    merge_metadata, GlobalJob, GlobalRollout, Job, MachineState, ScheduleEntry, SystemdState,
-    TargetState, UnitState, Update,
+    merge_metadata, GlobalJob, GlobalRollout, GlobalSummary, Job, MachineState, Revision,
+    ScheduleEntry, SystemdState, TargetState, UnitState, Update,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -48,6 +48,12 @@ pub const PUBLISH_BATCH: usize = 256;
 /// Reconciliations at most this often: each looks at every unit of the machine, and a burst of
 /// changes (a global unit is a change on every machine) would otherwise cost one pass each.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A summary that changes alone (no state of its own written or removed with it) is written at
+/// most this often: while global units are being created one after another, every machine
+/// would otherwise rewrite its summary for each, as many writes as the states it replaces.
+/// A global unit's rows wait at most this long for it.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a failed publication or registration waits before it is tried again (failed unit
 /// actions wait for their own retry time, see [`reconcile::retry_delay`]).
@@ -112,12 +118,14 @@ pub enum Effect {
     /// Read these units' states from the unit manager; answer with [`Input::States`].
     ReadStates(Vec<String>),
     /// Publish unit states: first remove `moved` (states changing between the placed and the
-    /// global prefixes), then write `save` and remove `remove`, in one batch. Answer with
+    /// global prefixes), then write `save`, the machine's summary of its global units if it
+    /// changed, and remove `remove`, in that order (see `MachineLease::publish`). Answer with
     /// [`Input::Published`].
     Publish {
         moved: Vec<String>,
         save: Vec<UnitState>,
         remove: Vec<String>,
+        summary: Option<GlobalSummary>,
     },
     /// Register the machine again under a new lease; answer with [`Input::Renewed`].
     Renew,
@@ -222,6 +230,10 @@ struct Run {
     /// reloaded: a unit whose file was just written has no state from the manager yet. Every
     /// other unit's state goes out while the loads and the reload run.
     held_back: BTreeSet<String>,
+    /// Global units this run starts, until their starts end: their state on the way (loaded,
+    /// not started) is not published as an exception, to be deleted a moment later when the
+    /// start succeeds; the summary names them not run meanwhile.
+    starting: BTreeSet<String>,
     in_flight: usize,
     failed: BTreeMap<String, Failure>,
     /// Units whose start or stop the manager took: it reports their outcome itself
@@ -240,6 +252,9 @@ pub struct Core {
     /// Rollouts of global units, by unit, as their global records carry them: a machine they
     /// do not allow yet runs the old content.
     rollouts: BTreeMap<String, GlobalRollout>,
+    /// The revision each global unit's record was written at: the summary vouches up to the
+    /// latest (a record written later is one this machine has not seen yet).
+    global_written: BTreeMap<String, Revision>,
     dynamic_metadata: BTreeMap<String, String>,
     /// Nothing is decided until the schedule, the global units and the metadata have each been
     /// read once.
@@ -258,6 +273,20 @@ pub struct Core {
     failures: BTreeMap<String, Failure>,
     systemd: BTreeMap<String, SystemdState>,
     published: BTreeMap<String, UnitState>,
+    /// Global units published by the summary alone: held exactly as their jobs want
+    /// ([`desired_instance`]), with no state of their own in the registry.
+    covered: BTreeSet<String>,
+    /// The summary last written under the current lease.
+    summary: Option<GlobalSummary>,
+    /// The summary must be looked at again even if no unit changed (a failed publication, one
+    /// held back by [`SUMMARY_INTERVAL`]).
+    summary_stale: bool,
+    /// When the last summary was written, and when one held back is due.
+    summary_written_at: Option<Instant>,
+    summary_due: Option<Instant>,
+    /// Global units whose start succeeded and whose state the manager has not reported since:
+    /// held back from publication as while they start.
+    awaiting_report: BTreeSet<String>,
     /// Units whose published state may be out of date.
     stale: HashSet<String>,
     /// Every unit's published state may be out of date (a new lease, lost reports).
@@ -286,6 +315,10 @@ struct Publication {
     names: Vec<String>,
     save: Vec<UnitState>,
     remove: Vec<String>,
+    summary: Option<GlobalSummary>,
+    /// Global units now covered by the summary, and those no longer.
+    cover: Vec<String>,
+    uncover: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -307,6 +340,7 @@ impl Core {
             schedule: BTreeMap::new(),
             globals: BTreeMap::new(),
             rollouts: BTreeMap::new(),
+            global_written: BTreeMap::new(),
             dynamic_metadata: BTreeMap::new(),
             ready: [false; 3],
             bodies: HashMap::new(),
@@ -317,6 +351,12 @@ impl Core {
             failures: BTreeMap::new(),
             systemd: BTreeMap::new(),
             published: BTreeMap::new(),
+            covered: BTreeSet::new(),
+            summary: None,
+            summary_stale: false,
+            summary_written_at: None,
+            summary_due: None,
+            awaiting_report: BTreeSet::new(),
             stale: HashSet::new(),
             all_stale: true,
             dirty: false,
@@ -408,10 +448,26 @@ impl Core {
                 if matches!(update, Update::Reset(_)) {
                     self.rollouts.clear();
                 }
+                let mut written = Vec::new();
+                // Every global unit changed is looked at again: its job, so what its instance
+                // is compared with, may have changed.
+                match &update {
+                    Update::Reset(items) => {
+                        self.stale.extend(self.globals.keys().cloned());
+                        self.stale.extend(items.iter().map(|(n, _)| n.clone()));
+                        self.global_written.clear();
+                    }
+                    Update::Changes(changes) => {
+                        self.stale.extend(changes.iter().map(|c| match c {
+                            registry::Change::Put(n, _) | registry::Change::Delete(n) => n.clone(),
+                        }))
+                    }
+                }
                 update
                     .map(|record| {
                         carried.push((record.job.hash, record.raw));
                         rollouts.push((record.job.name.clone(), record.rollout));
+                        written.push((record.job.name.clone(), record.revision));
                         record.job
                     })
                     .apply_to(&mut self.globals);
@@ -425,6 +481,10 @@ impl Core {
                 self.rollouts.retain(|name, _| globals.contains_key(name));
                 // An old body missing before may be the one a rollout now names.
                 self.not_found.clear();
+                self.global_written
+                    .retain(|name, _| self.globals.contains_key(name));
+                self.global_written.extend(written);
+                self.summary_stale = true;
                 self.keep_carried(carried);
                 self.ready[1] = true;
                 self.dirty = true;
@@ -482,12 +542,20 @@ impl Core {
                         for state in sent.save {
                             self.published.insert(state.name.clone(), state);
                         }
+                        for name in &sent.uncover {
+                            self.covered.remove(name);
+                        }
+                        self.covered.extend(sent.cover);
+                        if sent.summary.is_some() {
+                            self.summary = sent.summary;
+                        }
                     }
                     Err(e) => {
                         // Looked at again on the next change or at the retry time.
                         if !self.all_stale {
                             self.stale.extend(sent.names);
                         }
+                        self.summary_stale = true;
                         self.publish_retry_at = Some(now + RETRY_INTERVAL);
                         tracing::warn!(error = %e, "publishing unit states failed; will retry");
                     }
@@ -500,8 +568,10 @@ impl Core {
             }
             Input::Renewed(Ok(())) => {
                 self.lease = LeaseStatus::Held;
-                // The old lease took every published state with it.
+                // The old lease took every published state and the summary with it.
                 self.published.clear();
+                self.covered.clear();
+                self.summary = None;
                 self.all_stale = true;
             }
             Input::Renewed(Err(e)) => {
@@ -558,13 +628,15 @@ impl Core {
             self.dirty = false;
             self.plan(now, &mut effects);
         }
-        let due = self.publishing.due(now, self.stale.len(), self.all_stale);
+        let summary_waits = self.summary_stale && self.summary_due.is_none_or(|due| due <= now);
+        let waiting = self.stale.len() + usize::from(summary_waits);
+        let due = self.publishing.due(now, waiting, self.all_stale);
         if due == Due::Now
             && self.publication.is_none()
             && self.lease == LeaseStatus::Held
             && self.publish_retry_at.is_none_or(|at| at <= now)
         {
-            self.publish(&mut effects);
+            self.publish(now, &mut effects);
             self.publishing.sent();
         }
         let wake_at = [
@@ -584,6 +656,7 @@ impl Core {
                 Due::At(_) | Due::Nothing | Due::Now => None,
             },
             self.publish_retry_at,
+            self.summary_due.filter(|_| self.summary_stale),
             match self.lease {
                 LeaseStatus::Lapsed { retry_at } => retry_at,
                 _ => None,
@@ -600,6 +673,7 @@ impl Core {
     }
 
     fn take_state(&mut self, name: String, state: Option<SystemdState>, reason: Option<String>) {
+        self.awaiting_report.remove(&name);
         self.stale.insert(name.clone());
         match reason {
             Some(r) => self.reasons.insert(name.clone(), r),
@@ -756,10 +830,19 @@ impl Core {
                 }
             }
         }
+        let starting = phases
+            .iter()
+            .flatten()
+            .filter_map(|a| match a {
+                Action::Start(name) if self.globals.contains_key(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
         self.run = Some(Run {
             wanted,
             phases,
             held_back: BTreeSet::new(),
+            starting,
             in_flight: 0,
             failed: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -808,11 +891,22 @@ impl Core {
             return;
         };
         run.in_flight = run.in_flight.saturating_sub(1);
+        if let Action::Start(name) = &action {
+            if run.starting.remove(name)
+                && result.is_ok()
+                && self.systemd.get(name).is_none_or(|s| s.active != "active")
+            {
+                // The manager reports the outcome of the start it took: until it does, the
+                // state known is the one before the start.
+                self.awaiting_report.insert(name.clone());
+            }
+        }
         if result.is_ok() {
             match &action {
                 Action::Unload(name) => {
                     self.held.remove(name);
                     self.systemd.remove(name);
+                    self.awaiting_report.remove(name);
                 }
                 Action::Load(name) => {
                     if let Some(w) = run.wanted.get(name) {
@@ -932,7 +1026,7 @@ impl Core {
 
     /// Publishes what changed since the last publication, in one batch. Units held back by the
     /// run in flight are left out: they come back as changed when it releases them.
-    fn publish(&mut self, effects: &mut Vec<Effect>) {
+    fn publish(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         let names: Vec<String> = if self.all_stale {
             let mut all: BTreeSet<String> = self.held.keys().cloned().collect();
             all.extend(self.published.keys().cloned());
@@ -944,27 +1038,99 @@ impl Core {
             names.sort_unstable();
             names
         };
-        let held_back = self.run.as_ref().map(|r| &r.held_back);
+        let held_back = self.run.as_ref().map(|r| (&r.held_back, &r.starting));
+        let awaiting = &self.awaiting_report;
+        let mut uncover: Vec<String> = Vec::new();
         let names: Vec<String> = names
             .into_iter()
-            .filter(|n| held_back.is_none_or(|h| !h.contains(n)))
+            .filter(|n| match held_back {
+                // A unit just loaded has no state from the manager yet, and a global unit
+                // being started is on its way to what its job wants: neither is published,
+                // and no summary vouches for them until they are.
+                Some((h, s)) if h.contains(n) || s.contains(n) => {
+                    uncover.push(n.clone());
+                    false
+                }
+                _ if awaiting.contains(n) => {
+                    uncover.push(n.clone());
+                    false
+                }
+                _ => true,
+            })
             .collect();
         let mut save: Vec<UnitState> = Vec::new();
         let mut remove: Vec<String> = Vec::new();
+        let mut cover: Vec<String> = Vec::new();
         for name in &names {
             match self.held.get(name) {
                 Some(held) => {
                     let state = self.state_of(name, held);
+                    if state.global && Some(&state) == self.desired_instance(name).as_ref() {
+                        // As its job wants it: the summary vouches for it, and a state of
+                        // its own published earlier goes (after the summary, see `remove`).
+                        cover.push(name.clone());
+                        if self.published.contains_key(name) {
+                            remove.push(name.clone());
+                        }
+                        continue;
+                    }
+                    uncover.push(name.clone());
                     if self.published.get(name) != Some(&state) {
                         save.push(state);
                     }
                 }
-                None if self.published.contains_key(name) => remove.push(name.clone()),
-                None => {}
+                None => {
+                    uncover.push(name.clone());
+                    if self.published.contains_key(name) {
+                        remove.push(name.clone());
+                    }
+                }
             }
         }
         self.all_stale = false;
-        if save.is_empty() && remove.is_empty() {
+        self.summary_stale = false;
+        let summary = {
+            let (now_covered, not_now): (HashSet<&String>, HashSet<&String>) =
+                (cover.iter().collect(), uncover.iter().collect());
+            let covered = |name: &String| {
+                !not_now.contains(name)
+                    && (now_covered.contains(name) || self.covered.contains(name))
+            };
+            let absent = self
+                .globals
+                .values()
+                .filter(|j| j.desired != TargetState::Inactive && !covered(&j.name))
+                .map(|j| j.name.clone())
+                .collect();
+            GlobalSummary {
+                revision: self.global_written.values().copied().max().unwrap_or(0),
+                absent,
+            }
+        };
+        // A machine that never saw a global unit has nothing to vouch for: no summary.
+        let nothing = self.summary.is_none() && self.globals.is_empty();
+        let summary = (!nothing && self.summary.as_ref() != Some(&summary)).then_some(summary);
+        // An empty summary (no global unit left) goes at once: its key is deleted, and a
+        // machine without global units keeps no record of them.
+        let paced = save.is_empty()
+            && remove.is_empty()
+            && summary
+                .as_ref()
+                .is_some_and(|s| *s != GlobalSummary::default())
+            && self
+                .summary_written_at
+                .is_some_and(|at| now < at + SUMMARY_INTERVAL);
+        if paced {
+            // Written later with what changes meanwhile; the units it would cover keep no
+            // state of their own meanwhile, so taking them as covered now is safe.
+            self.summary_stale = true;
+            self.summary_due = self.summary_written_at.map(|at| at + SUMMARY_INTERVAL);
+        }
+        if save.is_empty() && remove.is_empty() && (summary.is_none() || paced) {
+            for name in &uncover {
+                self.covered.remove(name);
+            }
+            self.covered.extend(cover);
             return;
         }
         // A state moving between the placed and global prefixes leaves nothing behind.
@@ -977,16 +1143,29 @@ impl Core {
             })
             .map(|s| s.name.clone())
             .collect();
+        if summary.is_some() {
+            self.summary_written_at = Some(now);
+            self.summary_due = None;
+        }
         effects.push(Effect::Publish {
             moved,
             save: save.clone(),
             remove: remove.clone(),
+            summary: summary.clone(),
         });
         self.publication = Some(Publication {
             names,
             save,
             remove,
+            summary,
+            cover,
+            uncover,
         });
+    }
+
+    /// The state a global unit's instance has here when it is as its job wants it.
+    fn desired_instance(&self, name: &str) -> Option<UnitState> {
+        registry::desired_instance(self.globals.get(name)?, &self.machine.id)
     }
 }
 

@@ -814,6 +814,7 @@ fn global(name: &str, n: u32, rollout: Option<GlobalRollout>) -> (String, Global
             },
             raw: f.serialize(),
             rollout,
+            revision: 0,
         },
     )
 }
@@ -904,5 +905,407 @@ fn a_machine_held_back_keeps_the_old_content_until_the_rollout_allows_it() {
     assert_eq!(
         runs(&core.ready(t).effects),
         vec![vec![Action::Unload(a("g.service"))]]
+    );
+}
+
+// ----- global units by exception -----
+
+fn global_record(
+    name: &str,
+    n: u32,
+    desired: TargetState,
+    extra: &str,
+    revision: i64,
+) -> GlobalJob {
+    let f = UnitFile::parse(&format!(
+        "[Service]\nExecStart=/bin/sleep {n}\n\n[X-Fleet]\nGlobal=true\n{extra}"
+    ))
+    .expect("a unit file");
+    GlobalJob {
+        job: Job {
+            name: name.to_string(),
+            hash: f.hash(),
+            desired,
+            global: true,
+            x_fleet: Some(registry::Job::fleet_options(&f)),
+        },
+        raw: f.serialize(),
+        rollout: None,
+        revision,
+    }
+}
+
+fn inactive() -> SystemdState {
+    SystemdState {
+        load: "loaded".into(),
+        active: "inactive".into(),
+        sub: "dead".into(),
+    }
+}
+
+/// A machine's side of the registry, as its publications leave it: states by unit, and its
+/// summary.
+#[derive(Default)]
+struct Written {
+    states: BTreeMap<String, UnitState>,
+    summary: Option<GlobalSummary>,
+    publications: Vec<Effect>,
+}
+
+/// Runs the core against a unit manager whose units end up as `world` says (a unit started
+/// or loaded reports its state from there), answering every effect, until it is idle.
+fn settle(
+    t: &mut Instant,
+    core: &mut Core,
+    world: &BTreeMap<String, SystemdState>,
+    written: &mut Written,
+) {
+    // Until nothing is left to do, now or later (a summary held back for its interval).
+    for _ in 0..10_000 {
+        let ready = core.ready(*t);
+        if ready.effects.is_empty() && ready.wake_at.is_none() {
+            return;
+        }
+        for effect in ready.effects {
+            match &effect {
+                Effect::Run(phase) => {
+                    for (action, _) in phase {
+                        core.on(*t, Input::Done(action.clone(), Ok(())));
+                        if let Action::Start(u) | Action::Stop(u) = action {
+                            report(*t, core, u, world.get(u).cloned());
+                        }
+                    }
+                }
+                Effect::ReadStates(names) => {
+                    let states = names
+                        .iter()
+                        .map(|n| (n.clone(), world.get(n).cloned(), None))
+                        .collect();
+                    core.on(*t, Input::States(Ok(states)));
+                }
+                Effect::Publish {
+                    moved,
+                    save,
+                    remove,
+                    summary,
+                } => {
+                    for n in moved.iter().chain(remove) {
+                        written.states.remove(n);
+                    }
+                    for s in save {
+                        written.states.insert(s.name.clone(), s.clone());
+                    }
+                    if summary.is_some() {
+                        written.summary = summary.clone();
+                    }
+                    written.publications.push(effect.clone());
+                    core.on(*t, Input::Published(Ok(())));
+                }
+                _ => {}
+            }
+        }
+        *t += Duration::from_millis(5);
+    }
+}
+
+/// The rows readers compute from what the machine wrote, sorted by unit.
+fn rows(globals: &[GlobalJob], written: &Written) -> Vec<UnitState> {
+    let mut instances = registry::Instances::default();
+    for g in globals {
+        instances.global(&g.job.name, Some((g.job.clone(), g.revision)));
+    }
+    instances.summary("m1", written.summary.clone());
+    for s in written.states.values().filter(|s| s.global) {
+        instances.exception(&s.name, &s.machine_id, Some(s.clone()));
+    }
+    instances.rows()
+}
+
+/// The state the machine holds of each global unit: what a full publication would write.
+fn full_publication(core: &Core) -> Vec<UnitState> {
+    core.held
+        .iter()
+        .filter(|(n, _)| core.globals.contains_key(*n))
+        .map(|(n, h)| core.state_of(n, h))
+        .collect()
+}
+
+/// Which global units a machine publishes an exception for, and which its summary covers: a
+/// unit as its job wants it (launched and running, or loaded) is covered; a failed one, one
+/// whose metadata does not match (not run here) and one not loaded yet are not. The rows
+/// readers compute equal the states a full publication gives.
+#[test]
+fn global_units_are_published_by_exception() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    let globals = vec![
+        global_record("g1.service", 1, TargetState::Launched, "", 5),
+        global_record("g2.service", 2, TargetState::Loaded, "", 6),
+        global_record(
+            "g3.service",
+            3,
+            TargetState::Launched,
+            "MachineMetadata=role=db\n",
+            7,
+        ),
+        global_record("g4.service", 4, TargetState::Launched, "", 8),
+    ];
+    core.on(
+        t,
+        Input::Globals(Update::Reset(
+            globals
+                .iter()
+                .map(|g| (g.job.name.clone(), g.clone()))
+                .collect(),
+        )),
+    );
+    let world: BTreeMap<String, SystemdState> = [
+        (a("g1.service"), active()),
+        (a("g2.service"), inactive()),
+        (a("g4.service"), failed()),
+    ]
+    .into_iter()
+    .collect();
+    let mut written = Written::default();
+    settle(&mut t, &mut core, &world, &mut written);
+
+    // Only the failed unit ever had a state of its own: the units on their way (loaded, being
+    // started) were not published as exceptions to be deleted a moment later.
+    let saved: BTreeSet<&str> = written
+        .publications
+        .iter()
+        .flat_map(|p| match p {
+            Effect::Publish { save, .. } => save.iter().map(|s| s.name.as_str()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(saved, ["g4.service"].into_iter().collect());
+    assert_eq!(
+        written.states.keys().collect::<Vec<_>>(),
+        vec!["g4.service"]
+    );
+    assert_eq!(written.states["g4.service"].systemd, failed());
+    let absent: BTreeSet<String> = [a("g3.service"), a("g4.service")].into_iter().collect();
+    assert_eq!(
+        written.summary,
+        Some(GlobalSummary {
+            revision: 8,
+            absent
+        })
+    );
+    assert_eq!(rows(&globals, &written), full_publication(&core));
+    assert_eq!(rows(&globals, &written).len(), 3);
+
+    // g4 runs again: its exception goes, in the write that covers it.
+    let mut world = world;
+    world.insert(a("g4.service"), active());
+    report(t, &mut core, "g4.service", Some(active()));
+    written.publications.clear();
+    settle(&mut t, &mut core, &world, &mut written);
+    assert_eq!(
+        written.publications,
+        vec![Effect::Publish {
+            moved: vec![],
+            save: vec![],
+            remove: vec![a("g4.service")],
+            summary: Some(GlobalSummary {
+                revision: 8,
+                absent: [a("g3.service")].into_iter().collect()
+            }),
+        }]
+    );
+    assert!(written.states.is_empty());
+    assert_eq!(rows(&globals, &written), full_publication(&core));
+
+    // g1 gets another body: the machine runs the old one (an exception) until it replaced it,
+    // then it is covered again at the new revision; nothing stays behind.
+    let newer = global_record("g1.service", 11, TargetState::Launched, "", 9);
+    let mut globals = globals;
+    globals[0] = newer.clone();
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g1.service"),
+            newer,
+        )])),
+    );
+    written.publications.clear();
+    settle(&mut t, &mut core, &world, &mut written);
+    assert!(written.states.is_empty(), "{:?}", written.states);
+    assert_eq!(
+        written.summary,
+        Some(GlobalSummary {
+            revision: 9,
+            absent: [a("g3.service")].into_iter().collect()
+        })
+    );
+    assert_eq!(rows(&globals, &written), full_publication(&core));
+    assert_eq!(core.held["g1.service"].hash, globals[0].job.hash);
+}
+
+/// A machine with no global unit writes no summary; a lease renewed writes it again.
+#[test]
+fn the_summary_is_written_when_there_is_something_to_vouch_for() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[("a.service", 1)]);
+    let world: BTreeMap<String, SystemdState> = [(a("a.service"), active())].into_iter().collect();
+    let mut written = Written::default();
+    settle(&mut t, &mut core, &world, &mut written);
+    assert_eq!(written.summary, None);
+    assert!(written.states.contains_key("a.service"));
+
+    let g = global_record("g.service", 2, TargetState::Launched, "", 3);
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g.service"),
+            g,
+        )])),
+    );
+    let world: BTreeMap<String, SystemdState> =
+        [(a("a.service"), active()), (a("g.service"), active())]
+            .into_iter()
+            .collect();
+    settle(&mut t, &mut core, &world, &mut written);
+    let summary = Some(GlobalSummary {
+        revision: 3,
+        absent: BTreeSet::new(),
+    });
+    assert_eq!(written.summary, summary);
+    assert!(!written.states.contains_key("g.service"));
+
+    // The lease lapsed and was renewed: everything, the summary too, is written again.
+    core.on(t, Input::LeaseLapsed);
+    let ready = core.ready(t);
+    assert!(ready.effects.contains(&Effect::Renew));
+    core.on(t, Input::Renewed(Ok(())));
+    let mut again = Written::default();
+    settle(&mut t, &mut core, &world, &mut again);
+    assert_eq!(again.summary, summary);
+    assert_eq!(again.states.keys().collect::<Vec<_>>(), vec!["a.service"]);
+}
+
+/// Global units created one after another: a summary that changes alone is written at most
+/// once per `SUMMARY_INTERVAL`, with everything that changed meanwhile.
+#[test]
+fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    let g = |i: u32| {
+        global_record(
+            &format!("g{i}.service"),
+            i,
+            TargetState::Launched,
+            "",
+            i64::from(i),
+        )
+    };
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![(a("g1.service"), g(1))])),
+    );
+    let mut world: BTreeMap<String, SystemdState> = BTreeMap::new();
+    world.insert(a("g1.service"), active());
+    let mut written = Written::default();
+    settle(&mut t, &mut core, &world, &mut written);
+    assert_eq!(written.summary.as_ref().map(|s| s.revision), Some(1));
+
+    // Three more global units, 100 ms apart, each started at once.
+    let mut summaries: Vec<(Duration, GlobalSummary)> = Vec::new();
+    let first = t;
+    let last_written = core.summary_written_at.expect("a summary written");
+    for i in 2..=4 {
+        world.insert(format!("g{i}.service"), active());
+        core.on(
+            t,
+            Input::Globals(Update::Changes(vec![registry::Change::Put(
+                format!("g{i}.service"),
+                g(i),
+            )])),
+        );
+        for _ in 0..20 {
+            let ready = core.ready(t);
+            for effect in ready.effects {
+                if let Effect::Publish {
+                    summary: Some(s), ..
+                } = &effect
+                {
+                    summaries.push((t - first, s.clone()));
+                }
+                match effect {
+                    Effect::Run(phase) => {
+                        for (action, _) in phase {
+                            core.on(t, Input::Done(action.clone(), Ok(())));
+                            if let Action::Start(u) = &action {
+                                report(t, &mut core, u, world.get(u).cloned());
+                            }
+                        }
+                    }
+                    Effect::Publish { .. } => core.on(t, Input::Published(Ok(()))),
+                    _ => {}
+                }
+            }
+            t += Duration::from_millis(5);
+        }
+    }
+    settle(&mut t, &mut core, &world, &mut written);
+    let last = core.summary.clone().expect("a summary");
+    assert_eq!(last.revision, 4);
+    assert!(last.absent.is_empty(), "{last:?}");
+    // During the 300 ms of creations, less than an interval after the last summary, no
+    // summary went out: they waited for the interval, then went as one.
+    assert!(first - last_written + Duration::from_millis(300) < SUMMARY_INTERVAL);
+    assert!(summaries.is_empty(), "{summaries:?}");
+}
+
+/// A global unit whose start is done before the manager reports it active is not published
+/// as an exception (its state before the start) meanwhile: the report brings it covered.
+#[test]
+fn a_started_global_unit_waits_for_its_report() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![(
+            a("g.service"),
+            global_record("g.service", 1, TargetState::Launched, "", 4),
+        )])),
+    );
+    let mut saved: Vec<String> = Vec::new();
+    let mut summaries: Vec<GlobalSummary> = Vec::new();
+    // Run the plan; the starts are done, and the manager says nothing yet.
+    for _ in 0..400 {
+        let ready = core.ready(t);
+        for effect in ready.effects {
+            match effect {
+                Effect::Run(phase) => {
+                    for (action, _) in phase {
+                        if let Action::Load(u) = &action {
+                            report(t, &mut core, u, Some(inactive()));
+                        }
+                        core.on(t, Input::Done(action, Ok(())));
+                    }
+                }
+                Effect::Publish { save, summary, .. } => {
+                    saved.extend(save.into_iter().map(|s| s.name));
+                    summaries.extend(summary);
+                    core.on(t, Input::Published(Ok(())));
+                }
+                _ => {}
+            }
+        }
+        t += Duration::from_millis(5);
+    }
+    assert_eq!(saved, Vec::<String>::new());
+    assert!(core.held.contains_key("g.service"));
+    report(t, &mut core, "g.service", Some(active()));
+    settle(&mut t, &mut core, &BTreeMap::new(), &mut Written::default());
+    assert_eq!(saved, Vec::<String>::new());
+    assert_eq!(
+        core.summary,
+        Some(GlobalSummary {
+            revision: 4,
+            absent: BTreeSet::new()
+        })
     );
 }
