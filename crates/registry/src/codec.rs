@@ -57,7 +57,7 @@ impl Record for GlobalJob {
         serde_json::from_slice(value).map_err(|e| e.to_string())
     }
     fn written_at(mut self, revision: crate::store::Revision) -> Self {
-        self.revision = revision;
+        self.revision = self.outcome_since.unwrap_or(revision);
         self
     }
 }

@@ -85,10 +85,21 @@ pub struct GlobalJob {
     /// ahead of its turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<GlobalRollout>,
-    /// The registry revision the record was last written at (its key's mod revision; not
-    /// stored in the record): what a machine's [`GlobalSummary`] vouches up to.
+    /// The registry revision the unit's desired outcome (its job) was last written at, as read
+    /// (not stored: the key's mod revision, or `outcome_since`): what a machine's
+    /// [`GlobalSummary`] vouches up to.
     #[serde(skip)]
     pub revision: crate::store::Revision,
+    /// Set when the record is rewritten for its rollout alone: the revision its job was last
+    /// written at. A rollout changes no machine's desired outcome, so the machines' summaries
+    /// still vouch for the unit; without it every rollout step would hide the unit's rows on
+    /// every machine until each wrote its summary again.
+    #[serde(
+        default,
+        rename = "outcomeSince",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outcome_since: Option<crate::store::Revision>,
 }
 
 /// A job together with its unit file.

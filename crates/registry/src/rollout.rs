@@ -112,6 +112,8 @@ impl Registry {
         if let Some(kv) = kv {
             let mut record: GlobalJob = decode(&kv)?;
             record.rollout = rollout.cloned();
+            // The job is as it was: keep the revision the machines' summaries vouch against.
+            record.outcome_since = Some(record.revision);
             ops.push(Op::put(key, record.encode()));
         }
         Ok(())

@@ -159,6 +159,7 @@ impl Registry {
                 raw,
                 rollout,
                 revision: 0,
+                outcome_since: None,
             };
             ops.push(Op::put(self.keys.global(name), record.encode()));
         }

@@ -616,11 +616,18 @@ async fn a_rollout_holds_the_old_body_until_it_is_dropped() {
         .unwrap();
     // The unit moved on to v2, and v1 stays stored for the machines the rollout holds back.
     assert!(reg.body(&v1.hash(), None).await.unwrap().is_some());
+    let content_written = global_record(&reg, "g.service").await.unwrap().revision;
     let mut allowed = rollout.clone();
     allowed.allowed.insert("m1".into());
     assert_eq!(
         reg.put_rollout("g.service", &allowed).await.unwrap(),
         registry::RolloutWrite::Updated
+    );
+    // A rollout step changes no machine's desired outcome: the record still reads as written
+    // at its content's revision, so machines' summaries written since keep vouching for it.
+    assert_eq!(
+        global_record(&reg, "g.service").await.unwrap().revision,
+        content_written
     );
     assert_eq!(
         reg.rollout("g.service").await.unwrap(),

@@ -815,6 +815,7 @@ fn global(name: &str, n: u32, rollout: Option<GlobalRollout>) -> (String, Global
             raw: f.serialize(),
             rollout,
             revision: 0,
+            outcome_since: None,
         },
     )
 }
@@ -932,6 +933,7 @@ fn global_record(
         raw: f.serialize(),
         rollout: None,
         revision,
+        outcome_since: None,
     }
 }
 
