@@ -66,6 +66,32 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the wait helpers poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Runs `work` while taking `sample` every [`POLL_INTERVAL`]; returns the samples taken (failed
+/// ones left out) and what `work` gave: what the cluster looked like while a command ran.
+pub async fn sample_while<T, S, SF, W>(mut sample: S, work: W) -> (Vec<T>, W::Output)
+where
+    S: FnMut() -> SF,
+    SF: Future<Output = Result<T>>,
+    W: Future,
+{
+    let mut seen = Vec::new();
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return (seen, out),
+            taken = async {
+                let taken = sample().await;
+                tokio::time::sleep(POLL_INTERVAL).await;
+                taken
+            } => {
+                if let Ok(s) = taken {
+                    seen.push(s);
+                }
+            }
+        }
+    }
+}
+
 /// Polls `check` every [`POLL_INTERVAL`] until it returns `Some`, or fails after `deadline`
 /// naming `what` and the last value seen (through `check`'s `Err`).
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>

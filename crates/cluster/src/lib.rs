@@ -40,8 +40,11 @@ pub mod binary;
 pub mod cleanup;
 mod cluster;
 mod machine;
+pub mod metrics;
 pub mod nspawn;
 pub mod units;
 
-pub use cluster::{wait_for, ActiveUnits, Cluster, ClusterSpec, DEFAULT_DEADLINE, POLL_INTERVAL};
+pub use cluster::{
+    sample_while, wait_for, ActiveUnits, Cluster, ClusterSpec, DEFAULT_DEADLINE, POLL_INTERVAL,
+};
 pub use machine::{Machine, UnitManagerKind};

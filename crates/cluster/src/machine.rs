@@ -158,26 +158,11 @@ impl Machine {
     /// `GET /metrics` of this fleetd, over its unix socket: the body, in Prometheus' text
     /// format. By hand: the API client speaks only fleet's JSON resources.
     pub async fn metrics(&self) -> Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let path = self.socket_path();
-        let mut s = tokio::net::UnixStream::connect(&path)
+        let s = tokio::net::UnixStream::connect(&path)
             .await
             .with_context(|| format!("connecting to {}", path.display()))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\r\n")
-            .await
-            .context("sending GET /metrics")?;
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
-            .await
-            .with_context(|| format!("no answer to GET /metrics from machine {}", self.index))?
-            .context("reading GET /metrics")?;
-        let (head, body) = out
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("not an HTTP response: {out}"))?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("GET /metrics of machine {}: {head}", self.index);
-        }
-        Ok(body.to_string())
+        crate::metrics::get(s, &format!("machine {}", self.index)).await
     }
 
     /// PID of the running fleetd, if any.

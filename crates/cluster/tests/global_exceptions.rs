@@ -51,6 +51,19 @@ async fn rows(c: &Cluster) -> Result<Vec<Row>> {
 }
 
 /// Each unit's body hash, from its job record.
+/// Waits until the cluster lists exactly `expected`.
+async fn wait_rows(c: &Cluster, what: &str, expected: &[Row]) -> Result<()> {
+    wait_for(what, DEFAULT_DEADLINE, || async {
+        let now = rows(c).await.map_err(|e| format!("{e:#}"))?;
+        if now == expected {
+            Ok(())
+        } else {
+            Err(format!("{now:#?}"))
+        }
+    })
+    .await
+}
+
 async fn hashes(c: &Cluster) -> Result<BTreeMap<String, String>> {
     let prefix = format!("{}/job/", c.key_prefix().trim_end_matches('/'));
     let mut out = BTreeMap::new();
@@ -108,19 +121,7 @@ async fn scenario(c: &Cluster) -> Result<()> {
         expected.push(row("some.service", m, "active", "running"));
     }
     expected.sort();
-    wait_for(
-        "every global instance as wanted",
-        DEFAULT_DEADLINE,
-        || async {
-            let now = rows(c).await.map_err(|e| format!("{e:#}"))?;
-            if now == expected {
-                Ok(())
-            } else {
-                Err(format!("{now:#?}"))
-            }
-        },
-    )
-    .await?;
+    wait_rows(c, "every global instance as wanted", &expected).await?;
 
     // flaky.service's process dies on machine 2: failed there, and only there.
     let pid = *c
@@ -139,19 +140,7 @@ async fn scenario(c: &Cluster) -> Result<()> {
             *r = failed.clone();
         }
     }
-    wait_for(
-        "flaky.service failed on machine 2",
-        DEFAULT_DEADLINE,
-        || async {
-            let now = rows(c).await.map_err(|e| format!("{e:#}"))?;
-            if now == expected {
-                Ok(())
-            } else {
-                Err(format!("{now:#?}"))
-            }
-        },
-    )
-    .await?;
+    wait_rows(c, "flaky.service failed on machine 2", &expected).await?;
 
     // The registry holds a state of its own for the failed instance only, and one summary per
     // machine.

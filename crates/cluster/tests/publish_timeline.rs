@@ -28,7 +28,6 @@ use cluster::nspawn::{NspawnCluster, NspawnSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bounds a hang; a healthy run takes a few seconds.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -84,17 +83,10 @@ async fn leads(c: &NspawnCluster, i: usize) -> Result<bool> {
         .strip_prefix("http://")
         .with_context(|| format!("not an http:// endpoint: {endpoint}"))?
         .trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(authority)
+    let s = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("connecting to {authority}"))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\r\n")
-        .await
-        .context("sending GET /metrics")?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
-        .await
-        .with_context(|| format!("no answer to GET /metrics from machine {i}"))?
-        .context("reading GET /metrics")?;
+    let out = cluster::metrics::get(s, &format!("machine {i}")).await?;
     Ok(out.lines().any(|l| l.trim() == "fleet_engine_leader 1"))
 }
 

@@ -8,11 +8,9 @@ use anyhow::{ensure, Context, Result};
 use api::client::StateFilter;
 use cluster::binary::run_fleetctl;
 use cluster::cleanup::TAG_VAR;
-use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE, POLL_INTERVAL};
+use cluster::{sample_while, wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 const UNITS: [&str; 6] = [
     "web@1.service",
@@ -99,29 +97,17 @@ async fn new_hash_in_batch_order(c: &Cluster) -> Result<()> {
     let v2 = write_template(dir.path(), c.tag(), 2, "")?;
 
     // Every listing of states while the rollout runs, from another fleetd than fleetctl's.
-    let done = Arc::new(AtomicBool::new(false));
-    let observer = {
-        let (client, done) = (c.client(1), done.clone());
-        tokio::spawn(async move {
-            let mut seen: Vec<Snapshot> = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(s) = snapshot(&client).await {
-                    seen.push(s);
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-            seen
-        })
-    };
     let endpoint = c.machine(2).endpoint();
-    let run = run_fleetctl(
-        &endpoint,
-        dir.path(),
-        &["start", "--replace", "--rolling=2", "web@.service"],
+    let observer = c.client(1);
+    let (mut seen, run) = sample_while(
+        || snapshot(&observer),
+        run_fleetctl(
+            &endpoint,
+            dir.path(),
+            &["start", "--replace", "--rolling=2", "web@.service"],
+        ),
     )
     .await;
-    done.store(true, Ordering::Relaxed);
-    let mut seen = observer.await?;
     let run = run?;
     ensure!(run.code == 0, "rolling replace failed: {}", run.stderr);
     seen.push(snapshot(&c.client(0)).await?);

@@ -9,11 +9,9 @@ use anyhow::{ensure, Context, Result};
 use api::client::StateFilter;
 use cluster::binary::run_fleetctl;
 use cluster::cleanup::TAG_VAR;
-use cluster::{wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE, POLL_INTERVAL};
+use cluster::{sample_while, wait_for, Cluster, ClusterSpec, DEFAULT_DEADLINE};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 const UNIT: &str = "g.service";
 
@@ -100,28 +98,16 @@ async fn one_machine_at_a_time(c: &Cluster) -> Result<()> {
     let order = ids(c);
 
     // Every listing of the unit's states while the rollout runs, from another fleetd.
-    let done = Arc::new(AtomicBool::new(false));
-    let observer = {
-        let (client, done) = (c.client(1), done.clone());
-        tokio::spawn(async move {
-            let mut seen: Vec<Snapshot> = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(s) = snapshot(&client).await {
-                    seen.push(s);
-                }
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-            seen
-        })
-    };
-    let run = run_fleetctl(
-        &c.machine(2).endpoint(),
-        dir.path(),
-        &["start", "--replace", "--rolling", UNIT],
+    let observer = c.client(1);
+    let (mut seen, run) = sample_while(
+        || snapshot(&observer),
+        run_fleetctl(
+            &c.machine(2).endpoint(),
+            dir.path(),
+            &["start", "--replace", "--rolling", UNIT],
+        ),
     )
     .await;
-    done.store(true, Ordering::Relaxed);
-    let mut seen = observer.await?;
     let run = run?;
     ensure!(run.code == 0, "rolling replace failed: {}", run.stderr);
     seen.push(snapshot(&c.client(0)).await?);
