@@ -438,13 +438,34 @@ proptest! {
             let p = plan(&c);
             prop_assert!(p.add.iter().all(|a| a.machine != id), "placed on drained {id}: {p:?}");
             let units = units(&c);
-            let heads: Vec<&str> = p
+            // The units taken off form one MachineOf group: a follower of two units binds both
+            // into the group, so count the groups among them, not the units that follow none.
+            let off: Vec<&str> = p
                 .remove
                 .iter()
-                .filter(|r| r.machine == id && units[r.unit.as_str()].requirements.machine_of.is_empty())
+                .filter(|r| r.machine == id)
                 .map(|r| r.unit.as_str())
                 .collect();
-            prop_assert!(heads.len() <= 1, "more than one unit moved at once: {p:?}");
+            let mut group: BTreeMap<&str, usize> = off.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+            loop {
+                let mut merged = false;
+                for u in &off {
+                    for t in &units[*u].requirements.machine_of {
+                        if let (Some(&a), Some(&b)) = (group.get(u), group.get(t.as_str())) {
+                            if a != b {
+                                let (keep, drop) = (a.min(b), a.max(b));
+                                group.values_mut().filter(|g| **g == drop).for_each(|g| *g = keep);
+                                merged = true;
+                            }
+                        }
+                    }
+                }
+                if !merged {
+                    break;
+                }
+            }
+            let groups: BTreeSet<usize> = group.into_values().collect();
+            prop_assert!(groups.len() <= 1, "more than one unit group moved at once: {p:?}");
             for r in p.remove.iter().filter(|r| r.machine == id) {
                 prop_assert!(p.add.iter().any(|a| a.unit == r.unit), "{} taken off {id} and placed nowhere: {p:?}", r.unit);
             }
