@@ -19,7 +19,7 @@
 //! ```
 
 use crate::codec::{decode_or_skip, Record};
-use crate::follow::{follow, poll, Raw};
+use crate::follow::Raw;
 use crate::instances::Instances;
 use crate::keys::{KeyShape, Keys};
 use crate::model::{DrainMark, GlobalJob, GlobalSummary, Job, MachineState, UnitState};
@@ -501,12 +501,7 @@ impl Registry {
     /// The cluster's events from now on, told from one watch over the whole keyspace (or reads
     /// every so often if the registry polls).
     pub fn follow_events(&self) -> EventFollower {
-        let store = self.store.clone();
-        let prefix = self.keys.prefix().to_string();
-        let raw = match self.poll {
-            None => follow(store, prefix),
-            Some(every) => poll(store, prefix, every),
-        };
+        let raw = self.follow_raw(self.keys.prefix().to_string());
         EventFollower {
             raw,
             keys: self.keys.clone(),

@@ -128,13 +128,8 @@ pub(crate) fn follower<K: KeyShape, T: Record>(
     registry: &Registry,
     base: String,
 ) -> Follower<K, T> {
-    let store = registry.store.clone();
-    let raw = match registry.poll {
-        None => follow(store, base.clone()),
-        Some(every) => poll(store, base.clone(), every),
-    };
     Follower {
-        raw,
+        raw: registry.follow_raw(base.clone()),
         base,
         decode: typed::<K, T>,
     }
@@ -220,13 +215,6 @@ impl Registry {
         follower(self, self.keys.states())
     }
 
-    /// The states machines published of global units' instances, by (unit, machine): the
-    /// exceptions only (see [`crate::instances`]); [`Registry::follow_global_instances`] gives
-    /// every instance's row.
-    pub fn follow_global_states(&self) -> Follower<(String, String), UnitState> {
-        follower(self, self.keys.global_states())
-    }
-
     /// The engine leader key: its machine id while some engine leads.
     pub(crate) fn follow_leader_key(&self) -> Follower<(), String> {
         follower(self, self.keys.leader())
@@ -234,6 +222,17 @@ impl Registry {
 }
 
 // ----- following one prefix of the store -----
+
+impl Registry {
+    /// The changes under `prefix` as the store delivers them: by a watch, or by reads every so
+    /// often if the registry polls.
+    pub(crate) fn follow_raw(&self, prefix: String) -> mpsc::Receiver<Raw> {
+        match self.poll {
+            None => follow(self.store.clone(), prefix),
+            Some(every) => poll(self.store.clone(), prefix, every),
+        }
+    }
+}
 
 /// What changed under a followed prefix, as the store delivers it.
 pub(crate) enum Raw {

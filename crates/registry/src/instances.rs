@@ -7,7 +7,7 @@
 //! ones the machine would have published in full.
 
 use crate::codec::decode_or_skip;
-use crate::follow::{follow, poll, Raw};
+use crate::follow::Raw;
 use crate::keys::{KeyShape, Keys};
 use crate::model::{desired_instance, GlobalJob, GlobalSummary, Job, UnitState};
 use crate::registry::Registry;
@@ -290,12 +290,7 @@ impl Registry {
     /// machines' summaries and their exceptions (one watch over the keyspace, or reads every so
     /// often if the registry polls).
     pub fn follow_global_instances(&self) -> InstanceFollower {
-        let store = self.store.clone();
-        let prefix = self.keys.prefix().to_string();
-        let raw = match self.poll {
-            None => follow(store, prefix),
-            Some(every) => poll(store, prefix, every),
-        };
+        let raw = self.follow_raw(self.keys.prefix().to_string());
         InstanceFollower {
             raw,
             keys: InstanceKeys::new(&self.keys),
