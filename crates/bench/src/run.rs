@@ -515,6 +515,27 @@ pub async fn run(
             delta("etcd_debugging_mvcc_txn_total"),
             after.total("etcd_debugging_mvcc_keys_total"),
         );
+        let requests =
+            |s: &etcd_metrics::Sample| s.by_label("grpc_server_msg_received_total", "grpc_method");
+        let (was, is) = (requests(&before), requests(&after));
+        let by_method: Vec<String> = is
+            .iter()
+            .map(|(m, n)| (m, n - was.get(m).copied().unwrap_or(0.0)))
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect();
+        eprintln!(
+            "{}: etcd requests meanwhile: {}",
+            opts.run,
+            by_method.join(", ")
+        );
+        eprintln!(
+            "{}: etcd meanwhile: {} watch events sent, {} proposals applied, {} WAL fsyncs",
+            opts.run,
+            delta("etcd_debugging_mvcc_events_total"),
+            delta("etcd_server_proposals_applied_total"),
+            delta("etcd_disk_wal_fsync_duration_seconds_count"),
+        );
     }
     let burst_over = Instant::now();
     report.memory.rss_all_active = sys::rss_bytes("self");

@@ -16,6 +16,7 @@
 //! ```
 
 use crate::codec::{decode_or_skip, Record};
+use crate::feed::Feed;
 use crate::keys::KeyShape;
 use crate::model::{GlobalJob, Job, MachineState, ScheduleEntry, UnitState};
 use crate::registry::Registry;
@@ -228,10 +229,75 @@ impl Registry {
     /// often if the registry polls.
     pub(crate) fn follow_raw(&self, prefix: String) -> mpsc::Receiver<Raw> {
         match self.poll {
+            // The whole keyspace is watched once for all its followers (see `crate::feed`).
+            None if prefix == self.keys.prefix() => follow_shared(self.clone(), prefix),
             None => follow(self.store.clone(), prefix),
             Some(every) => poll(self.store.clone(), prefix, every),
         }
     }
+}
+
+/// Follows `prefix` through the registry's shared watch of it, until the receiver is dropped:
+/// as [`follow`] does, with a `Reset` after each read.
+fn follow_shared(registry: Registry, prefix: String) -> mpsc::Receiver<Raw> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
+        'subscribe: loop {
+            let mut feed = registry.feed.subscribe(&registry.store, &prefix);
+            let started = tokio::select! {
+                _ = tx.closed() => return,
+                started = feed.started() => started,
+            };
+            if started.is_none() {
+                continue 'subscribe;
+            }
+            'read: loop {
+                let page = tokio::select! {
+                    _ = tx.closed() => return,
+                    page = range_all(registry.store.as_ref(), &prefix, RANGE_PAGE) => page,
+                };
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(prefix = %prefix, error = %e, "reading registry failed; retrying");
+                        tokio::select! {
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(backoff.wait()) => {}
+                        }
+                        continue 'read;
+                    }
+                };
+                backoff.reset();
+                let mut last = page.revision;
+                if tx.send(Raw::Reset(page.kvs)).await.is_err() {
+                    return;
+                }
+                loop {
+                    let delivery = tokio::select! {
+                        _ = tx.closed() => return,
+                        delivery = feed.recv() => delivery,
+                    };
+                    match delivery {
+                        Some(Feed::Events(events)) => {
+                            let events = crate::feed::after(&events, last);
+                            let Some(newest) = events.iter().map(|e| e.kv.mod_revision).max()
+                            else {
+                                continue;
+                            };
+                            last = newest;
+                            if tx.send(Raw::Events(events)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Feed::Reread) => continue 'read,
+                        None => continue 'subscribe,
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// What changed under a followed prefix, as the store delivers it.

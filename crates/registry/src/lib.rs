@@ -36,6 +36,7 @@ mod drain;
 pub mod embedded;
 pub mod etcd;
 mod events;
+mod feed;
 mod follow;
 mod group_commit;
 pub mod instances;

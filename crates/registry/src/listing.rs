@@ -9,13 +9,13 @@
 //! the copy has moved on.
 
 use crate::codec::decode;
+use crate::feed::Feed;
 use crate::instances::{merge_rows, vouched};
 use crate::keys::{KeyShape, Keys};
 use crate::model::{desired_instance, GlobalJob, GlobalSummary, Job, TargetState, UnitState};
 use crate::registry::{AtRevision, Registry, Result};
-use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
+use crate::store::{Event, EventKind, KeyValue, Revision};
 use crate::views::UnitView;
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -500,54 +500,54 @@ impl ListingView {
     }
 }
 
-/// Reads the copy, then follows the keyspace until the view is dropped; after a compaction or
-/// a broken watch it reads the copy again (the old one serves meanwhile).
+/// Reads the copy, then follows the keyspace until the view is dropped, through the
+/// registry's shared watch of it (see [`crate::feed`]); when the feed says so (a compaction,
+/// or this copy fell behind) it reads the copy again (the old one serves meanwhile).
 async fn follow_listings(registry: Registry, shared: std::sync::Weak<Shared>) {
     let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
-    let store: Arc<dyn Store> = registry.store.clone();
     let bases = Bases::new(&registry.keys);
-    loop {
-        let copy = match registry.read_listed().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the registry for listings failed; retrying");
-                tokio::time::sleep(backoff.wait()).await;
-                continue;
-            }
-        };
-        let mut last = copy.revision;
-        {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            *shared.copy.lock().unwrap_or_else(PoisonError::into_inner) = copy;
-            shared.revision.send_replace(last);
+    'subscribe: loop {
+        let mut feed = registry
+            .feed
+            .subscribe(&registry.store, registry.keys.prefix());
+        if feed.started().await.is_none() {
+            continue 'subscribe;
         }
-        'watch: loop {
-            let mut watch = match store.watch(registry.keys.prefix(), last + 1).await {
-                Ok(w) => w,
-                Err(StoreError::Compacted { .. }) => break 'watch,
+        'read: loop {
+            let copy = match registry.read_listed().await {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "watching the registry for listings failed; retrying");
+                    tracing::warn!(error = %e, "reading the registry for listings failed; retrying");
                     tokio::time::sleep(backoff.wait()).await;
-                    continue;
+                    if shared.strong_count() == 0 {
+                        return;
+                    }
+                    continue 'read;
                 }
             };
             backoff.reset();
-            while let Some(item) = watch.next().await {
-                match item {
-                    Ok(events) if events.is_empty() => {}
-                    Ok(events) => {
+            let mut last = copy.revision;
+            {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                *shared.copy.lock().unwrap_or_else(PoisonError::into_inner) = copy;
+                shared.revision.send_replace(last);
+            }
+            loop {
+                match feed.recv().await {
+                    Some(Feed::Events(events)) => {
+                        let events = crate::feed::after(&events, last);
+                        if events.is_empty() {
+                            continue;
+                        }
                         let Some(shared) = shared.upgrade() else {
                             return;
                         };
                         last = apply(&shared, &bases, &events, last);
                     }
-                    Err(StoreError::Compacted { .. }) => break 'watch,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "registry watch for listings broke; resuming");
-                        continue 'watch;
-                    }
+                    Some(Feed::Reread) => continue 'read,
+                    None => continue 'subscribe,
                 }
             }
         }

@@ -59,6 +59,8 @@ pub struct Registry {
     pub(crate) poll: Option<std::time::Duration>,
     /// Told of lease refreshes (store requests reach it through the wrapped store).
     pub(crate) observer: Option<Arc<dyn crate::StoreObserver>>,
+    /// The one watch of the whole keyspace its followers share (see [`crate::feed`]).
+    pub(crate) feed: Arc<crate::feed::Hub>,
 }
 
 impl Registry {
@@ -72,6 +74,7 @@ impl Registry {
             writes: Arc::default(),
             poll: None,
             observer: None,
+            feed: Arc::default(),
         }
     }
 

@@ -265,6 +265,9 @@ pub struct Core {
     requirements: HashMap<String, (UnitHash, Arc<Requirements>)>,
     /// Bodies asked for and not answered yet.
     fetching: bool,
+    /// A body may have lost its last user (a unit gone or given another body) since bodies
+    /// were last pruned.
+    prune_due: bool,
     /// Bodies fetched and found missing since the schedule last changed: not asked for again
     /// until it changes.
     not_found: HashSet<UnitHash>,
@@ -346,6 +349,7 @@ impl Core {
             bodies: HashMap::new(),
             requirements: HashMap::new(),
             fetching: false,
+            prune_due: false,
             not_found: HashSet::new(),
             held: BTreeMap::new(),
             failures: BTreeMap::new(),
@@ -428,6 +432,7 @@ impl Core {
         }
         match input {
             Input::Schedule(update) => {
+                self.prune_due |= loses_users(&update, &self.schedule);
                 let mut carried = Vec::new();
                 update
                     .map(|mut entry| {
@@ -443,6 +448,7 @@ impl Core {
                 self.dirty = true;
             }
             Input::Globals(update) => {
+                self.prune_due |= loses_users(&update, &self.globals);
                 let mut carried = Vec::new();
                 let mut rollouts = Vec::new();
                 if matches!(update, Update::Reset(_)) {
@@ -717,20 +723,30 @@ impl Core {
     /// seen yet are fetched first, all in one effect (one registry round trip after another
     /// would make a burst of new units slow).
     fn plan(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        let missing: BTreeSet<UnitHash> = self
-            .schedule
-            .values()
-            .map(|e| e.hash)
-            .filter(|h| !self.bodies.contains_key(h))
-            .collect();
+        let have = |h: &UnitHash| self.bodies.contains_key(h);
+        let complete = self.schedule.values().all(|e| have(&e.hash))
+            && self.globals.values().all(|g| have(&self.global_hash(g)));
+        let missing: BTreeSet<UnitHash> = if complete {
+            // The usual case: every body is at hand, and the sets below need not be built.
+            BTreeSet::new()
+        } else {
+            self.schedule
+                .values()
+                .map(|e| e.hash)
+                .filter(|h| !self.bodies.contains_key(h))
+                .collect()
+        };
         // A global unit's record carries its job's text, but not the old content a rollout
         // holds this machine on: that one is read like a scheduled unit's.
-        let missing_global: BTreeSet<UnitHash> = self
-            .globals
-            .values()
-            .map(|g| self.global_hash(g))
-            .filter(|h| !self.bodies.contains_key(h))
-            .collect();
+        let missing_global: BTreeSet<UnitHash> = if complete {
+            BTreeSet::new()
+        } else {
+            self.globals
+                .values()
+                .map(|g| self.global_hash(g))
+                .filter(|h| !self.bodies.contains_key(h))
+                .collect()
+        };
         let ask: Vec<UnitHash> = missing
             .union(&missing_global)
             .filter(|h| !self.not_found.contains(h))
@@ -904,19 +920,21 @@ impl Core {
         if result.is_ok() {
             match &action {
                 Action::Unload(name) => {
+                    self.prune_due = true;
                     self.held.remove(name);
                     self.systemd.remove(name);
                     self.awaiting_report.remove(name);
                 }
                 Action::Load(name) => {
                     if let Some(w) = run.wanted.get(name) {
-                        self.held.insert(
+                        let old = self.held.insert(
                             name.clone(),
                             Held {
                                 hash: w.hash,
                                 state: TargetState::Loaded,
                             },
                         );
+                        self.prune_due |= old.is_some_and(|o| o.hash != w.hash);
                     }
                     run.held_back.insert(name.clone());
                 }
@@ -992,7 +1010,9 @@ impl Core {
         if !read.is_empty() {
             effects.push(Effect::ReadStates(read));
         }
-        self.prune_bodies();
+        if std::mem::take(&mut self.prune_due) {
+            self.prune_bodies();
+        }
     }
 
     /// Forgets bodies and requirements no unit of this machine's view uses any more.
@@ -1027,7 +1047,8 @@ impl Core {
     /// Publishes what changed since the last publication, in one batch. Units held back by the
     /// run in flight are left out: they come back as changed when it releases them.
     fn publish(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        let names: Vec<String> = if self.all_stale {
+        let everything = self.all_stale;
+        let names: Vec<String> = if everything {
             let mut all: BTreeSet<String> = self.held.keys().cloned().collect();
             all.extend(self.published.keys().cloned());
             self.stale.clear();
@@ -1087,9 +1108,17 @@ impl Core {
                 }
             }
         }
+        // The summary can differ from the one written only if the global units changed, every
+        // state is looked at again, or a global unit comes to be covered here or stops being
+        // covered. Otherwise it is not computed: that is a pass over every global unit, and
+        // the states of placed units change one batch after another.
+        let reconsider = self.summary_stale
+            || everything
+            || cover.iter().any(|n| !self.covered.contains(n))
+            || uncover.iter().any(|n| self.covered.contains(n));
         self.all_stale = false;
         self.summary_stale = false;
-        let summary = {
+        let summary = reconsider.then(|| {
             let (now_covered, not_now): (HashSet<&String>, HashSet<&String>) =
                 (cover.iter().collect(), uncover.iter().collect());
             let covered = |name: &String| {
@@ -1106,10 +1135,10 @@ impl Core {
                 revision: self.global_written.values().copied().max().unwrap_or(0),
                 absent,
             }
-        };
+        });
         // A machine that never saw a global unit has nothing to vouch for: no summary.
         let nothing = self.summary.is_none() && self.globals.is_empty();
-        let summary = (!nothing && self.summary.as_ref() != Some(&summary)).then_some(summary);
+        let summary = summary.filter(|s| !nothing && self.summary.as_ref() != Some(s));
         // An empty summary (no global unit left) goes at once: its key is deleted, and a
         // machine without global units keeps no record of them.
         let paced = save.is_empty()
@@ -1166,6 +1195,18 @@ impl Core {
     /// The state a global unit's instance has here when it is as its job wants it.
     fn desired_instance(&self, name: &str) -> Option<UnitState> {
         registry::desired_instance(self.globals.get(name)?, &self.machine.id)
+    }
+}
+
+/// Whether `update` takes a record of `copy` away or replaces it (its body may lose its last
+/// user); records only added cannot.
+fn loses_users<T, U>(update: &Update<String, T>, copy: &BTreeMap<String, U>) -> bool {
+    match update {
+        Update::Reset(_) => true,
+        Update::Changes(changes) => changes.iter().any(|c| match c {
+            registry::Change::Put(name, _) => copy.contains_key(name),
+            registry::Change::Delete(_) => true,
+        }),
     }
 }
 

@@ -222,13 +222,13 @@ impl<'a> Pass<'a> {
                 if blocked {
                     continue;
                 }
-                let load = self.load(m);
-                self.loads.remove(&(load, m));
                 self.globals_on[m].push(g);
-                self.loads.insert((load + 1, m));
                 self.global_machines[g].push(m);
             }
         }
+        // Loads are counted once at the end rather than moved in the ordered set for each of
+        // the (global unit, machine) pairs: that set is only read by the placements after.
+        self.loads = self.machines.indices().map(|m| (self.load(m), m)).collect();
     }
 
     /// Whether `u` may stay on `m` judged by `m` and the global units alone.
