@@ -6,7 +6,8 @@
 //! A follower subscribes, waits until the watch has started, then reads what it follows at a
 //! revision of its own (at or after the watch's start, so no change falls between) and takes
 //! from the feed only the changes after that revision. When the feed has to start again (a
-//! compaction outran it) or the follower fell behind it, the follower reads again.
+//! compaction outran it) or the follower fell far behind it, the follower reads again. A slow
+//! follower does not slow the others: what it has not taken yet waits in its own queue.
 //!
 //! ```no_run
 //! # async fn demo(registry: registry::Registry) {
@@ -18,13 +19,15 @@
 
 use crate::store::{Event, Revision, Store, StoreError};
 use futures::StreamExt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
-/// Batches of changes the feed holds for a follower that is behind; one further behind reads
-/// again. Slots are allocated up front, each the size of an `Arc`.
-const CAPACITY: usize = 4096;
+/// Deliveries a follower may have waiting before it is told to read again instead: a bound
+/// on what one stuck follower holds. Nothing is held for followers that keep up, and nothing
+/// is allocated up front.
+const BEHIND_LIMIT: usize = if cfg!(test) { 8 } else { 65_536 };
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -34,49 +37,103 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 pub(crate) enum Feed {
     /// Changes, in revision order.
     Events(Arc<Vec<Event>>),
-    /// The feed may have missed changes (its watch started again after a compaction, or this
-    /// follower fell behind): read again, at or after [`Subscription::started`].
+    /// The feed may have missed changes for this follower (its watch started again after a
+    /// compaction, or the follower fell [`BEHIND_LIMIT`] deliveries behind): read again, at or
+    /// after the time this came.
     Reread,
 }
 
 /// The shared watch, if one runs.
 #[derive(Default)]
 pub(crate) struct Hub {
-    running: Mutex<Option<Running>>,
+    running: Mutex<Option<Arc<Shared>>>,
 }
 
-struct Running {
-    /// Weak: the watch ends when its last follower is gone.
-    tx: broadcast::WeakSender<Feed>,
+/// What the watch's task and its followers share.
+struct Shared {
+    followers: Mutex<Followers>,
     start: watch::Receiver<Option<Revision>>,
+    /// A follower left: the task looks whether any is left.
+    left: Notify,
+}
+
+#[derive(Default)]
+struct Followers {
+    list: Vec<Follower>,
+    /// The task ended (no follower was left): a new follower starts a new watch.
+    ended: bool,
+}
+
+struct Follower {
+    tx: mpsc::UnboundedSender<Feed>,
+    lag: Arc<Lag>,
+}
+
+/// How far behind one follower is.
+#[derive(Default)]
+struct Lag {
+    waiting: AtomicUsize,
+    /// Told to read again: changes are not queued for it until it takes that word.
+    rereading: AtomicBool,
 }
 
 /// One follower's hold on the feed.
 pub(crate) struct Subscription {
-    rx: broadcast::Receiver<Feed>,
+    rx: mpsc::UnboundedReceiver<Feed>,
+    lag: Arc<Lag>,
     start: watch::Receiver<Option<Revision>>,
+    shared: Arc<Shared>,
 }
 
 impl Hub {
     /// Subscribes to the watch of `prefix`, starting it if none runs.
     pub(crate) fn subscribe(&self, store: &Arc<dyn Store>, prefix: &str) -> Subscription {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(r) = running.as_ref() {
-            if let Some(tx) = r.tx.upgrade() {
-                return Subscription {
-                    rx: tx.subscribe(),
-                    start: r.start.clone(),
-                };
+        if let Some(shared) = running.as_ref() {
+            if let Some(sub) = join(shared) {
+                return sub;
             }
         }
-        let (tx, rx) = broadcast::channel(CAPACITY);
         let (start_tx, start) = watch::channel(None);
-        *running = Some(Running {
-            tx: tx.downgrade(),
-            start: start.clone(),
+        let shared = Arc::new(Shared {
+            followers: Mutex::default(),
+            start,
+            left: Notify::new(),
         });
-        tokio::spawn(run(store.clone(), prefix.to_string(), tx, start_tx));
-        Subscription { rx, start }
+        *running = Some(shared.clone());
+        let sub = join(&shared).unwrap_or_else(|| unreachable!("a new watch has not ended"));
+        tokio::spawn(run(store.clone(), prefix.to_string(), shared, start_tx));
+        sub
+    }
+}
+
+/// A new follower of a watch, unless its task has ended.
+fn join(shared: &Arc<Shared>) -> Option<Subscription> {
+    let mut followers = shared
+        .followers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if followers.ended {
+        return None;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lag = Arc::new(Lag::default());
+    followers.list.push(Follower {
+        tx,
+        lag: lag.clone(),
+    });
+    Some(Subscription {
+        rx,
+        lag,
+        start: shared.start.clone(),
+        shared: shared.clone(),
+    })
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        self.shared.left.notify_one();
     }
 }
 
@@ -90,16 +147,66 @@ impl Subscription {
 
     /// The next delivery; `None` if the watch ended (subscribe again).
     pub(crate) async fn recv(&mut self) -> Option<Feed> {
-        match self.rx.recv().await {
-            Ok(feed) => Some(feed),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    missed,
-                    "a follower fell behind the registry watch; reading again"
-                );
-                Some(Feed::Reread)
+        let feed = self.rx.recv().await?;
+        self.lag.waiting.fetch_sub(1, Ordering::SeqCst);
+        if matches!(feed, Feed::Reread) {
+            // Changes are queued again from now on; the read this calls for comes after.
+            self.lag.rereading.store(false, Ordering::SeqCst);
+        }
+        Some(feed)
+    }
+}
+
+impl Shared {
+    /// Hands `feed` to every follower; forgets followers that are gone. False if none is left
+    /// (the watch has ended then).
+    fn deliver(&self, feed: &Feed) -> bool {
+        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        followers.list.retain(|f| {
+            let lag = &f.lag;
+            let send = match feed {
+                Feed::Reread => Feed::Reread,
+                Feed::Events(_) if lag.rereading.load(Ordering::SeqCst) => {
+                    return !f.tx.is_closed();
+                }
+                Feed::Events(_) if lag.waiting.load(Ordering::SeqCst) >= BEHIND_LIMIT => {
+                    tracing::warn!(
+                        waiting = BEHIND_LIMIT,
+                        "a follower fell behind the registry watch; it reads again"
+                    );
+                    lag.rereading.store(true, Ordering::SeqCst);
+                    Feed::Reread
+                }
+                Feed::Events(events) => Feed::Events(events.clone()),
+            };
+            lag.waiting.fetch_add(1, Ordering::SeqCst);
+            f.tx.send(send).is_ok()
+        });
+        self.end_if_alone(&mut followers)
+    }
+
+    /// Forgets followers that are gone; false (and ended) if none is left.
+    fn any_left(&self) -> bool {
+        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        followers.list.retain(|f| !f.tx.is_closed());
+        self.end_if_alone(&mut followers)
+    }
+
+    fn end_if_alone(&self, followers: &mut Followers) -> bool {
+        if followers.list.is_empty() {
+            followers.ended = true;
+        }
+        !followers.ended
+    }
+
+    /// Resolves once no follower is left.
+    async fn deserted(&self) {
+        loop {
+            let left = self.left.notified();
+            if !self.any_left() {
+                return;
             }
-            Err(broadcast::error::RecvError::Closed) => None,
+            left.await;
         }
     }
 }
@@ -119,7 +226,7 @@ pub(crate) fn after(events: &[Event], revision: Revision) -> Vec<Event> {
 async fn run(
     store: Arc<dyn Store>,
     prefix: String,
-    tx: broadcast::Sender<Feed>,
+    shared: Arc<Shared>,
     start: watch::Sender<Option<Revision>>,
 ) {
     let mut backoff = crate::Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -130,7 +237,7 @@ async fn run(
             Some(r) => r,
             None => {
                 let read = tokio::select! {
-                    _ = tx.closed() => return,
+                    _ = shared.deserted() => return,
                     read = store.range(&prefix, None, 1, None) => read,
                 };
                 match read {
@@ -138,15 +245,15 @@ async fn run(
                         // The start first, then the word to read again: a follower that reads
                         // after the word reads at or after the new start.
                         let again = start.send_replace(Some(page.revision)).is_some();
-                        if again {
-                            let _ = tx.send(Feed::Reread);
+                        if again && !shared.deliver(&Feed::Reread) {
+                            return;
                         }
                         page.revision + 1
                     }
                     Err(e) => {
                         tracing::warn!(prefix = %prefix, error = %e, "reading the registry's revision failed; retrying");
                         tokio::select! {
-                            _ = tx.closed() => return,
+                            _ = shared.deserted() => return,
                             _ = tokio::time::sleep(backoff.wait()) => {}
                         }
                         continue;
@@ -156,7 +263,7 @@ async fn run(
         };
         from = Some(resume);
         let opened = tokio::select! {
-            _ = tx.closed() => return,
+            _ = shared.deserted() => return,
             opened = store.watch(&prefix, resume) => opened,
         };
         let mut stream = match opened {
@@ -168,7 +275,7 @@ async fn run(
             Err(e) => {
                 tracing::warn!(prefix = %prefix, error = %e, "watching the registry failed; retrying");
                 tokio::select! {
-                    _ = tx.closed() => return,
+                    _ = shared.deserted() => return,
                     _ = tokio::time::sleep(backoff.wait()) => {}
                 }
                 continue;
@@ -177,15 +284,16 @@ async fn run(
         backoff.reset();
         loop {
             tokio::select! {
-                _ = tx.closed() => return,
+                _ = shared.deserted() => return,
                 item = stream.next() => match item {
                     Some(Ok(events)) => {
                         let Some(last) = events.iter().map(|e| e.kv.mod_revision).max() else {
                             continue;
                         };
                         from = Some(last + 1);
-                        // No follower left: `closed` ends the task on the next turn.
-                        let _ = tx.send(Feed::Events(Arc::new(events)));
+                        if !shared.deliver(&Feed::Events(Arc::new(events))) {
+                            return;
+                        }
                     }
                     Some(Err(StoreError::Compacted { .. })) => {
                         from = None;
@@ -308,7 +416,12 @@ mod tests {
                 .lock()
                 .expect("not poisoned")
                 .as_ref()
-                .is_some_and(|r| r.tx.upgrade().is_none());
+                .is_some_and(|r| {
+                    r.followers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .ended
+                });
             if gone {
                 break;
             }
@@ -323,5 +436,43 @@ mod tests {
         put(&registry, "job/a").await;
         assert_eq!(put_keys(next(&mut again).await), ["/fleet/job/a"]);
         assert_eq!(watches.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_follower_far_behind_reads_again_and_misses_nothing_while_the_others_go_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
+        let registry = Registry::new(Arc::new(store), "/fleet/");
+        let mut slow = registry.follow_raw("/fleet/".to_string());
+        let mut fast = registry.follow_raw("/fleet/".to_string());
+        assert!(reset_keys(next(&mut slow).await).is_empty());
+        assert!(reset_keys(next(&mut fast).await).is_empty());
+        const KEYS: usize = 200;
+        // The fast follower takes each change as it comes: it gets every one, in order, and
+        // is never told to read again.
+        let mut seen = Vec::new();
+        for i in 0..KEYS {
+            put(&registry, &format!("job/u{i:03}")).await;
+            while seen.len() <= i {
+                seen.extend(put_keys(next(&mut fast).await));
+            }
+        }
+        let expected: Vec<String> = (0..KEYS).map(|i| format!("/fleet/job/u{i:03}")).collect();
+        assert_eq!(seen, expected);
+        // The slow one, which took nothing meanwhile, was told to read again: its copy ends
+        // complete all the same.
+        let mut copy = std::collections::BTreeSet::new();
+        let mut rereads = 0;
+        while copy.len() < KEYS {
+            match next(&mut slow).await {
+                Raw::Reset(kvs) => {
+                    rereads += 1;
+                    copy = kvs.into_iter().map(|kv| kv.key).collect();
+                }
+                Raw::Events(events) => copy.extend(events.into_iter().map(|e| e.kv.key)),
+            }
+        }
+        assert!(rereads >= 1, "the slow follower was not told to read again");
+        assert_eq!(copy.into_iter().collect::<Vec<_>>(), expected);
     }
 }

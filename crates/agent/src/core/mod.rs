@@ -55,6 +55,15 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_millis(100);
 /// A global unit's rows wait at most this long for it.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// While the registry answers slowly, a summary changing alone waits at least this many times
+/// as long as the last publication took: every machine writes one while global units are being
+/// created, and with thousands of machines those writes would otherwise crowd out the
+/// submissions that cause them. A registry that answers in 100 ms keeps [`SUMMARY_INTERVAL`].
+pub const SUMMARY_LATENCY_FACTOR: u32 = 10;
+
+/// The longest a summary changing alone waits, however slowly the registry answers.
+pub const SUMMARY_INTERVAL_MAX: Duration = Duration::from_secs(15);
+
 /// How long a failed publication or registration waits before it is tried again (failed unit
 /// actions wait for their own retry time, see [`reconcile::retry_delay`]).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
@@ -286,6 +295,8 @@ pub struct Core {
     summary_stale: bool,
     /// When the last summary was written, and when one held back is due.
     summary_written_at: Option<Instant>,
+    /// How long the last publication took, sent to answered.
+    publish_took: Duration,
     summary_due: Option<Instant>,
     /// Global units whose start succeeded and whose state the manager has not reported since:
     /// held back from publication as while they start.
@@ -315,6 +326,7 @@ pub struct Core {
 /// A publication in flight: the names looked at, and what was sent.
 #[derive(Debug)]
 struct Publication {
+    sent_at: Instant,
     names: Vec<String>,
     save: Vec<UnitState>,
     remove: Vec<String>,
@@ -359,6 +371,7 @@ impl Core {
             summary: None,
             summary_stale: false,
             summary_written_at: None,
+            publish_took: Duration::ZERO,
             summary_due: None,
             awaiting_report: BTreeSet::new(),
             stale: HashSet::new(),
@@ -455,6 +468,7 @@ impl Core {
                     self.rollouts.clear();
                 }
                 let mut written = Vec::new();
+                let mut deleted = Vec::new();
                 // Every global unit changed is looked at again: its job, so what its instance
                 // is compared with, may have changed.
                 match &update {
@@ -464,9 +478,15 @@ impl Core {
                         self.global_written.clear();
                     }
                     Update::Changes(changes) => {
-                        self.stale.extend(changes.iter().map(|c| match c {
-                            registry::Change::Put(n, _) | registry::Change::Delete(n) => n.clone(),
-                        }))
+                        for change in changes {
+                            match change {
+                                registry::Change::Put(n, _) => self.stale.insert(n.clone()),
+                                registry::Change::Delete(n) => {
+                                    deleted.push(n.clone());
+                                    self.stale.insert(n.clone())
+                                }
+                            };
+                        }
                     }
                 }
                 update
@@ -483,12 +503,13 @@ impl Core {
                         None => self.rollouts.remove(&name),
                     };
                 }
-                let globals = &self.globals;
-                self.rollouts.retain(|name, _| globals.contains_key(name));
+                // What was kept of a unit gone goes with it (a reset cleared all of it above).
+                for name in &deleted {
+                    self.rollouts.remove(name);
+                    self.global_written.remove(name);
+                }
                 // An old body missing before may be the one a rollout now names.
                 self.not_found.clear();
-                self.global_written
-                    .retain(|name, _| self.globals.contains_key(name));
                 self.global_written.extend(written);
                 self.summary_stale = true;
                 self.keep_carried(carried);
@@ -539,6 +560,7 @@ impl Core {
                 let Some(sent) = self.publication.take() else {
                     return;
                 };
+                self.publish_took = now.saturating_duration_since(sent.sent_at);
                 match result {
                     Ok(()) => {
                         self.publish_retry_at = None;
@@ -1119,17 +1141,23 @@ impl Core {
         self.all_stale = false;
         self.summary_stale = false;
         let summary = reconsider.then(|| {
-            let (now_covered, not_now): (HashSet<&String>, HashSet<&String>) =
-                (cover.iter().collect(), uncover.iter().collect());
-            let covered = |name: &String| {
-                !not_now.contains(name)
-                    && (now_covered.contains(name) || self.covered.contains(name))
-            };
+            // One walk over the global units and the covered ones side by side (both in name
+            // order): this runs on every change of the global units, on every machine.
+            let mut now_covered: Vec<&String> = cover.iter().collect();
+            let mut not_now: Vec<&String> = uncover.iter().collect();
+            now_covered.sort_unstable();
+            not_now.sort_unstable();
+            let mut was = self.covered.iter().peekable();
             let absent = self
                 .globals
-                .values()
-                .filter(|j| j.desired != TargetState::Inactive && !covered(&j.name))
-                .map(|j| j.name.clone())
+                .iter()
+                .filter_map(|(name, job)| {
+                    while was.next_if(|c| *c < name).is_some() {}
+                    let was_covered = was.next_if(|c| *c == name).is_some();
+                    let covered = not_now.binary_search(&name).is_err()
+                        && (was_covered || now_covered.binary_search(&name).is_ok());
+                    (job.desired != TargetState::Inactive && !covered).then(|| name.clone())
+                })
                 .collect();
             GlobalSummary {
                 revision: self.global_written.values().copied().max().unwrap_or(0),
@@ -1148,12 +1176,14 @@ impl Core {
                 .is_some_and(|s| *s != GlobalSummary::default())
             && self
                 .summary_written_at
-                .is_some_and(|at| now < at + SUMMARY_INTERVAL);
+                .is_some_and(|at| now < at + self.summary_interval());
         if paced {
             // Written later with what changes meanwhile; the units it would cover keep no
             // state of their own meanwhile, so taking them as covered now is safe.
             self.summary_stale = true;
-            self.summary_due = self.summary_written_at.map(|at| at + SUMMARY_INTERVAL);
+            self.summary_due = self
+                .summary_written_at
+                .map(|at| at + self.summary_interval());
         }
         if save.is_empty() && remove.is_empty() && (summary.is_none() || paced) {
             for name in &uncover {
@@ -1183,6 +1213,7 @@ impl Core {
             summary: summary.clone(),
         });
         self.publication = Some(Publication {
+            sent_at: now,
             names,
             save,
             remove,
@@ -1190,6 +1221,12 @@ impl Core {
             cover,
             uncover,
         });
+    }
+
+    /// How long a summary changing alone waits after the last one: [`SUMMARY_INTERVAL`], longer
+    /// while the registry answers slowly.
+    fn summary_interval(&self) -> Duration {
+        (self.publish_took * SUMMARY_LATENCY_FACTOR).clamp(SUMMARY_INTERVAL, SUMMARY_INTERVAL_MAX)
     }
 
     /// The state a global unit's instance has here when it is as its job wants it.

@@ -1260,6 +1260,100 @@ fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
     assert!(summaries.is_empty(), "{summaries:?}");
 }
 
+/// A registry that answers slowly spaces the summaries out: after a publication that took
+/// 800 ms, a summary changing alone waits ten times as long, not `SUMMARY_INTERVAL`.
+#[test]
+fn a_slow_registry_spaces_summaries_out() {
+    let mut t = Instant::now();
+    let mut core = started(t, &[]);
+    let g = |i: u32| {
+        global_record(
+            &format!("g{i}.service"),
+            i,
+            TargetState::Launched,
+            "",
+            i64::from(i),
+        )
+    };
+    let mut world: BTreeMap<String, SystemdState> = BTreeMap::new();
+    // The first summary goes at once; the registry takes 800 ms to answer it.
+    world.insert(a("g1.service"), active());
+    core.on(
+        t,
+        Input::Globals(Update::Reset(vec![(a("g1.service"), g(1))])),
+    );
+    let mut sent_at = None;
+    for _ in 0..100 {
+        for effect in core.ready(t).effects {
+            match effect {
+                Effect::Run(phase) => {
+                    for (action, _) in phase {
+                        core.on(t, Input::Done(action.clone(), Ok(())));
+                        if let Action::Start(u) = &action {
+                            report(t, &mut core, u, world.get(u).cloned());
+                        }
+                    }
+                }
+                Effect::Publish {
+                    summary: Some(_), ..
+                } => sent_at = Some(t),
+                Effect::Publish { .. } => core.on(t, Input::Published(Ok(()))),
+                _ => {}
+            }
+        }
+        if sent_at.is_some() {
+            break;
+        }
+        t += Duration::from_millis(5);
+    }
+    let sent_at = sent_at.expect("a summary sent");
+    t = sent_at + Duration::from_millis(800);
+    core.on(t, Input::Published(Ok(())));
+    // A new global unit 1.5 s after: past SUMMARY_INTERVAL, but the summary waits for 8 s
+    // after the last.
+    t = sent_at + Duration::from_millis(1500);
+    world.insert(a("g2.service"), active());
+    core.on(
+        t,
+        Input::Globals(Update::Changes(vec![registry::Change::Put(
+            a("g2.service"),
+            g(2),
+        )])),
+    );
+    let mut summary_at = None;
+    for _ in 0..2000 {
+        let ready = core.ready(t);
+        for effect in ready.effects {
+            match effect {
+                Effect::Run(phase) => {
+                    for (action, _) in phase {
+                        core.on(t, Input::Done(action.clone(), Ok(())));
+                        if let Action::Start(u) = &action {
+                            report(t, &mut core, u, world.get(u).cloned());
+                        }
+                    }
+                }
+                Effect::Publish { summary, .. } => {
+                    if summary.is_some() {
+                        summary_at.get_or_insert(t);
+                    }
+                    core.on(t, Input::Published(Ok(())));
+                }
+                _ => {}
+            }
+        }
+        if summary_at.is_some() {
+            break;
+        }
+        t += Duration::from_millis(10);
+    }
+    let waited = summary_at.expect("the summary went in the end") - sent_at;
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_millis(8100),
+        "{waited:?}"
+    );
+}
+
 /// A global unit whose start is done before the manager reports it active is not published
 /// as an exception (its state before the start) meanwhile: the report brings it covered.
 #[test]
