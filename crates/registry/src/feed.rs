@@ -161,7 +161,10 @@ impl Shared {
     /// Hands `feed` to every follower; forgets followers that are gone. False if none is left
     /// (the watch has ended then).
     fn deliver(&self, feed: &Feed) -> bool {
-        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         followers.list.retain(|f| {
             let lag = &f.lag;
             let send = match feed {
@@ -187,7 +190,10 @@ impl Shared {
 
     /// Forgets followers that are gone; false (and ended) if none is left.
     fn any_left(&self) -> bool {
-        let mut followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         followers.list.retain(|f| !f.tx.is_closed());
         self.end_if_alone(&mut followers)
     }
