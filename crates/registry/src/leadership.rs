@@ -23,6 +23,7 @@ use crate::follow::{Change, Follower, Update};
 use crate::registry::{Registry, Result};
 use crate::schedule::ScheduleChange;
 use crate::store::{Compare, LeaseId, Op, StoreError};
+use futures::StreamExt;
 use std::time::Duration;
 
 /// How a campaign for the engine leadership ended.
@@ -114,19 +115,32 @@ impl Leadership {
     }
 
     /// Writes engine decisions in transactions of at most [`crate::MAX_TXN_OPS`] operations,
-    /// each fenced by the leader lease: a deposed leader's writes fail. Returns false (having
-    /// written only the batches before) if the fence failed.
+    /// [`SCHEDULE_WRITES_IN_FLIGHT`] at a time (each unit's in one, so their order does not
+    /// matter), each fenced by the leader lease: a deposed leader's writes fail. Returns false
+    /// (having written some of the batches) if the fence failed; an error leaves some written
+    /// too (the engine reads the schedule again after either).
     pub async fn apply_schedule(&self, changes: &[ScheduleChange]) -> Result<bool> {
         let registry = &self.registry;
-        for batch in registry.schedule_batches(changes) {
-            let fence = vec![Compare::Lease(registry.keys.leader(), self.lease)];
-            if !registry.store.txn(fence, batch, vec![]).await?.succeeded {
+        let fence = vec![Compare::Lease(registry.keys.leader(), self.lease)];
+        let mut writes = futures::stream::iter(registry.schedule_batches(changes))
+            .map(|batch| {
+                let (store, fence) = (registry.store.clone(), fence.clone());
+                async move { store.txn(fence, batch, vec![]).await }
+            })
+            .buffer_unordered(SCHEDULE_WRITES_IN_FLIGHT);
+        while let Some(written) = writes.next().await {
+            if !written?.succeeded {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 }
+
+/// Transactions of engine decisions written side by side: after a machine is lost, thousands of
+/// units move at once, and one transaction after another would make them wait for each other's
+/// round trips.
+pub const SCHEDULE_WRITES_IN_FLIGHT: usize = 8;
 
 /// Follows the leader key (see [`Registry::follow_leader`]).
 pub struct LeaderWatch(Follower<(), String>);
