@@ -205,6 +205,14 @@ impl Shared {
         !followers.ended
     }
 
+    /// Waits before trying again after a failure; false if no follower is left meanwhile.
+    async fn wait_out(&self, backoff: &mut crate::Backoff) -> bool {
+        tokio::select! {
+            _ = self.deserted() => false,
+            _ = tokio::time::sleep(backoff.wait()) => true,
+        }
+    }
+
     /// Resolves once no follower is left.
     async fn deserted(&self) {
         loop {
@@ -258,9 +266,8 @@ async fn run(
                     }
                     Err(e) => {
                         tracing::warn!(prefix = %prefix, error = %e, "reading the registry's revision failed; retrying");
-                        tokio::select! {
-                            _ = shared.deserted() => return,
-                            _ = tokio::time::sleep(backoff.wait()) => {}
+                        if !shared.wait_out(&mut backoff).await {
+                            return;
                         }
                         continue;
                     }
@@ -280,9 +287,8 @@ async fn run(
             }
             Err(e) => {
                 tracing::warn!(prefix = %prefix, error = %e, "watching the registry failed; retrying");
-                tokio::select! {
-                    _ = shared.deserted() => return,
-                    _ = tokio::time::sleep(backoff.wait()) => {}
+                if !shared.wait_out(&mut backoff).await {
+                    return;
                 }
                 continue;
             }
@@ -338,6 +344,16 @@ mod tests {
         }
     }
 
+    /// A registry on an embedded store in a temp dir (kept while the test runs), counting the
+    /// watches opened.
+    fn registry() -> (tempfile::TempDir, Registry, Arc<Watches>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
+        let watches = Arc::new(Watches::default());
+        let registry = Registry::new(Arc::new(store), "/fleet/").with_observer(watches.clone());
+        (dir, registry, watches)
+    }
+
     async fn put(registry: &Registry, key: &str) {
         registry
             .store
@@ -375,10 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_of_the_whole_keyspace_share_one_watch_and_miss_nothing() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
-        let watches = Arc::new(Watches::default());
-        let registry = Registry::new(Arc::new(store), "/fleet/").with_observer(watches.clone());
+        let (_dir, registry, watches) = registry();
         put(&registry, "job/a").await;
 
         let mut first = registry.follow_raw("/fleet/".to_string());
@@ -405,10 +418,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_shared_watch_ends_with_its_last_follower_and_starts_again_for_the_next() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
-        let watches = Arc::new(Watches::default());
-        let registry = Registry::new(Arc::new(store), "/fleet/").with_observer(watches.clone());
+        let (_dir, registry, watches) = registry();
         let mut first = registry.follow_raw("/fleet/".to_string());
         assert!(reset_keys(next(&mut first).await).is_empty());
         drop(first);
@@ -446,9 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_far_behind_reads_again_and_misses_nothing_while_the_others_go_on() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
-        let registry = Registry::new(Arc::new(store), "/fleet/");
+        let (_dir, registry, _) = registry();
         let mut slow = registry.follow_raw("/fleet/".to_string());
         let mut fast = registry.follow_raw("/fleet/".to_string());
         assert!(reset_keys(next(&mut slow).await).is_empty());

@@ -956,6 +956,33 @@ struct Written {
 
 /// Runs the core against a unit manager whose units end up as `world` says (a unit started
 /// or loaded reports its state from there), answering every effect, until it is idle.
+/// Carries out a phase at `t` as a manager that does everything asked would: each action
+/// done, and the state of each unit started or stopped reported as `world` has it.
+fn carry_out(
+    t: Instant,
+    core: &mut Core,
+    phase: &[(Action, Option<UnitFile>)],
+    world: &BTreeMap<String, SystemdState>,
+) {
+    for (action, _) in phase {
+        core.on(t, Input::Done(action.clone(), Ok(())));
+        if let Action::Start(u) | Action::Stop(u) = action {
+            report(t, core, u, world.get(u).cloned());
+        }
+    }
+}
+
+/// Global unit number `i`, launched, its record written at revision `i`.
+fn launched_global(i: u32) -> GlobalJob {
+    global_record(
+        &format!("g{i}.service"),
+        i,
+        TargetState::Launched,
+        "",
+        i64::from(i),
+    )
+}
+
 fn settle(
     t: &mut Instant,
     core: &mut Core,
@@ -970,14 +997,7 @@ fn settle(
         }
         for effect in ready.effects {
             match &effect {
-                Effect::Run(phase) => {
-                    for (action, _) in phase {
-                        core.on(*t, Input::Done(action.clone(), Ok(())));
-                        if let Action::Start(u) | Action::Stop(u) = action {
-                            report(*t, core, u, world.get(u).cloned());
-                        }
-                    }
-                }
+                Effect::Run(phase) => carry_out(*t, core, phase, world),
                 Effect::ReadStates(names) => {
                     let states = names
                         .iter()
@@ -1193,15 +1213,7 @@ fn the_summary_is_written_when_there_is_something_to_vouch_for() {
 fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
     let mut t = Instant::now();
     let mut core = started(t, &[]);
-    let g = |i: u32| {
-        global_record(
-            &format!("g{i}.service"),
-            i,
-            TargetState::Launched,
-            "",
-            i64::from(i),
-        )
-    };
+    let g = launched_global;
     core.on(
         t,
         Input::Globals(Update::Reset(vec![(a("g1.service"), g(1))])),
@@ -1235,14 +1247,7 @@ fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
                     summaries.push((t - first, s.clone()));
                 }
                 match effect {
-                    Effect::Run(phase) => {
-                        for (action, _) in phase {
-                            core.on(t, Input::Done(action.clone(), Ok(())));
-                            if let Action::Start(u) = &action {
-                                report(t, &mut core, u, world.get(u).cloned());
-                            }
-                        }
-                    }
+                    Effect::Run(phase) => carry_out(t, &mut core, &phase, &world),
                     Effect::Publish { .. } => core.on(t, Input::Published(Ok(()))),
                     _ => {}
                 }
@@ -1266,15 +1271,7 @@ fn a_summary_changing_alone_is_written_at_most_once_per_interval() {
 fn a_slow_registry_spaces_summaries_out() {
     let mut t = Instant::now();
     let mut core = started(t, &[]);
-    let g = |i: u32| {
-        global_record(
-            &format!("g{i}.service"),
-            i,
-            TargetState::Launched,
-            "",
-            i64::from(i),
-        )
-    };
+    let g = launched_global;
     let mut world: BTreeMap<String, SystemdState> = BTreeMap::new();
     // The first summary goes at once; the registry takes 800 ms to answer it.
     world.insert(a("g1.service"), active());
@@ -1286,14 +1283,7 @@ fn a_slow_registry_spaces_summaries_out() {
     for _ in 0..100 {
         for effect in core.ready(t).effects {
             match effect {
-                Effect::Run(phase) => {
-                    for (action, _) in phase {
-                        core.on(t, Input::Done(action.clone(), Ok(())));
-                        if let Action::Start(u) = &action {
-                            report(t, &mut core, u, world.get(u).cloned());
-                        }
-                    }
-                }
+                Effect::Run(phase) => carry_out(t, &mut core, &phase, &world),
                 Effect::Publish {
                     summary: Some(_), ..
                 } => sent_at = Some(t),
@@ -1325,14 +1315,7 @@ fn a_slow_registry_spaces_summaries_out() {
         let ready = core.ready(t);
         for effect in ready.effects {
             match effect {
-                Effect::Run(phase) => {
-                    for (action, _) in phase {
-                        core.on(t, Input::Done(action.clone(), Ok(())));
-                        if let Action::Start(u) = &action {
-                            report(t, &mut core, u, world.get(u).cloned());
-                        }
-                    }
-                }
+                Effect::Run(phase) => carry_out(t, &mut core, &phase, &world),
                 Effect::Publish { summary, .. } => {
                     if summary.is_some() {
                         summary_at.get_or_insert(t);
