@@ -68,6 +68,10 @@ pub const SUMMARY_INTERVAL_MAX: Duration = Duration::from_secs(15);
 /// actions wait for their own retry time, see [`reconcile::retry_delay`]).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Publications failing in a row wait twice as long each time, up to this: a registry that
+/// keeps refusing is not asked again every [`RETRY_INTERVAL`] by every machine.
+pub const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// What happened: the driver's news for the core.
 #[derive(Debug)]
 pub enum Input {
@@ -314,6 +318,8 @@ pub struct Core {
     publication: Option<Publication>,
     /// A failed publication is tried again then.
     publish_retry_at: Option<Instant>,
+    /// Publications failed in a row.
+    publish_failures: u32,
     lease: LeaseStatus,
     /// The machine is shutting down and this agent has left the cluster: it acts no more.
     left: bool,
@@ -382,6 +388,7 @@ impl Core {
             run: None,
             publication: None,
             publish_retry_at: None,
+            publish_failures: 0,
             lease: LeaseStatus::Held,
             left: false,
             queued: Vec::new(),
@@ -564,6 +571,7 @@ impl Core {
                 match result {
                     Ok(()) => {
                         self.publish_retry_at = None;
+                        self.publish_failures = 0;
                         for name in &sent.remove {
                             self.published.remove(name);
                         }
@@ -584,8 +592,11 @@ impl Core {
                             self.stale.extend(sent.names);
                         }
                         self.summary_stale = true;
-                        self.publish_retry_at = Some(now + RETRY_INTERVAL);
-                        tracing::warn!(error = %e, "publishing unit states failed; will retry");
+                        self.publish_failures = self.publish_failures.saturating_add(1);
+                        let wait = publish_retry_delay(self.publish_failures);
+                        self.publish_retry_at = Some(now + wait);
+                        tracing::warn!(error = %e, failures = self.publish_failures,
+                            retry_in = ?wait, "publishing unit states failed; will retry");
                     }
                 }
             }
@@ -1233,6 +1244,15 @@ impl Core {
     fn desired_instance(&self, name: &str) -> Option<UnitState> {
         registry::desired_instance(self.globals.get(name)?, &self.machine.id)
     }
+}
+
+/// How long the `failures`-th failed publication in a row waits: [`RETRY_INTERVAL`], doubled
+/// for each failure before it, up to [`PUBLISH_RETRY_MAX`].
+fn publish_retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_INTERVAL
+        .saturating_mul(1 << doublings)
+        .min(PUBLISH_RETRY_MAX)
 }
 
 /// Whether `update` takes a record of `copy` away or replaces it (its body may lose its last

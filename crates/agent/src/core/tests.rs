@@ -619,6 +619,39 @@ fn a_failed_publication_is_tried_again() {
     assert_eq!(published(&core.ready(later).effects), first);
 }
 
+/// Publications failing in a row wait 2, 4, 8 s ... up to `PUBLISH_RETRY_MAX`; one that
+/// succeeds ends the run.
+#[test]
+fn failed_publications_in_a_row_wait_longer_each_time() {
+    let mut t = Instant::now();
+    let mut core = holding_one(t);
+    let first = published(&core.ready(t).effects);
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        core.on(t, Input::Published(Err("etcd unreachable".into())));
+        let ready = core.ready(t);
+        assert_eq!(published(&ready.effects), vec![]);
+        let retry = ready.wake_at.expect("a retry time");
+        waits.push((retry - t).as_secs());
+        t = retry;
+        core.on(t, Input::Tick);
+        assert_eq!(published(&core.ready(t).effects), first);
+    }
+    assert_eq!(waits, vec![2, 4, 8, 16, 30, 30]);
+    core.on(t, Input::Published(Ok(())));
+    // The next failure, after a success, waits the first interval again.
+    report(t, &mut core, "a.service", Some(active()));
+    assert_eq!(
+        published(&core.ready(t).effects),
+        vec![],
+        "within the window"
+    );
+    t += PUBLISH_WINDOW;
+    assert_eq!(published(&core.ready(t).effects).len(), 1);
+    core.on(t, Input::Published(Err("etcd unreachable".into())));
+    assert_eq!(core.ready(t).wake_at, Some(t + RETRY_INTERVAL));
+}
+
 #[test]
 fn a_lapsed_lease_is_renewed_and_every_state_published_again() {
     let t = Instant::now();
