@@ -95,6 +95,20 @@ pub struct FleetctlRun {
     pub stderr: String,
 }
 
+impl FleetctlRun {
+    /// Fails unless each of `lines` is in what the run printed, after the one before it.
+    pub fn printed_in_order(&self, lines: &[String]) -> Result<()> {
+        let mut at = 0;
+        for want in lines {
+            let found = self.stdout[at..].find(want.as_str()).with_context(|| {
+                format!("{want:?} missing or out of order in:\n{}", self.stdout)
+            })?;
+            at += found + want.len();
+        }
+        Ok(())
+    }
+}
+
 /// Runs [`fleetctl_binary`] with `args` against `endpoint` in `cwd` (where its unit files are),
 /// and prints the command and what it printed, for a failing test's log.
 pub async fn run_fleetctl(

@@ -122,13 +122,7 @@ async fn new_hash_in_batch_order(c: &Cluster) -> Result<()> {
         "All 6 unit(s) run their new content".to_string(),
         "Template web@.service updated to the new content".to_string(),
     ];
-    let mut at = 0;
-    for want in &expected {
-        let found = run.stdout[at..]
-            .find(want.as_str())
-            .with_context(|| format!("{want:?} missing or out of order in:\n{}", run.stdout))?;
-        at += found + want.len();
-    }
+    run.printed_in_order(&expected)?;
 
     // What the cluster showed: no unit of a batch had the new content before every unit of the
     // batches before it was active with it.

@@ -132,13 +132,7 @@ async fn one_machine_at_a_time(c: &Cluster) -> Result<()> {
         ));
     }
     expected.push(format!("All 3 machine(s) run the new content of {UNIT}"));
-    let mut at = 0;
-    for want in &expected {
-        let found = run.stdout[at..]
-            .find(want.as_str())
-            .with_context(|| format!("{want:?} missing or out of order in:\n{}", run.stdout))?;
-        at += found + want.len();
-    }
+    run.printed_in_order(&expected)?;
 
     // What the cluster showed: at most one machine away from a settled content at any time,
     // and no machine with the new content before every machine ahead of it ran it active.
